@@ -1,0 +1,5 @@
+import sys
+
+from aivmm.cli.main import main
+
+sys.exit(main())

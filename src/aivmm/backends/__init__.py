@@ -1,0 +1,19 @@
+"""Runtimes as plugins: one adapter per runtime behind :class:`Backend`, and the registry."""
+
+from aivmm.backends._base import Backend, BackendInfo, Config, LoadReport, Session, Support
+from aivmm.backends.registry import BackendEntry, entries, get, names, register, unregister
+
+__all__ = [
+    "Backend",
+    "BackendEntry",
+    "BackendInfo",
+    "Config",
+    "LoadReport",
+    "Session",
+    "Support",
+    "entries",
+    "get",
+    "names",
+    "register",
+    "unregister",
+]

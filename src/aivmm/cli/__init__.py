@@ -1,0 +1,1 @@
+"""``aivmm`` subcommands: thin modules that parse, call the library and render."""
