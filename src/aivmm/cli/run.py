@@ -1,0 +1,172 @@
+"""``aivmm run [MODEL]``: deploy a model, run it, say where it ran and how fast.
+
+With no MODEL it runs every model of the built-in zoo (tiny size), which is the README's first
+command: it shows aivmm discovering, planning and running on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from aivmm.errors import ConfigError, InputError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from aivmm.cli._constraint_flags import add_constraint_arguments
+
+    parser.add_argument("model", nargs="?", help="an ONNX file or a zoo name (default: every zoo model)")
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                        help="an input tensor from a .npy file (repeatable)")
+    parser.add_argument("--random", action="store_true",
+                        help="random inputs shaped by the model's signature (the default for zoo models "
+                             "is their sample inputs)")
+    parser.add_argument("--device", help="pin a device id (cpu:0, nvidia:0, ...)")
+    parser.add_argument("--backend", help="pin a backend (onnxruntime, openvino, torch, ...)")
+    parser.add_argument("--strict", action="store_true", help="refuse any fallback from the pinned device/backend")
+    parser.add_argument("--output-dir", type=pathlib.Path, help="write each output as DIR/<output name>.npy")
+    parser.add_argument("--repeat", type=int, default=1, help="run N times and report the median latency")
+    parser.add_argument("--json", action="store_true", help="print a JSON report")
+    parser.add_argument("--no-measure", action="store_true", help="plan from the cost model only (faster start)")
+    parser.add_argument("--simulate", help="add simulated devices from a JSON spec (as AIVMM_SIMULATE)")
+    add_constraint_arguments(parser)
+
+
+def _parse_inputs(items: list[str]) -> dict[str, np.ndarray]:
+    feeds: dict[str, np.ndarray] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--input expects NAME=FILE.npy, got {item!r}")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--input {name}: cannot read {path}: {exc}") from exc
+    return feeds
+
+
+def random_inputs(spec: Any, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs shaped by the signature; symbolic dims become 1, integer inputs stay small (ids, indices)."""
+    from aivmm.dtypes import DType
+
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for t in spec.inputs:
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in t.shape)
+        np_dtype = t.dtype.to_numpy()
+        if t.dtype.is_float:
+            feeds[t.name] = rng.standard_normal(shape).astype(np_dtype)
+        elif t.dtype is DType.BOOL:
+            feeds[t.name] = rng.integers(0, 2, shape).astype(bool)
+        elif t.dtype is DType.STRING:
+            raise InputError(f"input {t.name!r} is a string tensor: pass it with --input")
+        else:
+            feeds[t.name] = rng.integers(0, 2, shape).astype(np_dtype)
+    return feeds
+
+
+def _summary(array: Any) -> dict[str, Any]:
+    a = np.asarray(array)
+    out: dict[str, Any] = {"shape": list(a.shape), "dtype": str(a.dtype)}
+    if a.size and a.dtype.kind in "fiub":
+        af = a.astype(np.float64)
+        out.update(min=float(af.min()), max=float(af.max()), mean=float(af.mean()))
+    return out
+
+
+def _run_one(vmm: Any, target: str, args: argparse.Namespace, constraints: Any, *, zoo_name: str | None) -> dict:
+    from aivmm.models import zoo
+
+    model_ref: Any = target
+    if zoo_name is not None:
+        model_ref = zoo.build(zoo_name, size="tiny")
+    deployed = vmm.deploy(
+        model_ref, constraints, device=args.device, backend=args.backend, strict=args.strict,
+        name=zoo_name or pathlib.Path(target).stem, measure=not args.no_measure,
+    )
+    try:
+        if args.input:
+            feeds: dict[str, Any] = _parse_inputs(args.input)
+        elif zoo_name is not None and not args.random:
+            feeds = zoo.sample_inputs(zoo_name, size="tiny")
+        else:
+            feeds = random_inputs(deployed.spec)
+        repeat = max(1, args.repeat)
+        latencies = []
+        outputs: dict[str, Any] = {}
+        for _ in range(repeat):
+            start = time.perf_counter()
+            outputs = deployed.execute(feeds)
+            latencies.append((time.perf_counter() - start) * 1e3)
+        if args.output_dir is not None:
+            args.output_dir.mkdir(parents=True, exist_ok=True)
+            for name, value in outputs.items():
+                np.save(args.output_dir / f"{name}.npy", np.asarray(value))
+        chosen = deployed.plan.chosen.config
+        return {
+            "model": deployed.name,
+            "category": deployed.spec.primary_category.value,
+            "device": chosen.device,
+            "backend": chosen.backend,
+            "precision": chosen.precision.value,
+            "options": dict(chosen.options),
+            "latency_ms": statistics.median(latencies),
+            "runs": repeat,
+            "fallbacks": list(deployed.plan.fallbacks),
+            "outputs": [{"name": k, **_summary(v)} for k, v in outputs.items()],
+        }
+    finally:
+        deployed.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from aivmm.cli._constraint_flags import constraints_from_args
+    from aivmm.vmm import VMM
+
+    if args.repeat < 1:
+        raise ConfigError(f"--repeat must be at least 1, got {args.repeat}")
+    constraints = constraints_from_args(args)
+    vmm = VMM(simulate=args.simulate) if args.simulate else VMM()
+    reports: list[dict[str, Any]] = []
+    try:
+        if args.model is None:
+            from aivmm.models import zoo
+
+            if args.input:
+                raise ConfigError("--input needs a MODEL")
+            for name in zoo.names():
+                reports.append(_run_one(vmm, name, args, constraints, zoo_name=name))
+        else:
+            from aivmm.models import zoo
+
+            is_zoo = args.model in zoo.names() and not pathlib.Path(args.model).exists()
+            reports.append(_run_one(vmm, args.model, args, constraints, zoo_name=args.model if is_zoo else None))
+    finally:
+        vmm.close()
+
+    if args.json:
+        json.dump(reports[0] if args.model else reports, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    devices = ", ".join(f"{d.id} ({d.name})" for d in vmm.devices)
+    print(f"devices: {devices}")
+    for r in reports:
+        opts = ",".join(f"{k}={v}" for k, v in r["options"].items())
+        print(f"\n{r['model']} [{r['category']}] ran on {r['device']} with {r['backend']} {r['precision']}"
+              + (f" ({opts})" if opts else "")
+              + f": {r['latency_ms']:.3f} ms" + (f" (median of {r['runs']})" if r["runs"] > 1 else ""))
+        for note in r["fallbacks"]:
+            print(f"  fallback: {note}")
+        for o in r["outputs"]:
+            stats = f" min={o['min']:.4g} max={o['max']:.4g} mean={o['mean']:.4g}" if "mean" in o else ""
+            print(f"  {o['name']}: {o['dtype']}{o['shape']}{stats}")
+    if args.output_dir is not None:
+        print(f"\noutputs written to {args.output_dir}/")
+    return 0

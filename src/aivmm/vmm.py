@@ -1,0 +1,377 @@
+"""The façade: ``VMM.deploy`` wires discovery, analysis, planning and the runtime together.
+
+::
+
+    vmm = aivmm.VMM()
+    model = vmm.deploy("model.onnx", aivmm.Constraints(max_latency_ms=10))
+    outputs = model.execute(x)      # dict of output name -> array, in model order
+    print(model.plan.explain())     # where it runs and why
+
+The façade owns no policy of its own: the planner decides where a model runs, the runtime's
+engine decides when (queues, batching, residency). It adds what a user-facing object needs:
+input validation against the signature, detection of a model file changed on disk, a name
+registry and the lifecycle (close / context manager).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import os
+import pathlib
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from aivmm.devices._types import Device
+from aivmm.errors import (
+    ConfigError,
+    DeviceNotFoundError,
+    ModelChangedError,
+    ModelClosedError,
+    ModelNotFoundError,
+)
+from aivmm.models._spec import ModelSpec
+from aivmm.planner.constraints import Constraints, parse_bytes
+
+if TYPE_CHECKING:
+    from aivmm.planner import Plan
+    from aivmm.runtime import BatchingConfig, Engine
+
+log = logging.getLogger(__name__)
+
+# How often execute() re-checks the model file's stat; hashing happens only when the stat changed.
+_FILE_CHECK_INTERVAL_S = 1.0
+
+
+def _coerce_constraints(constraints: Constraints | Mapping[str, Any] | None) -> Constraints:
+    if constraints is None:
+        return Constraints()
+    if isinstance(constraints, Constraints):
+        return constraints
+    if isinstance(constraints, Mapping):
+        return Constraints.from_mapping(constraints)
+    raise ConfigError(f"constraints must be aivmm.Constraints or a mapping, got {type(constraints).__name__}")
+
+
+def _file_sha256(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class _FileWatch:
+    """Detects a model file changed after deploy: cheap stat checks, a hash only when the stat moved."""
+
+    path: pathlib.Path
+    sha256: str
+    stat: tuple[int, int]
+    next_check: float = 0.0
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> _FileWatch | None:
+        src = spec.source
+        if not isinstance(src, str | os.PathLike) or not spec.sha256:
+            return None
+        path = pathlib.Path(src)
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return cls(path, spec.sha256, (st.st_mtime_ns, st.st_size), time.monotonic() + _FILE_CHECK_INTERVAL_S)
+
+    def check(self, name: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self.next_check:
+            return
+        self.next_check = now + _FILE_CHECK_INTERVAL_S
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            raise ModelChangedError(f"model {name!r}: file {self.path} is gone since deploy ({exc})") from exc
+        stat = (st.st_mtime_ns, st.st_size)
+        if stat == self.stat:
+            return
+        digest = _file_sha256(self.path)
+        if digest != self.sha256:
+            raise ModelChangedError(
+                f"model {name!r}: {self.path} changed on disk after deploy "
+                f"(sha256 {self.sha256[:12]}… → {digest[:12]}…); deploy it again to use the new file"
+            )
+        self.stat = stat  # touched but identical content
+
+
+def parse_budget_string(text: str) -> dict[str, int]:
+    """``"cpu:0=512MiB,nvidia:0=20GiB"`` → ``{"cpu:0": 536870912, "nvidia:0": 21474836480}``."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        dev, sep, size = part.partition("=")
+        if not sep or not dev.strip():
+            raise ConfigError(f"bad memory budget entry {part!r}: expected DEVICE=SIZE such as cpu:0=512MiB")
+        out[dev.strip()] = parse_bytes(size)
+    return out
+
+
+def _placements(plan: Plan, replicas: int, devices: Mapping[str, Device]) -> list[tuple[Any, Device]]:
+    """The chosen configuration, then the best-ranked alternatives on other devices, one replica each.
+
+    When fewer distinct devices qualify than replicas were asked for, the remaining replicas share
+    the chosen device (several sessions on one device still overlap host work and device work).
+    """
+    chosen = plan.chosen.config
+    configs = [chosen]
+    for alt in plan.alternatives:
+        if len(configs) >= replicas:
+            break
+        if alt.config.device not in {c.device for c in configs}:
+            configs.append(alt.config)
+    while len(configs) < replicas:
+        configs.append(chosen)
+    return [(c, devices[c.device]) for c in configs]
+
+
+class DeployedModel:
+    """A model placed by the planner and run by the engine. Thread-safe."""
+
+    def __init__(self, vmm: VMM, name: str, spec: ModelSpec, plan: Plan, handle: Any) -> None:
+        self._vmm = vmm
+        self.name = name
+        self.spec = spec
+        self.plan = plan
+        self._handle = handle
+        self._watch = _FileWatch.of(spec)
+        self._closed = False
+        from aivmm.backends.tensors import validate_feeds
+
+        self._validate = validate_feeds
+
+    def __repr__(self) -> str:
+        chosen = self.plan.chosen.config.label() if self.plan.chosen else "?"
+        return f"<DeployedModel {self.name!r} on {chosen}{' closed' if self._closed else ''}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def state(self) -> Any:
+        return self._handle.state
+
+    def execute(
+        self,
+        inputs: Any,
+        *,
+        output: str = "numpy",
+        priority: int = 0,
+        deadline_ms: float | None = None,
+        reject_late: bool = False,
+    ) -> dict[str, Any]:
+        """Run the model. ``inputs``: a dict of name → array, or one array for a one-input model."""
+        if self._closed:
+            raise ModelClosedError(f"model {self.name!r} was closed")
+        if self._watch is not None:
+            self._watch.check(self.name)
+        feeds = self._validate(self.spec, inputs)
+        return self._handle.infer(
+            feeds, priority=priority, deadline_ms=deadline_ms, reject_late=reject_late, output=output
+        )
+
+    async def execute_async(
+        self,
+        inputs: Any,
+        *,
+        output: str = "numpy",
+        priority: int = 0,
+        deadline_ms: float | None = None,
+        reject_late: bool = False,
+    ) -> dict[str, Any]:
+        if self._closed:
+            raise ModelClosedError(f"model {self.name!r} was closed")
+        if self._watch is not None:
+            self._watch.check(self.name)
+        feeds = self._validate(self.spec, inputs)
+        return await self._handle.infer_async(
+            feeds, priority=priority, deadline_ms=deadline_ms, reject_late=reject_late, output=output
+        )
+
+    def stats(self) -> dict[str, Any]:
+        return self._handle.stats()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._vmm._forget(self.name)
+
+    def __enter__(self) -> DeployedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class VMM:
+    """Discovers devices once and deploys models onto them."""
+
+    def __init__(
+        self,
+        devices: Sequence[Device] | None = None,
+        *,
+        simulate: str | os.PathLike[str] | Sequence[Mapping[str, Any]] | None = None,
+        memory_budget: Mapping[str, int | str] | str | None = None,
+    ) -> None:
+        if devices is None:
+            from aivmm.devices import discover
+
+            devices = discover(simulate)
+        elif simulate is not None:
+            raise ConfigError("pass either devices or simulate, not both")
+        if not devices:
+            raise DeviceNotFoundError("no device found (not even the CPU): see `aivmm devices`")
+        self._devices: tuple[Device, ...] = tuple(devices)
+        self._memory_budget = memory_budget
+        self._engine: Engine | None = None
+        self._models: dict[str, DeployedModel] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- devices -----------------------------------------------------------------------------
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        return self._devices
+
+    def device(self, device_id: str) -> Device:
+        for d in self._devices:
+            if d.id == device_id:
+                return d
+        known = ", ".join(d.id for d in self._devices)
+        raise DeviceNotFoundError(f"unknown device {device_id!r}; this VMM has: {known}")
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                from aivmm.runtime import Engine
+
+                budgets = self._memory_budget
+                if isinstance(budgets, str):
+                    budgets = parse_budget_string(budgets)
+                self._engine = Engine(self._devices, budgets=budgets)
+            return self._engine
+
+    # -- models ------------------------------------------------------------------------------
+    def deploy(
+        self,
+        model: str | os.PathLike[str] | ModelSpec | Any,
+        constraints: Constraints | Mapping[str, Any] | None = None,
+        *,
+        device: str | None = None,
+        backend: str | None = None,
+        strict: bool = False,
+        name: str | None = None,
+        batching: BatchingConfig | Mapping[str, Any] | None = None,
+        replicas: int = 1,
+        isolation: bool = False,
+        sample_inputs: Mapping[str, Any] | None = None,
+        example_inputs: Any = None,
+        measure: bool = True,
+    ) -> DeployedModel:
+        """Analyse, plan and load a model; returns a handle whose ``plan`` says where and why.
+
+        ``device`` / ``backend`` pin the placement: when they cannot be honoured the plan records
+        the fallback (and logs it) or, with ``strict=True``, a FallbackError is raised.
+        """
+        if self._closed:
+            raise ModelClosedError("this VMM was closed")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ConfigError(f"replicas must be a positive integer, got {replicas!r}")
+        cons = _coerce_constraints(constraints)
+        if device is not None:
+            self.device(device)  # unknown ids fail before any work
+        from aivmm.models import load
+        from aivmm.planner import plan as make_plan
+
+        spec = model if isinstance(model, ModelSpec) else load(model, example_inputs=example_inputs)
+        name = name or spec.name
+        with self._lock:
+            if name in self._models:
+                raise ConfigError(f"a model named {name!r} is already deployed; pass name= or unload it first")
+        plan = make_plan(
+            spec,
+            self._devices,
+            cons,
+            device=device,
+            backend=backend,
+            strict=strict,
+            measure=measure,
+            sample_inputs=sample_inputs,
+        )
+        for note in plan.fallbacks:
+            log.warning("model %r: %s", name, note)
+        placements = _placements(plan, replicas, {d.id: d for d in self._devices})
+        handle = self.engine.add(name, spec, placements, batching=batching, isolation=isolation)
+        deployed = DeployedModel(self, name, spec, plan, handle)
+        with self._lock:
+            self._models[name] = deployed
+        return deployed
+
+    def get(self, name: str) -> DeployedModel:
+        with self._lock:
+            try:
+                return self._models[name]
+            except KeyError:
+                raise ModelNotFoundError(
+                    f"no deployed model {name!r}; deployed: {sorted(self._models) or 'none'}"
+                ) from None
+
+    def models(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def unload(self, name: str, *, drain: bool = True) -> None:
+        model = self.get(name)
+        model._closed = True
+        self._forget(name, drain=drain)
+
+    def _forget(self, name: str, *, drain: bool = True) -> None:
+        with self._lock:
+            self._models.pop(name, None)
+            engine = self._engine
+        if engine is not None:
+            engine.remove(name, drain=drain)
+
+    def status(self) -> dict[str, Any]:
+        if self._engine is None:
+            return {"devices": [d.to_json() for d in self._devices], "models": {}}
+        return self._engine.status()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            names = list(self._models)
+        for n in names:
+            self._models[n]._closed = True
+            self._forget(n)
+        if self._engine is not None:
+            self._engine.close()
+
+    def __enter__(self) -> VMM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def gather_execute(model: DeployedModel, batches: Sequence[Any]) -> list[dict[str, Any]]:
+    """Run several inputs concurrently through ``execute_async`` (a convenience for notebooks)."""
+    return list(await asyncio.gather(*(model.execute_async(b) for b in batches)))
