@@ -1,7 +1,7 @@
 """Runtimes as plugins: one adapter per runtime behind :class:`Backend`, and the registry."""
 
 from aivmm.backends._base import Backend, BackendInfo, Config, LoadReport, Session, Support
-from aivmm.backends.registry import BackendEntry, entries, get, names, register, unregister
+from aivmm.backends.registry import BackendEntry, entries, get, names, refresh, register, unregister
 
 __all__ = [
     "Backend",
@@ -14,6 +14,7 @@ __all__ = [
     "entries",
     "get",
     "names",
+    "refresh",
     "register",
     "unregister",
 ]

@@ -14,13 +14,20 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
 from aivmm.devices._types import Device, DeviceKind
 from aivmm.dtypes import Precision
-from aivmm.errors import ModelClosedError
+from aivmm.errors import (
+    AivmmError,
+    BackendUnavailableError,
+    ConfigError,
+    ModelClosedError,
+    OutOfMemoryError,
+    UnsupportedModelError,
+)
 from aivmm.models._spec import ModelFormat, ModelSpec, TensorSpec
 
 
@@ -139,6 +146,33 @@ class LoadReport:
         }
 
 
+def estimated_device_bytes(model: ModelSpec, precision: Precision) -> int:
+    """Weights at the configured precision plus peak activations: a lower bound of what a load needs.
+
+    fp16/bf16 halve float weights stored as fp32; int8 configurations run pre-quantised models, whose
+    ``parameter_bytes`` already count int8 weights.
+    """
+    weights = model.parameter_bytes
+    if precision in (Precision.FP16, Precision.BF16):
+        weights //= 2
+    return weights + model.peak_activation_bytes
+
+
+def memory_support(model: ModelSpec, device: Device, config: Config) -> Support:
+    """Whether the device has the free memory a load needs (unknown memory, total 0, is not refused)."""
+    if device.memory_total_bytes <= 0:
+        return Support.yes()
+    need = estimated_device_bytes(model, config.precision)
+    if need > device.memory_free_bytes:
+        mib = 1 << 20
+        return Support.no(
+            f"not enough memory on {device.id}: {model.name!r} needs about {need / mib:.1f} MiB "
+            f"(weights {model.parameter_bytes / mib:.1f} MiB at fp32 storage, activations "
+            f"{model.peak_activation_bytes / mib:.1f} MiB) but {device.memory_free_bytes / mib:.1f} MiB are free"
+        )
+    return Support.yes()
+
+
 class Session(abc.ABC):
     """A model loaded on a device by one backend.
 
@@ -193,6 +227,19 @@ class Session(abc.ABC):
     def _close(self) -> None:  # noqa: B027 - optional hook
         pass
 
+    # Optional residency hooks used by aivmm.runtime for the device -> host tier. The defaults keep
+    # a backend without them correct: the runtime then closes the session and reloads it instead.
+    def offload_to_host(self) -> bool:
+        """Move the device-resident weights to host memory, freeing the device; False if unsupported."""
+        return False
+
+    def reload_to_device(self) -> None:  # noqa: B027 - optional hook
+        """Bring weights moved by :meth:`offload_to_host` back to the device."""
+
+    def memory_bytes(self) -> int:
+        """Bytes the session holds on its device now (the load report's figure by default)."""
+        return self.report.device_memory_bytes
+
 
 class Backend(abc.ABC):
     """A runtime adapter. Instances are cheap; the runtime is imported on first real use."""
@@ -215,27 +262,58 @@ class Backend(abc.ABC):
     def check(self, model: ModelSpec, device: Device, config: Config) -> Support:
         """Whether the model can run on the device with this config, before anything loads.
 
-        The default checks format, device and precision; adapters add operator coverage.
+        The default checks installation, device, format, precision and memory; adapters add operator
+        coverage by overriding ``_check`` (or ``_requirements`` to choose the error class).
         """
+        result = Support.yes()
+        for support, _error in self._requirements(model, device, config):
+            result = result & support
+        return result
+
+    def require(self, model: ModelSpec, device: Device, config: Config, *, memory: bool = True) -> None:
+        """Raise the typed error of the first failed requirement (what ``load`` does before loading)."""
+        for support, error in self._requirements(model, device, config):
+            if not support and (memory or error is not OutOfMemoryError):
+                raise error(f"{self.name} cannot load {model.name!r} on {device.id}: " + "; ".join(support.reasons))
+
+    def _requirements(self, model: ModelSpec, device: Device,
+                      config: Config) -> Iterator[tuple[Support, type[AivmmError]]]:
+        """Each requirement with the error class its failure raises, in the order load checks them.
+
+        Stops after a failure that makes the later checks meaningless (runtime missing, device not driven).
+        """
+        available = self.available()
+        yield available, BackendUnavailableError
+        if not available:
+            return
+        drives = self.drives(device)
+        yield drives, BackendUnavailableError
+        if not drives:
+            return
+        if config.device != device.id:
+            yield Support.no(f"config is for device {config.device} but device {device.id} was given"), ConfigError
         info = self.info()
-        result = self.available()
-        if not result:
-            return result
-        result = result & self.drives(device)
         if model.format not in info.formats:
-            result = result & Support.no(f"{self.name} does not run {model.format.value} models")
+            yield Support.no(f"{self.name} does not run {model.format.value} models"), UnsupportedModelError
+            return
         if config.precision not in info.precisions:
-            result = result & Support.no(
-                f"{self.name} does not offer precision {config.precision.value}"
-            )
-        return result & self._check(model, device, config)
+            yield Support.no(f"{self.name} does not offer precision {config.precision.value}"), ConfigError
+        yield memory_support(model, device, config), OutOfMemoryError
+        yield self._check(model, device, config), UnsupportedModelError
 
     def _check(self, model: ModelSpec, device: Device, config: Config) -> Support:
         return Support.yes()
 
     def load(self, model: ModelSpec, device: Device, config: Config) -> Session:
-        """Create a session. Raises BackendUnavailableError / UnsupportedModelError / OutOfMemoryError."""
+        """Create a session. Raises BackendUnavailableError / UnsupportedModelError / ConfigError /
+        OutOfMemoryError.
+
+        Requirements are checked first, so load refuses exactly what ``check`` refuses, with the reason;
+        free memory is left to the runtime's ledger (the device value may predate other loads) and to the
+        runtime's own out-of-memory error.
+        """
         start = time.perf_counter()
+        self.require(model, device, config, memory=False)
         session = self._load(model, device, config)
         elapsed = time.perf_counter() - start
         session.report = dataclasses.replace(session.report, seconds=elapsed)

@@ -26,6 +26,7 @@ _BUILTIN: dict[str, str] = {
 _lock = threading.Lock()
 _table: dict[str, str] | None = None
 _instances: dict[str, Backend] = {}
+_runtime: dict[str, str] = {}  # names added with register(), kept across refresh()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +46,20 @@ def _load_table() -> dict[str, str]:
                     log.warning("ignoring entry point %s=%s: name already registered", ep.name, ep.value)
                     continue
                 table[ep.name] = ep.value
+            for name, target in _runtime.items():
+                table.setdefault(name, target)
             _table = table
         return _table
+
+
+def refresh() -> None:
+    """Re-read the entry-point group (a plugin installed while the process runs); keeps register()ed names."""
+    global _table
+    with _lock:
+        _table = None
+        for name in [n for n in _instances if n not in _BUILTIN and n not in _runtime]:
+            del _instances[name]
+    _load_table()
 
 
 def register(name: str, target: str | type[Backend]) -> None:
@@ -56,10 +69,15 @@ def register(name: str, target: str | type[Backend]) -> None:
         if name in table or name in _instances:
             raise ConfigError(f"backend {name!r} is already registered ({table.get(name)})")
         if isinstance(target, str):
+            if ":" not in target:
+                raise ConfigError(f"backend target {target!r} must be 'module:Class'")
             table[name] = target
         else:
+            if not (isinstance(target, type) and issubclass(target, Backend)):
+                raise ConfigError(f"backend {name!r}: {target!r} is not a Backend subclass")
             table[name] = f"{target.__module__}:{target.__qualname__}"
             _instances[name] = target()
+        _runtime[name] = table[name]
 
 
 def unregister(name: str) -> None:
@@ -70,6 +88,7 @@ def unregister(name: str) -> None:
             raise ConfigError(f"cannot unregister built-in backend {name!r}")
         table.pop(name, None)
         _instances.pop(name, None)
+        _runtime.pop(name, None)
 
 
 def names() -> list[str]:
@@ -90,6 +109,8 @@ def get(name: str) -> Backend:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise BackendUnavailableError(f"backend {name!r} ({table[name]}) cannot be imported: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise BackendUnavailableError(f"backend {name!r} ({table[name]}) is not an aivmm.backends.Backend subclass")
     inst = cls()
     with _lock:
         _instances.setdefault(name, inst)
