@@ -1,1 +1,24 @@
-"""planner"""
+"""The planner: constraints, candidates with rejection reasons, cost model, profiling, plan cache.
+
+``plan(spec, devices, constraints)`` returns a :class:`Plan` saying where the model runs, with
+predicted and measured figures, the ranked alternatives and every rejected candidate with why.
+"""
+
+from aivmm.planner._plan import Plan
+from aivmm.planner._planner import plan
+from aivmm.planner._values import Candidate, Measurement, Prediction, Rejection, RejectReason
+from aivmm.planner.constraints import Constraints, HardwareSelector, Objective, PrecisionPolicy
+
+__all__ = [
+    "Candidate",
+    "Constraints",
+    "HardwareSelector",
+    "Measurement",
+    "Objective",
+    "Plan",
+    "PrecisionPolicy",
+    "Prediction",
+    "RejectReason",
+    "Rejection",
+    "plan",
+]

@@ -1,0 +1,91 @@
+"""The plan cache: a plan reused for the same model, devices, runtimes and request.
+
+The key hashes the model's content hash, a fingerprint of the devices (identity and capability,
+not free memory, which changes every second), the installed runtime versions and aivmm's, the
+constraints, and the planning arguments. Any change is a different key, so invalidation is by
+construction; entries are small JSON files written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import tempfile
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+from aivmm._version import __version__
+from aivmm.devices._types import Device
+from aivmm.optimize._cache import cache_dir
+
+log = logging.getLogger(__name__)
+
+# Distributions whose versions change what a plan measures; read from package metadata (cheap,
+# nothing imported).
+RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "openvino", "torch", "onnx")
+
+
+def runtime_versions() -> dict[str, str]:
+    out = {"aivmm": __version__}
+    for dist in RUNTIME_DISTRIBUTIONS:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def device_fingerprint(devices: Sequence[Device]) -> list[dict[str, Any]]:
+    return [
+        {"id": d.id, "kind": d.kind.value, "vendor": d.vendor.value, "name": d.name,
+         "memory_total_bytes": d.memory_total_bytes, "features": sorted(d.features),
+         "runtimes": list(d.runtimes), "simulated": d.simulated}
+        for d in sorted(devices, key=lambda d: d.id)
+    ]
+
+
+def feeds_digest(feeds: Mapping[str, Any] | None) -> str:
+    if not feeds:
+        return ""
+    digest = hashlib.sha256()
+    for name in sorted(feeds):
+        arr = np.ascontiguousarray(np.asarray(feeds[name]))
+        digest.update(f"{name}:{arr.dtype}:{arr.shape}".encode() + arr.tobytes())
+    return digest.hexdigest()
+
+
+def plan_key(parts: Mapping[str, Any]) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def load(key: str) -> dict[str, Any] | None:
+    path = cache_dir("plans") / f"{key}.json"
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # a corrupt entry is a miss, and is replaced below
+        log.warning("ignoring unreadable plan cache entry %s: %s", path, exc)
+        return None
+
+
+def store(key: str, data: Mapping[str, Any]) -> pathlib.Path:
+    folder = cache_dir("plans")
+    path = folder / f"{key}.json"
+    fd, tmp = tempfile.mkstemp(prefix=key[:8], suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, default=str)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

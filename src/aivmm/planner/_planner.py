@@ -1,0 +1,508 @@
+"""``plan()``: enumerate, predict, measure the promising few, check accuracy, apply constraints, choose.
+
+Order of work (cheap first, so bad input fails before anything runs): validate arguments →
+plan cache → enumerate candidates with rejection reasons → roofline prediction → measure the
+top-k (diverse: the best of each backend/device/precision/pass group first) one at a time →
+accuracy against the fp32 reference → constraints → rank by preference then objective.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from aivmm.backends import registry
+from aivmm.devices._types import Device
+from aivmm.dtypes import Precision
+from aivmm.errors import (
+    AivmmError,
+    ConfigError,
+    DeviceNotFoundError,
+    FallbackError,
+    InfeasibleError,
+)
+from aivmm.models._spec import ModelSpec
+from aivmm.optimize import _accuracy, _inputs, _passes
+from aivmm.optimize._cache import file_sha256
+from aivmm.planner import _cache
+from aivmm.planner._cost import predict
+from aivmm.planner._enumerate import analysed, enumerate_candidates, onnx_path, variant_key
+from aivmm.planner._figures import Capability, capability
+from aivmm.planner._plan import Plan
+from aivmm.planner._values import Candidate, RejectReason
+from aivmm.planner.constraints import Constraints, Objective
+from aivmm.planner.profile import Budget, profile
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 8
+DEFAULT_SECONDS_PER_CANDIDATE = 0.5
+CALIBRATION_SAMPLES = 8
+
+_upgrade_lock = threading.Lock()
+_upgrade_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _coerce_constraints(constraints: Constraints | Mapping[str, Any] | None) -> Constraints:
+    if constraints is None:
+        return Constraints()
+    if isinstance(constraints, Constraints):
+        return constraints
+    if isinstance(constraints, Mapping):
+        return Constraints.from_mapping(constraints)
+    raise ConfigError(f"constraints must be a Constraints or a dict, got {type(constraints).__name__}")
+
+
+@dataclasses.dataclass
+class _Request:
+    """The validated arguments of one plan() call."""
+
+    spec: ModelSpec
+    devices: tuple[Device, ...]
+    cons: Constraints
+    device: str | None
+    backend: str | None
+    strict: bool
+    measure: bool
+    feeds: dict[str, np.ndarray] | None
+    user_feeds: bool
+    top_k: int
+    seconds_per_candidate: float
+    backends: tuple[str, ...] | None
+
+
+def _validate(spec: ModelSpec, devices: Sequence[Device], constraints: Any, *, device: str | None,
+              backend: str | None, strict: bool, measure: bool, sample_inputs: Any, budget_s: float | None,
+              top_k: int | None, backends: Sequence[str] | None) -> _Request:
+    if not isinstance(spec, ModelSpec):
+        raise ConfigError(f"plan() needs a ModelSpec (aivmm.models.load(...)), got {type(spec).__name__}")
+    cons = _coerce_constraints(constraints)
+    devs = tuple(devices)
+    if not devs:
+        raise ConfigError("plan() got no devices: pass aivmm.devices.discover()")
+    ids = [d.id for d in devs]
+    if device is not None and device not in ids:
+        raise DeviceNotFoundError(f"unknown device {device!r}; devices here: {', '.join(ids)}")
+    known = registry.names()
+    if backend is not None and backend not in known:
+        raise ConfigError(f"unknown backend {backend!r}; known: {', '.join(known)}")
+    for name in backends or ():
+        if name not in known:
+            raise ConfigError(f"unknown backend {name!r}; known: {', '.join(known)}")
+    allowed = [d for d in devs if cons.allows_device(d)]
+    if not allowed:
+        raise ConfigError(
+            f"the constraints exclude every device: exclude={[s.text for s in cons.exclude]} "
+            f"matches all of {ids}"
+        )
+    if device is not None and device not in {d.id for d in allowed}:
+        raise ConfigError(f"device={device!r} is pinned but also excluded by the constraints")
+    if budget_s is not None and not (isinstance(budget_s, int | float) and math.isfinite(budget_s) and budget_s > 0):
+        raise ConfigError(f"budget_s must be a positive number of seconds, got {budget_s!r}")
+    k = DEFAULT_TOP_K if top_k is None else top_k
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+    per = DEFAULT_SECONDS_PER_CANDIDATE if budget_s is None else max(0.02, float(budget_s) / k)
+    feeds: dict[str, np.ndarray] | None = None
+    user = sample_inputs is not None
+    if user:
+        feeds = _inputs.check_feeds(spec, sample_inputs)
+    elif measure or cons.tolerance is not None:
+        try:
+            feeds = _inputs.sample_inputs(spec, batch=cons.batch_size)
+        except ConfigError as exc:
+            what = f"tolerance={cons.tolerance}" if cons.tolerance is not None else "measuring"
+            raise ConfigError(f"{what} needs reference inputs and none can be generated: {exc}") from exc
+    return _Request(spec, devs, cons, device, backend, strict, measure, feeds, user, k, per,
+                    tuple(backends) if backends is not None else None)
+
+
+def _model_hash(spec: ModelSpec) -> str:
+    if spec.sha256:
+        return spec.sha256
+    path = onnx_path(spec)
+    return file_sha256(path) if path is not None else ""
+
+
+def _cache_parts(req: _Request, model_hash: str) -> dict[str, Any]:
+    return {
+        "model": model_hash,
+        "devices": _cache.device_fingerprint(req.devices),
+        "runtimes": _cache.runtime_versions(),
+        "backends": list(req.backends) if req.backends is not None else registry.names(),
+        "constraints": req.cons.key(),
+        "pins": [req.device, req.backend, req.strict],
+        "measure": req.measure,
+        "inputs": _cache.feeds_digest(req.feeds) if req.user_feeds else "generated",
+        "top_k": req.top_k,
+        "seconds_per_candidate": req.seconds_per_candidate,
+    }
+
+
+def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | Mapping[str, Any] | None = None, *,
+         device: str | None = None, backend: str | None = None, strict: bool = False, measure: bool = True,
+         sample_inputs: Any = None, cache: bool = True, budget_s: float | None = None, top_k: int | None = None,
+         fast_start: bool = False, backends: Sequence[str] | None = None) -> Plan:
+    """Choose where ``spec`` runs on ``devices`` under ``constraints``; see docs/planner.md.
+
+    ``device`` / ``backend`` pin the placement (FallbackError with ``strict`` when they cannot be
+    honoured, a recorded fallback otherwise). ``measure=False`` plans from predictions only and
+    keeps only fp32 candidates (lowered precisions cannot be verified without running them).
+    ``budget_s`` bounds total profiling time; ``top_k`` how many candidates are measured.
+    ``fast_start`` returns at once a ready fp32 candidate chosen from predictions, with
+    ``Plan.upgrade`` a Future of the measured plan. ``backends`` restricts the registry's names.
+    """
+    t0 = time.perf_counter()
+    req = _validate(spec, devices, constraints, device=device, backend=backend, strict=strict, measure=measure,
+                    sample_inputs=sample_inputs, budget_s=budget_s, top_k=top_k, backends=backends)
+    model_hash = _model_hash(spec)
+    key = None
+    if cache and model_hash:
+        key = _cache.plan_key(_cache_parts(req, model_hash))
+        hit = _cache.load(key)
+        if hit is not None:
+            try:
+                cached = Plan.from_json(hit, spec)
+            except (KeyError, ValueError, TypeError, AivmmError) as exc:
+                log.warning("plan cache entry unusable (%s); planning again", exc)
+            else:
+                return dataclasses.replace(cached, cache_hit=True, planning_seconds=time.perf_counter() - t0)
+    if fast_start and req.measure:
+        quick = _run(dataclasses.replace(req, measure=False), t0, model_hash)
+        future = _upgrade_executor().submit(
+            plan, spec, req.devices, req.cons, device=device, backend=backend, strict=strict, measure=True,
+            sample_inputs=sample_inputs, cache=cache, budget_s=budget_s, top_k=top_k, backends=backends,
+        )
+        note = "fast start: chosen from predictions; Plan.upgrade resolves to the measured plan"
+        return dataclasses.replace(quick, upgrade=future, notes=(*quick.notes, note))
+    result = _run(req, t0, model_hash)
+    if key is not None:
+        _cache.store(key, result.to_json())
+    return result
+
+
+def _upgrade_executor() -> concurrent.futures.ThreadPoolExecutor:
+    global _upgrade_pool
+    with _upgrade_lock:
+        if _upgrade_pool is None:
+            # One worker: upgrades measure, and two measurements at once would share cores.
+            _upgrade_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aivmm-plan-upgrade")
+        return _upgrade_pool
+
+
+class _Evaluator:
+    """Measures, checks and constrains candidates for one request."""
+
+    def __init__(self, req: _Request) -> None:
+        self.req = req
+        self.devices = {d.id: d for d in req.devices}
+        self._caps: dict[tuple[str, str], Capability] = {}
+        self._reference: list[np.ndarray] | None = None
+        self._reference_error: str = ""
+        self._reference_done = False
+        self.notes: list[str] = []
+
+    def capability(self, c: Candidate) -> Capability:
+        k = (c.config.device, c.config.backend)
+        if k not in self._caps:
+            self._caps[k] = capability(self.devices[c.config.device], c.config.backend)
+        return self._caps[k]
+
+    def predict(self, c: Candidate) -> Candidate:
+        dev = self.devices[c.config.device]
+        pred = predict(self.req.spec, dev, c.config, self.capability(c), batch=self.req.cons.batch_size,
+                       precision=c.precision, transform=c.transform)
+        c = c.with_(prediction=pred)
+        if pred.memory_bytes > dev.memory_free_bytes:
+            c = c.reject(RejectReason.DOES_NOT_FIT,
+                         f"needs ~{pred.memory_bytes / 2**20:.1f} MiB, {dev.id} has "
+                         f"{dev.memory_free_bytes / 2**20:.1f} MiB free")
+        return c
+
+    # -- measurement -----------------------------------------------------------------------------
+    def _reference_outputs(self) -> list[np.ndarray] | None:
+        if not self._reference_done:
+            self._reference_done = True
+            path = onnx_path(self.req.spec)
+            if path is not None and self.req.feeds is not None:
+                try:
+                    self._reference = _accuracy.reference_outputs(path, self.req.feeds)
+                except AivmmError as exc:
+                    self._reference_error = str(exc)
+            else:
+                self._reference_error = "no ONNX file: the first measured fp32 candidate is the reference"
+        return self._reference
+
+    def _calibration(self) -> list[dict[str, np.ndarray]]:
+        if self.req.user_feeds and self.req.feeds is not None:
+            return [self.req.feeds]
+        return [_inputs.sample_inputs(self.req.spec, batch=1, seed=s) for s in range(CALIBRATION_SAMPLES)]
+
+    def _materialise(self, c: Candidate) -> Candidate:
+        t = c.transform
+        if not t:
+            return c
+        path = onnx_path(self.req.spec)
+        assert path is not None  # passes are only enumerated for ONNX files
+        p = _passes.Pass(t)
+        out = _passes.apply(path, p, model_sha256=_model_hash(self.req.spec),
+                            calibration=self._calibration() if p.needs_calibration else ())
+        model = analysed(self.req.spec, out)
+        support = registry.get(c.config.backend).check(model, self.devices[c.config.device], c.config)
+        if not support:
+            return c.with_(model=model).reject(RejectReason.UNSUPPORTED, "; ".join(support.reasons))
+        return c.with_(model=model)
+
+    def measure(self, c: Candidate) -> Candidate:
+        assert self.req.feeds is not None
+        try:
+            c = self._materialise(c)
+            if c.rejected:
+                return c
+            backend = registry.get(c.config.backend)
+            m, outputs = profile(backend, c.model, self.devices[c.config.device], c.config, self.req.feeds,
+                                 Budget(seconds=self.req.seconds_per_candidate),
+                                 batch_size=self.req.cons.batch_size)
+        except AivmmError as exc:
+            return c.reject(RejectReason.FAILED, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a runtime's own exception: recorded, the others still get measured
+            log.warning("measuring %s failed: %r", c.label, exc)
+            return c.reject(RejectReason.FAILED, f"{type(exc).__name__}: {exc}")
+        c = c.with_(measurement=m)
+        ref = self._reference_outputs()
+        if ref is None and not c.transform and c.config.precision is Precision.FP32:
+            self._reference = [np.asarray(o) for o in outputs]
+            self.notes.append(f"accuracy reference: {c.label} ({self._reference_error})")
+            ref = self._reference
+        if ref is None:
+            if c.precision is not Precision.FP32 or c.transform:
+                return c.reject(RejectReason.ACCURACY, f"no fp32 reference to check against: {self._reference_error}")
+            return c
+        precision = c.precision
+        tol = _accuracy.tolerance_for(precision, ref, self.req.cons.tolerance)
+        report = _accuracy.compare(outputs, ref, [t.name for t in self.req.spec.outputs], tol)
+        c = c.with_(accuracy=report.to_json())
+        if not report.ok:
+            c = c.reject(RejectReason.ACCURACY, str(report.error(c.label)))
+        return c
+
+    # -- constraints -----------------------------------------------------------------------------
+    def latency(self, c: Candidate) -> float:
+        m = c.measurement
+        if m is not None:
+            return m.p99_ms if self.req.cons.latency_percentile == 99 else m.p50_ms
+        return c.prediction.latency_ms if c.prediction else math.inf
+
+    def figures(self, c: Candidate) -> dict[str, float | None]:
+        m, p = c.measurement, c.prediction
+        cap = self.capability(c)
+        return {
+            "latency": self.latency(c),
+            "throughput": m.throughput if m else (p.throughput if p else 0.0),
+            "memory": float(m.memory_bytes if m else (p.memory_bytes if p else 0)),
+            "power": m.power_w if (m and m.power_w is not None) else cap.power_w,
+            "energy": m.energy_j if (m and m.energy_j is not None) else (p.energy_j if p else None),
+        }
+
+    def violations(self, c: Candidate) -> list[tuple[str, str]]:
+        """(constraint name, sentence) for every constraint ``c`` violates."""
+        cons, f, out = self.req.cons, self.figures(c), []
+        basis = "measured" if c.measurement else "predicted"
+        if cons.max_latency_ms is not None and f["latency"] > cons.max_latency_ms:
+            out.append(("max_latency_ms", f"p{cons.latency_percentile} {f['latency']:.3f} ms ({basis}) > "
+                                          f"{cons.max_latency_ms:g} ms"))
+        if cons.min_throughput is not None and (f["throughput"] or 0.0) < cons.min_throughput:
+            out.append(("min_throughput", f"{f['throughput']:.1f}/s ({basis}) < {cons.min_throughput:g}/s"))
+        if cons.max_memory_bytes is not None and (f["memory"] or 0) > cons.max_memory_bytes:
+            out.append(("max_memory_bytes", f"{f['memory']:.0f} B ({basis}) > {cons.max_memory_bytes} B"))
+        if cons.max_power_w is not None:
+            if f["power"] is None:
+                out.append(("max_power_w", "power is neither measurable nor known for this device"
+                            + (f" ({c.measurement.energy_source})" if c.measurement else "")))
+            elif f["power"] > cons.max_power_w:
+                out.append(("max_power_w", f"{f['power']:.1f} W > {cons.max_power_w:g} W"))
+        if cons.max_energy_j is not None:
+            if f["energy"] is None:
+                out.append(("max_energy_j", "energy per inference is neither measurable nor predictable here"
+                            + (f" ({c.measurement.energy_source})" if c.measurement else "")))
+            elif f["energy"] > cons.max_energy_j:
+                out.append(("max_energy_j", f"{f['energy']:.4g} J ({basis}) > {cons.max_energy_j:g} J"))
+        return out
+
+    def objective_key(self, c: Candidate) -> tuple[float, ...]:
+        f = self.figures(c)
+        objective = self.req.cons.objective
+        if objective is Objective.THROUGHPUT:
+            primary = -(f["throughput"] or 0.0)
+        elif objective is Objective.ENERGY:
+            primary = f["energy"] if f["energy"] is not None else math.inf
+        else:
+            primary = f["latency"] or math.inf
+        return (primary, f["latency"] or math.inf)
+
+    def rank_key(self, c: Candidate) -> tuple[Any, ...]:
+        measured_first = 0 if (c.measurement is not None or not self.req.measure) else 1
+        return (self.req.cons.preference_rank(self.devices[c.config.device]), measured_first, *self.objective_key(c))
+
+    # -- one pool --------------------------------------------------------------------------------
+    def evaluate(self, pool: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
+        """(feasible ranked best first, rejected) for clean, predicted candidates."""
+        rejected: list[Candidate] = []
+        if not self.req.measure:
+            kept = []
+            for c in pool:
+                if c.transform or c.precision is not Precision.FP32:
+                    rejected.append(c.reject(RejectReason.ACCURACY, "accuracy of a lowered precision or "
+                                             "transformed model cannot be verified without measuring (measure=False)"))
+                else:
+                    kept.append(c)
+            pool = kept
+        else:
+            pool = self._measure_top_k(pool, rejected)
+        feasible = []
+        for c in pool:
+            for name, sentence in self.violations(c):
+                c = c.reject(RejectReason.CONSTRAINT, f"{name}: {sentence}")
+            (rejected if c.rejected else feasible).append(c)
+        feasible.sort(key=self.rank_key)
+        return feasible, rejected
+
+    def _measure_top_k(self, pool: list[Candidate], rejected: list[Candidate]) -> list[Candidate]:
+        order = sorted(pool, key=lambda c: (self.req.cons.preference_rank(self.devices[c.config.device]),
+                                            *self.objective_key(c)))
+        picked: list[Candidate] = []
+        seen: set[tuple[str, ...]] = set()
+        for c in order:  # first the best-predicted of every group, so each runtime gets a fair hearing
+            g = variant_key(c)
+            if g not in seen and len(picked) < self.req.top_k:
+                seen.add(g)
+                picked.append(c)
+        for c in order:
+            if len(picked) >= self.req.top_k:
+                break
+            if c not in picked:
+                picked.append(c)
+        # fp32 without a pass first: for non-ONNX models the first of them becomes the reference
+        picked.sort(key=lambda c: (bool(c.transform) or c.config.precision is not Precision.FP32))
+        out: list[Candidate] = []
+        for c in pool:
+            if c not in picked:
+                out.append(c.with_(notes=(*c.notes, "not measured: predicted slower than the measured ones")))
+        for c in picked:
+            m = self.measure(c)
+            (rejected if m.rejected else out).append(m)
+        return out
+
+
+def _run(req: _Request, t0: float, model_hash: str) -> Plan:
+    ev = _Evaluator(req)
+    all_cands = enumerate_candidates(req.spec, req.devices, req.cons, req.backends)
+    clean, rejected = [], []
+    for c in all_cands:
+        if not c.rejected:
+            c = ev.predict(c)
+        (rejected if c.rejected else clean).append(c)
+
+    def pinned(c: Candidate) -> bool:
+        return (req.device is None or c.config.device == req.device) and (
+            req.backend is None or c.config.backend == req.backend)
+
+    fallbacks: list[str] = []
+    pins = req.device is not None or req.backend is not None
+    if pins:
+        pool = [c for c in clean if pinned(c)]
+        others = [c for c in clean if not pinned(c)]
+        feasible, bad = ev.evaluate(pool) if pool else ([], [])
+        rejected.extend(bad)
+        if feasible:
+            rejected.extend(c.reject(RejectReason.NOT_PINNED, _pin_text(req)) for c in others)
+        else:
+            why = _summarise([c for c in (*rejected, *bad) if pinned(c)]) or "no candidate matches"
+            message = f"{_pin_text(req)} cannot run {req.spec.name!r}: {why}"
+            if req.strict:
+                raise FallbackError(message)
+            feasible, bad = ev.evaluate(others)
+            rejected.extend(bad)
+            if feasible:
+                message += f"; placed on {feasible[0].label} instead"
+            fallbacks.append(message)
+            log.warning("%s", message)
+    else:
+        feasible, bad = ev.evaluate(clean)
+        rejected.extend(bad)
+    if not feasible:
+        raise _infeasible(req, ev, rejected)
+    return Plan(
+        model_name=req.spec.name,
+        model_sha256=model_hash,
+        chosen=feasible[0],
+        alternatives=tuple(feasible[1:]),
+        rejected=tuple(rejected),
+        fallbacks=tuple(fallbacks),
+        constraints=req.cons,
+        planning_seconds=time.perf_counter() - t0,
+        measured=req.measure,
+        notes=tuple(ev.notes),
+    )
+
+
+def _pin_text(req: _Request) -> str:
+    parts = []
+    if req.backend is not None:
+        parts.append(f"backend={req.backend!r}")
+    if req.device is not None:
+        parts.append(f"device={req.device!r}")
+    return "pinned " + " and ".join(parts)
+
+
+def _summarise(cands: Sequence[Candidate], limit: int = 4) -> str:
+    seen: list[str] = []
+    for c in cands:
+        for r in c.rejections:
+            text = f"{c.label}: {r}"
+            if text not in seen:
+                seen.append(text)
+    extra = f" (+{len(seen) - limit} more)" if len(seen) > limit else ""
+    return "; ".join(seen[:limit]) + extra
+
+
+def _infeasible(req: _Request, ev: _Evaluator, rejected: Sequence[Candidate]) -> InfeasibleError:
+    """The error naming, for each violated constraint, the best figure any candidate achieved."""
+    only_constraints = [c for c in rejected if c.rejections and
+                        all(r.reason in (RejectReason.CONSTRAINT, RejectReason.NOT_PINNED) for r in c.rejections)]
+    if not only_constraints:
+        return InfeasibleError(f"no candidate can run {req.spec.name!r}: {_summarise(rejected, 8)}")
+    cons = req.cons
+    lines = []
+    violated = {name for c in only_constraints for name, _ in ev.violations(c)}
+
+    def best(metric: str, pick: Any) -> tuple[float, Candidate] | None:
+        vals = [(ev.figures(c)[metric], c) for c in only_constraints if ev.figures(c)[metric] is not None]
+        return pick(vals, key=lambda v: v[0]) if vals else None
+
+    table = [
+        ("max_latency_ms", "latency", min, lambda v: f"p{cons.latency_percentile} {v:.3f} ms",
+         f"{cons.max_latency_ms} ms"),
+        ("min_throughput", "throughput", max, lambda v: f"{v:.1f}/s", f"{cons.min_throughput}/s"),
+        ("max_memory_bytes", "memory", min, lambda v: f"{v / 2**20:.1f} MiB",
+         f"{(cons.max_memory_bytes or 0) / 2**20:.1f} MiB"),
+        ("max_power_w", "power", min, lambda v: f"{v:.1f} W", f"{cons.max_power_w} W"),
+        ("max_energy_j", "energy", min, lambda v: f"{v:.4g} J", f"{cons.max_energy_j} J"),
+    ]
+    for name, metric, pick, fmt, asked in table:
+        if name not in violated:
+            continue
+        got = best(metric, pick)
+        if got is None:
+            lines.append(f"{name}={asked}: not measurable on any candidate")
+        else:
+            lines.append(f"{name}={asked}: best achievable {fmt(got[0])} ({got[1].label})")
+    return InfeasibleError(f"no candidate for {req.spec.name!r} meets the constraints: " + "; ".join(lines))

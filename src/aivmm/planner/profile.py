@@ -1,0 +1,146 @@
+"""Bounded profiling of one candidate on its real device.
+
+One candidate at a time: the session is created, warmed up, timed until ``budget_s`` or
+``max_runs`` (whichever first, and at least ``min_runs``), then closed before the next one, so
+runtimes never share cores during a measurement. Reported: p50 / p99 / mean latency, the peak
+memory the session added, and energy per inference where a counter is readable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from aivmm.backends._base import Backend, Config, Session
+from aivmm.devices._types import Device, DeviceKind, Vendor
+from aivmm.models._spec import ModelSpec
+from aivmm.planner._energy import RAPL_ROOT, meter_for
+from aivmm.planner._values import Measurement
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """How long one candidate may be profiled."""
+
+    seconds: float = 1.0
+    warmup_runs: int = 3
+    min_runs: int = 5
+    max_runs: int = 200
+
+    def __post_init__(self) -> None:
+        from aivmm.errors import ConfigError
+
+        if not (self.seconds > 0 and self.min_runs >= 1 and self.max_runs >= self.min_runs and self.warmup_runs >= 0):
+            raise ConfigError(f"bad profiling budget {self}")
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset the process's peak-RSS mark (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class _MemoryProbe:
+    """Peak memory a session adds: VmHWM after a reset on Linux, CUDA peak allocation on NVIDIA."""
+
+    def __init__(self, device: Device) -> None:
+        self._cuda = device.kind is DeviceKind.GPU and device.vendor is Vendor.NVIDIA and "torch" in sys.modules
+        self._index = device.index
+        gc.collect()
+        self._base_kb = _status_kb("VmRSS") or 0
+        self._hwm = _reset_hwm() and _status_kb("VmHWM") is not None
+        if self._cuda:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats(self._index)
+                self._cuda_base = torch.cuda.memory_allocated(self._index)
+            else:
+                self._cuda = False
+
+    def peak(self, session: Session) -> tuple[int, str]:
+        if self._cuda:
+            import torch
+
+            peak = torch.cuda.max_memory_allocated(self._index) - self._cuda_base
+            if peak > 0:
+                return int(peak), "torch.cuda"
+        if session.device.kind is not DeviceKind.CPU and session.report.device_memory_bytes:
+            return int(session.report.device_memory_bytes), "load-report"
+        if self._hwm:
+            return max(0, ((_status_kb("VmHWM") or 0) - self._base_kb) * 1024), "vmhwm"
+        return max(0, ((_status_kb("VmRSS") or 0) - self._base_kb) * 1024), "rss-delta"
+
+
+def time_runs(session: Session, feeds: Mapping[str, Any], budget: Budget) -> list[float]:
+    """Warm up, then time ``session.run`` calls; returns per-call seconds."""
+    for _ in range(budget.warmup_runs):
+        session.run(feeds)
+    times: list[float] = []
+    deadline = time.perf_counter() + budget.seconds
+    while len(times) < budget.max_runs and (len(times) < budget.min_runs or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        session.run(feeds)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def profile(backend: Backend, model: ModelSpec, device: Device, config: Config, feeds: Mapping[str, Any],
+            budget: Budget | None = None, *, batch_size: int = 1,
+            rapl_root: str = RAPL_ROOT) -> tuple[Measurement, list[Any]]:
+    """Load, time and close one candidate; returns its Measurement and the outputs of its first run
+    (model output order) for the accuracy check."""
+    budget = budget or Budget()
+    probe = _MemoryProbe(device)
+    session = backend.load(model, device, config)
+    try:
+        first = session.run(feeds)
+        outputs = list(first.values())  # Session.run returns outputs in model order
+        for _ in range(budget.warmup_runs):
+            session.run(feeds)
+        meter, why = meter_for(device, rapl_root=rapl_root)
+        start_j = meter.read_j() if meter else 0.0
+        t0 = time.perf_counter()
+        times = time_runs(session, feeds, dataclasses.replace(budget, warmup_runs=0))
+        wall = time.perf_counter() - t0
+        energy = power = None
+        source = why
+        if meter is not None:
+            spent = meter.read_j() - start_j
+            energy = spent / len(times) if times else None
+            power = spent / wall if wall > 0 else None
+            source = meter.source
+        memory, mem_source = probe.peak(session)
+        arr = np.asarray(times) * 1e3
+        m = Measurement(
+            p50_ms=float(np.percentile(arr, 50)), p99_ms=float(np.percentile(arr, 99)), mean_ms=float(arr.mean()),
+            runs=len(times), warmup_runs=budget.warmup_runs, load_seconds=session.report.seconds,
+            memory_bytes=memory, memory_source=mem_source, energy_j=energy, power_w=power,
+            energy_source=source, batch_size=batch_size,
+        )
+        return m, outputs
+    finally:
+        session.close()
+        del session
+        gc.collect()
