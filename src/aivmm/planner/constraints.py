@@ -38,6 +38,8 @@ class PrecisionPolicy(enum.Enum):
     def parse(cls, text: str | PrecisionPolicy) -> PrecisionPolicy:
         if isinstance(text, PrecisionPolicy):
             return text
+        if not isinstance(text, str):
+            raise ConfigError(f"precision policy must be a string such as 'fp16', got {text!r}")
         aliases = {"exact": "fp32", "fp32": "fp32", "fp16": "fp16", "bf16": "fp16", "half": "fp16",
                    "int8": "int8"}
         key = text.strip().lower()
@@ -61,6 +63,8 @@ class HardwareSelector:
 
     @classmethod
     def parse(cls, text: str) -> HardwareSelector:
+        if not isinstance(text, str):
+            raise ConfigError(f"hardware selector must be a string such as 'gpu' or 'nvidia:0', got {text!r}")
         t = text.strip().lower()
         if not t:
             raise ConfigError("empty hardware selector")
@@ -198,10 +202,14 @@ class Constraints:
         return cls(**dict(data))
 
 
-def _selectors(values: Iterable[str | HardwareSelector] | str) -> list[HardwareSelector]:
+def _selectors(values: Iterable[str | HardwareSelector] | str | None) -> list[HardwareSelector]:
+    if values is None:  # "prefer": null in a config file means no preference
+        return []
     if isinstance(values, str):
         values = [v for v in values.split(",") if v.strip()]
-    return [v if isinstance(v, HardwareSelector) else HardwareSelector.parse(str(v)) for v in values]
+    if not isinstance(values, Iterable) or isinstance(values, bytes | Mapping):
+        raise ConfigError(f"expected a list of hardware selectors or a comma-separated string, got {values!r}")
+    return [v if isinstance(v, HardwareSelector) else HardwareSelector.parse(v) for v in values]
 
 
 def _objective(value: str | Objective) -> Objective:
