@@ -10,6 +10,7 @@ GPU node becomes a device.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
 from typing import Any
@@ -64,15 +65,16 @@ def _probe_amdsmi(amdsmi: Any) -> ProbeReport:
                 devices.append(_amdsmi_device(amdsmi, index, handle))
             except Exception as exc:
                 problems.append(f"GPU {index} skipped: {type(exc).__name__}: {exc}")
-        reason = "; ".join(problems) if devices else ("amdsmi reports no GPU" + (": " + "; ".join(problems) if problems else ""))
+        if devices:
+            reason = "; ".join(problems)
+        else:
+            reason = "amdsmi reports no GPU" + (": " + "; ".join(problems) if problems else "")
         return ProbeReport("amd", tuple(devices), reason)
     except Exception as exc:
         return ProbeReport("amd", reason=f"amdsmi failed while listing GPUs: {type(exc).__name__}: {exc}")
     finally:
-        try:
+        with contextlib.suppress(Exception):  # a failing shutdown must not hide what was found
             amdsmi.amdsmi_shut_down()
-        except Exception:  # noqa: S110 - a failing shutdown must not hide what was found
-            pass
 
 
 def _call(fn: Any, *args: Any) -> Any:
@@ -233,7 +235,9 @@ def probe_sysfs(root: str | Path = "/sys") -> ProbeReport:
     return ProbeReport("amd", tuple(devices))
 
 
-def _sysfs_device(index: int, device_dir: Path, ident: dict[str, str], kfd_nodes: list[dict[str, str | Path]]) -> Device:
+def _sysfs_device(
+    index: int, device_dir: Path, ident: dict[str, str], kfd_nodes: list[dict[str, str | Path]]
+) -> Device:
     device_id = _pci_ids.parse_hex(ident.get("device_id"))
     revision = read_int(device_dir / "revision")
     product = read_text(device_dir / "product_name")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aivmm.devices import _pci_ids
-from aivmm.devices._sysfs import list_dir, pci_identity, pcie_link, read_int, read_text
+from aivmm.devices._sysfs import list_dir, pci_identity, pcie_link, read_int
 from aivmm.devices._types import Device, DeviceKind, ProbeReport, Vendor
 
 _GPU_DRIVERS = ("i915", "xe")
@@ -147,7 +147,7 @@ def _openvino_devices(core_factory: Callable[[], Any] | None) -> tuple[list[dict
         for key in _OV_PROPERTIES:
             try:
                 props[key] = core.get_property(name, key)
-            except Exception:  # noqa: S112 - each device supports a different subset of properties
+            except Exception:  # each device supports a different subset of properties
                 continue
         out.append(_openvino_facts(name, kind, props))
     return out, ""
@@ -162,7 +162,8 @@ def _openvino_facts(name: str, kind: str, p: dict[str, Any]) -> dict[str, Any]:
     device_type = str(p.get("DEVICE_TYPE", "")).upper()
     integrated = True if "INTEGRATED" in device_type else (False if "DISCRETE" in device_type else None)
     memory = _int(p.get("GPU_DEVICE_TOTAL_MEM_SIZE")) or _int(p.get("NPU_DEVICE_TOTAL_MEM_SIZE")) or 0
-    features = {c.lower() for c in _as_list(p.get("OPTIMIZATION_CAPABILITIES")) if c in ("FP32", "FP16", "INT8", "BF16")}
+    capabilities = _as_list(p.get("OPTIMIZATION_CAPABILITIES"))
+    features = {c.lower() for c in capabilities if c in ("FP32", "FP16", "INT8", "BF16")}
     gops = _gops(p.get("DEVICE_GOPS"))
     # DEVICE_GOPS reads 0.0 both for "no fast path" (NPU fp32) and "not reported" (A770 fp16 on
     # OpenVINO 2024.1), so a zero never removes what OPTIMIZATION_CAPABILITIES claims.

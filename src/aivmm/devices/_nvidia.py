@@ -7,6 +7,7 @@ memory and does not depend on ``CUDA_VISIBLE_DEVICES`` (which it ignores on purp
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -35,10 +36,8 @@ def probe(nvml: Any = None) -> ProbeReport:
     except Exception as exc:
         return ProbeReport("nvidia", reason=f"absent: NVML failed while listing GPUs: {_describe(exc)}")
     finally:
-        try:
+        with contextlib.suppress(Exception):  # shutting down a library that misbehaved must not hide what we found
             nvml.nvmlShutdown()
-        except Exception:  # noqa: S110 - shutting down a library that misbehaved must not hide what we found
-            pass
 
 
 def _devices(nvml: Any) -> ProbeReport:

@@ -49,7 +49,15 @@ def load(spec: SimulateSpec) -> tuple[Device, ...]:
                 f"{source}[{position}]", f"{device.id}.id", f"duplicates the device at position {seen[device.id]}"
             )
         seen[device.id] = position
-        devices.append(device.with_(simulated=True, source="simulated"))
+        device = device.with_(simulated=True, source="simulated")
+        figures = entry.get("figures")
+        if figures is not None:
+            # The "figures" of an `aivmm devices --json --bench` entry travel with the device, so a
+            # recorded machine can be replayed with its measured speed (see aivmm.devices.bench).
+            if not isinstance(figures, Mapping):
+                raise SimulationSpecError(f"{source}[{position}]", f"{device.id}.figures", "expected an object")
+            device = device.with_(properties={**device.properties, "figures": dict(figures)})
+        devices.append(device)
     return tuple(devices)
 
 
