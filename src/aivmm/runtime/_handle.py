@@ -1,0 +1,151 @@
+"""The handle a deployed model is served through: ``infer``, ``infer_async``, ``state``, ``stats``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from aivmm.errors import ModelNotReadyError
+from aivmm.models._spec import ModelSpec
+from aivmm.runtime._batching import BatchingConfig
+from aivmm.runtime._replica import Replica, _NotResident
+from aivmm.runtime._states import ModelState
+
+if TYPE_CHECKING:
+    from aivmm.runtime._engine import Engine
+
+
+class ModelHandle:
+    """One deployed model. Thread-safe; ``infer`` may be called from any number of threads."""
+
+    def __init__(self, engine: Engine, name: str, spec: ModelSpec, *, batching: BatchingConfig | None,
+                 isolation: bool) -> None:
+        self._engine = engine
+        self.name = name
+        self.spec = spec
+        self.batching = batching
+        self.isolation = isolation
+        self.state = ModelState.LOADING
+        self.replicas: list[Replica] = []
+        self.stage_replicas: list[Replica] = []  # the stages of a split model (each on its device)
+        self.split_plan: Any = None
+        self.events: list[str] = []  # re-placements and other changes, as sentences
+        self.lock = threading.Lock()
+        self.rejected = 0
+        self._fast: Replica | None = None
+
+    def refresh_fast_path(self) -> None:
+        """The caller-thread path applies when there is nothing to schedule: no batching, one replica."""
+        with self.lock:
+            healthy = [r for r in self.replicas if r.healthy]
+            self._fast = (
+                healthy[0]
+                if self.state is ModelState.READY and self.batching is None and len(healthy) == 1
+                else None
+            )
+
+    def infer(self, feeds: Mapping[str, Any], *, priority: int = 0, deadline_ms: float | None = None,
+              reject_late: bool = False, output: str = "numpy", idempotent: bool = True) -> dict[str, Any]:
+        """Run one request (feeds already validated) and return its outputs in model order.
+
+        ``priority`` orders queued requests (higher first); ``deadline_ms`` orders them earliest
+        deadline first and, with ``reject_late``, fails a request with DeadlineExceededError as soon
+        as it can no longer finish in time. ``idempotent`` requests are retried once after a device
+        or worker failure.
+        """
+        replica = self._fast
+        if replica is not None and deadline_ms is None:
+            # Fast path: the session runs right here, in the caller's thread.
+            try:
+                session = replica.acquire()
+            except _NotResident:
+                pass
+            else:
+                start = time.perf_counter()
+                try:
+                    out = session.run(feeds, output=output)
+                except BaseException as exc:
+                    replica.release()
+                    return self._engine._recover(self, replica, feeds, exc, output=output, idempotent=idempotent)
+                replica.release()
+                replica.observe_latency(1, time.perf_counter() - start)
+                if replica.failures:
+                    replica.failures = 0
+                return out
+        return self._engine._infer(self, feeds, priority=priority, deadline_ms=deadline_ms,
+                                   reject_late=reject_late, output=output, idempotent=idempotent)
+
+    async def infer_async(self, feeds: Mapping[str, Any], *, priority: int = 0, deadline_ms: float | None = None,
+                          reject_late: bool = False, output: str = "numpy", idempotent: bool = True
+                          ) -> dict[str, Any]:
+        """``infer`` for asyncio: queued models await their future; others run in a worker thread."""
+        if self.batching is None:
+            return await asyncio.to_thread(
+                self.infer, feeds, priority=priority, deadline_ms=deadline_ms, reject_late=reject_late,
+                output=output, idempotent=idempotent,
+            )
+        request = self._engine._enqueue(self, feeds, priority=priority, deadline_ms=deadline_ms,
+                                        reject_late=reject_late, output=output, idempotent=idempotent)
+        return await asyncio.wrap_future(request.future)
+
+    def check_ready(self) -> None:
+        state = self.state
+        if state is ModelState.READY:
+            return
+        if state is ModelState.LOADING:
+            raise ModelNotReadyError(f"model {self.name!r} is still loading")
+        if state is ModelState.DRAINING:
+            raise ModelNotReadyError(f"model {self.name!r} is being unloaded (draining); it takes no new requests")
+        if state is ModelState.FAILED:
+            raise ModelNotReadyError(f"model {self.name!r} failed: {'; '.join(self.events[-1:])}")
+        raise ModelNotReadyError(f"model {self.name!r} was unloaded")
+
+    def queue_length(self) -> int:
+        return sum(len(r.queue) for r in self.replicas if r.queue is not None)
+
+    def stats(self) -> dict[str, Any]:
+        replicas = [_replica_stats(r) for r in self.replicas]
+        batches = sum(r.batches for r in self.replicas)
+        items = sum(r.batched_items for r in self.replicas)
+        return {
+            "state": self.state.value,
+            "batching": None if self.batching is None else self.batching.to_json(),
+            "isolation": self.isolation,
+            "queue_length": self.queue_length(),
+            "requests": sum(r.requests for r in self.replicas),
+            "rejected": self.rejected,
+            "batches": {"count": batches, "mean_size": round(items / batches, 3) if batches else 0.0},
+            "loads": sum(r.load_count for r in (*self.replicas, *self.stage_replicas)),
+            "evictions": sum(r.eviction_count for r in (*self.replicas, *self.stage_replicas)),
+            "replicas": replicas,
+            "stages": [_replica_stats(r) for r in self.stage_replicas],
+            "split": None if self.split_plan is None else self.split_plan.to_json(),
+            "events": list(self.events),
+        }
+
+    def __repr__(self) -> str:
+        return f"ModelHandle({self.name!r}, state={self.state.value}, replicas={len(self.replicas)})"
+
+
+def _replica_stats(r: Replica) -> dict[str, Any]:
+    return {
+        "key": r.key,
+        "device": r.device.id,
+        "config": r.config.label(),
+        "tier": r.tier.value,
+        "healthy": r.healthy,
+        "charged_bytes": r.charged_bytes,
+        "footprint": r.footprint.to_json(),
+        "inflight": r.inflight,
+        "queue_length": 0 if r.queue is None else len(r.queue),
+        "requests": r.requests,
+        "batches": r.batches,
+        "mean_batch": round(r.batched_items / r.batches, 3) if r.batches else 0.0,
+        "expected_latency_ms": round(r.expected_latency(1) * 1e3, 4),
+        "rate_per_s": round(r.rate.rate(), 4),
+        "loads": [m.to_json() for m in r.loads],
+        "evictions": [m.to_json() for m in r.evictions],
+    }

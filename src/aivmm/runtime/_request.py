@@ -1,0 +1,97 @@
+"""One inference request waiting in a queue, and the bounded per-replica queue (a heap)."""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import itertools
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from typing import Any
+
+from aivmm.errors import OverloadedError
+from aivmm.runtime._batching import BatchingConfig
+
+_seq = itertools.count()
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    feeds: dict[str, Any]
+    priority: int = 0
+    deadline: float | None = None  # time.monotonic() seconds
+    reject_late: bool = False
+    output: str = "numpy"
+    idempotent: bool = True
+    items: int = 1
+    compat: tuple[Any, ...] | None = None  # requests with equal non-None keys may share a batch
+    future: Future[dict[str, Any]] = dataclasses.field(default_factory=Future)
+    arrival: float = dataclasses.field(default_factory=time.monotonic)
+    seq: int = dataclasses.field(default_factory=lambda: next(_seq))
+    attempts: int = 0
+
+    def sort_key(self) -> tuple[int, float, int]:
+        """Higher priority first, then earliest deadline, then arrival order."""
+        return (-self.priority, math.inf if self.deadline is None else self.deadline, self.seq)
+
+    def __lt__(self, other: Request) -> bool:
+        return self.sort_key() < other.sort_key()
+
+
+def settle(request: Request, result: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
+    """Complete a request's future once; a future the caller cancelled is left alone."""
+    fut = request.future
+    if fut.done():
+        return
+    try:
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result if result is not None else {})
+    except InvalidStateError:  # cancelled between the check and the set
+        pass
+
+
+class ReplicaQueue:
+    """Requests waiting for one replica, ordered by :meth:`Request.sort_key`; bounded."""
+
+    def __init__(
+        self,
+        name: str,
+        runner: Callable[[list[Request]], None],
+        *,
+        batching: BatchingConfig | None,
+        batch_dim: int | None,
+        limit: int,
+        runnable: Callable[[], bool],
+        latency: Callable[[int], float],
+    ) -> None:
+        self.name = name
+        self.runner = runner
+        self.batching = batching
+        self.batch_dim = batch_dim
+        self.limit = limit
+        self.runnable = runnable  # False while the replica is being (re)loaded
+        self.latency = latency  # expected seconds to run a batch of n items
+        self.heap: list[Request] = []
+        self.queued_items = 0
+        self.running_items = 0
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+    def push(self, request: Request) -> None:
+        if len(self.heap) >= self.limit:
+            raise OverloadedError(f"queue of {self.name} is full ({self.limit} requests waiting); retry later")
+        heapq.heappush(self.heap, request)
+        self.queued_items += request.items
+
+    def pop(self) -> Request:
+        request = heapq.heappop(self.heap)
+        self.queued_items -= request.items
+        return request
+
+    def outstanding(self) -> int:
+        return self.queued_items + self.running_items
