@@ -110,16 +110,17 @@ def dtype_of(x: Any) -> DType:
         raise InputError(f"unsupported element type {text!r}") from exc
 
 
-def _as_array(value: Any) -> Any:
-    """Arrays pass through; Python lists and scalars become numpy (they have no memory to share)."""
+def _as_array(value: Any, ts: TensorSpec) -> Any:
+    """Arrays pass through; Python lists and scalars become numpy arrays of the input's element type
+    (they carry no dtype of their own and no memory to share)."""
     if hasattr(value, "dtype") and hasattr(value, "shape"):
         return value
     if hasattr(value, "__dlpack__"):
         return from_dlpack(value)
     try:
-        return np.asarray(value)
+        return np.asarray(value, dtype=ts.dtype.to_numpy())
     except (TypeError, ValueError) as exc:
-        raise InputError(f"cannot read {type(value).__name__} as an array: {exc}") from exc
+        raise InputError(f"cannot read {type(value).__name__} as {ts.describe()}: {exc}") from exc
 
 
 def validate_feeds(spec: ModelSpec, inputs: Any) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def validate_feeds(spec: ModelSpec, inputs: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     symbols: dict[str, tuple[int, str]] = {}
     for ts in specs:
-        value = _as_array(inputs[ts.name])
+        value = _as_array(inputs[ts.name], ts)
         _check_one(spec, ts, value, symbols)
         out[ts.name] = value
     return out

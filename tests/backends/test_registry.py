@@ -1,0 +1,141 @@
+"""The backend registry: built-ins, the ``aivmm.backends`` entry-point group of installed dists, and
+register()/unregister() at run time. Plugins here are real distributions: a ``.dist-info`` with an
+``entry_points.txt`` on ``sys.path``, which is what ``pip install`` leaves behind."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import textwrap
+
+import pytest
+
+from aivmm.backends import Backend, BackendInfo, Support, registry
+from aivmm.errors import BackendUnavailableError, ConfigError
+
+PLUGIN = textwrap.dedent('''
+    from aivmm.backends import Backend, BackendInfo, Support
+    from aivmm.models import ModelFormat
+
+
+    class EchoBackend(Backend):
+        name = "echo-plugin"
+        extra = "echo"
+
+        def available(self):
+            return Support.yes()
+
+        def info(self):
+            return BackendInfo(self.name, frozenset({ModelFormat.ONNX}), frozenset(), frozenset())
+
+        def drives(self, device):
+            return Support.no("echo drives nothing")
+
+        def _load(self, model, device, config):
+            raise NotImplementedError
+''')
+
+
+def install_dist(root: pathlib.Path, dist: str, entry_points: dict[str, str], module: str | None = None) -> None:
+    """Lay out an installed distribution the way pip does (module + dist-info with entry points)."""
+    info = root / f"{dist}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[aivmm.backends]\n{lines}\n")
+    if module is not None:
+        (root / f"{dist}.py").write_text(module)
+
+
+@pytest.fixture
+def plugin_path(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    monkeypatch.undo()
+    registry.refresh()
+
+
+def test_builtins_are_listed_with_reasons():
+    entries = {e.name: e for e in registry.entries()}
+    assert {"onnxruntime", "openvino", "torch", "simulated"} <= set(entries)
+    assert entries["onnxruntime"].available.ok
+    for entry in entries.values():
+        assert entry.available.ok or entry.available.reasons, f"{entry.name} unavailable without a reason"
+
+
+def test_installed_plugin_is_found_through_its_entry_point(plugin_path):
+    install_dist(plugin_path, "aivmm_echo_plugin", {"echo-plugin": "aivmm_echo_plugin:EchoBackend"}, PLUGIN)
+    assert "echo-plugin" not in registry.names()  # not seen until the group is re-read
+    registry.refresh()
+    assert "echo-plugin" in registry.names()
+    backend = registry.get("echo-plugin")
+    assert isinstance(backend, Backend) and backend.name == "echo-plugin"
+    entry = next(e for e in registry.entries() if e.name == "echo-plugin")
+    assert entry.target == "aivmm_echo_plugin:EchoBackend" and entry.available.ok
+
+
+def test_broken_plugin_is_listed_as_unavailable_with_why(plugin_path):
+    install_dist(plugin_path, "aivmm_broken_plugin", {"broken-plugin": "aivmm_missing_module:Nope"})
+    registry.refresh()
+    entry = next(e for e in registry.entries() if e.name == "broken-plugin")
+    assert not entry.available
+    assert "cannot be imported" in entry.available.reasons[0]
+    with pytest.raises(BackendUnavailableError, match="aivmm_missing_module"):
+        registry.get("broken-plugin")
+
+
+def test_plugin_cannot_shadow_a_builtin(plugin_path, caplog):
+    install_dist(plugin_path, "aivmm_shadow_plugin", {"onnxruntime": "aivmm_shadow_plugin:Fake"}, "class Fake: ...\n")
+    with caplog.at_level(logging.WARNING, logger="aivmm.backends.registry"):
+        registry.refresh()
+    assert any("already registered" in r.message for r in caplog.records)
+    assert type(registry.get("onnxruntime")).__name__ == "OrtBackend"
+
+
+class _Inline(Backend):
+    name = "inline-test"
+    extra = "none"
+
+    def available(self) -> Support:
+        return Support.no("inline-test is never available")
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(self.name, frozenset(), frozenset(), frozenset())
+
+    def drives(self, device):  # pragma: no cover - unavailable
+        return Support.no("nothing")
+
+    def _load(self, model, device, config):  # pragma: no cover - unavailable
+        raise NotImplementedError
+
+
+def test_register_and_unregister_at_run_time():
+    registry.register("inline-test", _Inline)
+    try:
+        with pytest.raises(ConfigError, match="already registered"):
+            registry.register("inline-test", _Inline)
+        assert isinstance(registry.get("inline-test"), _Inline)
+        registry.refresh()  # a refresh keeps names registered at run time
+        entry = next(e for e in registry.entries() if e.name == "inline-test")
+        assert not entry.available and entry.available.reasons == ("inline-test is never available",)
+        assert registry.available() == [b for b in registry.available() if b.name != "inline-test"]
+    finally:
+        registry.unregister("inline-test")
+    assert "inline-test" not in registry.names()
+    with pytest.raises(BackendUnavailableError, match="unknown backend 'inline-test'"):
+        registry.get("inline-test")
+
+
+def test_register_refuses_bad_targets_and_builtin_removal():
+    with pytest.raises(ConfigError, match="module:Class"):
+        registry.register("bad-target", "no_colon_here")
+    with pytest.raises(ConfigError, match="not a Backend subclass"):
+        registry.register("bad-class", dict)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="built-in"):
+        registry.unregister("onnxruntime")
+    registry.register("not-a-backend", "collections:OrderedDict")
+    try:
+        with pytest.raises(BackendUnavailableError, match=r"not an aivmm\.backends\.Backend subclass"):
+            registry.get("not-a-backend")
+    finally:
+        registry.unregister("not-a-backend")
