@@ -1,0 +1,60 @@
+"""What the server needs from the VMM, as a Protocol: the seam between serving and the runtime.
+
+``aivmm.vmm.VMM`` satisfies it; tests may pass anything else that does (a real VMM is used by
+the end-to-end tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from aivmm.devices._types import Device
+from aivmm.models._spec import ModelSpec
+
+
+class ModelHandle(Protocol):
+    spec: ModelSpec
+    plan: Any
+
+    async def execute_async(
+        self, inputs: Any, *, output: str = ..., priority: int = ..., deadline_ms: float | None = ...
+    ) -> dict[str, Any]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class Host(Protocol):
+    @property
+    def devices(self) -> Sequence[Device]: ...
+
+    def deploy(
+        self,
+        model: Any,
+        constraints: Any = ...,
+        *,
+        device: str | None = ...,
+        backend: str | None = ...,
+        strict: bool = ...,
+        name: str | None = ...,
+        batching: Mapping[str, Any] | None = ...,
+        replicas: int = ...,
+    ) -> ModelHandle: ...
+
+    def unload(self, name: str, *, drain: bool = ...) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Server-side bounds: every one answers at once with an error instead of queueing forever."""
+
+    max_body_bytes: int = 64 << 20
+    max_inflight_per_model: int = 512
+    request_timeout_s: float = 60.0
+    drain_timeout_s: float = 30.0
+    max_header_bytes: int = 16 << 10
+    # A client that sends its body slower than this is cut off (slowloris protection).
+    body_timeout_s: float = 30.0

@@ -1,0 +1,128 @@
+"""Where models come from: a Triton-style directory, flat ``.onnx`` files, or the built-in zoo.
+
+Layouts accepted in one directory, side by side::
+
+    DIR/<model>/<version>/model.onnx   (+ DIR/<model>/config.pbtxt and/or config.json)
+    DIR/<name>.onnx                    (version "1")
+
+Security: a name from a client is one path component of safe characters; every file it resolves
+to must lie inside the repository after symlinks are followed. Anything else is a
+PermissionDeniedError, never a read outside the directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+
+from aivmm.errors import ConfigError, ModelNotFoundError, PermissionDeniedError
+from aivmm.serve import _model_config
+from aivmm.serve._model_config import ModelConfig
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """A model the repository can load: its versions (number -> file) and its config."""
+
+    name: str
+    versions: tuple[tuple[int, pathlib.Path], ...]
+    config: ModelConfig
+
+    def file(self, version: int) -> pathlib.Path:
+        for v, path in self.versions:
+            if v == version:
+                return path
+        raise ModelNotFoundError(
+            f"model {self.name!r} has no version {version}; versions: {[v for v, _ in self.versions]}"
+        )
+
+    def selected(self) -> list[int]:
+        """The versions the config's version policy serves."""
+        return self.config.versions.select([v for v, _ in self.versions])
+
+
+class Repository:
+    """A model repository directory (``root``), or the built-in zoo when ``root`` is None."""
+
+    def __init__(self, root: str | os.PathLike[str] | None) -> None:
+        if root is None:
+            self.root: pathlib.Path | None = None
+        else:
+            path = pathlib.Path(root)
+            if not path.is_dir():
+                raise ConfigError(f"model repository {str(path)!r} is not a directory")
+            self.root = path.resolve()
+
+    @property
+    def label(self) -> str:
+        return str(self.root) if self.root is not None else "<built-in zoo>"
+
+    def names(self) -> list[str]:
+        """Every model name the repository holds, whether or not it loads cleanly."""
+        if self.root is None:
+            from aivmm.models import zoo
+
+            return sorted(zoo.names())
+        found: set[str] = set()
+        for entry in self.root.iterdir():
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir() and _NAME.match(entry.name):
+                found.add(entry.name)
+            elif entry.suffix == ".onnx" and entry.is_file() and _NAME.match(entry.stem):
+                found.add(entry.stem)
+        return sorted(found)
+
+    def source(self, name: str) -> ModelSource:
+        """Resolve a client-given model name; refuses anything that could leave the repository."""
+        check_name(name)
+        if self.root is None:
+            return self._zoo_source(name)
+        model_dir = self.root / name
+        flat = self.root / f"{name}.onnx"
+        if model_dir.is_dir():
+            self._inside(model_dir, name)
+            config = _model_config.read(model_dir, name)
+            versions = []
+            for entry in model_dir.iterdir():
+                if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0:
+                    path = entry / config.filename
+                    if path.is_file():
+                        versions.append((int(entry.name), self._inside(path, name)))
+            if not versions:
+                raise ModelNotFoundError(
+                    f"model {name!r}: no version directory with {config.filename} in {model_dir} "
+                    f"(expected {model_dir}/<version>/{config.filename})"
+                )
+            return ModelSource(name, tuple(sorted(versions)), config)
+        if flat.is_file():
+            return ModelSource(name, ((1, self._inside(flat, name)),), ModelConfig(name=name))
+        raise ModelNotFoundError(f"no model {name!r} in repository {self.label}; models: {self.names() or 'none'}")
+
+    def _inside(self, path: pathlib.Path, name: str) -> pathlib.Path:
+        assert self.root is not None
+        real = path.resolve()
+        if not real.is_relative_to(self.root):
+            raise PermissionDeniedError(
+                f"model {name!r}: {path} resolves to {real}, outside the repository {self.root}"
+            )
+        return real
+
+    def _zoo_source(self, name: str) -> ModelSource:
+        from aivmm.models import zoo
+
+        if name not in zoo.names():
+            raise ModelNotFoundError(f"no model {name!r} in the built-in zoo; models: {sorted(zoo.names())}")
+        path = pathlib.Path(zoo.build(name, "tiny"))
+        return ModelSource(name, ((1, path),), ModelConfig(name=name, sources=("zoo",)))
+
+
+def check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise PermissionDeniedError(
+            f"model name {name!r} is not allowed: use letters, digits, '_', '-' and '.', no path separators"
+        )

@@ -1,0 +1,202 @@
+"""Assemble and run the server: HTTP (uvicorn) and gRPC (grpc.aio) on one event loop, metrics on
+its own port, SIGTERM/SIGINT drain in-flight work before exit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aivmm.errors import AivmmError, ConfigError
+from aivmm.serve._dataplane import DataPlane
+from aivmm.serve._host import Host, Limits
+from aivmm.serve._repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions:
+    repository: str | None = None  # None: the built-in zoo
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int | None = 8001  # None: no gRPC
+    metrics_port: int | None = 8002  # None: metrics only at /metrics on the HTTP port
+    token: str | None = None
+    load: tuple[str, ...] | None = None  # None: every model of the repository at start
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    constraints: Any = None  # default constraints for models whose config has none
+    http_concurrency: int = 2048  # open connections+requests before uvicorn answers 503
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Server:
+    """The running server. ``run()`` serves until ``stop()`` or a signal, then drains."""
+
+    def __init__(self, options: ServeOptions, host: Host) -> None:
+        if not is_loopback(options.host) and not options.token:
+            log.warning("listening on %s without --token: anyone who can reach it can load and unload models",
+                        options.host)
+        self.options = options
+        from aivmm.telemetry._metrics import ServerMetrics, device_rows
+
+        self._device_rows = device_rows
+        self.repository = Repository(options.repository)
+        self.metrics = ServerMetrics(status=self._status_for_metrics)
+        self.plane = DataPlane(host, self.repository, limits=options.limits, observer=self.metrics,
+                               default_constraints=options.constraints)
+        self.ports: dict[str, int] = {}
+        self._stop: asyncio.Event | None = None
+
+    def _status_for_metrics(self) -> dict[str, Any]:
+        return self.plane.status()
+
+    def status(self) -> dict[str, Any]:
+        doc = self.plane.status()
+        doc["devices"] = self._device_rows(doc, self.metrics.readings())
+        return doc
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self, on_ready: Callable[[dict[str, int]], None] | None = None) -> None:
+        import uvicorn
+
+        from aivmm.serve._grpc import create_server
+        from aivmm.serve._http import HttpApp
+
+        opts = self.options
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+
+        app = HttpApp(self.plane, token=opts.token, metrics=self.metrics.render, status=self.status)
+        sock = _bind(opts.host, opts.http_port)
+        self.ports["http"] = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app, lifespan="off", access_log=False, log_level="warning", loop="none",
+            limit_concurrency=opts.http_concurrency, timeout_graceful_shutdown=int(opts.limits.drain_timeout_s),
+            h11_max_incomplete_event_size=opts.limits.max_header_bytes, timeout_keep_alive=30,
+        )
+        http = _Uvicorn(config)
+        http_task = asyncio.create_task(http.serve(sockets=[sock]), name="aivmm-http")
+
+        grpc_server = None
+        if opts.grpc_port is not None:
+            grpc_server, port = create_server(self.plane, f"{_grpc_host(opts.host)}:{opts.grpc_port}",
+                                              token=opts.token, max_message_bytes=opts.limits.max_body_bytes)
+            self.ports["grpc"] = port
+            await grpc_server.start()
+
+        metrics_httpd = None
+        if opts.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            metrics_httpd, _ = start_http_server(opts.metrics_port, addr=opts.host, registry=self.metrics.registry)
+            self.ports["metrics"] = metrics_httpd.server_port
+
+        while not http.started and not http_task.done():
+            await asyncio.sleep(0.005)
+        if http_task.done():
+            http_task.result()  # raises what made uvicorn fail
+        try:
+            await self._startup_loads()
+            if on_ready is not None:
+                on_ready(dict(self.ports))
+            await self._stop.wait()
+        finally:
+            log.info("shutting down: draining in-flight requests")
+            self.plane._shutting_down = True
+            http.should_exit = True
+            if grpc_server is not None:
+                await grpc_server.stop(opts.limits.drain_timeout_s)
+            with contextlib.suppress(Exception):
+                await http_task
+            await self.plane.shutdown()
+            if metrics_httpd is not None:
+                metrics_httpd.shutdown()
+                metrics_httpd.server_close()
+
+    async def _startup_loads(self) -> None:
+        names = list(self.options.load) if self.options.load is not None else self.repository.names()
+        self.plane.starting = True
+        try:
+            for name in names:  # one at a time: the planner's measurements must not disturb each other
+                try:
+                    await self.plane.load(name)
+                except AivmmError as exc:
+                    if self.options.load is not None:
+                        raise  # a model asked for by name must load
+                    log.error("model %r not loaded: %s", name, exc)
+        finally:
+            self.plane.starting = False
+
+
+class _Uvicorn:
+    """uvicorn.Server without its own signal handling: ours drains gRPC and the models as well."""
+
+    def __new__(cls, config: Any) -> Any:
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:
+                yield
+
+            def install_signal_handlers(self) -> None:
+                return
+
+        return Quiet(config)
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def serve(options: ServeOptions, host: Host, *, announce: bool = True) -> int:
+    """Run until SIGTERM/SIGINT. With ``announce``, prints one JSON line when ready (ports)."""
+
+    def ready(ports: dict[str, int]) -> None:
+        if announce:
+            print(json.dumps({"event": "ready", **{f"{k}_port": v for k, v in ports.items()},
+                              "time": time.time()}), flush=True)
+        where = ", ".join(f"{k} {options.host}:{v}" for k, v in ports.items())
+        print(f"aivmm serve: ready ({where})", file=sys.stderr, flush=True)
+
+    server = Server(options, host)
+    asyncio.run(server.run(ready))
+    return 0
