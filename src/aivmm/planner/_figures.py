@@ -107,14 +107,17 @@ def _tflops_from(data: Mapping[str, Any]) -> dict[Precision, float]:
 
 
 def _bandwidth_from(data: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    """(device memory GB/s, host-to-device GB/s): keys naming a bandwidth (``*_gbps``, ``*bandwidth*``)."""
     mem = h2d = None
     for key, value in data.items():
         k = key.lower()
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0 or "bandwidth" not in k:
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             continue
-        gbs = float(value) / 1e9 if ("bytes" in k or k.endswith("_bps")) else float(value)
+        if not ("bandwidth" in k or k.endswith(("_gbps", "_gbs"))) or "d2h" in k:
+            continue
+        gbs = float(value) / 1e9 if "bytes" in k else float(value)
         if "h2d" in k or "host" in k:
-            if "pageable" not in k or h2d is None:
+            if h2d is None or "pinned" in k:  # pinned is what a serving runtime's staging buffers get
                 h2d = gbs
         else:
             mem = gbs

@@ -95,7 +95,7 @@ class Plan:
         """Rebuild a plan (from the plan cache) for the same model ``spec``."""
 
         def cand(d: dict[str, Any]) -> Candidate:
-            config = Config.from_json(d)
+            config = Config.from_json({**d, "precision": d.get("backend_precision", d["precision"])})
             model = spec
             if d.get("model_path"):
                 model = dataclasses.replace(spec, source=pathlib.Path(d["model_path"]))

@@ -72,7 +72,7 @@ class Measurement:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "p50_ms": round(self.p50_ms, 4), "p99_ms": round(self.p99_ms, 4), "mean_ms": round(self.mean_ms, 4),
+            "p50_ms": round(self.p50_ms, 6), "p99_ms": round(self.p99_ms, 6), "mean_ms": round(self.mean_ms, 6),
             "runs": self.runs, "warmup_runs": self.warmup_runs, "load_seconds": round(self.load_seconds, 4),
             "memory_bytes": self.memory_bytes, "memory_source": self.memory_source,
             "energy_j": None if self.energy_j is None else round(self.energy_j, 6),
