@@ -246,6 +246,10 @@ class OrtBackend(Backend):
                 f"check the runtime libraries ({choice.install})"
             )
         fallback = _fallback_nodes(sess, choice.provider)
+        if fallback and strict:
+            # disable_cpu_ep_fallback covers the CPU EP only; TensorRT handing nodes to CUDA is a fallback too.
+            raise FallbackError(f"strict mode: {len(fallback)} node(s) of {model.name!r} would not run on "
+                                f"{choice.provider}: {', '.join(fallback[:10])}")
         if fallback:
             log.warning("%s on %s: %d node(s) run on another execution provider: %s", model.name, device.id,
                         len(fallback), ", ".join(fallback[:10]))
