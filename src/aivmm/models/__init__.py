@@ -1,5 +1,20 @@
-"""Model loading, analysis and categorisation, and the built-in zoo."""
+"""Model loading, analysis and categorisation, and the built-in zoo (``aivmm.models.zoo``).
 
+Importing this package imports neither onnx nor torch: the front ends load them when a model
+of their format is loaded.
+"""
+
+from aivmm.models._hints import CategoryHints, category_hints
+from aivmm.models._load import load
 from aivmm.models._spec import Category, CategoryScore, ModelFormat, ModelSpec, TensorSpec
 
-__all__ = ["Category", "CategoryScore", "ModelFormat", "ModelSpec", "TensorSpec"]
+__all__ = [
+    "Category",
+    "CategoryHints",
+    "CategoryScore",
+    "ModelFormat",
+    "ModelSpec",
+    "TensorSpec",
+    "category_hints",
+    "load",
+]

@@ -1,0 +1,301 @@
+"""FLOPs and MACs per ONNX operator, from inferred shapes.
+
+Conventions (the usual ones, so figures compare with published numbers): a multiply-accumulate is
+one MAC and two FLOPs; a bias add, an elementwise op or an activation costs one FLOP per output
+element; transcendental functions are not weighted more than an add. Ops that only move data
+(Reshape, Transpose, Gather, Concat, ...) cost nothing. An op missing from the tables is reported
+by the caller as uncounted, never guessed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+Shape = tuple[int, ...]
+ShapeOf = Callable[[str], "Shape | None"]
+Count = tuple[int, int]  # (flops, macs)
+
+
+def numel(shape: Sequence[int] | None) -> int:
+    return math.prod(shape) if shape is not None else 0
+
+
+def attr(node: Any, name: str, default: Any = None) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _out(node: Any, shape_of: ShapeOf, index: int = 0) -> Shape | None:
+    return shape_of(node.output[index]) if len(node.output) > index and node.output[index] else None
+
+
+def _in(node: Any, shape_of: ShapeOf, index: int = 0) -> Shape | None:
+    return shape_of(node.input[index]) if len(node.input) > index and node.input[index] else None
+
+
+def _has_input(node: Any, index: int) -> bool:
+    return len(node.input) > index and bool(node.input[index])
+
+
+class Unknown(Exception):
+    """The shapes this op needs were not inferred."""
+
+
+def _need(*shapes: Shape | None) -> None:
+    if any(s is None for s in shapes):
+        raise Unknown
+
+
+def _conv(node: Any, shape_of: ShapeOf, w_index: int = 1, bias_index: int | None = 2) -> Count:
+    w, y = _in(node, shape_of, w_index), _out(node, shape_of)
+    _need(w, y)
+    assert w is not None and y is not None
+    # y: [N, Cout, *spatial]; w: [Cout, Cin/group, *kernel] -> each output element is Cin/g * k MACs.
+    macs = numel(y) * numel(w[1:])
+    bias = numel(y) if bias_index is not None and _has_input(node, bias_index) else 0
+    return 2 * macs + bias, macs
+
+
+def _conv_transpose(node: Any, shape_of: ShapeOf) -> Count:
+    x, w, y = _in(node, shape_of, 0), _in(node, shape_of, 1), _out(node, shape_of)
+    _need(x, w, y)
+    assert x is not None and w is not None and y is not None
+    # w: [Cin, Cout/group, *kernel]; every input element scatters into Cout/g * k outputs.
+    macs = numel(x) * numel(w[1:])
+    bias = numel(y) if _has_input(node, 2) else 0
+    return 2 * macs + bias, macs
+
+
+def _matmul_macs(a: Shape, b: Shape, y: Shape) -> int:
+    k = a[-1] if len(a) >= 1 else 1
+    return numel(y) * k
+
+
+def _matmul(node: Any, shape_of: ShapeOf, a_index: int = 0, b_index: int = 1) -> Count:
+    a, b, y = _in(node, shape_of, a_index), _in(node, shape_of, b_index), _out(node, shape_of)
+    _need(a, b, y)
+    assert a is not None and b is not None and y is not None
+    macs = _matmul_macs(a, b, y)
+    return 2 * macs, macs
+
+
+def _gemm(node: Any, shape_of: ShapeOf) -> Count:
+    a, y = _in(node, shape_of, 0), _out(node, shape_of)
+    _need(a, y)
+    assert a is not None and y is not None
+    k = a[0] if attr(node, "transA", 0) else a[-1]
+    macs = numel(y) * k
+    bias = numel(y) if _has_input(node, 2) else 0
+    return 2 * macs + bias, macs
+
+
+def _einsum(node: Any, shape_of: ShapeOf) -> Count:
+    raw = attr(node, "equation", b"")
+    equation = (raw.decode() if isinstance(raw, bytes) else str(raw)).replace(" ", "")
+    lhs = equation.split("->")[0].split(",")
+    sizes: dict[str, int] = {}
+    for term, name in zip(lhs, node.input):
+        shape = shape_of(name)
+        _need(shape)
+        assert shape is not None
+        letters = [c for c in term if c.isalpha()]
+        if "..." in term:
+            ellipsis = len(shape) - len(letters)
+            letters = [f"_{i}" for i in range(ellipsis)] + letters if term.startswith("...") else letters
+        for letter, dim in zip(letters, shape[-len(letters):] if letters else ()):
+            sizes[letter] = max(sizes.get(letter, 1), dim)
+    if len(lhs) < 2:
+        y = _out(node, shape_of)
+        return numel(y), 0
+    # A contraction of n operands visits every combination of indices once, with n-1 multiplies.
+    macs = math.prod(sizes.values()) * (len(lhs) - 1)
+    return 2 * macs, macs
+
+
+def _recurrent(gates: int) -> Callable[[Any, ShapeOf], Count]:
+    def count(node: Any, shape_of: ShapeOf) -> Count:
+        x, w, r = _in(node, shape_of, 0), _in(node, shape_of, 1), _in(node, shape_of, 2)
+        _need(x, w, r)
+        assert x is not None and w is not None and r is not None
+        layout = attr(node, "layout", 0)
+        seq, batch = (x[1], x[0]) if layout else (x[0], x[1])
+        directions, hidden = w[0], r[-1]
+        input_size = w[-1]
+        # Per step and direction: gates x hidden x (input + hidden) MACs, plus the gate
+        # nonlinearities and state updates (a few elementwise ops per hidden unit).
+        macs = seq * batch * directions * gates * hidden * (input_size + hidden)
+        elementwise = seq * batch * directions * hidden * (3 * gates)
+        return 2 * macs + elementwise, macs
+
+    return count
+
+
+def _attention_fused(node: Any, shape_of: ShapeOf) -> Count:
+    """com.microsoft Attention (QKV projection inside) and ONNX / MultiHeadAttention (Q, K, V given)."""
+    if node.op_type == "Attention" and node.domain == "com.microsoft":
+        x, w = _in(node, shape_of, 0), _in(node, shape_of, 1)
+        _need(x, w)
+        assert x is not None and w is not None
+        batch, seq, hidden = x[0], x[1], x[2]
+        proj = batch * seq * hidden * w[-1]
+        attn = 2 * batch * seq * seq * hidden  # QK^T and AV over all heads
+        macs = proj + attn
+        return 2 * macs + 5 * batch * seq * seq * int(attr(node, "num_heads", 1)), macs
+    q, k = _in(node, shape_of, 0), _in(node, shape_of, 1)
+    _need(q, k)
+    assert q is not None and k is not None
+    if len(q) == 4:  # [B, heads, S, d]
+        batch, heads, s_q, d = q
+        s_k = k[2]
+        macs = 2 * batch * heads * s_q * s_k * d
+        scores = batch * heads * s_q * s_k
+    else:  # [B, S, hidden]
+        batch, s_q, hidden = q
+        s_k = k[1]
+        macs = 2 * batch * s_q * s_k * hidden
+        scores = batch * s_q * s_k * int(attr(node, "num_heads", attr(node, "q_num_heads", 1)) or 1)
+    return 2 * macs + 5 * scores, macs
+
+
+def _per_output(factor: float) -> Callable[[Any, ShapeOf], Count]:
+    def count(node: Any, shape_of: ShapeOf) -> Count:
+        y = _out(node, shape_of)
+        _need(y)
+        return int(factor * numel(y)), 0
+
+    return count
+
+
+def _per_input(factor: float) -> Callable[[Any, ShapeOf], Count]:
+    def count(node: Any, shape_of: ShapeOf) -> Count:
+        x = _in(node, shape_of, 0)
+        _need(x)
+        return int(factor * numel(x)), 0
+
+    return count
+
+
+def _pool(node: Any, shape_of: ShapeOf) -> Count:
+    y = _out(node, shape_of)
+    _need(y)
+    kernel = attr(node, "kernel_shape", [1])
+    return numel(y) * math.prod(kernel), 0
+
+
+def _dft(node: Any, shape_of: ShapeOf) -> Count:
+    x = _in(node, shape_of, 0)
+    _need(x)
+    assert x is not None
+    axis = attr(node, "axis", 1)
+    if len(node.input) > 2 and node.input[2]:
+        axis = None  # opset 20 takes the axis as an input: assume the second-to-last dim
+    signal = x[:-1]  # the last dim holds 1 (real) or 2 (real, imaginary)
+    ax = (axis if axis is not None else -1) % len(signal)
+    n = signal[ax]
+    transforms = numel(signal) // max(n, 1)
+    # Radix-2 Cooley-Tukey: 5 N log2 N real FLOPs per complex transform; half that for real input.
+    per = 5 * n * math.log2(n) if n > 1 else 0
+    if x[-1] == 1:
+        per /= 2
+    return int(transforms * per), 0
+
+
+def _stft(node: Any, shape_of: ShapeOf) -> Count:
+    y = _out(node, shape_of)
+    _need(y)
+    assert y is not None
+    # y: [batch, frames, bins, 2]; each frame is one transform of length ~ 2 * (bins - 1).
+    n = max(2 * (y[2] - 1), 2)
+    return int(y[0] * y[1] * 5 * n * math.log2(n) / 2), 0
+
+
+ELEMENTWISE = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Neg", "Abs", "Relu",
+    "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+    "Softplus", "Softsign", "Erf", "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Max",
+    "Min", "Mean", "Sum", "Clip", "Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+    "And", "Or", "Xor", "Not", "Floor", "Ceil", "Round", "Sign", "Mod", "ThresholdedRelu", "Mish",
+    "BitShift", "IsNaN", "IsInf", "QuickGelu", "BiasAdd",
+)
+REDUCTIONS = (
+    "ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin", "CumSum", "TopK",
+)
+ZERO = (
+    "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout", "Concat", "Split",
+    "Slice", "Gather", "GatherElements", "GatherND", "Scatter", "ScatterND", "ScatterElements", "Expand",
+    "Tile", "Pad", "Shape", "Size", "Constant", "ConstantOfShape", "Cast", "CastLike", "Range", "NonZero",
+    "Trilu", "DepthToSpace", "SpaceToDepth", "OneHot", "EyeLike", "If", "Loop", "Scan", "SequenceAt",
+    "SequenceConstruct", "SequenceInsert", "SplitToSequence", "ConcatFromSequence", "Compress",
+    "ReverseSequence", "Unique", "Optional", "OptionalGetElement", "OptionalHasElement",
+    "Resize", "Upsample",
+)
+
+COUNTERS: dict[str, Callable[[Any, ShapeOf], Count]] = {
+    "Conv": _conv,
+    "ConvInteger": lambda n, s: _conv(n, s, bias_index=None),
+    "QLinearConv": lambda n, s: _conv(n, s, w_index=3, bias_index=8),
+    "ConvTranspose": _conv_transpose,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "MatMulInteger": _matmul,
+    "QLinearMatMul": lambda n, s: _matmul(n, s, 0, 3),
+    "FusedMatMul": _matmul,
+    "Einsum": _einsum,
+    "LSTM": _recurrent(4),
+    "GRU": _recurrent(3),
+    "RNN": _recurrent(1),
+    "Attention": _attention_fused,
+    "MultiHeadAttention": _attention_fused,
+    "GroupQueryAttention": _attention_fused,
+    # Normalisations: BatchNormalization at inference is a scale and a shift per element; the
+    # statistics-computing ones add a mean, a variance and the normalisation (about 5 per element).
+    "BatchNormalization": _per_output(2),
+    "LayerNormalization": _per_output(5),
+    "SimplifiedLayerNormalization": _per_output(4),
+    "SkipLayerNormalization": _per_output(6),
+    "InstanceNormalization": _per_output(5),
+    "GroupNormalization": _per_output(5),
+    "MeanVarianceNormalization": _per_output(5),
+    "LpNormalization": _per_output(3),
+    "LRN": lambda n, s: (int(numel(_out(n, s) or _need(None)) * (int(attr(n, "size", 1)) + 3)), 0),
+    # max, subtract, exp, sum, divide
+    "Softmax": _per_output(5),
+    "LogSoftmax": _per_output(5),
+    "Hardmax": _per_output(1),
+    "Gelu": _per_output(8),
+    "FastGelu": _per_output(8),
+    "BiasGelu": _per_output(9),
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "LpPool": _pool,
+    "GlobalAveragePool": _per_input(1),
+    "GlobalMaxPool": _per_input(1),
+    "GlobalLpPool": _per_input(2),
+    # scale and zero point per element
+    "QuantizeLinear": _per_output(2),
+    "DequantizeLinear": _per_output(2),
+    "DynamicQuantizeLinear": _per_output(4),
+    "DFT": _dft,
+    "STFT": _stft,
+    **{op: _per_output(1) for op in ELEMENTWISE},
+    **{op: _per_input(1) for op in REDUCTIONS},
+    **{op: (lambda n, s: (0, 0)) for op in ZERO},
+}
+
+
+def count(node: Any, shape_of: ShapeOf) -> Count | None:
+    """(flops, macs) of one node, or None when the op is unknown or its shapes were not inferred."""
+    counter = COUNTERS.get(node.op_type)
+    if counter is None:
+        return None
+    try:
+        return counter(node, shape_of)
+    except (Unknown, IndexError, ValueError, ZeroDivisionError, TypeError, AttributeError):
+        return None

@@ -1,0 +1,118 @@
+"""Exact parameter counts and bytes, read from tensor headers (dims, types, external-data entries).
+
+No weight data is read: a model over 2 GB analysed with its external data unloaded gives the
+same figures as one loaded whole.
+
+What counts as a parameter: every initializer, Constant value and constant-shaped
+ConstantOfShape output, except bookkeeping tensors — rank-0 scalars (hyper-parameters such as a
+scale or an epsilon) and 1-D int64 tensors (ONNX's index type: shapes, axes, pads, position ids,
+gather indices).
+A one-element bias of shape [1] is a weight and counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from aivmm.models._graph import GraphIndex, subgraphs
+from aivmm.models._onnx_types import itemsize
+
+_INT64 = 7
+_STRING = 8
+
+
+@dataclasses.dataclass
+class ParameterCount:
+    parameters: int = 0
+    parameter_bytes: int = 0
+    external_bytes: int = 0  # bytes stored in external-data files
+    tensors: int = 0
+
+
+def is_bookkeeping(dims: tuple[int, ...] | list[int], elem_type: int) -> bool:
+    return len(dims) == 0 or (len(dims) == 1 and elem_type == _INT64)
+
+
+def _tensor_bytes(t: Any) -> tuple[int, bool]:
+    """(bytes, external) of a TensorProto, without reading external data."""
+    n = math.prod(t.dims)
+    if t.data_location == 1:  # EXTERNAL
+        entries = {e.key: e.value for e in t.external_data}
+        if "length" in entries and entries["length"].isdigit():
+            return int(entries["length"]), True
+        return math.ceil(n * itemsize(t.data_type)), True
+    if t.data_type == _STRING:
+        return sum(len(s) for s in t.string_data), False
+    return math.ceil(n * itemsize(t.data_type)), False
+
+
+def count(graph: Any, out: ParameterCount | None = None) -> ParameterCount:
+    out = out or ParameterCount()
+    index = GraphIndex.of(graph)
+    for t in graph.initializer:
+        _add(out, t)
+    for sparse in graph.sparse_initializer:
+        if not is_bookkeeping(list(sparse.dims), sparse.values.data_type):
+            out.parameters += math.prod(sparse.values.dims)
+            out.parameter_bytes += _tensor_bytes(sparse.values)[0] + _tensor_bytes(sparse.indices)[0]
+            out.tensors += 1
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            _add_constant_node(out, node)
+        elif node.op_type == "ConstantOfShape" and node.input and index.is_constant(node.input[0]):
+            _add_generated(out, node, index)
+        for sub in subgraphs(node):
+            count(sub, out)
+    return out
+
+
+def _add(out: ParameterCount, t: Any) -> None:
+    if is_bookkeeping(list(t.dims), t.data_type):
+        return
+    size, external = _tensor_bytes(t)
+    out.parameters += math.prod(t.dims)
+    out.parameter_bytes += size
+    out.tensors += 1
+    if external:
+        out.external_bytes += size
+
+
+def _add_constant_node(out: ParameterCount, node: Any) -> None:
+    for a in node.attribute:
+        if a.name == "value" and a.HasField("t"):
+            _add(out, a.t)
+        elif a.name == "sparse_value" and a.HasField("sparse_tensor"):
+            values = a.sparse_tensor.values
+            if not is_bookkeeping(list(a.sparse_tensor.dims), values.data_type):
+                out.parameters += math.prod(values.dims)
+                out.parameter_bytes += _tensor_bytes(values)[0] + _tensor_bytes(a.sparse_tensor.indices)[0]
+                out.tensors += 1
+        elif a.name in ("value_floats", "value_ints") and len(a.floats or a.ints) > 1:
+            n = len(a.floats) or len(a.ints)
+            if a.name == "value_floats":
+                out.parameters += n
+                out.parameter_bytes += n * (4 if a.name == "value_floats" else 8)
+                out.tensors += 1
+
+
+def _add_generated(out: ParameterCount, node: Any, index: GraphIndex) -> None:
+    """ConstantOfShape fed by a constant shape: a weight materialised at load (ONNX's light models)."""
+    from onnx import numpy_helper
+
+    shape_tensor = index.constant_tensor(node.input[0])
+    if shape_tensor is None or shape_tensor.data_location == 1:
+        return
+    try:
+        dims = [int(d) for d in numpy_helper.to_array(shape_tensor).reshape(-1)]
+    except (ValueError, TypeError):
+        return
+    value = next((a.t for a in node.attribute if a.name == "value"), None)
+    elem = value.data_type if value is not None else 1
+    if any(d < 0 for d in dims) or is_bookkeeping(dims, elem):
+        return
+    n = math.prod(dims)
+    out.parameters += n
+    out.parameter_bytes += math.ceil(n * itemsize(elem))
+    out.tensors += 1
