@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-timeout-s", type=float, default=60.0, help="per-request time limit (default 60)")
     parser.add_argument("--drain-timeout-s", type=float, default=30.0,
                         help="how long shutdown and unload wait for in-flight requests (default 30)")
+    parser.add_argument("--body-timeout-s", type=float, default=30.0,
+                        help="a client must send its whole request body within this time (default 30)")
+    parser.add_argument("--no-measure", action="store_true",
+                        help="plan from the cost model only, without measuring candidates (faster start)")
     parser.add_argument("--simulate", help="add simulated devices from a JSON spec (as AIVMM_SIMULATE)")
     parser.add_argument("--memory-budget", help="per-device memory budgets, e.g. 'cpu:0=4GiB,nvidia:0=20GiB'")
     add_constraint_arguments(parser)
@@ -52,8 +56,9 @@ def options_from_args(args: argparse.Namespace) -> object:
     from aivmm.serve._host import Limits
     from aivmm.serve._server import ServeOptions
 
-    if args.max_body_mb <= 0 or args.max_inflight < 1 or args.request_timeout_s <= 0 or args.drain_timeout_s < 0:
-        raise ConfigError("--max-body-mb, --max-inflight and --request-timeout-s must be positive")
+    if (args.max_body_mb <= 0 or args.max_inflight < 1 or args.request_timeout_s <= 0 or args.drain_timeout_s < 0
+            or args.body_timeout_s <= 0):
+        raise ConfigError("--max-body-mb, --max-inflight, --request-timeout-s and --body-timeout-s must be positive")
     if args.no_load and args.load:
         raise ConfigError("--no-load and --load contradict each other")
     if not 0 <= args.http_port <= 65535:
@@ -72,7 +77,9 @@ def options_from_args(args: argparse.Namespace) -> object:
             max_inflight_per_model=args.max_inflight,
             request_timeout_s=args.request_timeout_s,
             drain_timeout_s=args.drain_timeout_s,
+            body_timeout_s=args.body_timeout_s,
         ),
+        measure=not args.no_measure,
         constraints=constraints,
     )
 

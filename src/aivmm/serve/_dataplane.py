@@ -101,6 +101,7 @@ class DataPlane:
         observer: Observer | None = None,
         server_name: str = "aivmm",
         default_constraints: Any = None,
+        measure: bool = True,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.host = host
@@ -110,6 +111,7 @@ class DataPlane:
         self.server_name = server_name
         self._clock = clock
         self.default_constraints = default_constraints
+        self.measure = measure
         self.starting = False  # True while the startup loads run: not ready yet
         self._models: dict[str, _Model] = {}
         self._shutting_down = False
@@ -205,6 +207,7 @@ class DataPlane:
             name=vmm_name,
             batching=batching_config(cfg.batching),
             replicas=cfg.instances,
+            measure=self.measure,
         )
         seconds = self._clock() - start
         log.info("loaded %s version %d in %.2f s on %s", source.name, version, seconds, _placement(handle))

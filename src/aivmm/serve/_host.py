@@ -40,6 +40,7 @@ class Host(Protocol):
         name: str | None = ...,
         batching: Mapping[str, Any] | None = ...,
         replicas: int = ...,
+        measure: bool = ...,
     ) -> ModelHandle: ...
 
     def unload(self, name: str, *, drain: bool = ...) -> None: ...

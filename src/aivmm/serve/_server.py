@@ -36,6 +36,7 @@ class ServeOptions:
     limits: Limits = dataclasses.field(default_factory=Limits)
     constraints: Any = None  # default constraints for models whose config has none
     http_concurrency: int = 2048  # open connections+requests before uvicorn answers 503
+    measure: bool = True  # False: plan from the cost model only (faster start, less exact placement)
 
 
 def is_loopback(host: str) -> bool:
@@ -75,7 +76,7 @@ class Server:
         self.repository = Repository(options.repository)
         self.metrics = ServerMetrics(status=self._status_for_metrics)
         self.plane = DataPlane(host, self.repository, limits=options.limits, observer=self.metrics,
-                               default_constraints=options.constraints)
+                               default_constraints=options.constraints, measure=options.measure)
         self.ports: dict[str, int] = {}
         self._stop: asyncio.Event | None = None
 
