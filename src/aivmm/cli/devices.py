@@ -122,6 +122,7 @@ def _render(report: DiscoveryReport, figures: dict[str, tuple[Any, str]], checks
         tables.append(_check_table(checks))
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table as RichTable
     except ImportError:
         for table in tables:
@@ -133,7 +134,7 @@ def _render(report: DiscoveryReport, figures: dict[str, tuple[Any, str]], checks
             for column in header:
                 rich_table.add_column(column, overflow="fold")
             for row in rows:
-                rich_table.add_row(*row)
+                rich_table.add_row(*(escape(cell) for cell in row))  # "[simulated]" is text, not markup
             console.print(rich_table)
     for probe in report.probes:
         if probe.reason:
