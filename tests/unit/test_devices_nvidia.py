@@ -118,13 +118,14 @@ def test_pcie_and_power_draw_reported_when_nvml_answers(recording: dict[str, Any
 
 
 def test_nvml_init_failure_is_absent_with_reason(recording: dict[str, Any]) -> None:
+    """With no NVIDIA GPU in sysfs either, the device is absent and NVML's error is the reason."""
     nvml = fake_pynvml(recording)
 
     def fail() -> None:
         raise NVMLError_DriverNotLoaded("Driver Not Loaded")
 
     nvml.nvmlInit = fail
-    report = _nvidia.probe(nvml)
+    report = _nvidia.probe(nvml, root=Path("/nonexistent"))
     assert report.devices == ()
     assert report.reason == "absent: nvmlInit failed: NVMLError_DriverNotLoaded: Driver Not Loaded"
 
@@ -145,11 +146,57 @@ def test_one_failing_gpu_is_skipped_with_reason(recording: dict[str, Any]) -> No
     assert "GPU 1 skipped: NVMLError: GPU is lost" in report.reason
 
 
-def test_missing_pynvml_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_pynvml_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
-    report = _nvidia.probe()
+    report = _nvidia.probe(root=tmp_path)  # and no NVIDIA GPU in sysfs either
     assert report.devices == ()
     assert report.reason == 'absent: pynvml is not installed (pip install "aivmm[nvidia]")'
+
+
+def recorded_h100_root(tmp_path: Path, fixtures_dir: Path) -> Path:
+    """/sys/bus/pci/devices/0000:00:06.0 and /proc/driver/nvidia/gpus/0000:00:06.0/information as
+    recorded on the H100 machine (the recording names the folder 0000_00_06.0 and concatenates
+    /proc/driver/nvidia/version before the information file)."""
+    recorded = fixtures_dir / "devices/nvidia/sysfs/pci-device__h100-80gb-hbm3__recorded"
+    pci = tmp_path / "sys/bus/pci/devices"
+    pci.mkdir(parents=True)
+    (pci / "0000:00:06.0").symlink_to(recorded / "0000_00_06.0", target_is_directory=True)
+    text = (recorded / "proc_driver_nvidia/version_and_gpus_information.txt").read_text()
+    information = text[text.index("Model:"):]
+    gpu = tmp_path / "proc/driver/nvidia/gpus/0000:00:06.0"
+    gpu.mkdir(parents=True)
+    (gpu / "information").write_text(information)
+    return tmp_path
+
+
+def test_without_nvml_the_gpu_is_listed_from_sysfs_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fixtures_dir: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    report = _nvidia.probe(root=recorded_h100_root(tmp_path, fixtures_dir))
+    (gpu,) = report.devices
+    assert gpu.id == "nvidia:0" and gpu.source == "sysfs"
+    assert gpu.name == "NVIDIA H100 80GB HBM3"
+    props = gpu.properties
+    assert props["pci_bus_id"] == "0000:00:06.0" and props["pci_device_id"] == "0x2330"
+    assert props["driver"] == "nvidia" and props["vbios_version"] == "96.00.da.00.0c"
+    assert props["pcie_gen_current"] == 5 and props["pcie_width_current"] == 16 and props["pcie_gen_max"] == 5
+    assert gpu.memory_total_bytes == 0 and props["memory_total_known"] is False  # unknown, not guessed
+    assert "compute_capability" not in props
+    assert report.reason == ('NVML unusable (pynvml is not installed (pip install "aivmm[nvidia]")): listed '
+                             "from sysfs, memory and compute capability unknown")
+
+
+def test_failing_nvml_falls_back_to_sysfs(recording: dict[str, Any], tmp_path: Path, fixtures_dir: Path) -> None:
+    nvml = fake_pynvml(recording)
+
+    def fail() -> None:
+        raise NVMLError_DriverNotLoaded("Driver Not Loaded")
+
+    nvml.nvmlInit = fail
+    report = _nvidia.probe(nvml, root=recorded_h100_root(tmp_path, fixtures_dir))
+    assert [d.source for d in report.devices] == ["sysfs"]
+    assert report.reason.startswith("NVML unusable (nvmlInit failed: NVMLError_DriverNotLoaded: Driver Not Loaded)")
 
 
 def test_real_pynvml_on_this_machine_answers_without_raising() -> None:

@@ -3,6 +3,11 @@
 NVML is the management library: asking it about a GPU creates no CUDA context, allocates no GPU
 memory and does not depend on ``CUDA_VISIBLE_DEVICES`` (which it ignores on purpose), so device
 ``nvidia:N`` is NVML's index N, the same numbering as ``nvidia-smi``.
+
+Without NVML (nvidia-ml-py not installed, or the library failing) the GPUs are still listed from
+sysfs (``/sys/bus/pci/devices``, vendor 0x10de, display class) and the driver's
+``/proc/driver/nvidia/gpus/*/information``, in PCI order (NVML's order), with the reason NVML was
+not used: memory and compute capability are then unknown, never guessed.
 """
 
 from __future__ import annotations
@@ -10,8 +15,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from aivmm.devices import _pci_ids
+from aivmm.devices._sysfs import list_dir, pci_identity, pcie_link, read_int, read_key_values, read_text
 from aivmm.devices._types import Device, DeviceKind, ProbeReport, Vendor
 
 _ARCHITECTURES = {
@@ -20,17 +28,18 @@ _ARCHITECTURES = {
 }
 
 
-def probe(nvml: Any = None) -> ProbeReport:
-    """Every GPU NVML reports. ``nvml`` replaces the ``pynvml`` module (tests pass a fake)."""
+def probe(nvml: Any = None, *, root: str | Path = "/") -> ProbeReport:
+    """Every NVIDIA GPU. ``nvml`` replaces the ``pynvml`` module (tests pass a fake); ``root`` is
+    where the sysfs/procfs fallback reads (tests point it at recorded files)."""
     if nvml is None:
         try:
             nvml = importlib.import_module("pynvml")
         except ImportError:
-            return ProbeReport("nvidia", reason='absent: pynvml is not installed (pip install "aivmm[nvidia]")')
+            return _fallback(root, 'pynvml is not installed (pip install "aivmm[nvidia]")')
     try:
         nvml.nvmlInit()
     except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ... : the reason is the point
-        return ProbeReport("nvidia", reason=f"absent: nvmlInit failed: {_describe(exc)}")
+        return _fallback(root, f"nvmlInit failed: {_describe(exc)}")
     try:
         return _devices(nvml)
     except Exception as exc:
@@ -147,3 +156,60 @@ def _cuda_version(value: int | None) -> str | None:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------- without NVML
+
+_DISPLAY_CLASSES = ("0x0300", "0x0302")  # VGA controller, 3D controller (data-centre GPUs)
+
+
+def _fallback(root: str | Path, why: str) -> ProbeReport:
+    report = probe_sysfs(root)
+    if not report.devices:
+        return ProbeReport("nvidia", reason=f"absent: {why}")
+    return ProbeReport("nvidia", report.devices, f"NVML unusable ({why}): listed from sysfs, memory and "
+                                                  "compute capability unknown")
+
+
+def probe_sysfs(root: str | Path = "/") -> ProbeReport:
+    base = Path(root)
+    devices: list[Device] = []
+    for device_dir in list_dir(base / "sys/bus/pci/devices"):
+        vendor = read_text(device_dir / "vendor")
+        pci_class = read_text(device_dir / "class") or ""
+        if vendor != "0x10de" or not pci_class.startswith(_DISPLAY_CLASSES):
+            continue
+        ident = pci_identity(device_dir)
+        slot = ident.get("pci_bus_id", device_dir.name)
+        info = read_key_values(base / "proc/driver/nvidia/gpus" / slot / "information", ":")
+        device_id = _pci_ids.parse_hex(ident.get("device_id"))
+        name = info.get("Model") or (_pci_ids.name_for(_pci_ids.NVIDIA, device_id) if device_id else None)
+        index = len(devices)
+        props: dict[str, Any] = {
+            "pci_bus_id": slot,
+            "pci_device_id": ident.get("device_id"),
+            "driver": ident.get("driver") or None,
+            "uuid": info.get("GPU UUID"),
+            "vbios_version": info.get("Video BIOS"),
+            "memory_total_known": False,
+            "memory_free_known": False,
+            **pcie_link(device_dir),
+        }
+        numa = read_int(device_dir / "numa_node")
+        if numa is not None and numa >= 0:
+            props["numa_node"] = numa
+        devices.append(Device(
+            id=f"nvidia:{index}",
+            kind=DeviceKind.GPU,
+            vendor=Vendor.NVIDIA,
+            name=name or f"NVIDIA GPU 0x{device_id or 0:04x}",
+            memory_total_bytes=0,
+            memory_free_bytes=0,
+            index=index,
+            features=frozenset({"fp32"}),
+            properties={k: v for k, v in props.items() if v is not None},
+            source="sysfs",
+        ))
+    if not devices:
+        return ProbeReport("nvidia", reason=f"absent: no NVIDIA GPU under {base / 'sys/bus/pci/devices'}")
+    return ProbeReport("nvidia", tuple(devices))
