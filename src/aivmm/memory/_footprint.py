@@ -9,6 +9,16 @@ from aivmm.dtypes import Precision
 from aivmm.models._spec import ModelSpec
 
 
+def format_bytes(n: int | float) -> str:
+    """``1536`` -> ``"1.5 KiB"``: sizes in messages a person reads."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
 @dataclasses.dataclass(frozen=True)
 class Footprint:
     weights_bytes: int

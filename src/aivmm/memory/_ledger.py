@@ -14,6 +14,7 @@ import threading
 from collections.abc import Mapping
 
 from aivmm.errors import ConfigError, DeviceNotFoundError, OutOfMemoryError
+from aivmm.memory._footprint import format_bytes
 
 
 class EntryState(enum.Enum):
@@ -28,9 +29,6 @@ class Entry:
     nbytes: int
     state: EntryState
 
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
 
 
 class Ledger:
@@ -88,7 +86,7 @@ class Ledger:
         with self._lock:
             self._check_device(device)
             if key in self._entries:
-                raise ConfigError(f"{key} already holds {_mib(self._entries[key].nbytes)} on {device}")
+                raise ConfigError(f"{key} already holds {format_bytes(self._entries[key].nbytes)} on {device}")
             if self._used[device] + nbytes > self._capacity[device]:
                 return False
             self._add(Entry(key, device, nbytes, EntryState.RESERVED))
@@ -100,7 +98,8 @@ class Ledger:
                 free = self._capacity[device] - self._used[device]
                 cap = self._capacity[device]
             raise OutOfMemoryError(
-                f"{key} needs {_mib(nbytes)} on {device} but only {_mib(free)} of its {_mib(cap)} budget is free"
+                f"{key} needs {format_bytes(nbytes)} on {device} but only {format_bytes(free)} of its"
+                f" {format_bytes(cap)} budget is free"
             )
 
     def commit(self, key: str, nbytes: int | None = None) -> bool:

@@ -24,18 +24,22 @@ class RateEstimator:
     def __init__(self, half_life_s: float = 30.0) -> None:
         self._tau = half_life_s / math.log(2.0)
         self._value = 0.0
-        self._last = time.monotonic()
+        self._last: float | None = None
         self._lock = threading.Lock()
 
     def observe(self, count: int = 1, now: float | None = None) -> None:
         t = time.monotonic() if now is None else now
         with self._lock:
-            self._value = self._value * math.exp(-(t - self._last) / self._tau) + count / self._tau
-            self._last = t
+            if self._last is not None:
+                self._value *= math.exp(-max(0.0, t - self._last) / self._tau)
+            self._value += count / self._tau
+            self._last = t if self._last is None else max(self._last, t)
 
     def rate(self, now: float | None = None) -> float:
         t = time.monotonic() if now is None else now
         with self._lock:
+            if self._last is None:
+                return 0.0
             return self._value * math.exp(-max(0.0, t - self._last) / self._tau)
 
 

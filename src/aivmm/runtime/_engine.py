@@ -36,7 +36,7 @@ from aivmm.errors import (
     OutOfMemoryError,
 )
 from aivmm.memory._budget import resolve_capacities
-from aivmm.memory._footprint import Footprint, estimate
+from aivmm.memory._footprint import Footprint, estimate, format_bytes
 from aivmm.memory._ledger import Ledger
 from aivmm.memory._policy import EvictionPolicy
 from aivmm.models._spec import ModelSpec
@@ -58,9 +58,6 @@ Replanner = Callable[[ModelSpec, Sequence[Device], Config], Sequence[Placement]]
 _DEFAULT_QUEUE = 1024
 _RACE_RETRIES = 8  # a replica evicted between choosing and running it is reloaded at most this often
 
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
 
 
 class Engine:
@@ -198,13 +195,14 @@ class Engine:
     def _too_large(self, spec: ModelSpec, too_big: list[tuple[Config, Device, Footprint]], batch: int
                    ) -> ModelTooLargeError:
         parts = [
-            f"{dev.id}: needs {_mib(fp.total)} (weights {_mib(fp.weights_bytes)} at {cfg.precision.value} +"
-            f" activations {_mib(fp.activation_bytes)} at batch {batch}), budget {_mib(self.ledger.capacity(dev.id))}"
+            f"{dev.id}: needs {format_bytes(fp.total)} (weights {format_bytes(fp.weights_bytes)} at"
+            f" {cfg.precision.value} + activations {format_bytes(fp.activation_bytes)} at batch {batch}),"
+            f" budget {format_bytes(self.ledger.capacity(dev.id))}"
             for cfg, dev, fp in too_big
         ]
         largest = max(self.ledger.capacity(d) for d in self._healthy_ids())
         return ModelTooLargeError(
-            f"model {spec.name!r} does not fit: {'; '.join(parts)}; the largest budget is {_mib(largest)}"
+            f"model {spec.name!r} does not fit: {'; '.join(parts)}; the largest budget is {format_bytes(largest)}"
             " (deploy it with one placement and split='auto' to split it across devices)"
         )
 
@@ -267,7 +265,8 @@ class Engine:
             handle.replicas.append(pipeline)
         handle.events.append(
             f"split into {len(plan.stages)} stages on {', '.join(s.device for s in plan.stages)}:"
-            f" {_mib(footprint.total)} does not fit {first.id}'s budget of {_mib(self.ledger.capacity(first.id))}"
+            f" {format_bytes(footprint.total)} does not fit {first.id}'s budget of"
+            f" {format_bytes(self.ledger.capacity(first.id))}"
             if not forced else f"split into {len(plan.stages)} stages as asked"
         )
 
@@ -377,18 +376,18 @@ class Engine:
         return [d for d in self._devices if d not in self._unhealthy]
 
     # ------------------------------------------------------------------ serving
-    def _choose(self, handle: ModelHandle, items: int) -> Replica:
+    def _choose(self, handle: ModelHandle, items: int, exclude: Replica | None = None) -> Replica:
         best: Replica | None = None
         best_cost = math.inf
         for r in handle.replicas:
             if not r.healthy:
                 continue
             outstanding = r.inflight + (r.queue.outstanding() if r.queue is not None else 0)
-            per_item = r.expected_latency(1) or 1e-3
-            cost = (outstanding + items) * per_item
+            # An unmeasured replica costs nothing, so it gets tried and measured.
+            cost = (outstanding + items) * r.expected_latency(1) + (math.inf if r is exclude else 0.0)
             if r.tier is not Tier.DEVICE:
                 cost += r.reload_seconds(self.residency.bandwidth(r.device.id))
-            if cost < best_cost:
+            if best is None or cost < best_cost:
                 best, best_cost = r, cost
         if best is None:
             raise ModelNotReadyError(f"model {handle.name!r} has no healthy replica: {'; '.join(handle.events[-2:])}")
@@ -422,7 +421,7 @@ class Engine:
                 continue
             start = time.perf_counter()
             try:
-                out = session.run(feeds, output=output)
+                out = _run(session, feeds, output, idempotent)
             except BaseException as exc:
                 replica.release()
                 return self._recover(handle, replica, feeds, exc, output=output, idempotent=idempotent)
@@ -441,7 +440,7 @@ class Engine:
         if not idempotent:
             raise _wrap(exc, replica)
         handle.check_ready()
-        target = self._choose(handle, 1)
+        target = self._choose(handle, 1, exclude=replica)  # another replica when there is one
         self.residency.ensure_resident(target, "retry after failure")
         try:
             session = target.acquire()
@@ -483,12 +482,33 @@ class Engine:
         self._submit(handle, request)
         return request
 
-    def _submit(self, handle: ModelHandle, request: Request) -> None:
-        replica = self._choose(handle, request.items)
+    def _submit(self, handle: ModelHandle, request: Request, exclude: Replica | None = None) -> None:
+        replica = self._choose(handle, request.items, exclude)
         assert replica.queue is not None
+        if request.reject_late and request.deadline is not None:
+            expected = self._expected_wait(replica, request.items)
+            remaining = request.deadline - time.monotonic()
+            if expected > remaining:
+                handle.rejected += 1
+                raise DeadlineExceededError(
+                    f"model {handle.name!r}: {replica.queue.outstanding()} items ahead, expected to finish in"
+                    f" {expected * 1e3:.1f} ms but the deadline is in {max(0.0, remaining) * 1e3:.1f} ms;"
+                    " rejected before queueing"
+                )
         self._executor(replica.device.id).submit(replica.queue, request)
         if replica.tier is not Tier.DEVICE:
             self.residency.prefetch(replica).add_done_callback(lambda f, r=replica: self._prefetch_done(r, f))
+
+    def _expected_wait(self, replica: Replica, items: int) -> float:
+        """Seconds until a request just queued on ``replica`` would finish (0 before anything was measured)."""
+        assert replica.queue is not None
+        cfg = replica.queue.batching
+        ahead = replica.queue.outstanding() + items
+        size = min(ahead, cfg.max_batch_size) if cfg is not None else 1
+        seconds = math.ceil(ahead / max(1, size)) * replica.expected_latency(size)
+        if replica.tier is not Tier.DEVICE:
+            seconds += replica.reload_seconds(self.residency.bandwidth(replica.device.id))
+        return seconds
 
     def _prefetch_done(self, replica: Replica, fut: Any) -> None:
         exc = fut.exception() if not fut.cancelled() else None
@@ -522,11 +542,13 @@ class Engine:
         padded = cfg.padded_size(sum(sizes)) if cfg is not None else sum(sizes)
         start = time.perf_counter()
         try:
+            idempotent = all(r.idempotent for r in live)
             if live[0].compat is None or bd is None:
-                results = [session.run(live[0].feeds, output=live[0].output)]
+                results = [_run(session, live[0].feeds, live[0].output, idempotent)]
             else:
                 merged = merge([r.feeds for r in live], bd, padded)
-                results = split(session.run(merged, output=live[0].output), sizes, bd, handle.name, padded)
+                out = _run(session, merged, live[0].output, idempotent)
+                results = split(out, sizes, bd, handle.name, padded)
         except BaseException as exc:
             replica.release()
             self._batch_failed(handle, replica, live, exc)
@@ -544,7 +566,7 @@ class Engine:
 
     def _batch_failed(self, handle: ModelHandle, replica: Replica, live: list[Request], exc: BaseException) -> None:
         if self._retryable(replica, exc):
-            self._resubmit(handle, live, exc)
+            self._resubmit(handle, live, exc, exclude=replica)
             return
         if len(live) > 1:
             # One bad request must not fail its batch-mates: run each alone to find out whose it was.
@@ -553,7 +575,8 @@ class Engine:
             return
         settle(live[0], error=_wrap(exc, replica))
 
-    def _resubmit(self, handle: ModelHandle, live: list[Request], exc: BaseException | None) -> None:
+    def _resubmit(self, handle: ModelHandle, live: list[Request], exc: BaseException | None,
+                  exclude: Replica | None = None) -> None:
         for r in live:
             if exc is not None and (r.attempts >= 1 or not r.idempotent):
                 settle(r, error=_wrap(exc, None))
@@ -561,7 +584,7 @@ class Engine:
             r.attempts += 1 if exc is not None else 0
             try:
                 handle.check_ready()
-                self._submit(handle, r)
+                self._submit(handle, r, exclude)
             except BaseException as err:
                 settle(r, error=err)
 
@@ -661,6 +684,12 @@ class Engine:
                 for why, d in list(self.residency.decisions)
             ],
         }
+
+
+def _run(session: Session, feeds: Mapping[str, Any], output: str, idempotent: bool) -> dict[str, Any]:
+    if isinstance(session, WorkerSession):  # only a worker can crash mid-request and be retried
+        return session.run_with_retry(feeds, output, idempotent=idempotent)
+    return session.run(feeds, output=output)
 
 
 def _deadline(deadline_ms: float | None) -> float | None:

@@ -57,7 +57,7 @@ class ModelHandle:
         or worker failure.
         """
         replica = self._fast
-        if replica is not None and deadline_ms is None:
+        if replica is not None and deadline_ms is None and idempotent:
             # Fast path: the session runs right here, in the caller's thread.
             try:
                 session = replica.acquire()

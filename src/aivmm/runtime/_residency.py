@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from aivmm.backends._base import Session
 from aivmm.errors import ModelTooLargeError, OutOfMemoryError
+from aivmm.memory._footprint import format_bytes
 from aivmm.memory._ledger import Ledger
 from aivmm.memory._policy import Candidate, CostBenefitPolicy, Eviction, EvictionPolicy
 from aivmm.runtime._replica import Movement, Replica
@@ -39,9 +40,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)
 
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
 
 
 class ResidencyManager:
@@ -106,9 +104,10 @@ class ResidencyManager:
             capacity = self.ledger.capacity(dev)
             if need > capacity:
                 raise ModelTooLargeError(
-                    f"{replica.key} needs {_mib(need)} (weights {_mib(replica.footprint.weights_bytes)} +"
-                    f" activations {_mib(replica.footprint.activation_bytes)}) but the budget of {dev} is"
-                    f" {_mib(capacity)}"
+                    f"{replica.key} needs {format_bytes(need)} (weights"
+                    f" {format_bytes(replica.footprint.weights_bytes)} + activations"
+                    f" {format_bytes(replica.footprint.activation_bytes)}) but the budget of {dev} is"
+                    f" {format_bytes(capacity)}"
                 )
             self._admit(replica, need)
             try:
@@ -126,7 +125,8 @@ class ResidencyManager:
                     except Exception as exc2:
                         if is_out_of_memory(exc2):
                             raise OutOfMemoryError(
-                                f"{replica.key}: out of memory on {dev} twice while loading {_mib(need)}: {exc2}"
+                                f"{replica.key}: out of memory on {dev} twice while loading"
+                                f" {format_bytes(need)}: {exc2}"
                             ) from exc2
                         raise
             except BaseException:
@@ -158,10 +158,11 @@ class ResidencyManager:
                 if self.ledger.try_reserve(replica.key, dev, need):
                     return
             if time.monotonic() >= deadline:
-                busy = [f"{r.key} ({_mib(r.charged_bytes)}, {r.inflight} running)" for r in self.resident_on(dev)]
+                busy = [f"{r.key} ({format_bytes(r.charged_bytes)}, {r.inflight} running)"
+                        for r in self.resident_on(dev)]
                 raise OutOfMemoryError(
-                    f"{replica.key} needs {_mib(need)} on {dev}; {_mib(self.ledger.free(dev))} free of"
-                    f" {_mib(self.ledger.capacity(dev))} and every resident model is busy or pinned: {busy}"
+                    f"{replica.key} needs {format_bytes(need)} on {dev}; {format_bytes(self.ledger.free(dev))} free of"
+                    f" {format_bytes(self.ledger.capacity(dev))} and every resident model is busy or pinned: {busy}"
                 )
             time.sleep(0.002)  # the victims are running; they will be idle within a request
 

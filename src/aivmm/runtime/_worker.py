@@ -33,13 +33,17 @@ log = logging.getLogger(__name__)
 _START_TIMEOUT_S = 120.0  # spawning imports numpy and the runtime; a loaded CI box is slow
 
 
+def _read_only(mapping: dict[str, Any]) -> MappingProxyType[str, Any]:
+    return MappingProxyType(mapping)
+
+
 def _dumps(obj: Any) -> bytes:
     # The values (ModelSpec, Device, Config) hold read-only mapping proxies; pickle them as dicts
     # through a private dispatch table rather than registering a process-wide copyreg reducer.
     buf = io.BytesIO()
     pickler = pickle.Pickler(buf, protocol=5)
     table = copyreg.dispatch_table.copy()
-    table[MappingProxyType] = lambda m: (MappingProxyType, (dict(m),))
+    table[MappingProxyType] = lambda m: (_read_only, (dict(m),))
     pickler.dispatch_table = table
     pickler.dump(obj)
     return buf.getvalue()
@@ -134,8 +138,11 @@ class WorkerSession(Session):
         try:
             self._conn.send_bytes(_dumps(("run", dict(feeds), output)))
             status, value = pickle.loads(self._conn.recv_bytes())
-        except (EOFError, OSError, BrokenPipeError) as exc:
-            code = self._process.exitcode if self._process is not None else None
+        except (EOFError, OSError) as exc:
+            code = None
+            if self._process is not None:
+                self._process.join(timeout=2.0)  # reap it, so the exit code (-9 for SIGKILL) is known
+                code = self._process.exitcode
             raise WorkerCrashedError(
                 f"worker process {self.pid} of {self.model.name!r} died (exit code {code})"
             ) from exc
