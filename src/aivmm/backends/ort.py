@@ -44,10 +44,12 @@ from aivmm.backends.tensors import (
 from aivmm.devices._types import Device
 from aivmm.dtypes import Precision
 from aivmm.errors import (
+    AivmmError,
     BackendUnavailableError,
     ConfigError,
     ExecutionError,
     FallbackError,
+    ModelClosedError,
     ModelLoadError,
     OutOfMemoryError,
     UnsupportedModelError,
@@ -238,6 +240,9 @@ class OrtBackend(Backend):
                                         provider_options=[o for _, o in providers])
         except Exception as exc:  # ORT raises Fail / InvalidGraph / NotImplemented / RuntimeException
             raise _translate_load_error(exc, model, device, choice, strict) from exc
+        # InferenceSession.run otherwise answers an EP failure by switching the session to the CPU EP
+        # with a print(): the silent fallback aivmm exists to prevent.
+        sess.disable_fallback()
         active = sess.get_providers()
         if not active or active[0] != choice.provider:
             # ONNX Runtime drops an EP it cannot create with only a log line: refuse instead.
@@ -338,6 +343,32 @@ class OrtSession(Session):
             raise ModelLoadError(f"onnxruntime outputs {self._out_names} differ from the model's {expected}")
         self._device_type = "cuda" if choice.gpu and choice in (_ort_providers.CUDA, _ort_providers.TENSORRT) \
             else "cpu"
+        # The binding's own run: feeds are validated by aivmm already, and the Python wrapper's extra work
+        # is input-name validation plus the silent EP fallback disabled above.
+        self._c_run = getattr(getattr(sess, "_sess", None), "run", None) or sess.run
+        self._single = self._out_names[0] if len(self._out_names) == 1 else None
+
+    def run(self, feeds: Mapping[str, Any], *, output: str = "numpy") -> dict[str, Any]:
+        # The hot path, inlined (same contract as Session.run): numpy in, numpy out, no binding.
+        if self._closed:
+            raise ModelClosedError(f"session {self.config.label()} of {self.model.name!r} is closed")
+        if output == "numpy" and not self._io_binding and type(feeds) is dict:
+            for value in feeds.values():
+                if type(value) is not np.ndarray:
+                    return self._run(feeds, output)
+            try:
+                outs = self._c_run(self._out_names, feeds, None)
+            except Exception as exc:
+                raise self._failed(exc) from exc
+            if self._single is not None:
+                return {self._single: outs[0]}
+            return dict(zip(self._out_names, outs))
+        return self._run(feeds, output)
+
+    def _failed(self, exc: Exception) -> AivmmError:
+        if self._sess is None:
+            return ModelClosedError(f"session {self.config.label()} of {self.model.name!r} was closed while running")
+        return ExecutionError(f"onnxruntime failed running {self.model.name!r} on {self.device.id}: {exc}")
 
     @property
     def providers(self) -> list[str]:
@@ -352,10 +383,9 @@ class OrtSession(Session):
                 arrays = {k: (v if type(v) is np.ndarray else to_numpy(v)) for k, v in feeds.items()}
                 break
         try:
-            outs = self._sess.run(self._out_names, arrays)
+            outs = self._c_run(self._out_names, dict(arrays), None)
         except Exception as exc:
-            raise ExecutionError(f"onnxruntime failed running {self.model.name!r} on {self.device.id}: {exc}") \
-                from exc
+            raise self._failed(exc) from exc
         result = dict(zip(self._out_names, outs))
         if output == "numpy" or output == "native":
             return result
@@ -385,8 +415,7 @@ class OrtSession(Session):
         try:
             self._sess.run_with_iobinding(binding)
         except Exception as exc:
-            raise ExecutionError(f"onnxruntime failed running {self.model.name!r} on {self.device.id}: {exc}") \
-                from exc
+            raise self._failed(exc) from exc
         if output == "native":
             return dict(zip(self._out_names, binding.get_outputs()))
         result = dict(zip(self._out_names, binding.copy_outputs_to_cpu()))
@@ -396,7 +425,9 @@ class OrtSession(Session):
         return convert_outputs(result, output)
 
     def _close(self) -> None:
+        # Drop every reference to the native session so its memory is released now.
         self._sess = None
+        self._c_run = None
 
 
 def _device_pointer(value: Any) -> tuple[int, Any]:
