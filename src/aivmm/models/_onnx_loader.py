@@ -47,6 +47,7 @@ class ReadModel:
     external: list[pathlib.Path]  # external-data files, checked to exist and to be long enough
     sha256: str  # over the model file then the external files
     size_bytes: int
+    fingerprinted: bool = False  # external data too large to hash whole: see hash_external
 
 
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -85,11 +86,38 @@ def read(path: pathlib.Path) -> ReadModel:
             f"{len(model.graph.output)} outputs)"
         )
     external = _external_files(model, path)
-    for extra in external:
+    sampled = hash_external(digest, external)
+    return ReadModel(model, external, digest.hexdigest(), size + sum(f.stat().st_size for f in external), sampled)
+
+
+# External data up to this many bytes is hashed whole; above it, a fingerprint (below). Hashing
+# reads every byte: at disk speed, tens of GB of weights would take minutes at each load.
+FULL_HASH_LIMIT = 1 << 30
+_SAMPLES = 64
+
+
+def hash_external(digest: Any, files: Sequence[pathlib.Path]) -> bool:
+    """Feed the external files to ``digest``; True when they were fingerprinted rather than read whole.
+
+    The fingerprint is each file's size and modification time plus 64 evenly spaced 1 MiB blocks
+    (first and last included): any rewrite changes the mtime, and an in-place edit that keeps the
+    mtime is caught when it touches a sampled block.
+    """
+    total = sum(f.stat().st_size for f in files)
+    whole = total <= FULL_HASH_LIMIT
+    for extra in files:
         with open(extra, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-    return ReadModel(model, external, digest.hexdigest(), size + sum(f.stat().st_size for f in external))
+            if whole:
+                while chunk := fh.read(_CHUNK):
+                    digest.update(chunk)
+                continue
+            stat = os.fstat(fh.fileno())
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+            last = max(stat.st_size - _CHUNK, 0)
+            for i in range(_SAMPLES):
+                fh.seek(last * i // (_SAMPLES - 1))
+                digest.update(fh.read(_CHUNK))
+    return not whole
 
 
 def _all_tensors(graph: Any) -> Any:
@@ -226,9 +254,8 @@ def _infer(model: Any, binding: _shapes.Binding, user_shapes: bool, where: str,
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if user_shapes:
-            defaults = _shapes.bind(_signature(model, where, "input"), None, "")
-            try:
-                _shapes.infer(_shapes.skeleton(model, defaults.shapes), strict=True)
+            try:  # the model as declared, symbolic dims left symbolic: is it the given shapes that fail?
+                _shapes.infer(_shapes.skeleton(model, {}), strict=True)
             except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
                 pass
             else:
@@ -341,6 +368,11 @@ def analyse(loaded: ReadModel, *, path: pathlib.Path, shapes: Mapping[str, Seque
     where = str(path)
     model = loaded.model
     warnings: list[str] = []
+    if loaded.fingerprinted:
+        warnings.append(
+            f"external data over {FULL_HASH_LIMIT >> 20} MiB: sha256 covers the model file and a fingerprint of "
+            f"the weights (sizes, mtimes, sampled blocks), not every weight byte"
+        )
     inputs = _signature(model, where, "input")
     outputs = _signature(model, where, "output")
     signature = "inputs (" + "; ".join(t.describe() for t in inputs) + ")"

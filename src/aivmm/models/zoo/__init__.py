@@ -15,6 +15,8 @@ changes.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import importlib
 import os
 import pathlib
@@ -105,10 +107,23 @@ def cache_dir() -> pathlib.Path:
 
 
 def path(name: str, size: str = "tiny") -> pathlib.Path:
-    """Where ``build(name, size)`` caches the model (the file may not exist yet)."""
+    """Where ``build(name, size)`` caches the model (the file may not exist yet).
+
+    The name carries the builder versions and a digest of the builder's source, so a changed
+    builder never serves a stale file, even when someone forgot to bump a version.
+    """
     entry = info(name)
     _check_size(size)
-    return cache_dir() / f"{name}-{size}-v{BUILDER_VERSION}.{entry.version}.onnx"
+    return cache_dir() / f"{name}-{size}-v{BUILDER_VERSION}.{entry.version}-{_source_digest(entry)}.onnx"
+
+
+@functools.cache
+def _source_digest(entry: ZooInfo) -> str:
+    digest = hashlib.sha256(f"{BUILDER_VERSION}.{entry.version}".encode())
+    here = pathlib.Path(__file__).parent
+    for module in sorted({"_builder", entry.builder.partition(":")[0]}):
+        digest.update((here / f"{module}.py").read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def build(name: str, size: str = "tiny", *, force: bool = False) -> pathlib.Path:

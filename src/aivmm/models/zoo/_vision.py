@@ -22,7 +22,7 @@ class ResNetConfig:
 
 
 RESNET = {
-    "tiny": ResNetConfig(32, 8, 3, False, (4, 8), (1, 1), 10),
+    "tiny": ResNetConfig(32, 16, 3, False, (16, 32), (1, 1), 10),
     # The ResNet-50 topology: 7x7/2 stem, max-pool, bottleneck stages of 3, 4, 6, 3 blocks.
     "full": ResNetConfig(224, 64, 7, True, (64, 128, 256, 512), (3, 4, 6, 3), 1000),
 }
