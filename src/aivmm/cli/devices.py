@@ -139,6 +139,9 @@ def _render(report: DiscoveryReport, figures: dict[str, tuple[Any, str]], checks
     for probe in report.probes:
         if probe.reason:
             print(f"  {probe.probe}: {probe.reason}")
+    for device_id, (fig, _) in figures.items():
+        for note in fig.notes if fig is not None else ():
+            print(f"  figures {device_id}: {note}")
 
 
 def _plain(title: str, header: list[str], rows: list[list[str]]) -> None:

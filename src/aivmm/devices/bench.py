@@ -282,6 +282,9 @@ def _measure_cpu(device: Device, runtime: str, budget: Budget) -> dict[str, Any]
             notes.append(f"{precision} not measured: needs {' or '.join(candidates)}")
         else:
             plan.append((precision, chosen))
+    busy = _busy_note(device)
+    if busy:
+        notes.append(busy)
     tflops: dict[str, float] = {}
     by: dict[str, str] = {}
     for position, (precision, measurer) in enumerate(plan):
@@ -293,6 +296,18 @@ def _measure_cpu(device: Device, runtime: str, budget: Budget) -> dict[str, Any]
             notes.append(f"{precision} via {measurer} failed: {type(exc).__name__}: {exc}")
     bandwidth = _bench_cpu.memory_bandwidth_gbps(budget, device.memory_free_bytes)
     return {"matmul_tflops": tflops, "measured_by": by, "memory_bandwidth_gbps": bandwidth, "notes": tuple(notes)}
+
+
+def _busy_note(device: Device) -> str:
+    """A CPU shared with other work measures low; say so in the figures rather than hide it."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # not on every platform
+        return ""
+    cpus = int(device.properties.get("logical_cores", 0) or os.cpu_count() or 1)
+    if load <= 0.5 * cpus:
+        return ""
+    return f"machine busy while measuring: 1-minute load average {load:.1f} on {cpus} CPUs; figures are low"
 
 
 def _measure_cuda(device: Device, budget: Budget) -> dict[str, Any]:
