@@ -212,3 +212,18 @@ def test_in_memory_model_sources(cpu, model_dir):
         x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(2, 16)
         np.testing.assert_array_equal(session.run({"x": x})["y"], np.maximum(x, 0))
     assert session.report.seconds > 0 and "CPUExecutionProvider" in session.report.notes[0]
+
+
+def test_sessions_never_fall_back_silently_and_release_on_close(cpu, specs):
+    session = ORT.load(specs["one_op"], cpu, Config("onnxruntime", cpu.id))
+    # InferenceSession.run would otherwise switch to the CPU EP on an EP failure, with only a print().
+    assert session._sess._enable_fallback is False
+    session.close()
+    assert session._sess is None and session._c_run is None
+
+
+def test_strict_mode_on_cpu_loads(cpu, specs):
+    # Strict mode refuses fallback to another EP; on the CPU EP there is no other EP to fall back to.
+    config = Config("onnxruntime", cpu.id, options={"disable_fallback": True})
+    with ORT.load(specs["mlp"], cpu, config) as session:
+        assert session.report.fallback_nodes == ()
