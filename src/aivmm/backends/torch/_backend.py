@@ -1,0 +1,243 @@
+"""TorchBackend: the adapter between aivmm's Backend interface and PyTorch."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import os
+import pathlib
+import shutil
+import threading
+from typing import Any
+
+from aivmm.backends._base import Backend, BackendInfo, Config, Session, Support
+from aivmm.devices._types import Device, DeviceKind
+from aivmm.dtypes import Precision
+from aivmm.errors import BackendUnavailableError, ConfigError, LoweringError, ModelLoadError, missing_extra
+from aivmm.models._spec import ModelFormat, ModelSpec
+
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+OPTIONS: dict[str, tuple[Any, ...]] = {
+    "compile": COMPILE_MODES,
+    "cuda_graphs": (False, True),
+    "channels_last": (False, True),
+}
+# Operators whose result decides what runs next on the host: a captured CUDA graph cannot hold them.
+_DATA_DEPENDENT = ("If", "Loop", "Scan", "NonZero", "Compress")
+_PRECISION_DTYPES = {Precision.FP32: "float32", Precision.FP16: "float16", Precision.BF16: "bfloat16"}
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    extra = "torch"
+
+    def __init__(self) -> None:
+        self._onnx_cache: dict[tuple[str, int, int], tuple[Any, list[str]]] = {}
+        self._cache_lock = threading.Lock()
+
+    # -- capabilities ----------------------------------------------------------------------
+    def available(self) -> Support:
+        if importlib.util.find_spec("torch") is None:
+            return Support.no(str(missing_extra("torch", "torch")))
+        return Support.yes()
+
+    @functools.cache  # noqa: B019 - one instance per process (the registry's)
+    def info(self) -> BackendInfo:
+        versions = {}
+        if self.available():
+            import torch
+
+            versions["torch"] = torch.__version__
+            if importlib.util.find_spec("onnx") is not None:
+                import onnx
+
+                versions["onnx"] = onnx.__version__
+        return BackendInfo(
+            name=self.name,
+            formats=frozenset({ModelFormat.ONNX, ModelFormat.TORCH_MODULE, ModelFormat.TORCH_EXPORTED}),
+            device_kinds=frozenset({DeviceKind.CPU, DeviceKind.GPU}),
+            precisions=frozenset({Precision.FP32, Precision.FP16, Precision.BF16}),
+            options=OPTIONS,
+            versions=versions,
+        )
+
+    def drives(self, device: Device) -> Support:
+        if not self.available():
+            return self.available()
+        import torch
+
+        from aivmm.backends.torch._devices import check_device
+
+        return check_device(torch, device)
+
+    # -- check -----------------------------------------------------------------------------
+    def _check(self, model: ModelSpec, device: Device, config: Config) -> Support:
+        from aivmm.backends.torch._devices import is_cuda
+
+        result = Support.yes()
+        for key, value in config.options.items():
+            if key not in OPTIONS:
+                result = result & Support.no(f"unknown torch option {key!r}; known: {sorted(OPTIONS)}")
+            elif value not in OPTIONS[key]:
+                result = result & Support.no(f"option {key}={value!r}: expected one of {list(OPTIONS[key])}")
+        if not result:
+            return result
+        graphs = bool(config.options.get("cuda_graphs"))
+        mode = config.options.get("compile")
+        if graphs and not is_cuda(device):
+            result = result & Support.no(f"cuda_graphs needs a CUDA or ROCm GPU, not {device.id}")
+        if graphs and mode == "reduce-overhead":
+            result = result & Support.no("compile='reduce-overhead' already captures CUDA graphs; "
+                                         "do not also set cuda_graphs")
+        if mode:
+            result = result & _compile_support(device)
+        if model.format is ModelFormat.ONNX:
+            result = result & self._check_onnx(model, graphs)
+        else:
+            result = result & _check_native(model)
+        return result
+
+    def _check_onnx(self, model: ModelSpec, cuda_graphs: bool) -> Support:
+        if importlib.util.find_spec("onnx") is None:
+            return Support.no(str(missing_extra("onnx", "torch")))
+        try:
+            proto, reasons = self._onnx(model, with_weights=False)
+        except ModelLoadError as exc:
+            return Support.no(str(exc))
+        if reasons:
+            return Support.no(*reasons)
+        if cuda_graphs:
+            found = sorted({n.op_type for n in _all_nodes(proto.graph) if n.op_type in _DATA_DEPENDENT})
+            if found:
+                return Support.no(f"cuda_graphs cannot capture data-dependent operators: {', '.join(found)}")
+        return Support.yes()
+
+    def _onnx(self, model: ModelSpec, *, with_weights: bool) -> tuple[Any, list[str]]:
+        import onnx
+
+        from aivmm.backends.torch.lowering import refusals
+
+        source = model.source
+        if isinstance(source, onnx.ModelProto):
+            return source, refusals(source)
+        if not isinstance(source, str | os.PathLike):
+            raise ModelLoadError(
+                f"{model.name!r}: ONNX source must be a path or ModelProto, not {type(source).__name__}"
+            )
+        path = pathlib.Path(source)
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise ModelLoadError(f"{path}: {exc.strerror or exc}") from exc
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if not with_weights:
+            with self._cache_lock:
+                cached = self._onnx_cache.get(key)
+            if cached is not None:
+                return cached
+        try:
+            proto = onnx.load(str(path), load_external_data=with_weights)
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+        entry = (proto, refusals(proto))
+        if not with_weights:
+            with self._cache_lock:
+                if len(self._onnx_cache) > 32:
+                    self._onnx_cache.clear()
+                self._onnx_cache[key] = entry
+        return entry
+
+    # -- load ------------------------------------------------------------------------------
+    def _load(self, model: ModelSpec, device: Device, config: Config) -> Session:
+        if not self.available():
+            raise missing_extra("torch", "torch")
+        support = self.check(model, device, config)
+        if not support:
+            error = LoweringError if model.format is ModelFormat.ONNX and any(
+                "lower" in r or "operator" in r for r in support.reasons) else BackendUnavailableError
+            raise error(f"torch cannot run {model.name!r} on {device.id} with {config.label()}: "
+                        + "; ".join(support.reasons))
+        import torch
+
+        from aivmm.backends.torch._devices import torch_device
+        from aivmm.backends.torch._session import TorchSession
+
+        target = torch_device(torch, device)
+        float_dtype = getattr(torch, _PRECISION_DTYPES[config.precision])
+        notes: list[str] = []
+        if model.format is ModelFormat.ONNX:
+            from aivmm.backends.torch.lowering import lower
+
+            proto, _ = self._onnx(model, with_weights=True)
+            module = lower(proto, float_dtype=float_dtype)
+            nodes = sum(1 for n in module.graph.nodes if n.op in ("call_function", "call_module"))
+            notes.append(f"lowered {len(proto.graph.node)} ONNX nodes to {nodes} torch.fx calls")
+        else:
+            module = _native_module(model)
+            if float_dtype != torch.float32:
+                module = module.to(float_dtype)
+        module.eval()
+        if config.options.get("channels_last"):
+            module = module.to(memory_format=torch.channels_last)
+        try:
+            module = module.to(target)
+        except torch.OutOfMemoryError as exc:
+            from aivmm.errors import OutOfMemoryError
+
+            raise OutOfMemoryError(f"{model.name!r}: weights do not fit on {device.id}: {exc}") from exc
+        weight_bytes = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+        session = TorchSession(model, device, config, module, target, float_dtype, tuple(notes))
+        import dataclasses
+
+        session.report = dataclasses.replace(session.report, device_memory_bytes=weight_bytes, notes=tuple(notes))
+        return session
+
+
+def _compile_support(device: Device) -> Support:
+    if device.kind is DeviceKind.CPU:
+        if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
+            return Support.no("torch.compile on CPU needs a C++ compiler (g++ or c++) on PATH")
+        return Support.yes()
+    if importlib.util.find_spec("triton") is None:
+        return Support.no(f"torch.compile on {device.id} needs triton (pip install triton)")
+    return Support.yes()
+
+
+def _check_native(model: ModelSpec) -> Support:
+    import torch
+
+    source = model.source
+    if model.format is ModelFormat.TORCH_MODULE and not isinstance(source, torch.nn.Module):
+        return Support.no(f"{model.name!r}: a torch-module model needs an nn.Module source, "
+                          f"got {type(source).__name__}")
+    if model.format is ModelFormat.TORCH_EXPORTED and not isinstance(source, torch.export.ExportedProgram):
+        return Support.no(f"{model.name!r}: a torch-exported model needs an ExportedProgram source, "
+                          f"got {type(source).__name__}")
+    if not model.inputs:
+        return Support.no(f"{model.name!r}: a native torch model needs its input signature (example inputs)")
+    return Support.yes()
+
+
+def _native_module(model: ModelSpec) -> Any:
+    import torch
+
+    source = model.source
+    if isinstance(source, torch.export.ExportedProgram):
+        return source.module()
+    if isinstance(source, torch.nn.Module):
+        # Moving a module is in place: work on a copy so the caller's module stays where it was.
+        return copy.deepcopy(source)
+    raise ConfigError(f"{model.name!r}: not a torch module or exported program")
+
+
+def _all_nodes(graph: Any) -> list[Any]:
+    import onnx
+
+    out = []
+    for node in graph.node:
+        out.append(node)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                out.extend(_all_nodes(attr.g))
+    return out

@@ -1,0 +1,139 @@
+"""A model loaded on one torch device: eager, torch.compile'd, or replayed from CUDA graphs."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from aivmm.backends._base import Config, Session
+from aivmm.backends.torch._interop import to_output, to_tensor
+from aivmm.devices._types import Device
+from aivmm.errors import ConfigError, ExecutionError, InputError, OutOfMemoryError
+from aivmm.models._spec import ModelSpec, TensorSpec
+
+OUTPUT_KINDS = ("numpy", "native", "torch")
+# Distinct input shapes kept as captured CUDA graphs (each holds its own static buffers).
+MAX_CAPTURED_SHAPES = 8
+_WARMUP_RUNS = 3
+
+
+class _CudaGraphRunner:
+    """Captures the module once per input signature and replays it; one lock guards the buffers."""
+
+    def __init__(self, fn: Callable[..., Sequence[torch.Tensor]], device: torch.device) -> None:
+        self._fn = fn
+        self._device = device
+        self._graphs: collections.OrderedDict[tuple, tuple[Any, list[torch.Tensor], Sequence[torch.Tensor]]] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        key = tuple((tuple(t.shape), t.dtype, t.stride()) for t in inputs)
+        with self._lock:
+            entry = self._graphs.get(key)
+            if entry is None:
+                entry = self._capture(inputs)
+                self._graphs[key] = entry
+                while len(self._graphs) > MAX_CAPTURED_SHAPES:
+                    self._graphs.popitem(last=False)
+            else:
+                self._graphs.move_to_end(key)
+            graph, static_in, static_out = entry
+            for dst, src in zip(static_in, inputs):
+                dst.copy_(src)
+            graph.replay()
+            # The next replay overwrites the static outputs: hand out copies.
+            return [o.clone() for o in static_out]
+
+    def _capture(self, inputs: Sequence[torch.Tensor]) -> tuple[Any, list[torch.Tensor], Sequence[torch.Tensor]]:
+        static_in = [t.clone() for t in inputs]
+        stream = torch.cuda.Stream(device=self._device)
+        stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(stream):
+            for _ in range(_WARMUP_RUNS):  # lets lazy initialisation (cuBLAS handles, autotuning) happen outside
+                self._fn(*static_in)
+        torch.cuda.current_stream(self._device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._fn(*static_in)
+        return graph, static_in, static_out
+
+
+class TorchSession(Session):
+    def __init__(self, model: ModelSpec, device: Device, config: Config, module: torch.nn.Module,
+                 torch_device: torch.device, float_dtype: torch.dtype, notes: tuple[str, ...]) -> None:
+        super().__init__(model, device, config)
+        self.module = module
+        self.torch_device = torch_device
+        self.float_dtype = float_dtype
+        self.channels_last = bool(config.options.get("channels_last", False))
+        self.notes = notes
+        call: Callable[..., Any] = module
+        mode = config.options.get("compile")
+        if mode:
+            call = torch.compile(module, mode=None if mode == "default" else mode)
+        self._call = call
+        self._graphs = _CudaGraphRunner(self._forward, torch_device) if config.options.get("cuda_graphs") else None
+
+    def _forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            return _as_list(self._call(*inputs), self.model.outputs)
+
+    def _run(self, feeds: Mapping[str, Any], output: str) -> dict[str, Any]:
+        if output not in OUTPUT_KINDS:
+            raise ConfigError(f"output={output!r}: expected one of {OUTPUT_KINDS}")
+        missing = [s.name for s in self.model.inputs if s.name not in feeds]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; the model takes {self.model.signature()}")
+        try:
+            tensors = [to_tensor(feeds[s.name], s, self.torch_device, self.float_dtype, self.channels_last)
+                       for s in self.model.inputs]
+            outs = self._graphs(*tensors) if self._graphs is not None else self._forward(*tensors)
+        except (InputError, ConfigError):
+            raise
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemoryError(f"{self.model.name!r} on {self.device.id}: {exc}") from exc
+        except Exception as exc:
+            raise ExecutionError(f"{self.model.name!r} failed on {self.config.label()}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        specs = list(self.model.outputs)
+        result = {}
+        for i, t in enumerate(outs):
+            spec = specs[i] if i < len(specs) else None
+            name = spec.name if spec is not None else f"output_{i}"
+            result[name] = to_output(t, spec, output)
+        return result
+
+    def _close(self) -> None:
+        self._graphs = None
+        self.module = None  # type: ignore[assignment]
+        self._call = None  # type: ignore[assignment]
+        if self.torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _as_list(out: Any, specs: Sequence[TensorSpec]) -> list[torch.Tensor]:
+    """Module results (a tensor, a sequence, or a mapping by output name) in model output order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        names = [s.name for s in specs]
+        if all(n in out for n in names):
+            return [out[n] for n in names]
+        return list(out.values())
+    if hasattr(out, "to_tuple"):  # transformers' ModelOutput
+        out = out.to_tuple()
+    flat: list[torch.Tensor] = []
+    for item in out:
+        if isinstance(item, torch.Tensor):
+            flat.append(item)
+        elif isinstance(item, list | tuple):
+            flat.extend(_as_list(item, ()))
+        else:
+            flat.append(torch.as_tensor(item))
+    return flat
