@@ -239,3 +239,19 @@ def test_without_runtimes_the_spec_runtimes_are_kept() -> None:
     spec = [{"id": "amd:3", "kind": "gpu", "memory_total_bytes": 1, "runtimes": ["simulated"]}]
     (device,) = [d for d in discover(spec, include_runtimes=False) if d.simulated]
     assert device.runtimes == ("simulated",)
+
+
+def test_entry_point_probes_are_loaded_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    points = [
+        EntryPoint("test-ep", "aivmm.devices._cpu:probe", probe_registry.ENTRY_POINT_GROUP),
+        EntryPoint("cpu", "somewhere.else:probe", probe_registry.ENTRY_POINT_GROUP),  # cannot shadow a built-in
+    ]
+    monkeypatch.setattr(probe_registry, "entry_points", lambda group: points if group == "aivmm.probes" else [])
+    monkeypatch.setattr(probe_registry, "_table", None)
+    entries = {e.name: e for e in probe_registry.entries()}
+    assert entries["test-ep"].target == "aivmm.devices._cpu:probe" and not entries["test-ep"].builtin
+    assert entries["cpu"].target == "aivmm.devices._cpu:probe"
+    report = discover_report(include_runtimes=False, probes=["test-ep"], refresh=True)
+    assert [d.id for d in report.probe("test-ep").devices] == ["cpu:0"]
