@@ -255,3 +255,22 @@ def test_entry_point_probes_are_loaded_lazily(monkeypatch: pytest.MonkeyPatch) -
     assert entries["cpu"].target == "aivmm.devices._cpu:probe"
     report = discover_report(include_runtimes=False, probes=["test-ep"], refresh=True)
     assert [d.id for d in report.probe("test-ep").devices] == ["cpu:0"]
+
+
+def test_discovery_leaves_the_environment_alone() -> None:
+    import os
+
+    before = dict(os.environ)
+    discover_report(refresh=True)
+    assert dict(os.environ) == before
+
+
+def test_importing_devices_loads_no_sdk_or_runtime() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, aivmm.devices, aivmm.devices.bench;"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'pynvml', 'amdsmi', 'openvino', 'torch', 'onnxruntime', 'onnx'}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "[]"
