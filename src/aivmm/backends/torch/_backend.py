@@ -9,12 +9,22 @@ import os
 import pathlib
 import shutil
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from aivmm.backends._base import Backend, BackendInfo, Config, Session, Support
 from aivmm.devices._types import Device, DeviceKind
 from aivmm.dtypes import Precision
-from aivmm.errors import BackendUnavailableError, ConfigError, LoweringError, ModelLoadError, missing_extra
+from aivmm.errors import (
+    AivmmError,
+    BackendUnavailableError,
+    ConfigError,
+    LoweringError,
+    ModelLoadError,
+    OutOfMemoryError,
+    UnsupportedModelError,
+    missing_extra,
+)
 from aivmm.models._spec import ModelFormat, ModelSpec
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -72,46 +82,45 @@ class TorchBackend(Backend):
         return check_device(torch, device)
 
     # -- check -----------------------------------------------------------------------------
-    def _check(self, model: ModelSpec, device: Device, config: Config) -> Support:
+    def _requirements(self, model: ModelSpec, device: Device,
+                      config: Config) -> Iterator[tuple[Support, type[AivmmError]]]:
+        # The base checks installation, device, format, precision and memory; a failure that makes the
+        # rest meaningless (runtime missing, device not driven, format not run) ends the list there.
+        for support, error in super()._requirements(model, device, config):
+            yield support, error
+            if not support and error in (BackendUnavailableError, UnsupportedModelError):
+                return
+        yield _options_support(config), ConfigError
+        graphs = bool(config.options.get("cuda_graphs"))
         from aivmm.backends.torch._devices import is_cuda
 
-        result = Support.yes()
-        for key, value in config.options.items():
-            if key not in OPTIONS:
-                result = result & Support.no(f"unknown torch option {key!r}; known: {sorted(OPTIONS)}")
-            elif value not in OPTIONS[key]:
-                result = result & Support.no(f"option {key}={value!r}: expected one of {list(OPTIONS[key])}")
-        if not result:
-            return result
-        graphs = bool(config.options.get("cuda_graphs"))
-        mode = config.options.get("compile")
         if graphs and not is_cuda(device):
-            result = result & Support.no(f"cuda_graphs needs a CUDA or ROCm GPU, not {device.id}")
-        if graphs and mode == "reduce-overhead":
-            result = result & Support.no("compile='reduce-overhead' already captures CUDA graphs; "
-                                         "do not also set cuda_graphs")
-        if mode:
-            result = result & _compile_support(device)
+            yield Support.no(f"cuda_graphs needs a CUDA or ROCm GPU, not {device.id}"), ConfigError
+        if graphs and config.options.get("compile") == "reduce-overhead":
+            yield Support.no("compile='reduce-overhead' already captures CUDA graphs; do not also set "
+                             "cuda_graphs"), ConfigError
+        if config.options.get("compile"):
+            yield _compile_support(device), BackendUnavailableError
         if model.format is ModelFormat.ONNX:
-            result = result & self._check_onnx(model, graphs)
+            yield from self._check_onnx(model, graphs)
         else:
-            result = result & _check_native(model)
-        return result
+            yield _check_native(model), ModelLoadError
 
-    def _check_onnx(self, model: ModelSpec, cuda_graphs: bool) -> Support:
+    def _check_onnx(self, model: ModelSpec, cuda_graphs: bool) -> Iterator[tuple[Support, type[AivmmError]]]:
         if importlib.util.find_spec("onnx") is None:
-            return Support.no(str(missing_extra("onnx", "torch")))
+            yield Support.no(str(missing_extra("onnx", "torch"))), BackendUnavailableError
+            return
         try:
             proto, reasons = self._onnx(model, with_weights=False)
         except ModelLoadError as exc:
-            return Support.no(str(exc))
-        if reasons:
-            return Support.no(*reasons)
+            yield Support.no(str(exc)), ModelLoadError
+            return
+        yield (Support.no(*reasons) if reasons else Support.yes()), LoweringError
         if cuda_graphs:
             found = sorted({n.op_type for n in _all_nodes(proto.graph) if n.op_type in _DATA_DEPENDENT})
             if found:
-                return Support.no(f"cuda_graphs cannot capture data-dependent operators: {', '.join(found)}")
-        return Support.yes()
+                yield Support.no(f"cuda_graphs cannot capture data-dependent operators: {', '.join(found)}"), \
+                    ConfigError
 
     def _onnx(self, model: ModelSpec, *, with_weights: bool) -> tuple[Any, list[str]]:
         import onnx
@@ -150,14 +159,6 @@ class TorchBackend(Backend):
 
     # -- load ------------------------------------------------------------------------------
     def _load(self, model: ModelSpec, device: Device, config: Config) -> Session:
-        if not self.available():
-            raise missing_extra("torch", "torch")
-        support = self.check(model, device, config)
-        if not support:
-            error = LoweringError if model.format is ModelFormat.ONNX and any(
-                "lower" in r or "operator" in r for r in support.reasons) else BackendUnavailableError
-            raise error(f"torch cannot run {model.name!r} on {device.id} with {config.label()}: "
-                        + "; ".join(support.reasons))
         import torch
 
         from aivmm.backends.torch._devices import torch_device
@@ -183,8 +184,6 @@ class TorchBackend(Backend):
         try:
             module = module.to(target)
         except torch.OutOfMemoryError as exc:
-            from aivmm.errors import OutOfMemoryError
-
             raise OutOfMemoryError(f"{model.name!r}: weights do not fit on {device.id}: {exc}") from exc
         weight_bytes = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
         session = TorchSession(model, device, config, module, target, float_dtype, tuple(notes))
@@ -192,6 +191,16 @@ class TorchBackend(Backend):
 
         session.report = dataclasses.replace(session.report, device_memory_bytes=weight_bytes, notes=tuple(notes))
         return session
+
+
+def _options_support(config: Config) -> Support:
+    result = Support.yes()
+    for key, value in config.options.items():
+        if key not in OPTIONS:
+            result = result & Support.no(f"unknown torch option {key!r}; known: {sorted(OPTIONS)}")
+        elif value not in OPTIONS[key]:
+            result = result & Support.no(f"option {key}={value!r}: expected one of {list(OPTIONS[key])}")
+    return result
 
 
 def _compile_support(device: Device) -> Support:

@@ -109,6 +109,18 @@ class TorchSession(Session):
             result[name] = to_output(t, spec, output)
         return result
 
+    def offload_to_host(self) -> bool:
+        if self.torch_device.type == "cpu":
+            return False
+        with self._lock:
+            self._graphs = _CudaGraphRunner(self._forward, self.torch_device) if self._graphs is not None else None
+            self.module.to("cpu")
+        return True
+
+    def reload_to_device(self) -> None:
+        with self._lock:
+            self.module.to(self.torch_device)
+
     def _close(self) -> None:
         self._graphs = None
         self.module = None  # type: ignore[assignment]
