@@ -323,6 +323,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="CPU", help="ONNX device string (CPU, CUDA)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per case before the worker is killed")
     p.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="workers at once")
+    p.add_argument("--names-file", help="run only the case names listed in this file (one a line)")
+    p.add_argument("--write-subset", metavar="FILE", help="write the fixed CI subset (one case per operator) and exit")
+    p.add_argument("--write-expected", metavar="DIR",
+                   help="write expected_pass_<runner>.txt (the cases each runner passed) into DIR")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
@@ -337,7 +341,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command_line = "python benchmarks/conformance.py " + " ".join(
         a if re.fullmatch(r"[\w./,=:-]+", a) else f"'{a}'" for a in (argv if argv is not None else sys.argv[1:])
     )
+    from aivmm import _conformance
+
+    if args.write_subset:
+        subset = _conformance.select_subset()
+        header = (f"# CI subset of the ONNX backend suite: the first node case of each operator, and the simple\n"
+                  f"# models. Written by `{args.command_line}`; onnx {_versions()['onnx']}.\n")
+        with open(args.write_subset, "w") as f:
+            f.write(header + "\n".join(subset) + "\n")
+        print(f"{len(subset)} cases -> {args.write_subset}", file=sys.stderr)
+        return 0
     kinds_of = list_cases(kinds, args.device, args.filter)
+    if args.names_file:
+        wanted = set(_conformance.read_list(args.names_file))
+        missing = sorted(wanted - set(kinds_of))
+        if missing:
+            print(f"warning: {len(missing)} listed cases are not in this onnx version: {missing[:5]}", file=sys.stderr)
+        kinds_of = {n: k for n, k in kinds_of.items() if n in wanted}
     names = list(kinds_of)
     print(f"{len(names)} cases x {len(runners)} runners, {args.jobs} workers", file=sys.stderr)
     done: collections.Counter[str] = collections.Counter()
@@ -371,6 +391,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"kinds": kinds_of, "results": {r: [o.to_json() for o in v] for r, v in results.items()}},
                       f, indent=1)
+    if args.write_expected:
+        for r in runners:
+            path = os.path.join(args.write_expected, f"expected_pass_{r.replace('-', '_')}.txt")
+            with open(path, "w") as f:
+                f.write(f"# Cases the `{r}` runner passed; CI fails when one of them stops passing.\n"
+                        f"# Written by `{args.command_line}`.\n")
+                f.write("".join(f"{o.test}\n" for o in results[r] if o.status is Status.PASS))
     report = render(results, kinds_of, args, wall)
     if args.out:
         with open(args.out, "w") as f:

@@ -215,6 +215,25 @@ def classify(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[:90]}" if msg else type(exc).__name__
 
 
+def select_subset(per_op: int = 1) -> list[str]:
+    """A fixed CI subset covering many operator families: for each ONNX operator the first ``per_op``
+    node cases (alphabetically, function expansions left out), plus every ``simple`` model case."""
+    from onnx.backend.test.loader import load_model_tests
+
+    chosen: dict[str, list[str]] = {}
+    with warnings_quiet():
+        node_cases = sorted(load_model_tests(kind="node"), key=lambda c: c.name)
+    for case in node_cases:
+        if case.name.endswith("_expanded") or case.model is None or not case.model.graph.node:
+            continue
+        ops = chosen.setdefault(case.model.graph.node[-1].op_type, [])
+        if len(ops) < per_op:
+            ops.append(f"{case.name}_cpu")
+    names = [n for op in sorted(chosen) for n in chosen[op]]
+    names += sorted(f"{c.name}_cpu" for c in load_model_tests(kind="simple"))
+    return names
+
+
 def read_list(path: Any) -> list[str]:
     """A test-name list file: one name a line, '#' comments."""
     import pathlib

@@ -290,12 +290,17 @@ class AivmmBackendRep(onnx.backend.base.BackendRep):
             self._tried.add(again.chosen.config.backend)
             self._open_next(exc)
 
-    def _open_next(self, cause: AivmmError) -> None:
-        """Deploy the next backend not tried yet; raises the last error when none is left."""
+    def _open_next(self, first: AivmmError) -> None:
+        """Deploy the next backend not tried yet. When none is left, raises the first failure (the
+        planner's choice), its message extended with what every other attempt said."""
+        cause = first
         while True:
             remaining = [b for b in self._order if b not in self._tried]
             if not remaining:
-                raise cause
+                if cause is first:
+                    raise first
+                tried = "; ".join(f"{a.config}: {a.error}" for a in self._attempts if not a.ok)
+                raise type(first)(f"{first} (every backend for {self.device.id} failed: {tried})") from first
             log.warning("model %s: %s failed (%s); trying %s", self.path.name, self._attempts[-1].config,
                         _first_line(cause), remaining[0])
             try:
