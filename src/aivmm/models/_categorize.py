@@ -37,6 +37,7 @@ class Facts:
     periodic_activations: int = 0  # Sin / Cos
     tanh_activations: int = 0
     coordinate_inputs: list[str] = dataclasses.field(default_factory=list)  # float [batch, <=4] inputs
+    float_inputs: int = 0
     top_ops: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -71,11 +72,11 @@ def categorize(f: Facts) -> tuple[CategoryScore, ...]:
         scores.append(CategoryScore(Category.TRANSFORMER, conf, tuple(evidence), subtype))
 
     if f.convolutions:
-        stem_only = attention and f.convolutions <= 2
-        if f.convolutions >= 2 or not (attention or recurrent):
-            conf = 0.3 if stem_only else min(0.97, 0.6 + 0.02 * f.convolutions)
-            what = "a convolutional stem" if stem_only else "a convolution stack"
-            scores.append(CategoryScore(Category.CNN, conf, (f"{f.convolutions} convolution layer(s): {what}",)))
+        # One or two convs in front of attention are a patch-embedding stem, not a CNN workload.
+        stem_only = bool(attention) and f.convolutions <= 2
+        conf = 0.3 if stem_only else min(0.97, 0.6 + 0.02 * f.convolutions)
+        what = "a convolutional stem" if stem_only else "a convolution stack"
+        scores.append(CategoryScore(Category.CNN, conf, (f"{f.convolutions} convolution layer(s): {what}",)))
 
     if recurrent:
         ops = ", ".join(f"{n} {op}" for op, n in sorted(f.recurrent_ops.items()))
@@ -110,9 +111,10 @@ def categorize(f: Facts) -> tuple[CategoryScore, ...]:
         scores.append(CategoryScore(Category.SCIENTIFIC, 0.9, (f"spectral transform(s): {ops}",)))
     elif (
         f.coordinate_inputs
+        and len(f.coordinate_inputs) == f.float_inputs
         and (f.periodic_activations or f.tanh_activations)
         and f.dense_layers >= 2
-        and not (attention or f.convolutions or recurrent or tables)
+        and not (attention or f.convolutions or recurrent or tables or f.unrolled_recurrences)
     ):
         acts = f.periodic_activations + f.tanh_activations
         scores.append(CategoryScore(

@@ -123,8 +123,10 @@ def _inputs(graph: Any, index: GraphIndex, f: Facts) -> None:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
         if tt.elem_type in _INTEGER and len(dims) == 2 and dims[1] != 1:
             f.token_inputs.append(value.name)
-        if tt.elem_type in _FLOAT and len(dims) in (2, 3) and dims[-1] is not None and dims[-1] <= 4:
-            f.coordinate_inputs.append(value.name)
+        if tt.elem_type in _FLOAT:
+            f.float_inputs += 1
+            if len(dims) in (2, 3) and dims[-1] is not None and dims[-1] <= 4:
+                f.coordinate_inputs.append(value.name)
 
 
 def _weight_like(index: GraphIndex, name: str) -> bool:

@@ -21,7 +21,7 @@ import importlib
 import os
 import pathlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -207,7 +207,7 @@ def _copy_fields(source: Any, target: Any, skip: str) -> None:
     for field, value in source.ListFields():
         if field.name == skip:
             continue
-        if field.label == field.LABEL_REPEATED:
+        if isinstance(value, Sequence) and not isinstance(value, str | bytes):  # a repeated field
             getattr(target, field.name).extend(value)
         elif field.message_type is not None:
             getattr(target, field.name).CopyFrom(value)
