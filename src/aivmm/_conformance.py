@@ -196,7 +196,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 _NOISE = (
     (re.compile(r"(['\"`]).{0,120}?\1"), "'…'"),
     (re.compile(r"(/[\w.@+-]+)+"), "<path>"),
-    (re.compile(r"0x[0-9a-f]+|\d+(\.\d+)?", re.IGNORECASE), "N"),
+    (re.compile(r"\b(0x[0-9a-f]+|\d+(\.\d+)?)\b", re.IGNORECASE), "N"),  # numbers, not digits inside names
     (re.compile(r"\s+"), " "),
 )
 

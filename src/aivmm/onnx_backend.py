@@ -288,6 +288,7 @@ class AivmmBackendRep(onnx.backend.base.BackendRep):
                 raise exc from None
             self._order = _backend_order(again, self.device)
             self._tried.add(again.chosen.config.backend)
+            self._attempts[-1] = dataclasses.replace(self._attempts[-1], config=again.chosen.config.label())
             self._open_next(exc)
 
     def _open_next(self, first: AivmmError) -> None:
