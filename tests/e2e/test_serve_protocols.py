@@ -485,3 +485,39 @@ def test_metrics_and_status(server: RunningServer) -> None:
     assert any(d["id"] == "cpu:0" for d in doc["devices"])
     code, plan = raw(server, "GET", "/v2/models/double/plan")
     assert code == 200 and plan["chosen"]["device"] == "cpu:0"
+
+
+# -- CLI views of the running server -----------------------------------------------------------------
+def test_status_and_top_cli(server: RunningServer, hc: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from aivmm.cli.main import main
+
+    assert main(["status", "--url", f"http://{server.http}"]) == 0
+    out = capsys.readouterr().out
+    assert "cpu:0" in out and "double" in out and "READY" in out
+    assert main(["status", "--url", server.http, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["server"]["ready"] is True
+    inp = tritonhttp.InferInput("x", [2, 4], "FP32")
+    inp.set_data_from_numpy(X)
+    for _ in range(5):
+        hc.infer("flat", [inp])
+    assert main(["top", "--url", server.http, "--count", "2", "--interval", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("devices") == 2 and "req/s" in out and "flat" in out
+    assert main(["status", "--url", "http://127.0.0.1:1"]) == 2  # nothing listens: a clear error, no traceback
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_bench_cli_against_the_server(server: RunningServer, tmp_path: pathlib.Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from aivmm.cli.main import main
+
+    rc = main(["bench", f"http://{server.http}", "--model", "flat", "--concurrency", "1,2", "--rate", "50",
+               "--duration", "0.4", "--warmup", "0.1", "--json", "--plot", str(tmp_path)])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in doc["results"]] == ["closed", "closed", "open"]
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in doc["results"])
+    assert (tmp_path / "latency_cdf.png").stat().st_size > 1000 and (tmp_path / "throughput.png").exists()
+    rc = main(["bench", f"grpc://{server.grpc}", "--model", "double", "--concurrency", "1", "--duration", "0.3",
+               "--warmup", "0", "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["results"][0]["requests"] > 0

@@ -9,6 +9,7 @@ then drains the old one: requests already inside the old copy finish there, none
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import enum
 import itertools
@@ -73,6 +74,11 @@ class _Model:
     state: State = State.UNLOADED
     reason: str = ""
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    ok: int = 0
+    errors: int = 0
+    # Recent (finish time, seconds) of successful requests: the status endpoint's percentiles.
+    recent: collections.deque[tuple[float, float]] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=4096))
 
     def latest(self) -> Version | None:
         ready = [v for n, v in self.versions.items() if v.state is State.READY]
@@ -174,11 +180,12 @@ class DataPlane:
                     for entry in fresh.values():
                         await asyncio.to_thread(self.host.unload, entry.vmm_name, drain=False)
                     raise
-            except AivmmError as exc:
-                model.reason = str(exc)
+            except Exception as exc:  # the old copy (if any) keeps serving; the reason is shown in the index
+                model.reason = str(exc) if isinstance(exc, AivmmError) else f"internal error: {exc!r}"
                 model.state = State.READY if model.versions else State.UNLOADED
                 self.observer.load(name, self._clock() - start, False)
-                log.warning("load of %r failed: %s", name, exc)
+                log.warning("load of %r failed: %s", name, model.reason,
+                            exc_info=not isinstance(exc, AivmmError))
                 raise
             except BaseException:
                 model.state = previous_state
@@ -377,21 +384,42 @@ class DataPlane:
             self.observer.stage(req.model, "execute", self._clock() - t0)
             resp = _select_outputs(entry, req, outputs)
         except AivmmError as exc:
-            self.observer.request(req.model, version, self._clock() - start, False, type(exc).__name__)
+            model = self._models.get(req.model)
+            if model is not None:
+                model.errors += 1
+            # Unknown names share one label: clients must not be able to grow the metric space.
+            label = req.model if model is not None else "_unknown_"
+            self.observer.request(label, version, self._clock() - start, False, type(exc).__name__)
             raise
-        self.observer.request(req.model, version, self._clock() - start, True)
+        seconds = self._clock() - start
+        model = self._models[req.model]
+        model.ok += 1
+        model.recent.append((time.monotonic(), seconds))
+        self.observer.request(req.model, version, seconds, True)
         return resp
 
     # -- status ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Server, models and the VMM's own status in one JSON document (``aivmm top`` reads it)."""
         models = []
+        horizon = time.monotonic() - 60.0
         for name, model in sorted(self._models.items()):
+            recent = [s for t, s in model.recent if t >= horizon]
+            figures = {
+                "requests": model.ok,
+                "errors": model.errors,
+                "latency_ms": {
+                    "window_requests": len(recent),
+                    "p50": round(float(np.percentile(recent, 50)) * 1e3, 4) if recent else None,
+                    "p99": round(float(np.percentile(recent, 99)) * 1e3, 4) if recent else None,
+                },
+            }
             for v, entry in sorted(model.versions.items()):
                 models.append({
                     "name": name,
                     "version": str(v),
                     "state": entry.state.value,
+                    **figures,
                     "inflight": entry.inflight,
                     "vmm_name": entry.vmm_name,
                     "placement": _placement(entry.handle),
@@ -399,7 +427,8 @@ class DataPlane:
                     "config": entry.config.to_json(),
                 })
             if not model.versions:
-                models.append({"name": name, "version": "", "state": model.state.value, "reason": model.reason})
+                models.append({"name": name, "version": "", "state": model.state.value, "reason": model.reason,
+                               **figures})
         try:
             vmm = self.host.status()
         except AivmmError as exc:
@@ -416,6 +445,10 @@ class DataPlane:
             "vmm_names": {k: list(v) for k, v in self.vmm_names().items()},
             "vmm": vmm,
         }
+
+    def metric_label(self, name: str) -> str:
+        """The model label for metrics: unknown names share one, so clients cannot grow the label space."""
+        return name if name in self._models else "_unknown_"
 
     def vmm_names(self) -> dict[str, tuple[str, str]]:
         """VMM model name -> (served name, version), for labelling the VMM's own figures."""

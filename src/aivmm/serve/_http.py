@@ -139,11 +139,12 @@ class HttpApp:
         header_length = codec.parse_header_length(headers.get("inference-header-content-length"), len(body))
         t0 = self.plane._clock()
         req = codec.decode_request(body, header_length, model, version)
-        self.plane.observer.stage(model, "decode", self.plane._clock() - t0)
+        label = self.plane.metric_label(model)
+        self.plane.observer.stage(label, "decode", self.plane._clock() - t0)
         resp = await self.plane.infer(req)
         t0 = self.plane._clock()
         chunks, json_length = codec.encode_response(resp)
-        self.plane.observer.stage(model, "encode", self.plane._clock() - t0)
+        self.plane.observer.stage(label, "encode", self.plane._clock() - t0)
         if json_length is None:
             await _send(send, 200, chunks[0])
             return

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aivmm.errors import AivmmError, ConfigError
+from aivmm.errors import ConfigError
 from aivmm.serve._dataplane import DataPlane
 from aivmm.serve._host import Host, Limits
 from aivmm.serve._repository import Repository
@@ -159,9 +159,10 @@ class Server:
             for name in names:  # one at a time: the planner's measurements must not disturb each other
                 try:
                     await self.plane.load(name)
-                except AivmmError as exc:
+                except Exception as exc:
                     if self.options.load is not None:
                         raise  # a model asked for by name must load
+                    # Serving the rest beats refusing to start; the index shows this one's reason.
                     log.error("model %r not loaded: %s", name, exc)
         finally:
             self.plane.starting = False
