@@ -178,7 +178,8 @@ class TorchBackend(Backend):
             module = _native_module(model)
             if float_dtype != torch.float32:
                 module = module.to(float_dtype)
-        module.eval()
+        if model.format is not ModelFormat.TORCH_EXPORTED:  # an exported program is traced in eval mode already
+            module.eval()
         if config.options.get("channels_last"):
             module = module.to(memory_format=torch.channels_last)
         try:
@@ -232,10 +233,11 @@ def _native_module(model: ModelSpec) -> Any:
     import torch
 
     source = model.source
+    # Moving or casting a module is in place, and an exported program's module shares the caller's
+    # parameters: work on a copy so the caller's model stays where, and as, it was.
     if isinstance(source, torch.export.ExportedProgram):
-        return source.module()
+        return copy.deepcopy(source.module())
     if isinstance(source, torch.nn.Module):
-        # Moving a module is in place: work on a copy so the caller's module stays where it was.
         return copy.deepcopy(source)
     raise ConfigError(f"{model.name!r}: not a torch module or exported program")
 

@@ -1,0 +1,389 @@
+"""The torch backend beyond the shared contract: devices, precisions, options, native modules,
+tensor interop, refusals and the lowering's own guarantees (weights as buffers, subgraph captures)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from _backend_models import host_cpu, spec_of  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from aivmm.backends import Config, registry  # noqa: E402
+from aivmm.backends.torch.lowering import lower, refusals  # noqa: E402
+from aivmm.devices._types import Device, DeviceKind, Vendor  # noqa: E402
+from aivmm.dtypes import DType, Precision  # noqa: E402
+from aivmm.errors import (  # noqa: E402
+    BackendUnavailableError,
+    ConfigError,
+    InputError,
+    LoweringError,
+    ModelLoadError,
+)
+from aivmm.models._spec import ModelFormat, ModelSpec, TensorSpec  # noqa: E402
+
+OPSET = 18
+
+
+def _save(path: pathlib.Path, nodes: list, inputs: list, outputs: list, inits: list = (), opset: int = OPSET,
+          extra_opsets: tuple = ()) -> pathlib.Path:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), *extra_opsets])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return registry.get("torch")
+
+
+@pytest.fixture(scope="module")
+def cpu() -> Device:
+    return host_cpu()
+
+
+@pytest.fixture(scope="module")
+def conv_model(tmp_path_factory) -> pathlib.Path:
+    """Conv -> BatchNorm -> Relu -> Cast(float) -> GlobalAveragePool -> Flatten: a CNN in miniature."""
+    r = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array((r.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32), "w"),
+        numpy_helper.from_array(r.standard_normal(8).astype(np.float32), "b"),
+        numpy_helper.from_array(np.abs(r.standard_normal(8)).astype(np.float32) + 0.5, "scale"),
+        numpy_helper.from_array(r.standard_normal(8).astype(np.float32), "shift"),
+        numpy_helper.from_array(r.standard_normal(8).astype(np.float32) * 0.1, "mean"),
+        numpy_helper.from_array(np.abs(r.standard_normal(8)).astype(np.float32) + 0.5, "var"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "shift", "mean", "var"], ["n"]),
+        helper.make_node("Relu", ["n"], ["r"]),
+        helper.make_node("Cast", ["r"], ["rc"], to=TensorProto.FLOAT),
+        helper.make_node("GlobalAveragePool", ["rc"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["y"]),
+    ]
+    return _save(tmp_path_factory.mktemp("torch") / "conv.onnx", nodes,
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+
+
+@pytest.fixture(scope="module")
+def identity_model(tmp_path_factory) -> pathlib.Path:
+    return _save(tmp_path_factory.mktemp("torch") / "identity.onnx", [helper.make_node("Identity", ["x"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+
+
+def _ort(spec: ModelSpec, feeds: dict) -> dict:
+    cpu = host_cpu()
+    with registry.get("onnxruntime").load(spec, cpu, Config("onnxruntime", cpu.id)) as s:
+        return s.run(feeds)
+
+
+# -- devices ------------------------------------------------------------------------------------
+
+def _gpu(vendor: Vendor, prefix: str) -> Device:
+    return Device(f"{prefix}:0", DeviceKind.GPU, vendor, f"{vendor.value} gpu", 8 << 30, 8 << 30)
+
+
+def test_cpu_is_always_driven(backend, cpu):
+    assert backend.drives(cpu)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize(("vendor", "prefix", "needle"), [
+    (Vendor.NVIDIA, "nvidia", "CUDA"), (Vendor.AMD, "amd", "ROCm"), (Vendor.INTEL, "intel-gpu", "XPU"),
+    (Vendor.APPLE, "apple", "MPS"),
+])
+def test_gpu_without_torch_support_is_refused_by_name(backend, conv_model, vendor, prefix, needle):
+    device = _gpu(vendor, prefix)
+    support = backend.drives(device)
+    assert not support
+    assert any(needle in r and device.id in r for r in support.reasons), support.reasons
+    with pytest.raises(BackendUnavailableError, match=needle):
+        backend.load(spec_of(conv_model), device, Config("torch", device.id))
+
+
+def test_npu_is_not_driven(backend):
+    npu = Device("intel-npu:0", DeviceKind.NPU, Vendor.INTEL, "npu", 1 << 30, 1 << 30)
+    assert not backend.drives(npu)
+
+
+def test_info_lists_the_planner_options(backend):
+    info = backend.info()
+    assert set(info.options) == {"compile", "cuda_graphs", "channels_last"}
+    assert "reduce-overhead" in info.options["compile"] and None in info.options["compile"]
+    assert {Precision.FP32, Precision.FP16, Precision.BF16} <= info.precisions
+    assert {ModelFormat.ONNX, ModelFormat.TORCH_MODULE, ModelFormat.TORCH_EXPORTED} <= info.formats
+
+
+# -- precisions and outputs ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(("precision", "tol"), [(Precision.FP32, 1e-5), (Precision.FP16, 2e-2),
+                                                (Precision.BF16, 6e-2)])
+def test_precisions_match_onnxruntime_and_cast_back(backend, cpu, conv_model, precision, tol):
+    spec = spec_of(conv_model)
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    ref = _ort(spec, {"x": x})["y"]
+    with backend.load(spec, cpu, Config("torch", cpu.id, precision)) as session:
+        got = session.run({"x": x})["y"]
+        native = session.run({"x": x}, output="native")["y"]
+    assert got.dtype == np.float32  # cast back to the signature's type
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * max(1.0, float(np.abs(ref).max())))
+    want_native = {Precision.FP32: torch.float32, Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
+    assert isinstance(native, torch.Tensor) and native.dtype == want_native[precision]
+
+
+def test_dynamic_batch_runs_in_one_session(backend, cpu, conv_model):
+    spec = spec_of(conv_model)
+    with backend.load(spec, cpu, Config("torch", cpu.id)) as session:
+        for batch in (1, 3, 5):
+            x = np.random.default_rng(batch).standard_normal((batch, 3, 16, 16)).astype(np.float32)
+            np.testing.assert_allclose(session.run({"x": x})["y"], _ort(spec, {"x": x})["y"], rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_gives_the_same_answer(backend, cpu, conv_model):
+    spec = spec_of(conv_model)
+    x = np.random.default_rng(2).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    with backend.load(spec, cpu, Config("torch", cpu.id, options={"channels_last": True})) as session:
+        got = session.run({"x": x})["y"]
+    np.testing.assert_allclose(got, _ort(spec, {"x": x})["y"], rtol=1e-4, atol=1e-5)
+
+
+# -- inputs: no copies, DLPack, bad input ----------------------------------------------------------
+
+def test_tensor_already_on_the_device_is_not_copied(backend, cpu, identity_model):
+    spec = spec_of(identity_model)
+    x = torch.randn(2, 4)
+    with backend.load(spec, cpu, Config("torch", cpu.id)) as session:
+        y = session.run({"x": x}, output="native")["y"]
+    assert y.data_ptr() == x.data_ptr()
+
+
+def test_numpy_input_is_not_copied_on_cpu(backend, cpu, identity_model):
+    spec = spec_of(identity_model)
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    with backend.load(spec, cpu, Config("torch", cpu.id)) as session:
+        y = session.run({"x": x}, output="torch")["y"]
+    assert y.data_ptr() == x.ctypes.data
+
+
+class _DLPackOnly:
+    """An array known to the backend only through the DLPack protocol (as cupy or jax arrays are)."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self._t = t
+
+    def __dlpack__(self, *args, **kwargs):
+        return self._t.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._t.__dlpack_device__()
+
+
+def test_dlpack_input_shares_memory(backend, cpu, identity_model):
+    spec = spec_of(identity_model)
+    x = torch.randn(3, 4)
+    with backend.load(spec, cpu, Config("torch", cpu.id)) as session:
+        y = session.run({"x": _DLPackOnly(x)}, output="native")["y"]
+    assert y.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(y, x)
+
+
+def test_wrong_rank_names_the_input(backend, cpu, conv_model):
+    with backend.load(spec_of(conv_model), cpu, Config("torch", cpu.id)) as session:
+        with pytest.raises(InputError, match=r"'x'.*rank 2"):
+            session.run({"x": np.zeros((3, 16), np.float32)})
+        with pytest.raises(InputError, match="dimension 1 is 4, expected 3"):
+            session.run({"x": np.zeros((1, 4, 16, 16), np.float32)})
+        with pytest.raises(InputError, match="missing"):
+            session.run({})
+
+
+def test_unknown_output_kind_is_a_config_error(backend, cpu, identity_model):
+    with backend.load(spec_of(identity_model), cpu, Config("torch", cpu.id)) as session, \
+            pytest.raises(ConfigError, match="cupy"):
+        session.run({"x": np.zeros((1, 4), np.float32)}, output="cupy")
+
+
+# -- options ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("options", "needle"), [
+    ({"fast": True}, "unknown torch option 'fast'"),
+    ({"compile": "turbo"}, "compile='turbo'"),
+    ({"cuda_graphs": True}, "cuda_graphs needs a CUDA or ROCm GPU"),
+])
+def test_bad_options_are_refused(backend, cpu, conv_model, options, needle):
+    config = Config("torch", cpu.id, options=options)
+    support = backend.check(spec_of(conv_model), cpu, config)
+    assert not support and any(needle in r for r in support.reasons), support.reasons
+    with pytest.raises(ConfigError, match=needle.split("'")[0]):
+        backend.load(spec_of(conv_model), cpu, config)
+
+
+# -- refusals: before loading, naming operator, domain and opset ---------------------------------
+
+def test_unknown_operator_is_refused_with_domain_and_opset(backend, cpu, tmp_path):
+    path = _save(tmp_path / "custom.onnx", [helper.make_node("Warp", ["x"], ["y"], domain="com.example")],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                 extra_opsets=(helper.make_opsetid("com.example", 3),))
+    spec = _plain_spec(path)
+    support = backend.check(spec, cpu, Config("torch", cpu.id))
+    assert not support
+    assert any("Warp" in r and "com.example" in r and "opset 3" in r for r in support.reasons), support.reasons
+    with pytest.raises(LoweringError, match="Warp"):
+        backend.load(spec, cpu, Config("torch", cpu.id))
+
+
+def test_known_mismatch_is_refused_not_answered(backend, cpu, tmp_path):
+    # Antialiased Resize: the filter footprint depends on the scale; the lowering does not follow it.
+    scales = numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales")
+    path = _save(tmp_path / "aa.onnx", [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear",
+                                                         antialias=1)],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])], [scales], opset=19)
+    spec = _plain_spec(path)
+    support = backend.check(spec, cpu, Config("torch", cpu.id))
+    assert not support and any("antialias" in r and "Resize" in r for r in support.reasons)
+    with pytest.raises(LoweringError, match="antialias"):
+        backend.load(spec, cpu, Config("torch", cpu.id))
+
+
+def test_unreadable_file_is_a_model_load_error(backend, cpu, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    spec = ModelSpec("bad", ModelFormat.ONNX, (TensorSpec("x", DType.FLOAT32, (1,)),),
+                     (TensorSpec("y", DType.FLOAT32, (1,)),), source=str(bad))
+    assert not backend.check(spec, cpu, Config("torch", cpu.id))
+    with pytest.raises(ModelLoadError, match=r"bad\.onnx"):
+        backend.load(spec, cpu, Config("torch", cpu.id))
+
+
+def _plain_spec(path: pathlib.Path) -> ModelSpec:
+    model = onnx.load(str(path))
+
+    def specs(values):
+        return tuple(TensorSpec(v.name, DType.FLOAT32, tuple(d.dim_value or d.dim_param for d in
+                                                              v.type.tensor_type.shape.dim)) for v in values)
+
+    return ModelSpec(path.stem, ModelFormat.ONNX, specs(model.graph.input), specs(model.graph.output),
+                     source=str(path))
+
+
+# -- native torch models ------------------------------------------------------------------------
+
+class _TwoHeads(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(6, 5)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.relu(self.body(a)) + b
+        return {"h": h, "total": h.sum(dim=1)}
+
+
+def _native_spec(source, fmt: ModelFormat) -> ModelSpec:
+    inputs = (TensorSpec("a", DType.FLOAT32, ("N", 6)), TensorSpec("b", DType.FLOAT32, ("N", 5)))
+    outputs = (TensorSpec("h", DType.FLOAT32, ("N", 5)), TensorSpec("total", DType.FLOAT32, ("N",)))
+    return ModelSpec("two_heads", fmt, inputs, outputs, source=source)
+
+
+@pytest.mark.parametrize("fmt", [ModelFormat.TORCH_MODULE, ModelFormat.TORCH_EXPORTED])
+def test_native_models_run_and_leave_the_callers_module_alone(backend, cpu, fmt):
+    torch.manual_seed(0)
+    module = _TwoHeads().eval()
+    a, b = torch.randn(3, 6), torch.randn(3, 5)
+    source = module if fmt is ModelFormat.TORCH_MODULE else torch.export.export(module, (a, b))
+    spec = _native_spec(source, fmt)
+    with torch.inference_mode():
+        want = module(a, b)
+    with backend.load(spec, cpu, Config("torch", cpu.id, Precision.BF16)) as session:
+        got = session.run({"a": a.numpy(), "b": b.numpy()})
+    assert list(got) == ["h", "total"]
+    np.testing.assert_allclose(got["h"], want["h"].numpy(), rtol=5e-2, atol=5e-2)
+    np.testing.assert_allclose(got["total"], want["total"].numpy(), rtol=5e-2, atol=2e-1)
+    assert module.body.weight.dtype == torch.float32  # the session cast its own copy
+
+
+def test_native_module_needs_a_module(backend, cpu):
+    spec = _native_spec("not a module", ModelFormat.TORCH_MODULE)
+    support = backend.check(spec, cpu, Config("torch", cpu.id))
+    assert not support and any("nn.Module" in r for r in support.reasons)
+    with pytest.raises(ModelLoadError, match=r"nn\.Module"):
+        backend.load(spec, cpu, Config("torch", cpu.id))
+
+
+# -- the lowering's guarantees ------------------------------------------------------------------
+
+def test_weights_are_buffers_and_shape_constants_stay_on_the_host(conv_model, tmp_path):
+    shape = numpy_helper.from_array(np.array([0, -1], np.int64), "shape")
+    w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    path = _save(tmp_path / "reshape.onnx", [helper.make_node("MatMul", ["x", "w"], ["m"]),
+                                             helper.make_node("Shape", ["m"], ["s"]),
+                                             helper.make_node("Reshape", ["m", "shape"], ["y"]),
+                                             helper.make_node("Reshape", ["m", "s"], ["z"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]),
+                  helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2, 3])], [shape, w])
+    gm = lower(onnx.load(str(path)))
+    buffers = dict(gm.named_buffers())
+    assert any(t.shape == (4, 3) for t in buffers.values())  # the weight moves with .to()
+    assert not any(t.dtype == torch.int64 for t in buffers.values())  # the shape vector does not
+    gm.to("meta")  # every weight follows; host constants stay usable
+    x = torch.randn(2, 2, 4, device="meta")
+    y, z = gm(x)
+    assert y.shape == (2, 6) and z.shape == (2, 2, 3)
+
+
+def test_subgraph_reads_outer_run_time_values(tmp_path):
+    # Loop body reads 'step' (computed at run time in the outer graph) and 'bias' (an outer initializer).
+    body = helper.make_graph(
+        [helper.make_node("Add", ["acc_in", "step"], ["acc_mid"]),
+         helper.make_node("Add", ["acc_mid", "bias"], ["acc_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["acc_out"], ["scan"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("scan", TensorProto.FLOAT, [2])])
+    inits = [numpy_helper.from_array(np.array(3, np.int64), "trip"), numpy_helper.from_array(np.array(True), "cond"),
+             numpy_helper.from_array(np.array([0.5, 0.5], np.float32), "bias")]
+    path = _save(tmp_path / "loop.onnx",
+                 [helper.make_node("Mul", ["x", "x"], ["step"]),
+                  helper.make_node("Loop", ["trip", "cond", "x"], ["final", "history"], body=body)],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                 [helper.make_tensor_value_info("final", TensorProto.FLOAT, [2]),
+                  helper.make_tensor_value_info("history", TensorProto.FLOAT, [3, 2])], inits)
+    assert refusals(onnx.load(str(path))) == []
+    gm = lower(onnx.load(str(path)))
+    x = torch.tensor([1.0, 2.0])
+    final, history = gm(x)
+    step = x * x + 0.5
+    torch.testing.assert_close(history, torch.stack([x + step, x + 2 * step, x + 3 * step]))
+    torch.testing.assert_close(final, x + 3 * step)
+
+
+def test_lowering_failure_names_the_node(tmp_path):
+    # Reshape to an impossible shape: caught while folding constants, reported with the node.
+    data = numpy_helper.from_array(np.ones(6, np.float32), "data")
+    shape = numpy_helper.from_array(np.array([4, 4], np.int64), "shape")
+    path = _save(tmp_path / "bad_reshape.onnx", [helper.make_node("Reshape", ["data", "shape"], ["y"], name="r1")],
+                 [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])], [data, shape])
+    with pytest.raises(LoweringError, match="Reshape 'r1'"):
+        lower(onnx.load(str(path)))
+
+
+def test_offload_is_refused_on_the_cpu(backend, cpu, identity_model):
+    with backend.load(spec_of(identity_model), cpu, Config("torch", cpu.id)) as session:
+        assert session.offload_to_host() is False
