@@ -227,3 +227,22 @@ def test_strict_mode_on_cpu_loads(cpu, specs):
     config = Config("onnxruntime", cpu.id, options={"disable_fallback": True})
     with ORT.load(specs["mlp"], cpu, config) as session:
         assert session.report.fallback_nodes == ()
+
+
+def test_fallback_nodes_from_a_real_profile(model_dir, tmp_path, specs):
+    # The detection used with onnxruntime older than 1.23 (no assignment API): the first run's profile.
+    from aivmm.backends.ort import _fallback_from_profile
+
+    so = onnxruntime.SessionOptions()
+    so.log_severity_level = 3
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / "profile")
+    sess = onnxruntime.InferenceSession(str(model_dir / "mlp.onnx"), so,
+                                        providers=["AzureExecutionProvider", "CPUExecutionProvider"])
+    sess.run(None, validate_feeds(specs["mlp"], random_inputs(specs["mlp"])))
+    path = sess.end_profiling()
+    fallback = _fallback_from_profile(path, "AzureExecutionProvider")
+    assert fallback and all(f.endswith("-> CPU") for f in fallback)
+    assert any("(ReduceSum)" in f for f in fallback)
+    assert _fallback_from_profile(path, "CPUExecutionProvider") == []
+    assert _fallback_from_profile(str(tmp_path / "missing.json"), "CPUExecutionProvider") == []

@@ -17,8 +17,11 @@ Nodes placed on another EP than the chosen one are listed in ``Session.report.fa
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import importlib.util
+import json
 import logging
 import os
 import pathlib
@@ -218,6 +221,14 @@ class OrtBackend(Backend):
         if strict and choice is not _ort_providers.CPU:
             so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
         so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        profile_primary = None
+        if choice is not _ort_providers.CPU and not hasattr(ort.InferenceSession, "get_provider_graph_assignment_info"):
+            # Older runtimes cannot say where nodes went until they ran: profile the first run only.
+            profiles = cache_dir() / "ort-profiles"
+            profiles.mkdir(parents=True, exist_ok=True)
+            so.enable_profiling = True
+            so.profile_file_prefix = str(profiles / f"{model.name}-{os.getpid()}")
+            profile_primary = choice.provider
         if options.get("arena") is False:
             so.enable_cpu_mem_arena = False
 
@@ -260,8 +271,11 @@ class OrtBackend(Backend):
                         len(fallback), ", ".join(fallback[:10]))
         report = LoadReport(0.0, device_memory_bytes=model.parameter_bytes, fallback_nodes=tuple(fallback),
                             notes=tuple(notes))
+        if profile_primary is not None:
+            notes.append("fallback nodes are read from the profile of the first run")
+            report = dataclasses.replace(report, notes=tuple(notes))
         io_binding = bool(options.get("io_binding", choice.gpu))
-        return OrtSession(model, device, config, sess, choice, report, io_binding)
+        return OrtSession(model, device, config, sess, choice, report, io_binding, profile_primary)
 
     def _model_source(self, model: ModelSpec, choice: _ort_providers.EpChoice, precision: Precision,
                       notes: list[str]) -> Any:
@@ -309,6 +323,24 @@ def _fallback_nodes(sess: Any, primary: str) -> list[str]:
     return out
 
 
+def _fallback_from_profile(path: str, primary: str) -> list[str]:
+    """Nodes an ONNX Runtime profile (Chrome trace JSON) shows running on another EP than ``primary``."""
+    try:
+        events = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    found: dict[str, str] = {}
+    for event in events:
+        args = event.get("args") or {}
+        provider = args.get("provider")
+        if event.get("cat") != "Node" or not provider or provider == primary:
+            continue
+        name = str(event.get("name", "")).removesuffix("_kernel_time").removesuffix("_fence_before") \
+            .removesuffix("_fence_after")
+        found.setdefault(name, f"{name} ({args.get('op_name', '?')}) -> {provider.removesuffix('ExecutionProvider')}")
+    return list(found.values())
+
+
 def _translate_load_error(exc: Exception, model: ModelSpec, device: Device, choice: _ort_providers.EpChoice,
                           strict: bool) -> Exception:
     text = str(exc)
@@ -330,12 +362,15 @@ class OrtSession(Session):
     """An ``InferenceSession`` behind aivmm's Session; ``run`` is thread-safe (ORT's run is)."""
 
     def __init__(self, model: ModelSpec, device: Device, config: Config, sess: Any,
-                 choice: _ort_providers.EpChoice, report: LoadReport, io_binding: bool) -> None:
+                 choice: _ort_providers.EpChoice, report: LoadReport, io_binding: bool,
+                 profile_primary: str | None = None) -> None:
         super().__init__(model, device, config)
         self.report = report
         self._sess = sess
         self._choice = choice
         self._io_binding = io_binding
+        self._profile_primary = profile_primary
+        self._slow = io_binding or profile_primary is not None  # the fast path in run() is numpy-only
         # Precomputed once: the hot path builds nothing it can reuse.
         self._out_names = [o.name for o in sess.get_outputs()]
         expected = [o.name for o in model.outputs]
@@ -352,7 +387,7 @@ class OrtSession(Session):
         # The hot path, inlined (same contract as Session.run): numpy in, numpy out, no binding.
         if self._closed:
             raise ModelClosedError(f"session {self.config.label()} of {self.model.name!r} is closed")
-        if output == "numpy" and not self._io_binding and type(feeds) is dict:
+        if output == "numpy" and not self._slow and type(feeds) is dict:
             for value in feeds.values():
                 if type(value) is not np.ndarray:
                     return self._run(feeds, output)
@@ -375,8 +410,27 @@ class OrtSession(Session):
         return list(self._sess.get_providers())
 
     def _run(self, feeds: Mapping[str, Any], output: str) -> dict[str, Any]:
-        if self._io_binding:
-            return self._run_bound(feeds, output)
+        result = self._run_bound(feeds, output) if self._io_binding else self._run_plain(feeds, output)
+        if self._profile_primary is not None:
+            self._read_profile()
+        return result
+
+    def _read_profile(self) -> None:
+        with self._lock:
+            primary, self._profile_primary = self._profile_primary, None
+            if primary is None or self._sess is None:
+                return
+            path = self._sess.end_profiling()  # also stops profiling: later runs are not traced
+            self._slow = self._io_binding
+        fallback = _fallback_from_profile(path, primary)
+        with contextlib.suppress(OSError):
+            pathlib.Path(path).unlink()
+        if fallback:
+            log.warning("%s on %s: %d node(s) ran on another execution provider: %s", self.model.name,
+                        self.device.id, len(fallback), ", ".join(fallback[:10]))
+            self.report = dataclasses.replace(self.report, fallback_nodes=tuple(fallback))
+
+    def _run_plain(self, feeds: Mapping[str, Any], output: str) -> dict[str, Any]:
         arrays = feeds
         for value in feeds.values():
             if type(value) is not np.ndarray:
