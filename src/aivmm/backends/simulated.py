@@ -7,7 +7,8 @@ device's memory, refuses with :class:`~aivmm.errors.OutOfMemoryError` when that 
 and can emulate the device's speed and failures from ``Device.properties``:
 
 ``simulated_latency_scale``   multiply each run's measured time (2.0 = half as fast as this CPU)
-``simulated_latency_ms``      add a fixed time to each run
+``simulated_latency_ms``      add a fixed time to each run (the added device time is serialised
+                              per device: concurrent requests queue for it as on a real device)
 ``simulated_h2d_bytes_per_s`` time weight uploads (load and reload) as if over a bus this fast
 ``fail_after``                after this many runs on the device, every run raises DeviceError
 
@@ -42,6 +43,14 @@ FAIL_ENV = "AIVMM_SIMULATED_FAIL"
 _state_lock = threading.Lock()
 _allocated: dict[str, int] = {}
 _runs: dict[str, int] = {}
+
+
+_busy_locks: dict[str, threading.Lock] = {}
+
+
+def _busy(device_id: str) -> threading.Lock:
+    with _state_lock:
+        return _busy_locks.setdefault(device_id, threading.Lock())
 
 
 def allocated_bytes(device_id: str) -> int:
@@ -100,7 +109,10 @@ class SimulatedSession(Session):
         out = self._inner.run(feeds, output=output)
         delay = (time.perf_counter() - start) * (self._scale - 1.0) + self._extra_s
         if delay > 0:
-            time.sleep(delay)
+            # The emulated device time is serialised per device: one device runs one request at a
+            # time, as a GPU's single work queue does, so concurrency cannot multiply its speed.
+            with _busy(self.device.id):
+                time.sleep(delay)
         return out
 
     def offload_to_host(self) -> bool:

@@ -12,6 +12,7 @@ from aivmm.memory._policy import (
     LruPolicy,
     RateEstimator,
 )
+from aivmm.memory._transfer import PinnedHostTier, PinnedUploader, UploadReport, measure_pinned_peak
 
 __all__ = [
     "BUDGET_ENV",
@@ -25,8 +26,12 @@ __all__ = [
     "Footprint",
     "Ledger",
     "LruPolicy",
+    "PinnedHostTier",
+    "PinnedUploader",
     "RateEstimator",
+    "UploadReport",
     "estimate",
+    "measure_pinned_peak",
     "parse_budget_spec",
     "resolve_capacities",
 ]
