@@ -262,7 +262,7 @@ class OpenVinoBackend(Backend):
         executing = _execution_devices(compiled)
         if executing:
             notes.append(f"execution devices: {', '.join(executing)}")
-        if composite and compile_target.startswith("AUTO") and executing and devices[0] not in executing:
+        if composite and compile_target.startswith("AUTO") and executing and not primary & set(executing):
             # AUTO picks one device for the whole model: anything else than the one asked for is a fallback.
             fallback = (f"{model.name} -> {','.join(executing)}",)
             if options.get("disable_fallback"):
