@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from aivmm.backends import tensors
 from aivmm.dtypes import DType
@@ -183,28 +180,3 @@ def test_cuda_tensor_to_numpy_copies_to_host():
     with pytest.raises(InputError):
         tensors.host_view(t)
 
-
-_DIMS = st.one_of(st.integers(1, 3), st.sampled_from(["batch", "seq"]), st.none())
-
-
-@settings(max_examples=150, deadline=None)
-@given(dims=st.lists(st.lists(_DIMS, min_size=0, max_size=3), min_size=1, max_size=3),
-       shapes=st.lists(st.lists(st.integers(1, 3), min_size=0, max_size=3), min_size=1, max_size=3),
-       dtypes=st.lists(st.sampled_from([np.float32, np.int64, np.float64]), min_size=3, max_size=3))
-def test_fast_path_agrees_with_the_general_path(dims, shapes, dtypes):
-    # A read-only mapping is not a dict: it takes the general path, which is the specification.
-    spec = ModelSpec(name="h", format=ModelFormat.ONNX, outputs=(),
-                     inputs=tuple(TensorSpec(f"i{k}", DType.FLOAT32 if k % 2 == 0 else DType.INT64, tuple(d))
-                                  for k, d in enumerate(dims)))
-    feeds = {f"i{k}": np.zeros(tuple(s), dtypes[k]) for k, s in enumerate(shapes)}
-
-    def outcome(value):
-        try:
-            return {k: id(v) for k, v in tensors.validate_feeds(spec, value).items()}
-        except InputError as exc:
-            return ("error", str(exc))
-
-    fast, general = outcome(feeds), outcome(types.MappingProxyType(feeds))
-    assert type(fast) is type(general)
-    if isinstance(fast, dict):
-        assert list(fast) == [t.name for t in spec.inputs] and fast == general
