@@ -68,3 +68,15 @@ def test_meters_say_why_not(tmp_path):
 def test_bad_budget(kwargs):
     with pytest.raises(ConfigError):
         Budget(**kwargs)
+
+
+def test_race_interleaves_finalists_one_at_a_time(tmp_path):
+    from aivmm.planner.profile import race
+
+    spec = load(mlp(tmp_path / "m.onnx"))
+    ort = registry.get("onnxruntime")
+    entries = [(ort, spec, cpu(), Config("onnxruntime", "cpu:0", options={"graph_optimization_level": level}))
+               for level in ("all", "basic")]
+    times = race(entries, sample_inputs(spec), Budget(seconds=10.0, warmup_runs=1, min_runs=2, max_runs=6))
+    assert [len(t) for t in times] == [6, 6]  # the same number of alternating runs each, bounded
+    assert all(t > 0 for ts in times for t in ts)

@@ -66,7 +66,7 @@ class Plan:
         c = self.chosen
         lines = [f"{self.model_name}: {c.label}  ({c.precision.value})"]
         lines.append("  why: " + _why(self))
-        lines.append("  " + _figures_line(c))
+        lines.append("  " + _figures_line(c, full=True))
         if c.accuracy:
             lines.append(f"  accuracy: max abs error {c.accuracy['max_abs_error']} "
                          f"(tolerance {c.accuracy['tolerance']:.3g})")
@@ -125,13 +125,16 @@ class Plan:
         )
 
 
-def _figures_line(c: Candidate) -> str:
+def _figures_line(c: Candidate, *, full: bool = False) -> str:
     parts = []
     if c.measurement is not None:
         m = c.measurement
         parts.append(f"measured p50 {m.p50_ms:.3f} ms, p99 {m.p99_ms:.3f} ms, {m.throughput:.1f}/s")
         parts.append(f"memory +{m.memory_bytes / 2**20:.1f} MiB ({m.memory_source})")
-        parts.append(f"energy {m.energy_j:.4g} J" if m.energy_j is not None else f"energy n/a ({m.energy_source})")
+        if m.energy_j is not None:
+            parts.append(f"energy {m.energy_j:.4g} J/inference")
+        elif full:
+            parts.append(f"energy n/a ({m.energy_source})")
     if c.prediction is not None:
         p = c.prediction
         parts.append(f"predicted {p.latency_ms:.3f} ms ({p.bound}-bound)")

@@ -144,3 +144,34 @@ def profile(backend: Backend, model: ModelSpec, device: Device, config: Config, 
         session.close()
         del session
         gc.collect()
+
+
+def race(entries: list[tuple[Backend, ModelSpec, Device, Config]], feeds: Mapping[str, Any], budget: Budget,
+         ) -> list[list[float]]:
+    """Time finalists against each other: all loaded, run strictly one after another in alternating
+    order (never concurrently), until the budget. Drift on a shared machine (another process waking
+    up, frequency changes) then hits every finalist alike, which separate blocks of runs cannot ensure.
+    Returns per-call seconds for each entry, in order."""
+    sessions: list[Session] = []
+    try:
+        for backend, model, device, config in entries:
+            sessions.append(backend.load(model, device, config))
+        for s in sessions:
+            for _ in range(max(1, budget.warmup_runs)):
+                s.run(feeds)
+        times: list[list[float]] = [[] for _ in sessions]
+        deadline = time.perf_counter() + budget.seconds
+        rounds = 0
+        while rounds < budget.max_runs and (rounds < budget.min_runs or time.perf_counter() < deadline):
+            order = range(len(sessions)) if rounds % 2 == 0 else reversed(range(len(sessions)))
+            for i in order:
+                t0 = time.perf_counter()
+                sessions[i].run(feeds)
+                times[i].append(time.perf_counter() - t0)
+            rounds += 1
+        return times
+    finally:
+        for s in sessions:
+            s.close()
+        sessions.clear()
+        gc.collect()
