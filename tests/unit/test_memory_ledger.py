@@ -113,9 +113,8 @@ def test_count_lru_evicts_by_count_even_when_bytes_fit():
 
 def test_rate_estimator_decays():
     est = RateEstimator(half_life_s=1.0)
-    for i in range(10):
-        est.observe(now=100.0 + i * 0.1)
-    now = 101.0
-    r = est.rate(now)
+    assert est.rate(0, now=100.0) == 0.0
+    r = est.rate(10, now=101.0)  # ten requests counted during the second
     assert r > 0
-    assert est.rate(now + 1.0) == pytest.approx(r / 2, rel=1e-6)
+    assert est.rate(10, now=102.0) == pytest.approx(r / 2, rel=1e-6)  # nothing new: halves per half-life
+    assert est.rate(20, now=102.0) > r / 2

@@ -19,28 +19,30 @@ from collections.abc import Sequence
 
 
 class RateEstimator:
-    """Requests per second, decayed exponentially with ``half_life_s`` (cheap: O(1) per event)."""
+    """Requests per second, decayed exponentially with ``half_life_s``, sampled from a counter.
+
+    The serving path only increments a request counter (no lock, no clock, no ``exp``); the rate is
+    brought up to date when someone asks for it: the requests counted since the last sample are
+    treated as having arrived at the sampling time, which is exact in aggregate for the EWMA.
+    """
 
     def __init__(self, half_life_s: float = 30.0) -> None:
         self._tau = half_life_s / math.log(2.0)
         self._value = 0.0
+        self._count = 0
         self._last: float | None = None
         self._lock = threading.Lock()
 
-    def observe(self, count: int = 1, now: float | None = None) -> None:
+    def rate(self, total: int, now: float | None = None) -> float:
+        """The rate given the counter's current ``total``."""
         t = time.monotonic() if now is None else now
         with self._lock:
             if self._last is not None:
                 self._value *= math.exp(-max(0.0, t - self._last) / self._tau)
-            self._value += count / self._tau
+            self._value += max(0, total - self._count) / self._tau
+            self._count = max(self._count, total)
             self._last = t if self._last is None else max(self._last, t)
-
-    def rate(self, now: float | None = None) -> float:
-        t = time.monotonic() if now is None else now
-        with self._lock:
-            if self._last is None:
-                return 0.0
-            return self._value * math.exp(-max(0.0, t - self._last) / self._tau)
+            return self._value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +53,7 @@ class Candidate:
     nbytes: int
     reload_seconds: float  # expected time to bring it back
     rate: float  # expected requests per second
-    last_used: float  # monotonic seconds
+    last_used: float  # perf_counter seconds (only compared with each other)
 
     @property
     def loss(self) -> float:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Mapping
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from aivmm.errors import ModelNotReadyError
 from aivmm.models._spec import ModelSpec
 from aivmm.runtime._batching import BatchingConfig
-from aivmm.runtime._replica import Replica, _NotResident
-from aivmm.runtime._states import ModelState
+from aivmm.runtime._replica import Replica
+from aivmm.runtime._states import ModelState, Tier
 
 if TYPE_CHECKING:
     from aivmm.runtime._engine import Engine
@@ -58,20 +58,30 @@ class ModelHandle:
         """
         replica = self._fast
         if replica is not None and deadline_ms is None and idempotent:
-            # Fast path: the session runs right here, in the caller's thread.
-            try:
-                session = replica.acquire()
-            except _NotResident:
-                pass
-            else:
-                start = time.perf_counter()
+            # Fast path: the session runs right here, in the caller's thread; the bookkeeping is one
+            # lock round trip each way and a latency estimate (its races only blur an estimate).
+            lock = replica.lock
+            with lock:
+                session = replica.session
+                if replica.tier is Tier.DEVICE and session is not None:
+                    replica.inflight += 1
+                    replica.requests += 1
+                else:
+                    session = None
+            if session is not None:
+                start = perf_counter()
                 try:
                     out = session.run(feeds, output=output)
                 except BaseException as exc:
-                    replica.release()
+                    with lock:
+                        replica.inflight -= 1
                     return self._engine._recover(self, replica, feeds, exc, output=output, idempotent=idempotent)
-                replica.release()
-                replica.observe_latency(1, time.perf_counter() - start)
+                end = perf_counter()
+                with lock:
+                    replica.inflight -= 1
+                latency = replica.latency
+                latency[1] = 0.8 * latency.get(1, end - start) + 0.2 * (end - start)
+                replica.last_used = end
                 if replica.failures:
                     replica.failures = 0
                 return out
@@ -145,7 +155,7 @@ def _replica_stats(r: Replica) -> dict[str, Any]:
         "batches": r.batches,
         "mean_batch": round(r.batched_items / r.batches, 3) if r.batches else 0.0,
         "expected_latency_ms": round(r.expected_latency(1) * 1e3, 4),
-        "rate_per_s": round(r.rate.rate(), 4),
+        "rate_per_s": round(r.request_rate(), 4),
         "loads": [m.to_json() for m in r.loads],
         "evictions": [m.to_json() for m in r.evictions],
     }

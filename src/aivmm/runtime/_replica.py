@@ -49,7 +49,6 @@ class Replica:
         self.isolation = isolation
         self.key = f"{model}#{index}@{device.id}"
         self.lock = threading.Lock()
-        self.idle = threading.Condition(self.lock)
         self.load_lock = threading.Lock()  # one load at a time per replica
         self.session: Session | None = None
         self.tier = Tier.DISK
@@ -59,7 +58,7 @@ class Replica:
         self.healthy = True
         self.failures = 0  # consecutive device errors
         self.rate = RateEstimator()
-        self.last_used = time.monotonic()
+        self.last_used = time.perf_counter()  # the fast path stamps it with perf_counter too
         self.requests = 0
         self.batches = 0
         self.batched_items = 0
@@ -69,10 +68,9 @@ class Replica:
         self.load_count = 0
         self.eviction_count = 0
         self.charged_bytes = footprint.total
-        self._latency_per_batch: dict[int, float] = {}  # EWMA seconds by batch size
-        self._latency_item = 0.0
+        self.latency: dict[int, float] = {}  # EWMA seconds by batch size (races only blur an estimate)
 
-    # --- the hot path: kept to one lock round trip each way ---
+    # --- the hot path: one lock round trip each way, nothing else ---
     def acquire(self) -> Session:
         with self.lock:
             session = self.session
@@ -80,34 +78,33 @@ class Replica:
                 raise _NotResident(self.key)
             self.inflight += 1
             self.requests += 1
-            self.last_used = time.monotonic()
-        self.rate.observe()
+        self.last_used = time.perf_counter()  # the fast path stamps it with perf_counter too
         return session
 
     def release(self) -> None:
         with self.lock:
             self.inflight -= 1
-            if self.inflight == 0:
-                self.idle.notify_all()
+
+    def request_rate(self, now: float | None = None) -> float:
+        return self.rate.rate(self.requests, now)
 
     def resident(self) -> bool:
         return self.tier is Tier.DEVICE
 
     # --- measured figures ---
     def observe_latency(self, items: int, seconds: float) -> None:
-        old = self._latency_per_batch.get(items)
-        self._latency_per_batch[items] = seconds if old is None else 0.8 * old + 0.2 * seconds
-        per_item = seconds / max(1, items)
-        self._latency_item = per_item if self._latency_item == 0 else 0.8 * self._latency_item + 0.2 * per_item
+        old = self.latency.get(items)
+        self.latency[items] = seconds if old is None else 0.8 * old + 0.2 * seconds
 
     def expected_latency(self, items: int) -> float:
-        if items in self._latency_per_batch:
-            return self._latency_per_batch[items]
-        if self._latency_per_batch:
+        known = self.latency
+        if items in known:
+            return known[items]
+        if known:
             # nearest measured size, scaled linearly (pessimistic for batching, which is sublinear)
-            size = min(self._latency_per_batch, key=lambda s: abs(s - items))
-            return self._latency_per_batch[size] * max(1.0, items / size)
-        return self._latency_item * items
+            size = min(known, key=lambda s: abs(s - items))
+            return known[size] * max(1.0, items / size)
+        return 0.0
 
     def reload_seconds(self, bandwidth: float) -> float:
         """Expected time to bring it back: the last measured load of the same kind, else bytes/bandwidth."""

@@ -199,7 +199,7 @@ class ResidencyManager:
         pool = quiet if sum(r.charged_bytes for r in quiet) >= need else idle
         bw = self.bandwidth(device_id)
         candidates = [
-            Candidate(r.key, r.charged_bytes, r.reload_seconds(bw), r.rate.rate(now), r.last_used) for r in pool
+            Candidate(r.key, r.charged_bytes, r.reload_seconds(bw), r.request_rate(now), r.last_used) for r in pool
         ]
         decision = self.policy.choose(candidates, max(0, need), resident_count=len(resident))
         if not decision.victims:
@@ -230,9 +230,10 @@ class ResidencyManager:
     def unload(self, replica: Replica, *, timeout_s: float = 30.0) -> None:
         """Close a replica for good: wait (bounded) for its running requests, then free everything."""
         deadline = time.monotonic() + timeout_s
+        # Polled rather than signalled: a condition notify on every request would tax the fast path.
+        while replica.inflight > 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
         with replica.lock:
-            while replica.inflight > 0 and time.monotonic() < deadline:
-                replica.idle.wait(timeout=max(0.0, deadline - time.monotonic()))
             session = replica.session
             replica.session = None
             replica.tier = Tier.DISK
