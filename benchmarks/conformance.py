@@ -28,6 +28,7 @@ import queue
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -327,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write-subset", metavar="FILE", help="write the fixed CI subset (one case per operator) and exit")
     p.add_argument("--write-expected", metavar="DIR",
                    help="write expected_pass_<runner>.txt (the cases each runner passed) into DIR")
+    p.add_argument("--log", help="where the workers' stderr goes (default: a file in the temp directory)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
@@ -374,8 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Chunks interleave the case list so each worker of a runner sees a mix of slow and fast cases.
     chunks = [(r, names[i::args.jobs]) for r in runners for i in range(args.jobs)]
-    log_path = os.path.join(HERE, "results", "conformance-workers.log")
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    log_path = args.log or os.path.join(tempfile.gettempdir(), "aivmm-conformance-workers.log")
+    print(f"workers' stderr -> {log_path}", file=sys.stderr)
     results: dict[str, list[Outcome]] = {r: [] for r in runners}
     with open(log_path, "w") as log, concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {pool.submit(run_chunk, r, c, kinds, args.device, args.timeout, log, progress): r

@@ -194,7 +194,7 @@ def _feeds(names: Sequence[str], inputs: Any) -> dict[str, Any]:
         inputs = [inputs]
     if len(inputs) > len(names):
         raise InputError(f"{len(inputs)} inputs given, the model takes {len(names)}: {list(names)}")
-    # Fewer inputs than names is allowed: trailing inputs backed by initializers keep their default.
+    # Fewer inputs than names: aivmm's feed validation names the missing ones.
     return dict(zip(names, inputs))
 
 
@@ -216,6 +216,7 @@ class AivmmBackendRep(onnx.backend.base.BackendRep):
         onnx.save_model(model, os.fspath(self.path))
         self._attempts: list[Attempt] = []
         self._lock = threading.Lock()
+        self._switch = threading.Lock()  # one thread at a time moves the model to the next backend
         self._closed = False
         self._run_fn: Callable[[dict[str, Any]], dict[str, Any]]
         self.config = ""  # the configuration serving the model now (Config.label())
@@ -369,16 +370,20 @@ class AivmmBackendRep(onnx.backend.base.BackendRep):
             raise ConfigError(f"unsupported run option(s) {sorted(kwargs)}")
         feeds = _feeds(self._names, inputs)
         while True:
+            run_fn, config = self._run_fn, self.config
             try:
-                out = self._run_fn(feeds)
+                out = run_fn(feeds)
                 break
             except _RETRYABLE as exc:
-                self._attempts.append(Attempt(self.config, False, "run", _first_line(exc)))
                 if self.options.backend is not None or not self.options.retry:
+                    self._attempts.append(Attempt(config, False, "run", _first_line(exc)))
                     raise
-                self._closers[0]()
-                self._set_closer(lambda: None)
-                self._open_next(exc)
+                with self._switch:
+                    if self._run_fn is run_fn:  # another thread may have moved on already
+                        self._attempts.append(Attempt(config, False, "run", _first_line(exc)))
+                        self._closers[0]()
+                        self._set_closer(lambda: None)
+                        self._open_next(exc)
         return tuple(out[name] for name in self._outputs)
 
 
