@@ -174,6 +174,8 @@ class TorchBackend(Backend):
             module = lower(proto, float_dtype=float_dtype)
             nodes = sum(1 for n in module.graph.nodes if n.op in ("call_function", "call_module"))
             notes.append(f"lowered {len(proto.graph.node)} ONNX nodes to {nodes} torch.fx calls")
+            if module.fused:
+                notes.append("fused " + ", ".join(f"{k} x{v}" for k, v in sorted(module.fused.items())))
         else:
             module = _native_module(model)
             if float_dtype != torch.float32:

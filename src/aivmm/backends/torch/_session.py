@@ -16,6 +16,37 @@ from aivmm.errors import ConfigError, ExecutionError, InputError, OutOfMemoryErr
 from aivmm.models._spec import ModelSpec, TensorSpec
 
 OUTPUT_KINDS = ("numpy", "native", "torch")
+
+
+class _IeeeFp32:
+    """Turns TF32 off (cuDNN convolutions use it by default) while any fp32 session runs on a GPU.
+
+    fp32 in aivmm means IEEE fp32: TF32 keeps 10 mantissa bits, which breaks fp32 tolerances.
+    The switch is process-wide in torch, so the first session in sets it and the last one out
+    restores what the user had.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = (True, False)
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                self._saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._saved
+
+
+_IEEE_FP32 = _IeeeFp32()
 # Distinct input shapes kept as captured CUDA graphs (each holds its own static buffers).
 MAX_CAPTURED_SHAPES = 8
 _WARMUP_RUNS = 3
@@ -73,6 +104,7 @@ class TorchSession(Session):
         self.float_dtype = float_dtype
         self.channels_last = bool(config.options.get("channels_last", False))
         self.notes = notes
+        self._ieee = float_dtype == torch.float32 and torch_device.type == "cuda"
         call: Callable[..., Any] = module
         mode = config.options.get("compile")
         if mode:
@@ -81,6 +113,9 @@ class TorchSession(Session):
         self._graphs = _CudaGraphRunner(self._forward, torch_device) if config.options.get("cuda_graphs") else None
 
     def _forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        if self._ieee:
+            with _IEEE_FP32, torch.inference_mode():
+                return _as_list(self._call(*inputs), self.model.outputs)
         with torch.inference_mode():
             return _as_list(self._call(*inputs), self.model.outputs)
 

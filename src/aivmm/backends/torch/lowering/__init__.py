@@ -14,6 +14,7 @@ import torch
 from torch import fx
 
 from aivmm.backends.torch.lowering._builder import GraphBuilder
+from aivmm.backends.torch.lowering._fuse import fuse as fuse_patterns
 from aivmm.backends.torch.lowering._node import ONNX_TO_TORCH, NodeContext
 from aivmm.backends.torch.lowering._registry import lookup, supported
 from aivmm.errors import LoweringError
@@ -101,15 +102,23 @@ def _scan(graph: onnx.GraphProto, opsets: dict[str, int], reasons: list[str], se
                     _scan(g, opsets, reasons, seen)
 
 
-def lower(model: onnx.ModelProto, *, float_dtype: torch.dtype = torch.float32) -> fx.GraphModule:
-    """Lower ``model``; raises LoweringError naming the first node that blocks it."""
+def lower(model: onnx.ModelProto, *, float_dtype: torch.dtype = torch.float32, fuse: bool = True) -> fx.GraphModule:
+    """Lower ``model``; raises LoweringError naming the first node that blocks it.
+
+    ``fuse`` replaces op-by-op patterns (MatMul+Add, erf GELU, softmax attention) with one torch
+    kernel each; ``gm.fused`` counts them.
+    """
     reasons = refusals(model)
     if reasons:
         raise LoweringError("; ".join(reasons))
+    fused: dict[str, int] = {}
+    if fuse:
+        model, fused = fuse_patterns(model)
     builder = GraphBuilder(opsets_of(model), float_dtype, label=model.graph.name or "graph")
     builder.add_constants(model.graph.initializer)
     builder.add_inputs(graph_inputs(model))
     builder.lower_nodes(model.graph.node)
     gm = builder.finish([o.name for o in model.graph.output])
     gm.eval()
+    gm.fused = fused
     return gm

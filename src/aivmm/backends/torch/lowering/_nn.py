@@ -76,6 +76,15 @@ def _ints_attr(n: NodeContext, name: str) -> list[int] | None:
 
 @op("Conv", since=1, refuse=_refuse_conv)
 def _lower_conv(n: NodeContext) -> Value:
+    w = n.input(1)
+    auto_pad = n.attr("auto_pad", "NOTSET")
+    if isinstance(w, torch.Tensor) and auto_pad in ("NOTSET", "VALID") and 3 <= w.dim() <= 5:
+        # Everything is known now: call torch's convolution directly, with no per-call padding logic.
+        nd = w.dim() - 2
+        pads = (_ints_attr(n, "pads") if auto_pad == "NOTSET" else None) or [0] * (2 * nd)
+        if pads[:nd] == pads[nd:]:
+            return n.call(_CONV[nd], n.input(0), w, n.input(2), _ints_attr(n, "strides") or [1] * nd, pads[:nd],
+                          _ints_attr(n, "dilations") or [1] * nd, int(n.attr("group", 1)))
     return n.call(_conv, n.input(0), n.input(1), n.input(2), _ints_attr(n, "strides"), _ints_attr(n, "pads"),
                   _ints_attr(n, "dilations"), int(n.attr("group", 1)), n.attr("auto_pad", "NOTSET"))
 

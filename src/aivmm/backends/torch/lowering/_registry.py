@@ -75,6 +75,7 @@ def _ensure_loaded() -> None:
         _activations,
         _control,
         _elementwise,
+        _fused,
         _nn,
         _pool,
         _quant,
