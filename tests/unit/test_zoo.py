@@ -78,9 +78,7 @@ def test_tiny_model_is_analysed_and_categorised(built: dict[str, pathlib.Path], 
     assert all(c.evidence for c in spec.categories)
     assert spec.batch_dim == 0
     assert spec.flops > 0 and spec.peak_activation_bytes > 0
-    expected = zoo.expected_parameters(name)
-    if expected is not None:
-        assert spec.parameters == expected
+    assert spec.parameters == zoo.expected_parameters(name)
     assert not [w for w in spec.warnings if not w.startswith("assumed")], spec.warnings
 
 

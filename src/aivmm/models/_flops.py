@@ -188,6 +188,13 @@ def _pool(node: Any, shape_of: ShapeOf) -> Count:
     return numel(y) * math.prod(kernel), 0
 
 
+def _lrn(node: Any, shape_of: ShapeOf) -> Count:
+    y = _out(node, shape_of)
+    _need(y)
+    # a sum of squares over `size` neighbours, then a power and a divide per element
+    return numel(y) * (int(attr(node, "size", 1)) + 3), 0
+
+
 def _dft(node: Any, shape_of: ShapeOf) -> Count:
     x = _in(node, shape_of, 0)
     _need(x)
@@ -264,7 +271,7 @@ COUNTERS: dict[str, Callable[[Any, ShapeOf], Count]] = {
     "GroupNormalization": _per_output(5),
     "MeanVarianceNormalization": _per_output(5),
     "LpNormalization": _per_output(3),
-    "LRN": lambda n, s: (int(numel(_out(n, s) or _need(None)) * (int(attr(n, "size", 1)) + 3)), 0),
+    "LRN": _lrn,
     # max, subtract, exp, sum, divide
     "Softmax": _per_output(5),
     "LogSoftmax": _per_output(5),

@@ -31,16 +31,6 @@ QUANTIZED = frozenset({
 _CHUNK = 1 << 20
 
 
-def sha256_files(paths: Sequence[pathlib.Path]) -> str:
-    """Content hash over the model file then its external-data files, streamed in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclasses.dataclass
 class ReadModel:
     model: Any  # ModelProto, external weights not loaded

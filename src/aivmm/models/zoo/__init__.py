@@ -44,7 +44,7 @@ class ZooInfo:
     version: int
     builder: str  # "module:function" inside aivmm.models.zoo
     sample: str  # "module:function" producing sample inputs
-    parameters: str  # "module:function" giving the parameter count by formula
+    parameters: str  # "module:function" giving the parameter count by the architecture's formula
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,7 +77,7 @@ _ENTRIES: dict[str, ZooInfo] = {
         ZooInfo("fno", (Category.SCIENTIFIC,), "", "Fourier neural operator (DFT spectral convolution)", 1,
                 "_science:fno", "_science:fno_inputs", "_science:fno_parameters"),
         ZooInfo("crnn", (Category.CNN, Category.RNN), "", "CRNN text recogniser (conv stack + bidirectional GRU)", 1,
-                "_vision:crnn", "_vision:crnn_inputs", None),  # type: ignore[arg-type]
+                "_vision:crnn", "_vision:crnn_inputs", "_vision:crnn_parameters"),
     )
 }
 _DEFAULT = "resnet50"
@@ -155,11 +155,11 @@ def sample_inputs(name: str, size: str = "tiny", batch: int = 1, seed: int = 0) 
     return _resolve(entry.sample)(size, batch, np.random.default_rng(seed))
 
 
-def expected_parameters(name: str, size: str = "tiny") -> int | None:
-    """The parameter count by the architecture's formula (None where the zoo has no formula)."""
+def expected_parameters(name: str, size: str = "tiny") -> int:
+    """The parameter count by the architecture's formula, computed without building the graph."""
     entry = info(name)
     _check_size(size)
-    return _resolve(entry.parameters)(size) if entry.parameters else None
+    return int(_resolve(entry.parameters)(size))
 
 
 def _check_size(size: str) -> None:

@@ -123,3 +123,14 @@ def crnn(size: str, seed: int) -> Any:
 def crnn_inputs(size: str, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     c = CRNN[size]
     return {"image": rng.random((batch, 1, c.height, c.width), dtype=np.float32)}
+
+
+def crnn_parameters(size: str) -> int:
+    c = CRNN[size]
+    total, cin, h = 0, 1, c.height
+    for cout in c.channels:
+        total += cin * cout * 9 + cout
+        cin, h = cout, h // 2
+    features, hid = cin * h, c.hidden
+    gru = 2 * (3 * hid * features + 3 * hid * hid + 6 * hid)  # bidirectional
+    return total + gru + 2 * hid * c.classes + c.classes
