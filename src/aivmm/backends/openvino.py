@@ -125,6 +125,10 @@ class OpenVinoBackend(Backend):
             return ()
 
     def info(self) -> BackendInfo:
+        return self._info
+
+    @functools.cached_property
+    def _info(self) -> BackendInfo:  # runtimes and their devices do not change while the process runs
         if not self.available():
             return BackendInfo(self.name, frozenset({ModelFormat.ONNX}), frozenset(), frozenset())
         import openvino

@@ -127,6 +127,10 @@ class OrtBackend(Backend):
         return frozenset(precisions)
 
     def info(self) -> BackendInfo:
+        return self._info
+
+    @functools.cached_property
+    def _info(self) -> BackendInfo:  # runtimes and their devices do not change while the process runs
         if not self.available():
             return BackendInfo(self.name, frozenset({ModelFormat.ONNX}), frozenset(), frozenset())
         import onnxruntime

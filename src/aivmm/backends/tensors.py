@@ -214,6 +214,7 @@ def validate_feeds(spec: ModelSpec, inputs: Any) -> dict[str, Any]:
     ``inputs`` is a mapping of input name to array (numpy, torch, cupy, jax or any DLPack object) or,
     for a one-input model, a single array. Arrays are returned as given, never converted; Python lists
     and scalars become numpy arrays. Any mismatch raises :class:`InputError` showing the signature.
+    A dict that already holds exactly the model's one input is returned itself (no new dict per request).
     """
     checked = (_FAST.get(id(spec)) or _compile(spec))(inputs)
     if checked is not None:
