@@ -50,8 +50,8 @@ def mixed(path: pathlib.Path) -> pathlib.Path:
     return _save(g, path)
 
 
-def heavy(path: pathlib.Path, layers: int = 8, width: int = 256) -> pathlib.Path:
-    """A MatMul chain whose cost grows with the batch: cheap to plan at N=1, slow at N=4096."""
+def heavy(path: pathlib.Path, layers: int = 32, width: int = 256) -> pathlib.Path:
+    """A MatMul chain whose cost grows with the batch: cheap to plan at N=1, slow at N=1024."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -30,7 +30,7 @@ AUTH_GRPC = {"authorization": f"Bearer {TOKEN}"}
 def server(model_repository: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     log = tmp_path_factory.mktemp("log") / "server.err"
     args = ["--model-repository", str(model_repository), "--token", TOKEN, "--no-measure",
-            "--max-inflight", "4", "--body-timeout-s", "1.5", "--request-timeout-s", "30"]
+            "--max-inflight", "4", "--body-timeout-s", "2", "--request-timeout-s", "30"]
     with running_server(args, log) as s:
         yield s
         assert s.proc.poll() is None, s.stderr()
@@ -377,7 +377,7 @@ def test_reload_under_traffic_drops_nothing(hc: Any, server: RunningServer) -> N
 
 
 # -- load: in-flight work, overload ------------------------------------------------------------------
-HEAVY = np.ones((4096, 256), np.float32)
+HEAVY = np.ones((1024, 256), np.float32)  # 1 MB in, about 4 GFLOP of work
 
 
 def _heavy(c: Any) -> int:

@@ -19,13 +19,13 @@ from _serve_process import running_server  # noqa: E402
 def test_sigterm_drains_in_flight_requests(model_repository: pathlib.Path, tmp_path: pathlib.Path) -> None:
     args = ["--model-repository", str(model_repository), "--load", "heavy", "--no-measure", "--grpc-port", "-1",
             "--metrics-port", "-1"]
-    heavy = np.ones((4096, 256), np.float32)
+    heavy = np.ones((1024, 256), np.float32)
 
     def infer(url: str) -> int:
         c = tritonhttp.InferenceServerClient(url, connection_timeout=60, network_timeout=60)
         inp = tritonhttp.InferInput("x", list(heavy.shape), "FP32")
         inp.set_data_from_numpy(heavy)
-        return int(c.infer("heavy", [inp]).as_numpy("y").shape == (4096, 256)) and 200
+        return int(c.infer("heavy", [inp]).as_numpy("y").shape == (1024, 256)) and 200
 
     with running_server(args, tmp_path / "server.err") as server:
         with ThreadPoolExecutor(3) as pool:

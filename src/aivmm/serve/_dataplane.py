@@ -32,7 +32,7 @@ from aivmm.errors import (
     ModelNotReadyError,
     OverloadedError,
 )
-from aivmm.serve._host import Host, Limits, ModelHandle
+from aivmm.serve._host import Host, Limits, ModelHandle, within
 from aivmm.serve._messages import InferRequest, InferResponse
 from aivmm.serve._model_config import ModelConfig
 from aivmm.serve._repository import ModelSource, Repository, check_name
@@ -370,10 +370,10 @@ class DataPlane:
             entry.idle.clear()
             t0 = self._clock()
             try:
-                outputs = await asyncio.wait_for(
+                outputs = await within(
                     entry.handle.execute_async(feeds, priority=priority, deadline_ms=deadline_ms), timeout
                 )
-            except asyncio.TimeoutError:
+            except (asyncio.TimeoutError, TimeoutError):
                 raise DeadlineExceededError(
                     f"model {req.model!r}: no result within the request timeout of {timeout:g} s"
                 ) from None

@@ -6,12 +6,15 @@ the end-to-end tests).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from aivmm.devices._types import Device
 from aivmm.models._spec import ModelSpec
+
+T = TypeVar("T")
 
 
 class ModelHandle(Protocol):
@@ -46,6 +49,19 @@ class Host(Protocol):
     def unload(self, name: str, *, drain: bool = ...) -> None: ...
 
     def status(self) -> dict[str, Any]: ...
+
+
+async def within(awaitable: Awaitable[T], seconds: float) -> T:
+    """``awaitable`` or TimeoutError after ``seconds``.
+
+    asyncio.timeout (3.11+) arms a timer on the current task; wait_for wraps the awaitable in a
+    new task, which costs a loop iteration per request on the hot path.
+    """
+    timeout = getattr(asyncio, "timeout", None)
+    if timeout is None:  # Python 3.10
+        return await asyncio.wait_for(awaitable, seconds)
+    async with timeout(seconds):
+        return await awaitable
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ from aivmm.errors import AivmmError, InputError, PermissionDeniedError
 from aivmm.serve import _http_codec as codec
 from aivmm.serve._dataplane import DataPlane
 from aivmm.serve._errors import PayloadTooLargeError, ProtocolError, message_for, status_for
+from aivmm.serve._host import within
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,8 @@ class HttpApp:
             if int(declared) > limit:
                 raise PayloadTooLargeError(f"request body of {declared} bytes is over the limit of {limit} bytes")
         try:
-            body = await asyncio.wait_for(_read(receive, limit), self.plane.limits.body_timeout_s)
-        except asyncio.TimeoutError:
+            body = await within(_read(receive, limit), self.plane.limits.body_timeout_s)
+        except (asyncio.TimeoutError, TimeoutError):
             limit_s = self.plane.limits.body_timeout_s
             raise HttpError(408, f"the request body did not arrive within {limit_s:g} s") from None
         encoding = headers.get("content-encoding", "identity").lower()

@@ -13,6 +13,7 @@ import dataclasses
 import http.client
 import json
 import math
+import socket
 import threading
 import time
 import urllib.parse
@@ -206,7 +207,7 @@ def http_target(url: str, model: str, feeds: Mapping[str, np.ndarray], *, binary
     path = f"/v2/models/{model}/infer"
 
     def factory() -> Call:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+        conn = _connection(host, port, timeout_s)
 
         def call() -> None:
             nonlocal conn
@@ -216,7 +217,7 @@ def http_target(url: str, model: str, feeds: Mapping[str, np.ndarray], *, binary
                 data = resp.read()
             except (OSError, http.client.HTTPException):
                 conn.close()
-                conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+                conn = _connection(host, port, timeout_s)
                 raise
             if resp.status != 200:
                 raise ServingError(f"HTTP {resp.status}: {data[:200]!r}")
@@ -225,6 +226,14 @@ def http_target(url: str, model: str, feeds: Mapping[str, np.ndarray], *, binary
         return call
 
     return factory
+
+
+def _connection(host: str, port: int, timeout_s: float) -> http.client.HTTPConnection:
+    """A connected keep-alive connection with Nagle off (small requests must not wait for ACKs)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
 
 
 def _decode_outputs(data: bytes, header_length: str | None) -> dict[str, np.ndarray]:
@@ -266,6 +275,36 @@ def grpc_target(url: str, model: str, feeds: Mapping[str, np.ndarray]) -> Factor
 
         def call() -> None:
             client.infer(model, inputs)
+
+        return call
+
+    return factory
+
+
+def raw_http_target(url: str, path: str, body: bytes, headers: Mapping[str, str] | None = None,
+                    *, timeout_s: float = 60.0) -> Factory:
+    """POST a fixed body to any HTTP endpoint (another server, for comparisons); 200 means success."""
+    parts = urllib.parse.urlsplit(url if "//" in url else f"http://{url}")
+    if not parts.hostname:
+        raise ConfigError(f"not an http URL: {url!r}")
+    host, port = parts.hostname, parts.port or 80
+    hdrs = dict(headers or {})
+
+    def factory() -> Call:
+        conn = _connection(host, port, timeout_s)
+
+        def call() -> None:
+            nonlocal conn
+            try:
+                conn.request("POST", path, body=body, headers=hdrs)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = _connection(host, port, timeout_s)
+                raise
+            if resp.status != 200:
+                raise ServingError(f"HTTP {resp.status}: {data[:200]!r}")
 
         return call
 
