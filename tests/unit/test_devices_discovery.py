@@ -274,3 +274,36 @@ def test_importing_devices_loads_no_sdk_or_runtime() -> None:
             "{'pynvml', 'amdsmi', 'openvino', 'torch', 'onnxruntime', 'onnx'}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_concurrent_discoveries_share_one_probe_run(probe_name: str) -> None:
+    import threading
+
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def slow() -> ProbeReport:
+        calls.append(1)
+        gate.wait(5)
+        return ProbeReport(probe_name, reason="absent: nothing here")
+
+    register_probe(probe_name, slow)
+    answers: list[str] = []
+
+    def ask() -> None:
+        report = discover_report(include_runtimes=False, probes=[probe_name], refresh=True, timeout_s=10)
+        answers.append(report.probe(probe_name).reason)
+
+    askers = [threading.Thread(target=ask) for _ in range(2)]
+    askers[0].start()
+    for _ in range(500):  # the first call's probe is running ...
+        if calls:
+            break
+        threading.Event().wait(0.01)
+    askers[1].start()  # ... when the second call (refresh=True) arrives: it must wait for that run
+    threading.Event().wait(0.3)
+    gate.set()
+    for t in askers:
+        t.join(10)
+    assert answers == ["absent: nothing here", "absent: nothing here"]
+    assert len(calls) == 1

@@ -219,7 +219,9 @@ def test_hung_nvml_times_out_and_discovery_returns(recording: dict[str, Any]) ->
         stalled = [t for t in threading.enumerate() if t.name == "aivmm-probe-test-hung-nvml"]
         assert stalled and stalled[0].is_alive() and stalled[0].daemon
         again = discover_report(timeout_s=0.3, include_runtimes=False, probes=["test-hung-nvml"])
-        assert "still stalled" in again.probe("test-hung-nvml").reason
+        assert again.probe("test-hung-nvml").reason == (
+            "absent: timed out after 0.3 s (stalled since an earlier discovery)"
+        )
     finally:
         release.set()
         unregister_probe("test-hung-nvml")

@@ -112,29 +112,33 @@ def clear_cache() -> None:
 
 def _run_probes(names: Sequence[str], timeout_s: float, refresh: bool) -> list[ProbeReport]:
     results: dict[str, ProbeReport] = {}
-    started: dict[str, threading.Thread] = {}
+    waiting: dict[str, tuple[threading.Thread, bool]] = {}  # name -> (thread, started by this call)
     with _lock:
         for name in names:
-            if not refresh and name in _cache:
+            running = _running.get(name)
+            if running is not None and running.is_alive():
+                # Another call (concurrent, or one that timed out) is already asking: wait for the same answer.
+                waiting[name] = (running, False)
+            elif not refresh and name in _cache:
                 results[name] = _cache[name]
-            elif name in _running and _running[name].is_alive():
-                results[name] = ProbeReport(name, reason="absent: still stalled since an earlier discovery timed out")
             else:
-                thread = threading.Thread(
-                    target=_run_one, args=(name,), name=f"aivmm-probe-{name}", daemon=True
-                )
+                thread = threading.Thread(target=_run_one, args=(name,), name=f"aivmm-probe-{name}", daemon=True)
                 _running[name] = thread
-                started[name] = thread
-    for thread in started.values():
-        thread.start()
+                waiting[name] = (thread, True)
+    for thread, new in waiting.values():
+        if new:
+            thread.start()
     deadline = time.monotonic() + timeout_s
-    for name, thread in started.items():
+    for name, (thread, new) in waiting.items():
         thread.join(max(0.0, deadline - time.monotonic()))
         with _lock:
-            if name in _cache and not thread.is_alive():
+            if not thread.is_alive() and name in _cache:
                 results[name] = _cache[name]
             else:
-                results[name] = ProbeReport(name, reason=f"absent: timed out after {timeout_s:g} s", seconds=timeout_s)
+                since = "" if new else " (stalled since an earlier discovery)"
+                results[name] = ProbeReport(
+                    name, reason=f"absent: timed out after {timeout_s:g} s{since}", seconds=timeout_s
+                )
     return [results[n] for n in names]
 
 
