@@ -276,3 +276,12 @@ def test_importing_the_package_imports_neither_onnx_nor_torch() -> None:
     code = "import sys, aivmm.models, aivmm.models.zoo; print('onnx' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_weight_whose_data_does_not_match_its_dims(tmp_path: pathlib.Path) -> None:
+    model = _conv_model()
+    model.graph.initializer[1].dims[0] = 9  # fc: 8x4 floats of data, dims now claim 9x4
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(ModelLoadError, match=r"'fc'.*\[9, 4\] need 144"):
+        load(path)
