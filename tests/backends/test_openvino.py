@@ -177,3 +177,18 @@ def test_simulated_devices_are_left_to_the_simulated_backend(cpu, specs):
     simulated = cpu.with_(simulated=True)
     with pytest.raises(BackendUnavailableError, match="simulated"):
         OV.load(specs["one_op"], simulated, Config("openvino", cpu.id))
+
+
+def test_devices_from_discovery_examples_get_openvino_names_and_precisions():
+    from aivmm.devices import discover
+
+    examples = pathlib.Path(__file__).parents[2] / "src/aivmm/devices/examples"
+    found = {d.id: d.with_(simulated=False) for p in sorted(examples.glob("*.json"))
+             for d in discover(simulate=str(p)) if d.simulated}
+    assert _openvino_devices.device_name(found["intel-gpu:0"]) == "GPU.0"
+    assert _openvino_devices.device_name(found["intel-npu:0"]) == "NPU"
+    assert _openvino_devices.device_name(found["nvidia:0"]) is None
+    assert _openvino_devices.device_name(found["amd:0"]) is None
+    assert OV.device_precisions(found["intel-npu:0"]) == {Precision.FP16, Precision.INT8}
+    assert {Precision.FP32, Precision.FP16} <= OV.device_precisions(found["intel-gpu:0"])
+    assert "not nvidia gpu" in OV.drives(found["nvidia:0"]).reasons[0]

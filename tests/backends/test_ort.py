@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import onnx
 import onnxruntime
@@ -246,3 +248,51 @@ def test_fallback_nodes_from_a_real_profile(model_dir, tmp_path, specs):
     assert any("(ReduceSum)" in f for f in fallback)
     assert _fallback_from_profile(path, "CPUExecutionProvider") == []
     assert _fallback_from_profile(str(tmp_path / "missing.json"), "CPUExecutionProvider") == []
+
+
+EXAMPLES = pathlib.Path(__file__).parents[2] / "src/aivmm/devices/examples"
+
+
+def _example_devices() -> list[Device]:
+    from aivmm.devices import discover
+
+    found = []
+    for path in sorted(EXAMPLES.glob("*.json")):
+        found += [d.with_(simulated=False) for d in discover(simulate=str(path)) if d.simulated]
+    return found
+
+
+def test_devices_from_discovery_examples_map_and_explain(cpu):
+    devices = {d.id: d for d in _example_devices()}
+    assert {"nvidia:0", "amd:0", "intel-gpu:0", "intel-npu:0"} <= set(devices)
+    expected = {"nvidia:0": ["cuda", "tensorrt"], "amd:0": ["migraphx", "rocm"], "intel-gpu:0": ["openvino"],
+                "intel-npu:0": ["openvino"]}
+    available = set(onnxruntime.get_available_providers())
+    for dev_id, shorts in expected.items():
+        choices = _ort_providers.choices_for(devices[dev_id])
+        assert [c.short for c in choices] == shorts
+        support = ORT.drives(devices[dev_id])
+        assert bool(support) == any(c.provider in available for c in choices)
+        if not support:  # the reason names what to install
+            assert all(c.provider in support.reasons[0] for c in choices)
+
+
+def test_fp16_for_cuda_converts_the_graph_and_keeps_io_types(specs):
+    pytest.importorskip("onnxruntime.transformers.float16")
+    notes: list[str] = []
+    blob = ORT._model_source(specs["small_cnn"], _ort_providers.CUDA, Precision.FP16, notes)
+    model = onnx.load_model_from_string(blob)
+    weights = {t.name: t.data_type for t in model.graph.initializer}
+    assert weights["w1"] == TensorProto.FLOAT16 and weights["wf"] == TensorProto.FLOAT16
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert any("fp16" in n for n in notes)
+    # The converted graph is what the CUDA EP would load; ONNX Runtime's CPU EP runs it too, which checks
+    # it end to end here (the converter appends its input casts unsorted: ORT sorts, onnx.checker refuses).
+    x = random_inputs(specs["small_cnn"], batch=1)
+    half = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(None, x)[0]
+    path = str(specs["small_cnn"].source)
+    full = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_allclose(half, full, rtol=1e-2, atol=1e-2 * max(1.0, float(np.abs(full).max())))
+    # fp32 loads the file as it is, without conversion.
+    assert ORT._model_source(specs["small_cnn"], _ort_providers.CUDA, Precision.FP32, []) == path
