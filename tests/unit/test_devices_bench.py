@@ -112,3 +112,57 @@ def test_simulated_devices_carry_their_figures() -> None:
     plain = device.with_(properties={})
     assert bench.figures(plain) is None
     assert bench.can_measure(plain) == (False, "simulated device: its spec carries no figures")
+
+
+def h100(**props: object) -> Device:
+    base = {"uuid": "GPU-5d2a6a0e-0000-1111-2222-333344445555", "pci_bus_id": "00000000:00:06.0"}
+    return Device("nvidia:0", DeviceKind.GPU, Vendor.NVIDIA, "NVIDIA H100 80GB HBM3", 85520809984, 85017493504,
+                  properties={**base, **props}, source="nvml")
+
+
+def test_nvidia_without_cuda_torch_says_why() -> None:
+    from aivmm.devices import _bench_cuda
+
+    if _bench_cuda.cuda_available():
+        pytest.skip("this machine has CUDA")
+    ok, why = bench.can_measure(h100())
+    assert not ok and "torch with CUDA is not installed" in why
+    assert bench.can_measure(h100(), "onnxruntime") == (False, "NVIDIA GPUs are measured with torch.cuda, not "
+                                                              "'onnxruntime'")
+
+
+@pytest.mark.parametrize(
+    ("visible", "expected"),
+    [
+        # CUDA_VISIBLE_DEVICES=1,0: torch's index 1 is NVML's GPU at 00:06.0, found by UUID
+        ([("5d2a6a0e-0000-1111-2222-999999999999", 0, 7), ("5d2a6a0e-0000-1111-2222-333344445555", 0, 6)], 1),
+        # a torch without UUIDs in its properties: the PCI bus decides
+        ([(None, 0, 7), (None, 0, 6)], 1),
+    ],
+)
+def test_nvml_device_is_mapped_to_its_torch_index(monkeypatch: pytest.MonkeyPatch,
+                                                  visible: list[tuple[str | None, int, int]], expected: int) -> None:
+    import types
+
+    torch = pytest.importorskip("torch")
+    from aivmm.devices import _bench_cuda
+
+    props = [types.SimpleNamespace(**({"uuid": u} if u else {}), pci_domain_id=0, pci_bus_id=b, pci_device_id=d)
+             for u, b, d in visible]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(props))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
+    assert _bench_cuda.torch_index(h100()) == expected
+
+
+def test_nvml_device_hidden_from_torch_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    torch = pytest.importorskip("torch")
+    from aivmm.devices import _bench_cuda
+    from aivmm.errors import DeviceNotFoundError
+
+    other = [types.SimpleNamespace(uuid="ffff", pci_domain_id=0, pci_bus_id=9, pci_device_id=0)] * 2
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: other[i])
+    with pytest.raises(DeviceNotFoundError, match=r"nvidia:0 .* is not visible to torch.cuda"):
+        _bench_cuda.torch_index(h100())
