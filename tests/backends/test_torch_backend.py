@@ -387,3 +387,23 @@ def test_lowering_failure_names_the_node(tmp_path):
 def test_offload_is_refused_on_the_cpu(backend, cpu, identity_model):
     with backend.load(spec_of(identity_model), cpu, Config("torch", cpu.id)) as session:
         assert session.offload_to_host() is False
+
+
+def test_constants_live_where_their_consumers_run(tmp_path):
+    # The Gather index meets a device tensor: it must move with the module (a buffer). The -1 joined to a
+    # Shape result is shape arithmetic: it must stay on the host (not a buffer), so reshapes never sync.
+    idx = numpy_helper.from_array(np.array([2, 0], np.int64), "idx")
+    tail = numpy_helper.from_array(np.array([-1], np.int64), "tail")
+    path = _save(tmp_path / "where.onnx",
+                 [helper.make_node("Gather", ["x", "idx"], ["g"], axis=1),
+                  helper.make_node("Shape", ["g"], ["s"], end=1),
+                  helper.make_node("Concat", ["s", "tail"], ["shape"], axis=0),
+                  helper.make_node("Reshape", ["g", "shape"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [idx, tail])
+    gm = lower(onnx.load(str(path)))
+    buffers = [t.tolist() for t in gm.buffers() if t.dtype == torch.int64]
+    assert [2, 0] in buffers and [-1] not in buffers
+    x = torch.arange(12.0).reshape(2, 3, 2)
+    (y,) = gm(x)
+    torch.testing.assert_close(y, x[:, [2, 0]].reshape(2, 4))

@@ -1,8 +1,10 @@
 """Builds a ``torch.fx.GraphModule`` from an ONNX graph (and, recursively, from its subgraphs).
 
 Initializers and folded constants become buffers of the module, so ``.to(device)`` moves every
-weight once. Small integer constants (shapes, axes, indices) stay on the host as plain attributes:
-shape arithmetic then never syncs with a device, which keeps CUDA-graph capture possible.
+weight once. Shape arithmetic stays on the host: ``Shape`` yields a CPU tensor, every node whose
+run-time inputs are all host values is a host value too, and the constants such nodes read are
+plain attributes that ``.to()`` leaves on the CPU. Reshapes then read Python integers without a
+device sync, and no host-to-device copy happens per run (both would break CUDA-graph capture).
 Subgraphs (If, Loop, Scan bodies) become child GraphModules that take the outer values they read
 as extra arguments.
 """
@@ -17,12 +19,9 @@ import onnx
 import torch
 from torch import fx, nn
 
-from aivmm.backends.torch.lowering._node import FLOAT_TYPES, NodeContext, Value, _has_node, tensor_from_proto
+from aivmm.backends.torch.lowering._node import FLOAT_TYPES, NodeContext, Value, tensor_from_proto
 from aivmm.backends.torch.lowering._registry import lookup
 from aivmm.errors import LoweringError
-
-# Integer constants up to this many elements stay on the host (shape vectors, axes, small index lists).
-_HOST_CONST_MAX = 64
 
 
 class GraphBuilder:
@@ -44,7 +43,8 @@ class GraphBuilder:
         self.env: dict[str, Value] = {}
         self.captures: list[str] = []  # outer names this (sub)graph reads at run time
         self._host_consts: list[str] = []
-        self._const_ids: dict[int, fx.Node] = {}
+        self._const_ids: dict[tuple[int, bool], tuple[torch.Tensor, fx.Node]] = {}
+        self.host_nodes: set[fx.Node] = set()  # run-time values that live on the CPU (shape arithmetic)
         self._counter = 0
         self._anchor: fx.Node | None = None
 
@@ -68,19 +68,20 @@ class GraphBuilder:
         self._counter += 1
         return f"{prefix}{self._counter}"
 
-    def const_node(self, t: torch.Tensor) -> fx.Node:
-        cached = self._const_ids.get(id(t))
-        if cached is not None:
-            return cached
-        name = self._fresh("c")
-        if t.dtype in FLOAT_TYPES and self.float_dtype != torch.float32:
-            t = t.to(self.float_dtype)
-        t = t.detach().contiguous()
-        self.root.register_buffer(name, t)
-        if not t.is_floating_point() and t.numel() <= _HOST_CONST_MAX:
-            self._host_consts.append(name)
+    def const_node(self, t: torch.Tensor, host: bool = False) -> fx.Node:
+        key = (id(t), host)
+        cached = self._const_ids.get(key)
+        if cached is not None and cached[0] is t:
+            return cached[1]
+        name = self._fresh("h" if host else "c")
+        stored = t.to(self.float_dtype) if t.dtype in FLOAT_TYPES and self.float_dtype != torch.float32 else t
+        self.root.register_buffer(name, stored.detach().contiguous())
         node = self.graph.get_attr(name)
-        self._const_ids[id(t)] = node
+        if host:
+            self._host_consts.append(name)
+            self.host_nodes.add(node)
+        # Holding the tensor keeps its id from being reused by a later, different constant.
+        self._const_ids[key] = (t, node)
         return node
 
     def anchor(self) -> fx.Node:
@@ -90,27 +91,36 @@ class GraphBuilder:
             self._anchor = self.graph.get_attr("anchor")
         return self._anchor
 
-    def _to_graph(self, obj: Any) -> Any:
+    def _to_graph(self, obj: Any, host: bool = False) -> Any:
         if isinstance(obj, torch.Tensor):
-            return self.const_node(obj)
+            return self.const_node(obj, host)
         if isinstance(obj, list):
-            return [self._to_graph(o) for o in obj]
+            return [self._to_graph(o, host) for o in obj]
         if isinstance(obj, tuple):
-            return tuple(self._to_graph(o) for o in obj)
+            return tuple(self._to_graph(o, host) for o in obj)
         if isinstance(obj, dict):
-            return {k: self._to_graph(v) for k, v in obj.items()}
+            return {k: self._to_graph(v, host) for k, v in obj.items()}
         return obj
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Value:
-        if not _has_node(args) and not _has_node(kwargs):
+        runtime = _nodes_in((args, kwargs))
+        if not runtime:
             with torch.inference_mode():
                 return fn(*args, **kwargs)  # folded: every argument is known now
-        return self.graph.call_function(fn, self._to_graph(args), self._to_graph(kwargs))
+        # A node whose run-time inputs are all host values computes shapes: it and its constants stay on the CPU.
+        host = all(n in self.host_nodes for n in runtime)
+        node = self.graph.call_function(fn, self._to_graph(args, host), self._to_graph(kwargs, host))
+        if host or getattr(fn, "host_result", False):
+            self.host_nodes.add(node)
+        return node
 
     def call_multi(self, fn: Callable[..., Any], n: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Value]:
         out = self.call(fn, args, kwargs)
         if isinstance(out, fx.Node):
-            return [self.graph.call_function(operator.getitem, (out, i)) for i in range(n)]
+            items = [self.graph.call_function(operator.getitem, (out, i)) for i in range(n)]
+            if out in self.host_nodes:
+                self.host_nodes.update(items)
+            return items
         return list(out)
 
     def call_module(self, module: nn.Module, args: tuple[Any, ...], n: int, prefix: str) -> list[Value]:
@@ -203,3 +213,13 @@ def _ident(name: str) -> str:
     if not out or out[0].isdigit():
         out = "v_" + out
     return out
+
+
+def _nodes_in(obj: Any) -> list[fx.Node]:
+    if isinstance(obj, fx.Node):
+        return [obj]
+    if isinstance(obj, list | tuple):
+        return [n for o in obj for n in _nodes_in(o)]
+    if isinstance(obj, dict):
+        return [n for o in obj.values() for n in _nodes_in(o)]
+    return []

@@ -20,6 +20,9 @@ def _shape(x: torch.Tensor, start: int, end: int | None) -> torch.Tensor:
     return torch.tensor(tuple(x.shape)[start:end], dtype=torch.int64)
 
 
+_shape.host_result = True  # type: ignore[attr-defined]
+
+
 @op("Shape", since=1)
 def _lower_shape(n: NodeContext) -> Value:
     x = n.input(0)
@@ -32,6 +35,9 @@ def _lower_shape(n: NodeContext) -> Value:
 
 def _size(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(x.numel(), dtype=torch.int64)
+
+
+_size.host_result = True  # type: ignore[attr-defined]
 
 
 @op("Size", since=1)
