@@ -273,3 +273,11 @@ def test_zoo_resnet_flops_match_the_conv_formula() -> None:
     assert spec.macs == 2 * macs
     assert abs(spec.flops - 4 * macs) / (4 * macs) < 0.05
     assert math.isclose(spec.per_operator_flops["Conv"] / spec.flops, 0.97, abs_tol=0.03)
+
+
+def test_constant_folded_nodes_are_not_activations(tmp_path: pathlib.Path) -> None:
+    # Transpose(weight) is folded into a constant by runtimes: only x and y are activations.
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"])]
+    spec = load(_save(tmp_path, nodes, [_vi("x", [1, 256])], [_vi("y", [1, 512])], [_w("w", (512, 256))]))
+    assert spec.peak_activation_bytes == 4 * (256 + 512)
+    assert spec.parameters == 512 * 256

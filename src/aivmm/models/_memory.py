@@ -2,8 +2,10 @@
 
 A tensor is live from the node that produces it (graph inputs: from the start) to its last
 consumer (graph outputs: to the end); during a node both its inputs and its outputs are live.
-Weights are not activations (they are ``parameter_bytes``). The runtime's arena may reuse or
-fragment differently; this is the lower bound any executor of this order needs.
+Weights are not activations (they are ``parameter_bytes``), and neither are the outputs of nodes
+fed only by constants (a transposed weight, a ConstantOfShape-generated weight): runtimes fold
+them into constants when the session is created. The runtime's arena may reuse or fragment
+differently; this is the lower bound any executor of this order needs.
 """
 
 from __future__ import annotations
@@ -52,8 +54,12 @@ def peak_activation_bytes(index: GraphIndex, size_of: Callable[[str], int | None
     for name in list(live):
         if name not in last_use:  # an input nobody reads
             total -= live.pop(name)
+    folded = set(index.initializers) | set(index.constants)
     for step, node in enumerate(index.nodes):
-        if node.op_type == "Constant":
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Constant" or (inputs and all(i in folded for i in inputs)
+                                          and not any(True for _ in subgraphs(node))):
+            folded.update(o for o in node.output if o)
             continue
         for out in node.output:
             if out and out not in live:
