@@ -83,7 +83,7 @@ instance_group [ { count: 1 kind: KIND_CPU } ]
 
 
 def repository(root: pathlib.Path) -> pathlib.Path:
-    """double/{1,2} (Triton layout + config.pbtxt), mixed/1, heavy/1 (config.json), flat.onnx."""
+    """double/{1,2} (Triton layout + config.pbtxt), mixed/1, heavy/1 and ov/1 (config.json), flat.onnx."""
     scale(root / "double" / "1" / "model.onnx", 2.0)
     scale(root / "double" / "2" / "model.onnx", 3.0)
     (root / "double" / "config.pbtxt").write_text(TRITON_CONFIG)
@@ -91,4 +91,6 @@ def repository(root: pathlib.Path) -> pathlib.Path:
     heavy(root / "heavy" / "1" / "model.onnx")
     (root / "heavy" / "config.json").write_text('{"device": "cpu:0"}')
     scale(root / "flat.onnx", 5.0)
+    scale(root / "ov" / "1" / "model.onnx", 7.0)
+    (root / "ov" / "config.json").write_text('{"backend": "openvino", "device": "cpu:0"}')
     return root

@@ -116,6 +116,15 @@ def test_grpc_infer(gc: Any) -> None:
     assert res.get_response().id == "g-1"
 
 
+def test_openvino_pinned_model_gets_writable_binary_inputs(hc: Any, gc: Any) -> None:
+    """OpenVINO refuses read-only input arrays: binary tensors must arrive as writable views."""
+    pytest.importorskip("openvino")
+    for mod, c in ((tritonhttp, hc), (tritongrpc, gc)):
+        inp = mod.InferInput("x", [2, 4], "FP32")
+        inp.set_data_from_numpy(X)
+        np.testing.assert_array_equal(c.infer("ov", [inp]).as_numpy("y"), X * 7)
+
+
 def _mixed_inputs(mod: Any, binary: bool = True) -> list[Any]:
     h = np.array([[1.5, -2.0]], np.float16)
     b = np.array([[True, False]])
@@ -481,7 +490,7 @@ def test_metrics_and_status(server: RunningServer) -> None:
     assert 'aivmm_request_errors_total{error="InputError",model="double"}' in text
     code, doc = raw(server, "GET", "/v2/aivmm/status")
     assert code == 200 and doc["server"]["ready"] is True
-    assert {m["name"] for m in doc["models"]} >= {"double", "flat", "heavy", "mixed"}
+    assert {m["name"] for m in doc["models"]} >= {"double", "flat", "heavy", "mixed", "ov"}
     assert any(d["id"] == "cpu:0" for d in doc["devices"])
     code, plan = raw(server, "GET", "/v2/models/double/plan")
     assert code == 200 and plan["chosen"]["device"] == "cpu:0"

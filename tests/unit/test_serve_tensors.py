@@ -43,6 +43,9 @@ def test_binary_decode_is_a_view_of_the_body() -> None:
     x = req.inputs["x"]
     assert x.shape == (2, 3) and np.array_equal(x.ravel(), arr)
     assert not x.flags.owndata  # no copy of the tensor bytes
+    assert not x.flags.writeable  # a view of immutable bytes...
+    writable = http.decode_request(bytearray(body), n, "m", "").inputs["x"]
+    assert writable.flags.writeable and not writable.flags.owndata  # ...and of the server's bytearray
 
 
 def test_bytes_layout_round_trip() -> None:

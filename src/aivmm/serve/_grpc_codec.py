@@ -65,7 +65,9 @@ def decode_request(msg: Any) -> InferRequest:
         if raw:
             if tensor.HasField("contents"):
                 raise InputError(f"input {name!r} has both contents and raw_input_contents")
-            arrays[name] = t.from_bytes(raw[i], dtype, shape, name)
+            # protobuf bytes are immutable: one copy into a writable buffer (some runtimes refuse
+            # read-only inputs), the same single copy the HTTP path makes when it reads the body.
+            arrays[name] = t.from_bytes(bytearray(raw[i]), dtype, shape, name)
         else:
             arrays[name] = _from_contents(tensor, dtype, shape)
         datatypes[name] = dtype

@@ -155,7 +155,7 @@ class HttpApp:
 
     async def _body(
         self, scope: Scope, receive: Receive, *, limit: int, headers: dict[str, str] | None = None
-    ) -> bytes:
+    ) -> bytearray:
         headers = headers if headers is not None else _headers(scope)
         declared = headers.get("content-length")
         if declared is not None:
@@ -184,8 +184,10 @@ class HttpApp:
             raise PermissionDeniedError("this control endpoint needs 'Authorization: Bearer <token>'")
 
 
-async def _read(receive: Receive, limit: int) -> bytes:
-    parts: list[bytes] = []
+async def _read(receive: Receive, limit: int) -> bytearray:
+    """The whole body in one writable buffer: tensors decoded from it are writable numpy views
+    (some runtimes, OpenVINO among them, refuse read-only input arrays)."""
+    body = bytearray()
     size = 0
     while True:
         message = await receive()
@@ -196,13 +198,13 @@ async def _read(receive: Receive, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLargeError(f"request body is over the limit of {limit} bytes")
-            parts.append(chunk)
+            body += chunk
         if not message.get("more_body", False):
             break
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return body
 
 
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+def _decompress(body: bytearray, encoding: str, limit: int) -> bytearray:
     d = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
     try:
         out = d.decompress(body, limit + 1)
@@ -210,10 +212,10 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
         raise ProtocolError(f"body is not valid {encoding} data: {exc}") from None
     if len(out) > limit or d.unconsumed_tail:
         raise PayloadTooLargeError(f"decompressed body is over the limit of {limit} bytes")
-    return out
+    return bytearray(out)
 
 
-def _load_parameters(body: bytes) -> dict[str, Any]:
+def _load_parameters(body: bytearray) -> dict[str, Any]:
     req = codec.load_json(body, "the repository request")
     if not isinstance(req, dict):
         raise InputError("the repository request must be a JSON object")

@@ -34,7 +34,7 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     return n
 
 
-def load_json(raw: bytes | memoryview, what: str) -> Any:
+def load_json(raw: bytes | bytearray | memoryview, what: str) -> Any:
     try:
         return json.loads(bytes(raw))
     except UnicodeDecodeError:
@@ -54,8 +54,9 @@ def _parameters(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def decode_request(body: bytes, header_length: int | None, model: str, version: str) -> InferRequest:
-    """An :class:`InferRequest` from an HTTP infer body."""
+def decode_request(body: bytes | bytearray, header_length: int | None, model: str, version: str) -> InferRequest:
+    """An :class:`InferRequest` from an HTTP infer body; binary tensors are views of ``body``
+    (writable when ``body`` is a bytearray, as the server passes it)."""
     view = memoryview(body)
     end = len(body) if header_length is None else header_length
     head = load_json(view[:end], "the request body" if header_length is None else "the inference header")
