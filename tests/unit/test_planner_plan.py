@@ -13,7 +13,7 @@ from aivmm.models import load
 from aivmm.planner import Constraints, Plan, RejectReason, plan
 
 ORT = ("onnxruntime",)
-FAST = {"budget_s": 0.4, "top_k": 4}
+FAST = {"budget_s": 0.2, "top_k": 4}
 
 
 @pytest.fixture(autouse=True)
@@ -187,3 +187,14 @@ def test_fast_start_returns_a_ready_candidate_and_upgrades(spec):
     assert p.chosen.precision.value == "fp32" and not p.chosen.transform
     better = p.upgrade.result(timeout=120)
     assert better.measured and better.chosen.measurement is not None and better.upgrade is None
+
+
+def test_compiling_options_are_not_ready_for_fast_start_nor_measured_within_the_load_budget(spec):
+    p = plan(spec, [cpu()], backends=("torch",), fast_start=True, **FAST)
+    assert not p.chosen.config.options.get("compile")
+    pruned = [c for c in p.rejected if any(r.reason is RejectReason.PRUNED for r in c.rejections)]
+    assert pruned and all(c.config.options.get("compile") or c.config.options.get("cuda_graphs") for c in pruned)
+    measured = p.upgrade.result(timeout=300)
+    compiled = [c for c in measured.ranked() if c.config.options.get("compile")]
+    assert compiled and all(c.measurement is None and "predicted load" in " ".join(c.notes) for c in compiled)
+    assert measured.chosen.measurement is not None and not measured.chosen.config.options.get("compile")

@@ -51,6 +51,21 @@ def _option_factor(spec: ModelSpec, config: Config, device: Device) -> tuple[flo
     return compute, overhead
 
 
+# Session creation: reading and placing the weights, plus compilation when an option asks for it.
+# torch.compile / TensorRT engines take tens of seconds on real models; CUDA graphs a capture.
+LOAD_GBS = 1.0
+LOAD_BASE_S = 0.05
+COMPILE_LOAD_S: Mapping[str, float] = {"compile": 30.0, "tensorrt": 60.0, "cuda_graphs": 1.0}
+
+
+def predict_load_seconds(spec: ModelSpec, config: Config) -> float:
+    seconds = LOAD_BASE_S + spec.parameter_bytes / (LOAD_GBS * 1e9)
+    for option, cost in COMPILE_LOAD_S.items():
+        if config.options.get(option):
+            seconds += cost
+    return seconds
+
+
 def predict_memory(spec: ModelSpec, precision: Precision, batch: int) -> int:
     weights = spec.parameter_bytes
     if precision is not Precision.FP32:
@@ -97,4 +112,5 @@ def predict(spec: ModelSpec, device: Device, config: Config, cap: Capability, *,
         memory_bytes=predict_memory(spec, precision, batch),
         energy_j=energy,
         bound=bound,
+        load_s=predict_load_seconds(spec, config),
     )

@@ -110,20 +110,24 @@ def _device_candidates(spec: ModelSpec, dev: Device, backend: Backend, info: Bac
     out: list[Candidate] = []
     variants = option_variants(info)
     for effective, passed, p in _precision_routes(info, spec):
+        model = provisional(spec, p)
+        transform = p.value if p else None
         opts_list = [{}] if p is Pass.GRAPH_EXTENDED else variants
+        # Reasons that hold for the whole route (policy, exclusion, precision) are given once;
+        # check() runs per option variant, since an option can be what a device refuses.
+        route = _route_rejections(Candidate(Config(backend.name, dev.id, passed, dict(opts_list[0])), model,
+                                            transform=transform), dev, backend, info, constraints, effective, p)
+        if route.rejected:
+            out.append(route)
+            continue
         for opts in opts_list:
-            model = provisional(spec, p)
-            cand = _judge(Candidate(Config(backend.name, dev.id, passed, dict(opts)), model,
-                                    transform=p.value if p else None),
-                          model, dev, backend, info, constraints, effective, p)
-            out.append(cand)
-            if cand.rejected:  # the other option variants of this route would repeat the same reasons
-                break
+            cand = Candidate(Config(backend.name, dev.id, passed, dict(opts)), model, transform=transform)
+            out.append(_check(cand, model, dev, backend))
     return out
 
 
-def _judge(cand: Candidate, spec: ModelSpec, dev: Device, backend: Backend, info: BackendInfo,
-           constraints: Constraints, effective: Precision, p: Pass | None) -> Candidate:
+def _route_rejections(cand: Candidate, dev: Device, backend: Backend, info: BackendInfo,
+                      constraints: Constraints, effective: Precision, p: Pass | None) -> Candidate:
     if not constraints.allows_device(dev):
         sel = [s.text for s in constraints.exclude if s.matches(dev)]
         cand = cand.reject(RejectReason.EXCLUDED_BY_USER, f"{dev.id} matches exclude={sel}")
@@ -137,26 +141,28 @@ def _judge(cand: Candidate, spec: ModelSpec, dev: Device, backend: Backend, info
         avail = availability(p)
         if not avail.available:
             cand = cand.reject(RejectReason.PRECISION_UNAVAILABLE, f"pass {p.value}: {avail.reason}")
-    if cand.rejected:
-        return cand
+    return cand
+
+
+def _check(cand: Candidate, spec: ModelSpec, dev: Device, backend: Backend) -> Candidate:
     try:
         support = backend.check(spec, dev, cand.config)
     except AivmmError as exc:
-        support = None
-        cand = cand.reject(RejectReason.UNSUPPORTED, f"check failed: {exc}")
+        return cand.reject(RejectReason.UNSUPPORTED, f"check failed: {exc}")
     except Exception as exc:  # a backend bug must not stop planning for the others
         log.warning("%s.check raised %s", backend.name, exc)
-        support = None
-        cand = cand.reject(RejectReason.UNSUPPORTED, f"check raised {type(exc).__name__}: {exc}")
-    if support is not None:
-        if not support:
-            reasons = "; ".join(support.reasons) or "refused by check()"
-            kind = RejectReason.DOES_NOT_FIT if "memory" in reasons.lower() else RejectReason.UNSUPPORTED
-            if "precision" in reasons.lower():
-                kind = RejectReason.PRECISION_UNAVAILABLE
-            cand = cand.reject(kind, reasons)
-        elif support.reasons:
-            cand = cand.with_(notes=(*cand.notes, *support.reasons))
+        return cand.reject(RejectReason.UNSUPPORTED, f"check raised {type(exc).__name__}: {exc}")
+    if not support:
+        reasons = "; ".join(support.reasons) or "refused by check()"
+        low = reasons.lower()
+        kind = RejectReason.UNSUPPORTED
+        if "precision" in low:
+            kind = RejectReason.PRECISION_UNAVAILABLE
+        elif "memory" in low:
+            kind = RejectReason.DOES_NOT_FIT
+        return cand.reject(kind, reasons)
+    if support.reasons:
+        cand = cand.with_(notes=(*cand.notes, *support.reasons))
     return cand
 
 

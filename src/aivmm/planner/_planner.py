@@ -49,10 +49,15 @@ DEFAULT_TOP_K = 8
 FINALISTS = 3
 FINALIST_MARGIN = 1.25
 DEFAULT_SECONDS_PER_CANDIDATE = 0.5
+# Candidates predicted to take longer than this to load (compilation) are not measured while
+# planning unless budget_s is larger; they stay as predicted alternatives, ranked after measured ones.
+MAX_LOAD_S = 10.0
 # Min-max calibration clips whatever it did not see: 16 batches of 4 generated rows cover the
 # generated distribution well enough for the accuracy check to judge the result fairly.
 CALIBRATION_SAMPLES = 16
 CALIBRATION_BATCH = 4
+# Options whose first load compiles (seconds to minutes): not "ready" for a fast start.
+_COMPILING_OPTIONS = ("compile", "cuda_graphs", "tensorrt")
 
 _upgrade_lock = threading.Lock()
 _upgrade_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -84,6 +89,8 @@ class _Request:
     top_k: int
     seconds_per_candidate: float
     backends: tuple[str, ...] | None
+    ready_only: bool = False  # fast start: only candidates that load without compiling
+    max_load_s: float = MAX_LOAD_S
 
 
 def _validate(spec: ModelSpec, devices: Sequence[Device], constraints: Any, *, device: str | None,
@@ -118,6 +125,7 @@ def _validate(spec: ModelSpec, devices: Sequence[Device], constraints: Any, *, d
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
     per = DEFAULT_SECONDS_PER_CANDIDATE if budget_s is None else max(0.02, float(budget_s) / k)
+    max_load = MAX_LOAD_S if budget_s is None else max(MAX_LOAD_S, float(budget_s))
     feeds: dict[str, np.ndarray] | None = None
     user = sample_inputs is not None
     if user:
@@ -129,7 +137,7 @@ def _validate(spec: ModelSpec, devices: Sequence[Device], constraints: Any, *, d
             what = f"tolerance={cons.tolerance}" if cons.tolerance is not None else "measuring"
             raise ConfigError(f"{what} needs reference inputs and none can be generated: {exc}") from exc
     return _Request(spec, devs, cons, device, backend, strict, measure, feeds, user, k, per,
-                    tuple(backends) if backends is not None else None)
+                    tuple(backends) if backends is not None else None, max_load_s=max_load)
 
 
 def _model_hash(spec: ModelSpec) -> str:
@@ -183,7 +191,7 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
             else:
                 return dataclasses.replace(cached, cache_hit=True, planning_seconds=time.perf_counter() - t0)
     if fast_start and req.measure:
-        quick = _run(dataclasses.replace(req, measure=False), t0, model_hash)
+        quick = _run(dataclasses.replace(req, measure=False, ready_only=True), t0, model_hash)
         future = _upgrade_executor().submit(
             plan, spec, req.devices, req.cons, device=device, backend=backend, strict=strict, measure=True,
             sample_inputs=sample_inputs, cache=cache, budget_s=budget_s, top_k=top_k, backends=backends,
@@ -369,7 +377,11 @@ class _Evaluator:
         if not self.req.measure:
             kept = []
             for c in pool:
-                if c.transform or c.precision is not Precision.FP32:
+                slow = sorted(k for k in _COMPILING_OPTIONS if c.config.options.get(k))
+                if self.req.ready_only and slow:
+                    rejected.append(c.reject(RejectReason.PRUNED, f"fast start: {', '.join(slow)} compiles before "
+                                                                  "the first request"))
+                elif c.transform or c.precision is not Precision.FP32:
                     rejected.append(c.reject(RejectReason.ACCURACY, "accuracy of a lowered precision or "
                                              "transformed model cannot be verified without measuring (measure=False)"))
                 else:
@@ -386,8 +398,10 @@ class _Evaluator:
         return feasible, rejected
 
     def _measure_top_k(self, pool: list[Candidate], rejected: list[Candidate]) -> list[Candidate]:
-        order = sorted(pool, key=lambda c: (self.req.cons.preference_rank(self.devices[c.config.device]),
-                                            *self.objective_key(c)))
+        slow = [c for c in pool if c.prediction is not None and c.prediction.load_s > self.req.max_load_s]
+        order = sorted((c for c in pool if c not in slow),
+                       key=lambda c: (self.req.cons.preference_rank(self.devices[c.config.device]),
+                                      *self.objective_key(c)))
         picked: list[Candidate] = []
         seen: set[tuple[str, ...]] = set()
         for c in order:  # first the best-predicted of every group, so each runtime gets a fair hearing
@@ -404,7 +418,11 @@ class _Evaluator:
         picked.sort(key=lambda c: (bool(c.transform) or c.config.precision is not Precision.FP32))
         out: list[Candidate] = []
         for c in pool:
-            if c not in picked:
+            if c in slow:
+                out.append(c.with_(notes=(*c.notes, f"not measured: predicted load {c.prediction.load_s:.0f} s "
+                                                    f"exceeds the planning load budget {self.req.max_load_s:.0f} s "
+                                                    "(raise budget_s to measure it)")))
+            elif c not in picked:
                 out.append(c.with_(notes=(*c.notes, "not measured: predicted slower than the measured ones")))
         measured = []
         for c in picked:

@@ -25,7 +25,7 @@ class RejectReason(enum.Enum):
     CONSTRAINT = "constraint"  # a latency / throughput / power / energy limit
     ACCURACY = "accuracy"  # broke the tolerance against the fp32 reference (AccuracyError)
     FAILED = "failed"  # loading or running it raised
-    PRUNED = "pruned"  # predicted too slow to be worth measuring (kept as an alternative, not measured)
+    PRUNED = "pruned"  # not ready for a fast start (its first load compiles)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,16 +37,18 @@ class Prediction:
     memory_bytes: int
     energy_j: float | None  # per inference, None when the device's power is unknown
     bound: str  # "compute", "memory" or "overhead": which roofline term dominates
+    load_s: float = 0.0  # time to create the session (compilation dominates when an option compiles)
 
     def to_json(self) -> dict[str, Any]:
         return {"latency_ms": round(self.latency_ms, 4), "throughput": round(self.throughput, 2),
                 "memory_bytes": self.memory_bytes,
-                "energy_j": None if self.energy_j is None else round(self.energy_j, 6), "bound": self.bound}
+                "energy_j": None if self.energy_j is None else round(self.energy_j, 6), "bound": self.bound,
+                "load_s": round(self.load_s, 3)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Prediction:
         return cls(float(d["latency_ms"]), float(d["throughput"]), int(d["memory_bytes"]), d.get("energy_j"),
-                   str(d.get("bound", "")))
+                   str(d.get("bound", "")), float(d.get("load_s", 0.0)))
 
 
 @dataclasses.dataclass(frozen=True)
