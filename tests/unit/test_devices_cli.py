@@ -157,3 +157,22 @@ def test_devices_works_with_numpy_only(tmp_path: Path, args: list[str]) -> None:
     assert "nvidia: absent: pynvml is not installed" in proc.stdout
     if "--check" in args:
         assert "no runtime" in proc.stdout  # no runtime installed: skipped, not failed
+
+
+def test_check_without_onnx_uses_a_torch_module_where_the_runtime_takes_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU machine has torch and onnxruntime but not onnx: torch is still checked."""
+    from aivmm.devices import _check
+
+    def no_onnx(directory: Path) -> Path:
+        raise ImportError("No module named 'onnx'")
+
+    monkeypatch.setattr(_check, "_add_model", no_onnx)
+    cpu = next(d for d in discover() if d.id == "cpu:0")
+    results = {r.runtime: r for r in _check.check_device(cpu)}
+    if "torch" in results:
+        assert results["torch"].status is _check.CheckStatus.PASS, results["torch"]
+        assert results["torch"].detail == "torch-module Add matched numpy"
+    if "onnxruntime" in results:
+        assert results["onnxruntime"].status is _check.CheckStatus.SKIPPED
+        assert results["onnxruntime"].detail == 'onnx is not installed (pip install "aivmm[onnx]")'
+    assert results, "no runtime claims the CPU"

@@ -51,17 +51,24 @@ def _add_model(directory: Path) -> Path:
     return path
 
 
-def _spec(path: Path) -> Any:
+def _tensors() -> tuple[Any, Any]:
     from aivmm.dtypes import DType
-    from aivmm.models._spec import ModelFormat, ModelSpec, TensorSpec
+    from aivmm.models._spec import TensorSpec
 
-    tensor = lambda name: TensorSpec(name, DType.FLOAT32, _SHAPE)  # noqa: E731
+    ins = (TensorSpec("a", DType.FLOAT32, _SHAPE), TensorSpec("b", DType.FLOAT32, _SHAPE))
+    return ins, (TensorSpec("y", DType.FLOAT32, _SHAPE),)
+
+
+def _onnx_spec(path: Path) -> Any:
+    from aivmm.models._spec import ModelFormat, ModelSpec
+
     data = path.read_bytes()
+    inputs, outputs = _tensors()
     return ModelSpec(
         name="aivmm-check-add",
         format=ModelFormat.ONNX,
-        inputs=(tensor("a"), tensor("b")),
-        outputs=(tensor("y"),),
+        inputs=inputs,
+        outputs=outputs,
         operators={"Add": 1},
         opsets={"": 13},
         source=str(path),
@@ -69,6 +76,22 @@ def _spec(path: Path) -> Any:
         size_bytes=len(data),
         flops=int(np.prod(_SHAPE)),
     )
+
+
+def _torch_spec() -> Any:
+    """The same Add as an nn.Module, for runtimes that take one when onnx is not installed (the
+    GPU machine has torch and onnxruntime but not onnx)."""
+    import torch
+
+    from aivmm.models._spec import ModelFormat, ModelSpec
+
+    class Add(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a + b
+
+    inputs, outputs = _tensors()
+    return ModelSpec(name="aivmm-check-add", format=ModelFormat.TORCH_MODULE, inputs=inputs, outputs=outputs,
+                     operators={"add": 1}, source=Add(), flops=int(np.prod(_SHAPE)))
 
 
 def check_device(device: Device) -> tuple[CheckResult, ...]:
@@ -82,16 +105,27 @@ def check_device(device: Device) -> tuple[CheckResult, ...]:
         return tuple(CheckResult(device.id, r, CheckStatus.FAIL, why) for r in device.runtimes)
     with tmp as directory:
         try:
-            spec = _spec(_add_model(Path(directory)))
+            onnx_spec = _onnx_spec(_add_model(Path(directory)))
         except ImportError:
-            return tuple(
-                CheckResult(device.id, r, CheckStatus.SKIPPED, 'onnx is not installed (pip install "aivmm[onnx]")')
-                for r in device.runtimes
-            )
-        return tuple(_check_one(device, runtime, spec) for runtime in device.runtimes)
+            onnx_spec = None
+        return tuple(_check_one(device, runtime, onnx_spec) for runtime in device.runtimes)
 
 
-def _check_one(device: Device, runtime: str, spec: Any) -> CheckResult:
+def _spec_for(backend: Any, onnx_spec: Any) -> tuple[Any, str]:
+    from aivmm.models._spec import ModelFormat
+
+    formats = backend.info().formats
+    if onnx_spec is not None and ModelFormat.ONNX in formats:
+        return onnx_spec, "ONNX Add"
+    if ModelFormat.TORCH_MODULE in formats:
+        try:
+            return _torch_spec(), "torch-module Add"
+        except ImportError:
+            pass
+    return None, ""
+
+
+def _check_one(device: Device, runtime: str, onnx_spec: Any) -> CheckResult:
     from aivmm.backends import registry
     from aivmm.backends._base import Config
 
@@ -101,12 +135,16 @@ def _check_one(device: Device, runtime: str, spec: Any) -> CheckResult:
     session = None
     try:
         backend = registry.get(runtime)
+        spec, label = _spec_for(backend, onnx_spec)
+        if spec is None:
+            return CheckResult(device.id, runtime, CheckStatus.SKIPPED,
+                               'onnx is not installed (pip install "aivmm[onnx]")')
         session = backend.load(spec, device, Config(backend=runtime, device=device.id))
         outputs = session.run({"a": a, "b": b})
-        y = np.asarray(outputs["y"])
+        y = np.asarray(outputs["y"] if "y" in outputs else next(iter(outputs.values())))
         if y.shape != _SHAPE or not np.allclose(y, a + b, rtol=1e-3, atol=1e-3):
             return CheckResult(device.id, runtime, CheckStatus.FAIL, f"wrong result: got {y!r}, expected {a + b!r}")
-        return CheckResult(device.id, runtime, CheckStatus.PASS, "Add(a, b) matched numpy")
+        return CheckResult(device.id, runtime, CheckStatus.PASS, f"{label} matched numpy")
     except Exception as exc:  # the check exists to report failures, whatever raised them
         return CheckResult(device.id, runtime, CheckStatus.FAIL, f"{type(exc).__name__}: {exc}")
     finally:
