@@ -164,6 +164,8 @@ def test_list_of_dicts_argument() -> None:
          ' "memory_total_bytes": 1}]', "amd:0.id", "duplicates the device at position 0"),
         ('[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1, "figures": 3}]', "amd:0.figures",
          "expected an object"),
+        ('[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1, "figures": {"matmul_tflops": {"bf16": "fast"}}}]',
+         "amd:0.figures", "malformed device figures: ValueError"),
     ],
 )
 def test_malformed_spec_names_file_and_field(tmp_path: Path, content: str, field: str, problem: str) -> None:

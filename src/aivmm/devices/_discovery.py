@@ -10,6 +10,7 @@ process; ``refresh=True`` asks again (memory free changes, the hardware does not
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -79,7 +80,7 @@ def discover_report(
     for device in simulated_devices:
         if device.id in real_ids:
             raise SimulationSpecError(
-                str(spec) if not isinstance(spec, list) else "<simulate argument>",
+                os.fspath(spec) if isinstance(spec, str | os.PathLike) else "<simulate argument>",
                 f"{device.id}.id",
                 "is the id of a real device on this machine; pick another index",
             )

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aivmm.devices._types import Device
-from aivmm.errors import SimulationSpecError
+from aivmm.errors import ConfigError, SimulationSpecError
 
 ENV_VAR = "AIVMM_SIMULATE"
 SimulateSpec = str | os.PathLike[str] | Sequence[Mapping[str, Any]] | None
@@ -56,9 +56,19 @@ def load(spec: SimulateSpec) -> tuple[Device, ...]:
             # recorded machine can be replayed with its measured speed (see aivmm.devices.bench).
             if not isinstance(figures, Mapping):
                 raise SimulationSpecError(f"{source}[{position}]", f"{device.id}.figures", "expected an object")
+            _check_figures(figures, device.id, f"{source}[{position}]")
             device = device.with_(properties={**device.properties, "figures": dict(figures)})
         devices.append(device)
     return tuple(devices)
+
+
+def _check_figures(figures: Mapping[str, Any], device_id: str, source: str) -> None:
+    from aivmm.devices.bench import DeviceFigures  # stdlib-only module: cheap
+
+    try:
+        DeviceFigures.from_json({"device_id": device_id, "runtime": "simulated", **figures}, source=source)
+    except ConfigError as exc:
+        raise SimulationSpecError(source, f"{device_id}.figures", str(exc).split(": ", 1)[-1]) from exc
 
 
 def _read(path: Path) -> Any:
