@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
+import pytest
+
 from aivmm.telemetry._samplers import (
     AmdSysfsSampler,
     CpuSampler,
@@ -69,3 +71,23 @@ def test_merge_fills_gaps_from_later_samplers() -> None:
     a = Reading("cpu:0", utilization=0.5, memory_total_bytes=10)
     b = Reading("cpu:0", utilization=0.9, power_w=30.0)
     assert merge([a, b])["cpu:0"] == Reading("cpu:0", 0.5, 30.0, None, None, 10)
+
+
+def test_amdgpu_sysfs_recorded_on_a_radeon_780m(fixtures_dir: pathlib.Path) -> None:
+    """A real amdgpu sysfs recording (tests/fixtures/devices/README.md: radeon-780m, LACT)."""
+    root = fixtures_dir / "devices" / "amd" / "sysfs" / "drm-and-kfd__radeon-780m-phoenix-apu__lact"
+    (r,) = AmdSysfsSampler(str(root)).sample()
+    assert r.device == "amd:0" and r.utilization == 0.0
+    assert r.memory_used_bytes == 1272893440 and r.memory_total_bytes == 4294967296
+    assert r.power_w == 3.103
+
+
+@pytest.mark.gpu
+def test_nvml_reads_the_real_gpu() -> None:
+    pytest.importorskip("pynvml")
+    readings = NvmlSampler().sample()
+    assert readings, "NVML found no GPU"
+    r = readings[0]
+    assert r.device == "nvidia:0" and r.memory_total_bytes and r.memory_total_bytes > 1 << 30
+    assert r.utilization is not None and 0.0 <= r.utilization <= 1.0
+    assert r.power_w is not None and r.power_w > 1.0
