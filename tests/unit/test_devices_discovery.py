@@ -309,3 +309,31 @@ def test_concurrent_discoveries_share_one_probe_run(probe_name: str) -> None:
         t.join(10)
     assert answers == ["absent: nothing here", "absent: nothing here"]
     assert len(calls) == 1
+
+
+def test_a_hanging_backend_costs_the_deadline_not_the_other_answers(
+    test_backends: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from aivmm.devices import _discovery
+
+    release = threading.Event()
+
+    class HangingBackend(PickyBackend):
+        name = "test-hanging"
+
+        def drives(self, device: Device) -> Support:
+            release.wait(30)  # a runtime stuck in a driver call; bounded so the thread ends
+            return Support.yes()
+
+    backend_registry.register("test-hanging", HangingBackend)
+    monkeypatch.setattr(_discovery, "RUNTIMES_TIMEOUT_S", 0.5)
+    try:
+        report = discover_report(probes=["cpu"])
+    finally:
+        release.set()
+        backend_registry.unregister("test-hanging")
+    cpu = report.devices[0]
+    assert "test-picky" in cpu.runtimes and "test-hanging" not in cpu.runtimes
+    assert "test-hanging: drives() did not answer within 0.5 s; left out" in report.probe("runtimes").reason

@@ -21,7 +21,8 @@ from aivmm.devices._runtimes import runtimes_for
 from aivmm.devices._types import Device, ProbeReport
 from aivmm.errors import ConfigError, SimulationSpecError
 
-# Asking backends is separate from probing: the first call imports runtimes (torch takes seconds).
+# Asking backends is separate from probing: the first call imports runtimes (torch takes seconds),
+# so it has its own, longer deadline.
 RUNTIMES_TIMEOUT_S = 15.0
 
 _lock = threading.Lock()
@@ -157,13 +158,5 @@ def _run_one(name: str) -> None:
 
 
 def _with_runtimes(devices: list[Device]) -> tuple[list[Device], str]:
-    progress: dict[str, object] = {}
-    thread = threading.Thread(target=runtimes_for, args=(devices, progress), name="aivmm-runtimes", daemon=True)
-    thread.start()
-    thread.join(RUNTIMES_TIMEOUT_S)
-    found: dict[str, list[str]] = dict(progress.get("runtimes", {}))  # type: ignore[call-overload]
-    notes: list[str] = list(progress.get("notes", []))  # type: ignore[call-overload]
-    if thread.is_alive():
-        notes.append(f"asking backends timed out after {RUNTIMES_TIMEOUT_S:g} s; runtimes may be incomplete")
-    out = [d.with_(runtimes=tuple(found.get(d.id, ()))) for d in devices]
-    return out, "; ".join(notes)
+    found, notes = runtimes_for(devices, RUNTIMES_TIMEOUT_S)
+    return [d.with_(runtimes=tuple(found.get(d.id, ()))) for d in devices], "; ".join(notes)
