@@ -407,3 +407,18 @@ def test_constants_live_where_their_consumers_run(tmp_path):
     x = torch.arange(12.0).reshape(2, 3, 2)
     (y,) = gm(x)
     torch.testing.assert_close(y, x[:, [2, 0]].reshape(2, 4))
+
+
+def test_module_loaded_by_aivmm_models_load_with_keyword_inputs(backend, cpu):
+    from aivmm.models import load
+
+    torch.manual_seed(1)
+    module = _TwoHeads().eval()
+    a, b = torch.randn(2, 6), torch.randn(2, 5)
+    spec = load(module, example_inputs={"b": b, "a": a})  # keyword order differs from forward's
+    assert spec.format is ModelFormat.TORCH_MODULE and [t.name for t in spec.inputs] == ["b", "a"]
+    with backend.load(spec, cpu, Config("torch", cpu.id)) as session:
+        got = session.run({"a": a.numpy(), "b": b.numpy()})
+    with torch.inference_mode():
+        want = module(a, b)
+    np.testing.assert_allclose(got["h"], want["h"].numpy(), rtol=1e-6, atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import inspect
 import os
 import pathlib
 import shutil
@@ -235,13 +236,48 @@ def _native_module(model: ModelSpec) -> Any:
     import torch
 
     source = model.source
+    module = _copy_of(source)
+    if isinstance(source, torch.nn.Module):
+        # Inputs are passed by name when forward() names them all: the signature may list them in
+        # another order than forward's parameters (keyword example inputs).
+        names = [t.name for t in model.inputs]
+        params = inspect.signature(source.forward).parameters
+        if all(n in params for n in names):
+            return _ByName(module, names)
+    return module
+
+
+class _ByName:  # replaced by an nn.Module subclass on first use (torch is imported lazily)
+    def __new__(cls, module: Any, names: list[str]) -> Any:
+        return _by_name_class()(module, names)
+
+
+@functools.cache
+def _by_name_class() -> type:
+    import torch
+
+    class ByName(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module, names: list[str]) -> None:
+            super().__init__()
+            self.inner = inner
+            self.names = names
+
+        def forward(self, *tensors: torch.Tensor) -> Any:
+            return self.inner(**dict(zip(self.names, tensors)))
+
+    return ByName
+
+
+def _copy_of(source: Any) -> Any:
+    import torch
+
     # Moving or casting a module is in place, and an exported program's module shares the caller's
     # parameters: work on a copy so the caller's model stays where, and as, it was.
     if isinstance(source, torch.export.ExportedProgram):
         return copy.deepcopy(source.module())
     if isinstance(source, torch.nn.Module):
         return copy.deepcopy(source)
-    raise ConfigError(f"{model.name!r}: not a torch module or exported program")
+    raise ConfigError(f"not a torch module or exported program: {type(source).__name__}")
 
 
 def _all_nodes(graph: Any) -> list[Any]:
