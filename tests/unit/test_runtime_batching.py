@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
+import time
 
 import numpy as np
 import pytest
@@ -161,25 +161,24 @@ def test_full_queue_is_overloaded(specs):
     spec = specs["add"]
     dev = simulated_device("nvidia:0", simulated_latency_ms=50)
     engine, h = _engine(dev, spec, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2)
-    errors: list[BaseException] = []
-    done = threading.Barrier(9)
+    x = inputs(spec)
 
-    def call() -> None:
-        try:
-            h.infer(inputs(spec))
-        except OverloadedError as exc:
-            errors.append(exc)
-        done.wait()
+    def enqueue():
+        return engine._enqueue(h, x, priority=0, deadline_ms=None, reject_late=False, output="numpy",
+                               idempotent=True)
 
     with engine:
-        threads = [threading.Thread(target=call) for _ in range(8)]
-        for t in threads:
-            t.start()
-        done.wait()
-        for t in threads:
-            t.join()
-    assert errors and "full" in str(errors[0])
-    assert len(errors) <= 5  # one running and two queued were accepted at least
+        running = enqueue()
+        queue = h.replicas[0].queue
+        for _ in range(2000):  # bounded: until the executor has taken it
+            if queue.running_items:
+                break
+            time.sleep(0.001)
+        waiting = [enqueue(), enqueue()]  # the queue holds two
+        with pytest.raises(OverloadedError, match=r"full \(2 requests waiting\)"):
+            h.infer(x)
+        for r in [running, *waiting]:
+            assert np.array_equal(r.future.result()["y"], x["x"] + 1)
 
 
 def test_bad_request_in_a_batch_fails_alone(specs):

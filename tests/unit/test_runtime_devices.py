@@ -138,7 +138,7 @@ def test_model_on_a_failed_device_is_re_placed(tmp_path):
 def test_failed_device_under_batched_traffic(tmp_path):
     spec = mlp(tmp_path / "m.onnx", width=16, layers=1)
     good = simulated_device("nvidia:0")
-    bad = simulated_device("nvidia:1", fail_after=3)
+    bad = simulated_device("nvidia:1", fail_after=0)
     with Engine([good, bad], failure_threshold=2) as engine:
         h = engine.add("m", spec, _place(good, bad), batching=BatchingConfig(4, 2))
         feeds = [inputs(spec, 1, seed=i) for i in range(60)]

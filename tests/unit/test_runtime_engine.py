@@ -242,7 +242,10 @@ def test_unload_under_traffic_fails_only_later_requests(models, batched):
         threads = [threading.Thread(target=client) for _ in range(6)]
         for t in threads:
             t.start()
-        time.sleep(0.1)
+        for _ in range(5000):  # bounded: until traffic is flowing
+            if len(outcomes) >= 12:
+                break
+            time.sleep(0.001)
         engine.remove("a")
         removed.set()
         for t in threads:

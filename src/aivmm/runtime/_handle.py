@@ -12,7 +12,7 @@ from aivmm.errors import ModelNotReadyError
 from aivmm.models._spec import ModelSpec
 from aivmm.runtime._batching import BatchingConfig
 from aivmm.runtime._replica import Replica
-from aivmm.runtime._states import ModelState, Tier
+from aivmm.runtime._states import ModelState
 
 if TYPE_CHECKING:
     from aivmm.runtime._engine import Engine
@@ -58,33 +58,33 @@ class ModelHandle:
         """
         replica = self._fast
         if replica is not None and deadline_ms is None and idempotent:
-            # Fast path: the session runs right here, in the caller's thread; the bookkeeping is one
-            # lock round trip each way and a latency estimate (its races only blur an estimate).
-            lock = replica.lock
-            with lock:
-                session = replica.session
-                if replica.tier is Tier.DEVICE and session is not None:
-                    replica.inflight += 1
-                    replica.requests += 1
-                else:
-                    session = None
+            # Fast path: the session runs right here, in the caller's thread, with no lock: announce
+            # the request in ``running``, then check the session is still published (an eviction
+            # unpublishes before it looks at ``running``; see ResidencyManager.evict).
+            session = replica.session
             if session is not None:
-                start = perf_counter()
-                try:
-                    out = session.run(feeds, output=output)
-                except BaseException as exc:
-                    with lock:
-                        replica.inflight -= 1
-                    return self._engine._recover(self, replica, feeds, exc, output=output, idempotent=idempotent)
-                end = perf_counter()
-                with lock:
-                    replica.inflight -= 1
-                latency = replica.latency
-                latency[1] = 0.8 * latency.get(1, end - start) + 0.2 * (end - start)
-                replica.last_used = end
-                if replica.failures:
-                    replica.failures = 0
-                return out
+                running = replica.running
+                running.append(1)
+                if replica.session is session:
+                    replica.requests += 1  # a lost increment under a race only blurs the rate estimate
+                    timed = replica.requests & 7 == 1  # the first and every eighth feed the latency estimate
+                    start = perf_counter() if timed else 0.0
+                    try:
+                        out = session.run(feeds, output=output)
+                    except BaseException as exc:
+                        running.pop()
+                        return self._engine._recover(self, replica, feeds, exc, output=output,
+                                                     idempotent=idempotent)
+                    running.pop()
+                    if timed:
+                        end = perf_counter()
+                        latency = replica.latency
+                        latency[1] = 0.8 * latency.get(1, end - start) + 0.2 * (end - start)
+                        replica.last_used = end
+                    if replica.failures:
+                        replica.failures = 0
+                    return out
+                running.pop()
         return self._engine._infer(self, feeds, priority=priority, deadline_ms=deadline_ms,
                                    reject_late=reject_late, output=output, idempotent=idempotent)
 

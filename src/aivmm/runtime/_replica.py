@@ -50,9 +50,12 @@ class Replica:
         self.key = f"{model}#{index}@{device.id}"
         self.lock = threading.Lock()
         self.load_lock = threading.Lock()  # one load at a time per replica
-        self.session: Session | None = None
+        self.session: Session | None = None  # set if and only if the replica is resident on its device
+        self.parked: Session | None = None  # a session offloaded to host memory (the host tier)
         self.tier = Tier.DISK
-        self.inflight = 0
+        # One entry per running request; list.append/pop are atomic, so the fast path needs no lock
+        # (see ResidencyManager.evict for the publish/check protocol that makes that safe).
+        self.running: list[int] = []
         self.pinned = False  # never evicted (pipeline stages)
         self.queue: ReplicaQueue | None = None  # set when the model is scheduled through a device executor
         self.healthy = True
@@ -76,14 +79,17 @@ class Replica:
             session = self.session
             if self.tier is not Tier.DEVICE or session is None:
                 raise _NotResident(self.key)
-            self.inflight += 1
+            self.running.append(1)
             self.requests += 1
         self.last_used = time.perf_counter()  # the fast path stamps it with perf_counter too
         return session
 
     def release(self) -> None:
-        with self.lock:
-            self.inflight -= 1
+        self.running.pop()
+
+    @property
+    def inflight(self) -> int:
+        return len(self.running)
 
     def request_rate(self, now: float | None = None) -> float:
         return self.rate.rate(self.requests, now)

@@ -112,7 +112,7 @@ class ResidencyManager:
             self._admit(replica, need)
             try:
                 try:
-                    self._bring_in(replica, reason)
+                    session = self._bring_in(replica, reason)
                 except Exception as exc:
                     if not is_out_of_memory(exc):
                         raise
@@ -121,7 +121,7 @@ class ResidencyManager:
                     log.warning("%s: out of memory while loading (%s); evicting and retrying once", replica.key, exc)
                     self.make_room(dev, need, exclude=replica, reason=f"out of memory loading {replica.key}")
                     try:
-                        self._bring_in(replica, reason + " (retry after out-of-memory)")
+                        session = self._bring_in(replica, reason + " (retry after out-of-memory)")
                     except Exception as exc2:
                         if is_out_of_memory(exc2):
                             raise OutOfMemoryError(
@@ -132,7 +132,7 @@ class ResidencyManager:
             except BaseException:
                 self.ledger.release(replica.key)
                 raise
-            measured = replica.session.memory_bytes() if replica.session is not None else 0
+            measured = session.memory_bytes()
             if measured > need and not self.ledger.commit(replica.key, measured):
                 # The session holds more than estimated and that does not fit: make room for the difference.
                 self.make_room(dev, measured - need, exclude=replica, reason=f"{replica.key} measured larger")
@@ -143,7 +143,9 @@ class ResidencyManager:
                 self.ledger.commit(replica.key)
             with replica.lock:
                 replica.charged_bytes = max(need, measured)
+                replica.parked = None
                 replica.tier = Tier.DEVICE
+                replica.session = session  # published last: the fast path reads only this
         self._on_resident(replica)
 
     def _admit(self, replica: Replica, need: int) -> None:
@@ -166,13 +168,14 @@ class ResidencyManager:
                 )
             time.sleep(0.002)  # the victims are running; they will be idle within a request
 
-    def _bring_in(self, replica: Replica, reason: str) -> None:
+    def _bring_in(self, replica: Replica, reason: str) -> Session:
         start = time.perf_counter()
-        if replica.tier is Tier.HOST and replica.session is not None:
-            replica.session.reload_to_device()
+        if replica.tier is Tier.HOST and replica.parked is not None:
+            session = replica.parked
+            session.reload_to_device()
             kind = "reload-from-host"
         else:
-            replica.session = self._open(replica)
+            session = self._open(replica)
             kind = "load"
         seconds = time.perf_counter() - start
         nbytes = replica.footprint.weights_bytes
@@ -181,6 +184,7 @@ class ResidencyManager:
             old = self._bandwidth.get(replica.device.id)
             self._bandwidth[replica.device.id] = bw if old is None else 0.7 * old + 0.3 * bw
         replica.record(Movement(kind, seconds, nbytes, time.time(), reason))
+        return session
 
     # --- eviction ---
     def make_room(self, device_id: str, nbytes: int, *, exclude: Replica | None = None, reason: str = "") -> int:
@@ -211,16 +215,23 @@ class ResidencyManager:
     def evict(self, replica: Replica, *, reason: str = "", to_disk: bool = False) -> int:
         """Move a resident, idle replica off its device; returns the bytes freed (0 if busy)."""
         with replica.lock:
-            if replica.tier is not Tier.DEVICE or replica.inflight > 0 or replica.session is None:
+            session = replica.session
+            if replica.tier is not Tier.DEVICE or replica.running or session is None:
+                return 0
+            # Unpublish first, then look again: a lock-free fast-path caller either registered in
+            # ``running`` before this second look (we back off) or will find no session (and takes
+            # the slow path, which waits for this lock).
+            replica.session = None
+            if replica.running:
+                replica.session = session
                 return 0
             start = time.perf_counter()
-            session = replica.session
             if not to_disk and not replica.isolation and session.offload_to_host():
+                replica.parked = session
                 replica.tier = Tier.HOST
                 kind = "evict-to-host"
             else:
                 session.close()
-                replica.session = None
                 replica.tier = Tier.DISK
                 kind = "evict-to-disk"
             freed = self.ledger.release(replica.key)
@@ -230,17 +241,18 @@ class ResidencyManager:
     def unload(self, replica: Replica, *, timeout_s: float = 30.0) -> None:
         """Close a replica for good: wait (bounded) for its running requests, then free everything."""
         deadline = time.monotonic() + timeout_s
+        with replica.lock:  # unpublish: no new request can start on it
+            session = replica.session or replica.parked
+            replica.session = None
         # Polled rather than signalled: a condition notify on every request would tax the fast path.
-        while replica.inflight > 0 and time.monotonic() < deadline:
+        while replica.running and time.monotonic() < deadline:
             time.sleep(0.001)
-        with replica.lock:
-            session = replica.session
-            replica.session = None
-            replica.tier = Tier.DISK
         with replica.load_lock:  # a load in progress finishes first, then is undone here
-            session = session or replica.session
-            replica.session = None
-            replica.tier = Tier.DISK
+            with replica.lock:
+                session = session or replica.session or replica.parked
+                replica.session = None
+                replica.parked = None
+                replica.tier = Tier.DISK
             if session is not None:
                 session.close()
             self.ledger.release(replica.key)
