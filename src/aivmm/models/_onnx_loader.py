@@ -199,18 +199,28 @@ def _norm(domain: str) -> str:
     return "" if domain == "ai.onnx" else domain
 
 
-def _structure(model: Any, path: pathlib.Path) -> None:
-    """onnx.checker over the graph, with large weights checked here from their headers.
+def _structure(model: Any, path: pathlib.Path, file_size: int) -> None:
+    """onnx.checker over the graph skeleton; large weights are checked here from their headers.
 
-    Handing the checker the whole model would make it serialise (or re-read) every weight byte,
-    which costs more than all the rest of the analysis; what it would verify of a large weight
-    (one data field, of the size its dims imply) is checked directly instead.
+    Handing the checker the whole model would make it serialise every weight byte again, which
+    costs more than all the rest of the analysis. The skeleton keeps small weights inline (the
+    checker verifies them); for large inline weights, whose data protobuf has already parsed
+    from the file, the file must hold at least the bytes their dims imply — one sum, no copy.
     """
     import onnx
 
     where = str(path)
+    large = []
     for t in model.graph.initializer:
-        _check_weight(t, where)
+        if not t.name:
+            raise ModelLoadError(f"{where}: an initializer has no name")
+        if any(d < 0 for d in t.dims):
+            raise ModelLoadError(f"{where}: initializer {t.name!r} has a negative dimension {list(t.dims)}")
+        if t.data_location != 1 and t.data_type != 8 and math.prod(t.dims) > _shapes.INLINE_LIMIT:
+            large.append(t)
+    if sum(math.ceil(math.prod(t.dims) * itemsize(t.data_type)) for t in large) > file_size:
+        for t in large:  # the rare failure path: find the culprit, copying data as needed
+            _check_weight_size(t, where)
     try:
         onnx.checker.check_model(_shapes.skeleton(model, {}))
     except onnx.checker.ValidationError as exc:
@@ -222,32 +232,18 @@ def _structure(model: Any, path: pathlib.Path) -> None:
         raise ModelLoadError(f"{where}: invalid ONNX model: {exc}") from exc
 
 
-_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 
 
-def _check_weight(t: Any, where: str) -> None:
-    if not t.name:
-        raise ModelLoadError(f"{where}: an initializer has no name")
-    if any(d < 0 for d in t.dims):
-        raise ModelLoadError(f"{where}: initializer {t.name!r} has a negative dimension {list(t.dims)}")
-    if t.data_location == 1:
-        return  # external: located and size-checked by _external_files
-    n = math.prod(t.dims)
-    fields = [f for f in _TYPED_FIELDS if len(getattr(t, f))]
-    raw = t.HasField("raw_data")
-    if raw + len(fields) > 1:
-        raise ModelLoadError(f"{where}: initializer {t.name!r} holds its data in more than one field")
-    if raw and t.data_type != 8:
-        expected = math.ceil(n * itemsize(t.data_type))
-        # ByteSize() measures the encoded tensor without copying its data out (len(t.raw_data) would):
-        # data plus a header of name, dims and type, each a few bytes.
-        size = t.ByteSize()
-        header = len(t.name.encode()) + 11 * len(t.dims) + 32
-        if not expected <= size <= expected + header:
-            raise ModelLoadError(
-                f"{where}: initializer {t.name!r} holds about {max(size - header, 0)}..{size} bytes of data but "
-                f"its dims {list(t.dims)} need {expected}"
-            )
+def _check_weight_size(t: Any, where: str) -> None:
+    expected = math.ceil(math.prod(t.dims) * itemsize(t.data_type))
+    have = len(t.raw_data) if t.HasField("raw_data") else sum(len(getattr(t, f)) for f in _TYPED_FIELDS) * (
+        itemsize(t.data_type))
+    if have < expected:
+        raise ModelLoadError(
+            f"{where}: initializer {t.name!r} holds {int(have)} bytes of data but its dims {list(t.dims)} "
+            f"need {expected}"
+        )
 
 
 def _signature(model: Any, where: str, kind: str) -> tuple[TensorSpec, ...]:
@@ -380,7 +376,7 @@ def load_onnx(path: str | os.PathLike[str], *, shapes: Mapping[str, Sequence[int
     loaded = read(path)
     try:
         opsets, custom = check_opsets(loaded.model, where)
-        _structure(loaded.model, path)
+        _structure(loaded.model, path, loaded.size_bytes)
         return analyse(loaded, path=path, shapes=shapes, name=name, opsets=opsets, custom=custom)
     except UnicodeDecodeError as exc:
         # protobuf parses string fields lazily: a corrupt name surfaces only when read.

@@ -113,7 +113,7 @@ def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
 
 # A weight above this many elements is given to shape inference as a typed input rather than as
 # data: inference only needs its shape, and copying hundreds of MB of weights would dominate.
-_INLINE_LIMIT = 4096
+INLINE_LIMIT = 4096
 
 
 def skeleton(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> Any:
@@ -145,7 +145,7 @@ def skeleton(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> Any:
         for d in t.dims:
             size *= d
         external = t.data_location == onnx.TensorProto.EXTERNAL
-        if size <= _INLINE_LIMIT and not external:
+        if size <= INLINE_LIMIT and not external:
             g.initializer.append(t)
         else:
             g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
