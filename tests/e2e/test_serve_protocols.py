@@ -399,6 +399,46 @@ def _heavy(c: Any) -> int:
         return int(exc.status() or 0)
 
 
+def test_per_request_timeout(hc: Any, gc: Any, server: RunningServer) -> None:
+    """Triton's per-request ``timeout`` (µs): a 1 ms budget for ~0.2 s of work is a 504 at once,
+    and the abandoned work keeps its in-flight slot until it really ends (bounded backpressure)."""
+    for mod, c in ((tritonhttp, hc), (tritongrpc, gc)):
+        inp = mod.InferInput("x", list(HEAVY.shape), "FP32")
+        inp.set_data_from_numpy(HEAVY)
+        with pytest.raises(InferenceServerException, match="no result within the request timeout") as ei:
+            c.infer("heavy", [inp], timeout=1000)
+        assert ei.value.status() in ("504", "StatusCode.DEADLINE_EXCEEDED")
+        _, doc = raw(server, "GET", "/v2/aivmm/status")
+        assert sum(m["inflight"] for m in doc["models"] if m["name"] == "heavy") >= 1
+        _wait_inflight_zero(server, "heavy")
+
+
+def _wait_inflight_zero(server: RunningServer, model: str) -> None:
+    for _ in range(1000):
+        _, doc = raw(server, "GET", "/v2/aivmm/status")
+        if sum(m.get("inflight", 0) for m in doc["models"] if m["name"] == model) == 0:
+            return
+        time.sleep(0.01)
+    raise AssertionError("in-flight work never finished")
+
+
+def test_grpc_overload_is_resource_exhausted(server: RunningServer) -> None:
+    def one(_: int) -> str:
+        c = tritongrpc.InferenceServerClient(server.grpc)
+        inp = tritongrpc.InferInput("x", list(HEAVY.shape), "FP32")
+        inp.set_data_from_numpy(HEAVY)
+        try:
+            c.infer("heavy", [inp])
+            return "OK"
+        except InferenceServerException as exc:
+            return str(exc.status())
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(one, range(16)))
+    assert set(codes) <= {"OK", "StatusCode.RESOURCE_EXHAUSTED"}, codes
+    assert "StatusCode.RESOURCE_EXHAUSTED" in codes and codes.count("OK") >= 4
+
+
 def test_overload_is_answered_at_once(server: RunningServer) -> None:
     """--max-inflight 4: a burst of 16 gets some 429s at once, the rest served; nothing hangs."""
     with ThreadPoolExecutor(16) as pool:

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import dataclasses
 import enum
+import functools
 import itertools
 import logging
 import math
@@ -366,21 +367,21 @@ class DataPlane:
                 )
             feeds = _check_inputs(entry.handle.spec, req)
             timeout, priority, deadline_ms = _request_options(req.parameters, self.limits.request_timeout_s)
+            # The work is a task of its own: when the client's time runs out we answer at once but
+            # the work keeps its in-flight slot until it really ends, so timed-out requests cannot
+            # pile up unbounded work behind the admission limit, and drains wait for them too.
+            work = asyncio.ensure_future(
+                entry.handle.execute_async(feeds, priority=priority, deadline_ms=deadline_ms))
             entry.inflight += 1
             entry.idle.clear()
+            work.add_done_callback(functools.partial(_release, entry))
             t0 = self._clock()
             try:
-                outputs = await within(
-                    entry.handle.execute_async(feeds, priority=priority, deadline_ms=deadline_ms), timeout
-                )
+                outputs = await within(asyncio.shield(work), timeout)
             except (asyncio.TimeoutError, TimeoutError):
                 raise DeadlineExceededError(
                     f"model {req.model!r}: no result within the request timeout of {timeout:g} s"
                 ) from None
-            finally:
-                entry.inflight -= 1
-                if entry.inflight == 0:
-                    entry.idle.set()
             self.observer.stage(req.model, "execute", self._clock() - t0)
             resp = _select_outputs(entry, req, outputs)
         except AivmmError as exc:
@@ -462,6 +463,14 @@ class DataPlane:
             m.versions = {}
             m.state = State.UNLOADED
         await asyncio.gather(*(self._retire(e) for e in entries), return_exceptions=True)
+
+
+def _release(entry: Version, work: asyncio.Future[Any]) -> None:
+    entry.inflight -= 1
+    if entry.inflight == 0:
+        entry.idle.set()
+    if not work.cancelled():
+        work.exception()  # retrieved: an abandoned request's failure is not an unhandled error
 
 
 def batching_config(mapping: Mapping[str, Any] | None) -> Any:
