@@ -296,3 +296,15 @@ def test_fp16_for_cuda_converts_the_graph_and_keeps_io_types(specs):
     np.testing.assert_allclose(half, full, rtol=1e-2, atol=1e-2 * max(1.0, float(np.abs(full).max())))
     # fp32 loads the file as it is, without conversion.
     assert ORT._model_source(specs["small_cnn"], _ort_providers.CUDA, Precision.FP32, []) == path
+
+
+def test_memory_check_uses_free_bytes_and_skips_unknown_memory(cpu, specs):
+    spec = specs["small_cnn"]
+    need = spec.parameter_bytes + spec.peak_activation_bytes
+    config = Config("onnxruntime", cpu.id)
+    assert not ORT.check(spec, cpu.with_(memory_free_bytes=need - 1), config)
+    assert ORT.check(spec, cpu.with_(memory_free_bytes=need), config)
+    assert ORT.check(spec, cpu.with_(memory_total_bytes=0, memory_free_bytes=0), config)  # unknown: not refused
+    # The runtime's ledger owns admission at load time: a stale free figure does not block load().
+    with ORT.load(spec, cpu.with_(memory_free_bytes=need - 1), config):
+        pass
