@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", metavar="DIR",
                         help="Triton-style repository (DIR/<model>/<version>/model.onnx) or flat DIR/<name>.onnx "
                              "(default: the built-in zoo)")
+    parser.add_argument("--zoo-size", choices=("tiny", "full"), default="tiny",
+                        help="without a repository: serve the zoo's tiny (default) or full-size models")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
     parser.add_argument("--http-port", type=int, default=8000, help="HTTP port (0: any free port)")
     parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0: any free port, -1: no gRPC)")
@@ -66,6 +68,7 @@ def options_from_args(args: argparse.Namespace) -> object:
     constraints = constraints_from_args(args)
     return ServeOptions(
         repository=args.model_repository,
+        zoo_size=args.zoo_size,
         host=args.host,
         http_port=args.http_port,
         grpc_port=_port(args.grpc_port, "--grpc-port"),

@@ -356,7 +356,7 @@ class DataPlane:
     async def infer(self, req: InferRequest) -> InferResponse:
         start = self._clock()
         self.requests_total += 1
-        version = req.version
+        version = ""  # the label stays "" until a loaded version is found: clients cannot invent labels
         try:
             entry = self.resolve(req.model, req.version)
             version = str(entry.version)

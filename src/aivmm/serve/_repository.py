@@ -48,7 +48,10 @@ class ModelSource:
 class Repository:
     """A model repository directory (``root``), or the built-in zoo when ``root`` is None."""
 
-    def __init__(self, root: str | os.PathLike[str] | None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None, *, zoo_size: str = "tiny") -> None:
+        if zoo_size not in ("tiny", "full"):
+            raise ConfigError(f"zoo size must be 'tiny' or 'full', got {zoo_size!r}")
+        self.zoo_size = zoo_size
         if root is None:
             self.root: pathlib.Path | None = None
         else:
@@ -59,7 +62,7 @@ class Repository:
 
     @property
     def label(self) -> str:
-        return str(self.root) if self.root is not None else "<built-in zoo>"
+        return str(self.root) if self.root is not None else f"<built-in zoo, {self.zoo_size}>"
 
     def names(self) -> list[str]:
         """Every model name the repository holds, whether or not it loads cleanly."""
@@ -117,7 +120,7 @@ class Repository:
 
         if name not in zoo.names():
             raise ModelNotFoundError(f"no model {name!r} in the built-in zoo; models: {sorted(zoo.names())}")
-        path = pathlib.Path(zoo.build(name, "tiny"))
+        path = pathlib.Path(zoo.build(name, self.zoo_size))
         return ModelSource(name, ((1, path),), ModelConfig(name=name, sources=("zoo",)))
 
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class ServeOptions:
     repository: str | None = None  # None: the built-in zoo
+    zoo_size: str = "tiny"  # the zoo's model size when there is no repository
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int | None = 8001  # None: no gRPC
@@ -75,7 +76,7 @@ class Server:
         from aivmm.telemetry._metrics import ServerMetrics, device_rows
 
         self._device_rows = device_rows
-        self.repository = Repository(options.repository)
+        self.repository = Repository(options.repository, zoo_size=options.zoo_size)
         self.metrics = ServerMetrics(status=self._status_for_metrics)
         self.plane = DataPlane(host, self.repository, limits=options.limits, observer=self.metrics,
                                default_constraints=options.constraints, measure=options.measure)
@@ -132,7 +133,10 @@ class Server:
             metrics_httpd, _ = start_http_server(opts.metrics_port, addr=opts.host, registry=self.metrics.registry)
             self.ports["metrics"] = metrics_httpd.server_port
 
+        started_by = time.monotonic() + 30.0
         while not http.started and not http_task.done():
+            if time.monotonic() > started_by:
+                raise ConfigError("the HTTP server did not start within 30 s")
             await asyncio.sleep(0.005)
         if http_task.done():
             http_task.result()  # raises what made uvicorn fail
