@@ -198,3 +198,13 @@ def test_compiling_options_are_not_ready_for_fast_start_nor_measured_within_the_
     compiled = [c for c in measured.ranked() if c.config.options.get("compile")]
     assert compiled and all(c.measurement is None and "predicted load" in " ".join(c.notes) for c in compiled)
     assert measured.chosen.measurement is not None and not measured.chosen.config.options.get("compile")
+
+
+def test_a_torch_module_is_checked_against_its_own_fp32_run():
+    torch = pytest.importorskip("torch")
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)).eval()
+    spec = load(module, example_inputs=(torch.randn(1, 8),))
+    p = plan(spec, [cpu()], backends=("onnxruntime", "torch"), budget_s=0.2, top_k=2)
+    assert p.chosen.config.backend == "torch" and p.chosen.accuracy["ok"]
+    assert any("accuracy reference" in n for n in p.notes)
+    assert any("does not run torch-module models" in str(r) for c in p.rejected for r in c.rejections)

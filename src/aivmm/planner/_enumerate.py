@@ -94,6 +94,11 @@ def enumerate_candidates(spec: ModelSpec, devices: Sequence[Device], constraints
                 out.append(Candidate(Config(name, dev.id), spec).reject(RejectReason.BACKEND_UNAVAILABLE, why))
             continue
         infos[name] = backend.info()
+        if spec.format not in infos[name].formats:
+            for dev in devices:
+                out.append(Candidate(Config(name, dev.id), spec).reject(
+                    RejectReason.UNSUPPORTED, f"{name} does not run {spec.format.value} models"))
+            continue
         for dev in devices:
             drives = backend.drives(dev)
             if not drives:

@@ -82,9 +82,15 @@ class Plan:
                 lines.append(f"  ... {len(self.alternatives) - 10} more (--json for all)")
         if self.rejected:
             lines.append(f"rejected ({len(self.rejected)}):")
+            # option variants of one backend/device/precision refused for the same reasons share a line
+            groups: dict[tuple[str, str], list[Candidate]] = {}
             for r in self.rejected:
-                reasons = "; ".join(str(x) for x in r.rejections)
-                lines.append(f"  - {r.label}: {reasons}")
+                head = f"{r.config.backend}@{r.config.device}/{r.precision.value}" + (
+                    f"+{r.transform}" if r.transform else "")
+                groups.setdefault((head, "; ".join(str(x) for x in r.rejections)), []).append(r)
+            for (head, reasons), members in groups.items():
+                label = members[0].label if len(members) == 1 else f"{head} ({len(members)} option variants)"
+                lines.append(f"  - {label}: {reasons.splitlines()[0] if reasons else ''}")
         timing = f"planned in {self.planning_seconds * 1e3:.1f} ms" + (" (cache hit)" if self.cache_hit else "")
         lines.append(timing + ("" if self.measured else ", from predictions only (not measured)"))
         lines.extend(f"note: {n}" for n in self.notes)

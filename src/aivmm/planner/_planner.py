@@ -446,7 +446,7 @@ class _Evaluator:
         try:
             times = race(entries, self.req.feeds or {},
                          Budget(seconds=self.req.seconds_per_candidate * len(finalists), warmup_runs=2,
-                                min_runs=5, max_runs=400))
+                                min_runs=10, max_runs=400))
         except Exception as exc:  # the screening figures stand; the race is a refinement
             log.warning("finalist race failed (%r); keeping the individual measurements", exc)
             return measured

@@ -147,11 +147,13 @@ def profile(backend: Backend, model: ModelSpec, device: Device, config: Config, 
 
 
 def race(entries: list[tuple[Backend, ModelSpec, Device, Config]], feeds: Mapping[str, Any], budget: Budget,
-         ) -> list[list[float]]:
-    """Time finalists against each other: all loaded, run strictly one after another in alternating
-    order (never concurrently), until the budget. Drift on a shared machine (another process waking
-    up, frequency changes) then hits every finalist alike, which separate blocks of runs cannot ensure.
-    Returns per-call seconds for each entry, in order."""
+         *, block: int = 5) -> list[list[float]]:
+    """Time finalists against each other: all loaded, run strictly one after another (never
+    concurrently) in turns of ``block`` calls, alternating the order, until the budget. Drift on a
+    shared machine (another process waking up, frequency changes) then hits every finalist alike,
+    which separate measurements cannot ensure. Turns of several calls, rather than single calls,
+    keep a runtime's idle-spinning worker threads (ONNX Runtime spins after each run) from taxing
+    every call of the next finalist. Returns per-call seconds for each entry, in order."""
     sessions: list[Session] = []
     try:
         for backend, model, device, config in entries:
@@ -165,10 +167,11 @@ def race(entries: list[tuple[Backend, ModelSpec, Device, Config]], feeds: Mappin
         while rounds < budget.max_runs and (rounds < budget.min_runs or time.perf_counter() < deadline):
             order = range(len(sessions)) if rounds % 2 == 0 else reversed(range(len(sessions)))
             for i in order:
-                t0 = time.perf_counter()
-                sessions[i].run(feeds)
-                times[i].append(time.perf_counter() - t0)
-            rounds += 1
+                for _ in range(block):
+                    t0 = time.perf_counter()
+                    sessions[i].run(feeds)
+                    times[i].append(time.perf_counter() - t0)
+            rounds += block
         return times
     finally:
         for s in sessions:
