@@ -422,3 +422,11 @@ def test_module_loaded_by_aivmm_models_load_with_keyword_inputs(backend, cpu):
     with torch.inference_mode():
         want = module(a, b)
     np.testing.assert_allclose(got["h"], want["h"].numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_channels_last_is_refused_without_convolutions(backend, cpu, identity_model):
+    from aivmm.models import load
+
+    spec = load(str(identity_model))
+    support = backend.check(spec, cpu, Config("torch", cpu.id, options={"channels_last": True}))
+    assert not support and any("channels_last" in r for r in support.reasons)

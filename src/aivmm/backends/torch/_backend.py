@@ -102,6 +102,9 @@ class TorchBackend(Backend):
                              "cuda_graphs"), ConfigError
         if config.options.get("compile"):
             yield _compile_support(device), BackendUnavailableError
+        if config.options.get("channels_last") and model.format is ModelFormat.ONNX and not (
+                {"Conv", "ConvTranspose", "QLinearConv", "ConvInteger"} & set(model.operators)):
+            yield Support.no("channels_last only changes 2-D convolutions, and this model has none"), ConfigError
         if model.format is ModelFormat.ONNX:
             yield from self._check_onnx(model, graphs)
         else:
