@@ -162,9 +162,12 @@ def create_server(
         ("grpc.so_reuseport", 0),
     ])
     server.add_generic_rpc_handlers((handler(Servicer(plane, token=token)),))
-    port = server.add_insecure_port(address)
-    if port == 0:
-        from aivmm.errors import ConfigError
+    from aivmm.errors import ConfigError
 
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc raises RuntimeError("Failed to bind ...") for a busy port
+        raise ConfigError(f"cannot listen for gRPC on {address}: {exc}") from exc
+    if port == 0:
         raise ConfigError(f"cannot listen for gRPC on {address}")
     return server, port

@@ -130,7 +130,11 @@ class Server:
         if opts.metrics_port is not None:
             from prometheus_client import start_http_server
 
-            metrics_httpd, _ = start_http_server(opts.metrics_port, addr=opts.host, registry=self.metrics.registry)
+            try:
+                metrics_httpd, _ = start_http_server(opts.metrics_port, addr=opts.host,
+                                                     registry=self.metrics.registry)
+            except OSError as exc:
+                raise ConfigError(f"cannot listen for metrics on {opts.host}:{opts.metrics_port}: {exc}") from exc
             self.ports["metrics"] = metrics_httpd.server_port
 
         started_by = time.monotonic() + 30.0
