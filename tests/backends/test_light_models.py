@@ -19,8 +19,10 @@ from aivmm.backends import Config, registry
 from aivmm.backends.tensors import validate_feeds
 
 LIGHT = sorted((pathlib.Path(onnx.__file__).parent / "backend/test/data/light").glob("*.onnx"))
-# OpenVINO 2026.4 places SqueezeNet's probability mass on 8 classes where ONNX Runtime (and the model's
-# constant logits) give the uniform 0.001: a real disagreement, kept visible rather than skipped.
+# SqueezeNet's light weights drive its logits to ~7e9: every layer agrees within 1e-5 relative (fp32
+# rounding), but at that scale 1e-5 is ~7e4 absolute, so the final Softmax turns ONNX Runtime's equal logits
+# into uniform 0.001 and OpenVINO's into mass on 8 classes. Ill-conditioned model, not a runtime bug: the
+# output comparison is expected to fail (strict, so a change is noticed); loading and running must not.
 OPENVINO_DISAGREES = {"light_squeezenet"}
 
 
@@ -49,7 +51,7 @@ def test_light_model_runs_on_onnxruntime_and_openvino(path, request):
     assert "onnxruntime" in outputs
     if "openvino" in outputs:
         if path.stem in OPENVINO_DISAGREES:
-            request.applymarker(pytest.mark.xfail(strict=True, reason="OpenVINO disagrees with ONNX Runtime"))
+            request.applymarker(pytest.mark.xfail(strict=True, reason="softmax of ~7e9 logits amplifies fp32 rounding"))
         for name, ref in outputs["onnxruntime"].items():
             scale = max(1.0, float(np.max(np.abs(ref))))
             np.testing.assert_allclose(outputs["openvino"][name], ref, rtol=1e-4, atol=1e-5 * scale)
