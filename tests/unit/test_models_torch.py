@@ -165,3 +165,13 @@ def test_bad_torch_input() -> None:
         load(Pinn(), example_inputs=3.0)
     with pytest.raises(InputError, match="failed on the example inputs"):
         load(Pinn(), example_inputs=torch.rand(4, 3))
+
+
+@pytest.mark.gpu
+def test_module_on_cuda_matches_cpu_analysis() -> None:
+    model = Crnn()
+    cpu = load(model, example_inputs=torch.randn(2, 1, 16, 32))
+    gpu = load(model.cuda(), example_inputs=torch.randn(2, 1, 16, 32, device="cuda"))
+    assert gpu.parameters == cpu.parameters and gpu.sha256 == cpu.sha256
+    assert gpu.per_operator_flops["aten.convolution"] == cpu.per_operator_flops["aten.convolution"]
+    assert {c.category for c in gpu.categories} == {Category.CNN, Category.RNN}
