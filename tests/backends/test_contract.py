@@ -225,3 +225,17 @@ def test_zoo_is_covered_when_it_lands():
     if not callable(getattr(zoo, "names", None)):
         pytest.skip("aivmm.models.zoo has no names() yet")
     assert ZOO, "the zoo lists no models"
+
+
+def test_read_only_inputs_are_accepted(case, specs):
+    # Servers hand over np.frombuffer views of request bodies: read-only memory.
+    spec = specs["mlp"]
+    feeds = random_inputs(spec)
+    frozen = {k: np.frombuffer(v.tobytes(), dtype=v.dtype).reshape(v.shape) for k, v in feeds.items()}
+    assert not any(v.flags.writeable for v in frozen.values())
+    backend = registry.get(case.backend)
+    with backend.load(spec, case.device, Config(case.backend, case.device.id)) as session:
+        expected = session.run(validate_feeds(spec, feeds))
+        got = session.run(validate_feeds(spec, frozen))
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name])

@@ -304,7 +304,9 @@ class OpenVinoSession(Session):
             raise ModelLoadError(f"openvino compiled {len(names)} outputs for {model.name!r}, expected {expected}")
         # ONNX output names are the model's; OpenVINO keeps them as tensor names in the same order.
         self._out_names = expected or names
-        self._in_index = {p.get_any_name(): i for i, p in enumerate(compiled.inputs)}
+        # A port can carry several tensor names (the ONNX input's and those of values folded into it);
+        # get_any_name() may return any of them, so index every name.
+        self._in_index = {n: i for i, p in enumerate(compiled.inputs) for n in p.get_names()}
         import openvino
 
         self._tensor = openvino.Tensor
@@ -326,8 +328,10 @@ class OpenVinoSession(Session):
         try:
             for name, value in feeds.items():
                 array = value if type(value) is np.ndarray else to_numpy(value)
-                if not array.flags.c_contiguous:
-                    array = np.ascontiguousarray(array)
+                if not array.flags.c_contiguous or not array.flags.writeable:
+                    # openvino.Tensor refuses to share a read-only buffer (np.frombuffer views of a
+                    # request body, arrays loaded from protobuf): copy those.
+                    array = np.array(array, order="C")
                 # Shared memory: the request reads the caller's array in place (set per call, so a
                 # request never keeps a previous caller's buffer).
                 request.set_input_tensor(self._in_index[name], self._tensor(array, shared_memory=True))
