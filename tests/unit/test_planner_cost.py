@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 from test_planner_helpers import cpu, sim_gpu
@@ -99,3 +100,40 @@ def test_capability_defaults_when_nothing_is_measured(monkeypatch):
     assert cap.tflops[Precision.BF16] < cap.tflops[Precision.FP32]
     with_bf16 = capability(cpu(features=frozenset({"avx512_bf16"})), "onnxruntime")
     assert with_bf16.tflops[Precision.BF16] > with_bf16.tflops[Precision.FP32]
+
+
+def test_measurements_teach_the_cost_model(tmp_path, monkeypatch):
+    from test_planner_helpers import cpu as cpu_device
+    from test_planner_helpers import mlp
+
+    from aivmm.models import load
+    from aivmm.planner import _calibration, plan
+
+    monkeypatch.setenv("AIVMM_CACHE_DIR", str(tmp_path / "cache"))
+    spec = load(mlp(tmp_path / "m.onnx"))
+    before = plan(spec, [cpu_device()], backends=("onnxruntime",), measure=False, cache=False)
+    key = _calibration.group("onnxruntime", cpu_device(), Precision.FP32, spec.primary_category)
+    assert _calibration.factor(key) == 1.0
+    measured = plan(spec, [cpu_device()], backends=("onnxruntime",), budget_s=0.2, top_k=2, cache=False)
+    m = measured.chosen.measurement
+    learned = _calibration.factor(key)
+    assert learned != 1.0
+    after = plan(spec, [cpu_device()], backends=("onnxruntime",), measure=False, cache=False)
+    assert after.chosen.prediction.latency_ms == pytest.approx(before.chosen.prediction.latency_ms * learned)
+    assert any("learned from earlier measurements" in n for n in after.chosen.notes)
+    # the correction moves the prediction toward what was measured
+    assert abs(math.log(after.chosen.prediction.latency_ms / m.p50_ms)) < abs(
+        math.log(before.chosen.prediction.latency_ms / m.p50_ms)) + 1e-9
+
+
+def test_calibration_clamps_and_ignores_nonsense(tmp_path, monkeypatch):
+    from aivmm.planner import _calibration
+
+    monkeypatch.setenv("AIVMM_CACHE_DIR", str(tmp_path / "cache"))
+    _calibration.record("g", float("nan"), 1.0)
+    _calibration.record("g", 1.0, 0.0)
+    assert _calibration.factor("g") == 1.0
+    _calibration.record("g", 1e9, 1.0)
+    assert _calibration.factor("g") == pytest.approx(100.0)
+    (tmp_path / "cache" / "planner" / "calibration.json").write_text("{broken")
+    assert _calibration.factor("g") == 1.0

@@ -32,7 +32,7 @@ from aivmm.errors import (
 from aivmm.models._spec import ModelSpec
 from aivmm.optimize import _accuracy, _inputs, _passes
 from aivmm.optimize._cache import file_sha256
-from aivmm.planner import _cache
+from aivmm.planner import _cache, _calibration
 from aivmm.planner._cost import predict
 from aivmm.planner._enumerate import analysed, enumerate_candidates, onnx_path, variant_key
 from aivmm.planner._figures import Capability, capability
@@ -225,6 +225,10 @@ class _Evaluator:
         self._reference_done = False
         self.notes: list[str] = []
 
+    def _group(self, c: Candidate) -> str:
+        return _calibration.group(c.config.backend, self.devices[c.config.device], c.precision,
+                                  self.req.spec.primary_category)
+
     def capability(self, c: Candidate) -> Capability:
         k = (c.config.device, c.config.backend)
         if k not in self._caps:
@@ -235,6 +239,12 @@ class _Evaluator:
         dev = self.devices[c.config.device]
         pred = predict(self.req.spec, dev, c.config, self.capability(c), batch=self.req.cons.batch_size,
                        precision=c.precision, transform=c.transform)
+        learned = _calibration.factor(self._group(c))
+        if learned != 1.0:
+            pred = dataclasses.replace(pred, latency_ms=pred.latency_ms * learned,
+                                       throughput=pred.throughput / learned,
+                                       energy_j=None if pred.energy_j is None else pred.energy_j * learned)
+            c = c.with_(notes=(*c.notes, f"prediction x{learned:.2f}, learned from earlier measurements"))
         c = c.with_(prediction=pred)
         if pred.memory_bytes > dev.memory_free_bytes:
             c = c.reject(RejectReason.DOES_NOT_FIT,
@@ -292,6 +302,9 @@ class _Evaluator:
         except Exception as exc:  # a runtime's own exception: recorded, the others still get measured
             log.warning("measuring %s failed: %r", c.label, exc)
             return c.reject(RejectReason.FAILED, f"{type(exc).__name__}: {exc}")
+        if c.prediction is not None:
+            learned = _calibration.factor(self._group(c))
+            _calibration.record(self._group(c), m.p50_ms, c.prediction.latency_ms / learned)
         c = c.with_(measurement=m)
         ref = self._reference_outputs()
         if ref is None and not c.transform and c.config.precision is Precision.FP32:
