@@ -113,11 +113,11 @@ def test_model_over_2gb_is_analysed_without_reading_weights(tmp_path: pathlib.Pa
 
 
 def test_large_external_data_is_fingerprinted(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from aivmm.models import _onnx_loader
+    from aivmm.models import _onnx_file
 
     path = tmp_path / "ext.onnx"
     onnx.save(_conv_model(), path, save_as_external_data=True, location="w.bin", size_threshold=0)
-    monkeypatch.setattr(_onnx_loader, "FULL_HASH_LIMIT", 100)
+    monkeypatch.setattr(_onnx_file, "FULL_HASH_LIMIT", 100)
     first = load(path)
     assert any("fingerprint" in w for w in first.warnings)
     assert load(path).sha256 == first.sha256
