@@ -110,9 +110,19 @@ class TorchSession(Session):
         if mode:
             call = torch.compile(module, mode=None if mode == "default" else mode)
         self._call = call
+        # torch.compile's "reduce-overhead" replays CUDA graphs of its own: their outputs are overwritten
+        # by the next run and its graph trees are not thread-safe, so runs are serialised and outputs copied.
+        self._replay_lock = threading.Lock() if mode == "reduce-overhead" else None
         self._graphs = _CudaGraphRunner(self._forward, torch_device) if config.options.get("cuda_graphs") else None
 
     def _forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        if self._replay_lock is not None:
+            with self._replay_lock:
+                torch.compiler.cudagraph_mark_step_begin()
+                return [t.clone() for t in self._forward_unlocked(*inputs)]
+        return self._forward_unlocked(*inputs)
+
+    def _forward_unlocked(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         if self._ieee:
             with _IEEE_FP32, torch.inference_mode():
                 return _as_list(self._call(*inputs), self.model.outputs)

@@ -221,6 +221,11 @@ def _layer_norm(x: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor 
 @op("LayerNormalization", since=17)
 def _lower_layer_norm(n: NodeContext) -> list[Value]:
     stats = n.output_used(1) or n.output_used(2)
+    scale, bias = n.input(1), n.input(2)
+    if (not stats and int(n.attr("axis", -1)) == -1 and isinstance(scale, torch.Tensor) and scale.dim() == 1
+            and (bias is None or (isinstance(bias, torch.Tensor) and bias.shape == scale.shape))):
+        # The usual case (last axis, constant affine): torch's kernel directly, no per-call checks.
+        return [n.call(F.layer_norm, n.input(0), tuple(scale.shape), scale, bias, float(n.attr("epsilon", 1e-5)))]
     return n.call_multi(_layer_norm, 3 if stats else 1, n.input(0), n.input(1), n.input(2),
                         int(n.attr("axis", -1)), float(n.attr("epsilon", 1e-5)), stats)
 

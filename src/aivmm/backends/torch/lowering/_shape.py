@@ -513,3 +513,46 @@ def _compress(x: torch.Tensor, cond: torch.Tensor, axis: int | None) -> torch.Te
 def _lower_compress(n: NodeContext) -> Value:
     axis = n.attr("axis")
     return n.call(_compress, n.input(0), n.input(1), None if axis is None else int(axis))
+
+
+def _cumprod(x: torch.Tensor, axis: object, exclusive: bool, reverse: bool) -> torch.Tensor:
+    if isinstance(axis, torch.Tensor):
+        axis = int(axis.reshape(-1)[0].item())
+    ax = norm_axis(int(axis), x.dim())  # type: ignore[arg-type]
+    if reverse:
+        x = x.flip(ax)
+    if exclusive:  # shift in a one rather than divide: exact with zeros
+        ones = torch.ones_like(x.narrow(ax, 0, 1))
+        x = torch.cat([ones, x.narrow(ax, 0, x.shape[ax] - 1)], dim=ax)
+    y = torch.cumprod(x, ax).to(x.dtype)
+    return y.flip(ax) if reverse else y
+
+
+@op("CumProd", since=1)
+def _lower_cumprod(n: NodeContext) -> Value:
+    return n.call(_cumprod, n.input(0), n.scalar(1), bool(n.attr("exclusive", 0)), bool(n.attr("reverse", 0)))
+
+
+def _reverse_sequence(x: torch.Tensor, lens: torch.Tensor, batch_axis: int, time_axis: int) -> torch.Tensor:
+    x, lens = same_device(x, lens)
+    moved = x.movedim((time_axis, batch_axis), (0, 1))  # [time, batch, ...]
+    steps = torch.arange(moved.shape[0], device=x.device).unsqueeze(1)
+    lens = lens.to(torch.int64).unsqueeze(0)
+    idx = torch.where(steps < lens, lens - 1 - steps, steps)  # reverse the first lens[b] steps only
+    idx = idx.reshape(idx.shape + (1,) * (moved.dim() - 2)).expand_as(moved)
+    return torch.gather(moved, 0, idx).movedim((0, 1), (time_axis, batch_axis))
+
+
+@op("ReverseSequence", since=10)
+def _lower_reverse_sequence(n: NodeContext) -> Value:
+    return n.call(_reverse_sequence, n.input(0), n.input(1), int(n.attr("batch_axis", 1)),
+                  int(n.attr("time_axis", 0)))
+
+
+def _det(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.det(x)
+
+
+@op("Det", since=11)
+def _lower_det(n: NodeContext) -> Value:
+    return n.call(_det, n.input(0))
