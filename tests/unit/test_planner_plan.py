@@ -208,3 +208,12 @@ def test_a_torch_module_is_checked_against_its_own_fp32_run():
     assert p.chosen.config.backend == "torch" and p.chosen.accuracy["ok"]
     assert any("accuracy reference" in n for n in p.notes)
     assert any("does not run torch-module models" in str(r) for c in p.rejected for r in c.rejections)
+
+
+def test_replicas_share_the_chosen_model_file(spec):
+    p = plan(spec, [cpu(), sim_gpu(0), sim_gpu(1)], {"precision": "int8"}, backends=("onnxruntime", "simulated"),
+             measure=False)
+    reps = p.replicas(4)
+    assert reps[0] is p.chosen and len(reps) == 4
+    assert all(c.transform == p.chosen.transform for c in reps)
+    assert len({c.config.device for c in reps[:3]}) == 3  # spread over the devices first

@@ -45,6 +45,20 @@ class Plan:
     def ranked(self) -> tuple[Candidate, ...]:
         return (self.chosen, *self.alternatives)
 
+    def replicas(self, n: int) -> list[Candidate]:
+        """``n`` candidates to place replicas on: the chosen one, then the best alternatives on other
+        devices that load the same model file (same pass), then the chosen one again. All of them
+        can be loaded from ``self.chosen.model``, so one engine entry serves them."""
+        out = [self.chosen]
+        for alt in self.alternatives:
+            if len(out) >= n:
+                break
+            if alt.transform == self.chosen.transform and alt.config.device not in {c.config.device for c in out}:
+                out.append(alt)
+        while len(out) < n:
+            out.append(self.chosen)
+        return out
+
     def to_json(self) -> dict[str, Any]:
         chosen = self.chosen.to_json()
         return {
