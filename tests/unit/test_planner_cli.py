@@ -63,3 +63,13 @@ def test_plan_text_and_errors(tmp_path, capsys):
     assert "exclude every device" in capsys.readouterr().err
     assert main(["plan", str(tmp_path / "missing.onnx")]) == 2
     assert "no such file or zoo model" in capsys.readouterr().err
+
+
+def test_plan_a_zoo_model_by_name(capsys):
+    from aivmm.models import zoo
+
+    name = "lstm" if "lstm" in zoo.names() else zoo.default_model()
+    assert main(["plan", name, "--no-measure", "--json", "--backend", "onnxruntime"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"]["name"] and data["chosen"]["backend"] == "onnxruntime"
+    assert data["measured"] is False
