@@ -298,3 +298,29 @@ def test_large_weight_whose_data_does_not_match_its_dims(tmp_path: pathlib.Path)
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ModelLoadError, match=r"'w' holds 25600 bytes.*\[10000, 64\] need 2560000"):
         load(path)
+
+
+def test_batch_dim_of_a_time_major_model(tmp_path: pathlib.Path) -> None:
+    vi = helper.make_tensor_value_info
+    w = numpy_helper.from_array(np.ones((1, 16, 8), np.float32), "W")
+    r = numpy_helper.from_array(np.ones((1, 16, 4), np.float32), "R")
+    node = helper.make_node("RNN", ["x", "W", "R"], ["y"], hidden_size=4)
+    graph = helper.make_graph([node], "rnn", [vi("x", F, ["seq", "batch", 8])], [vi("y", F, ["seq", 1, "batch", 4])],
+                              [w, r])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "tm.onnx"
+    onnx.save(model, path)
+    spec = load(path)
+    assert spec.batch_dim == 1
+    assert spec.shapes_used == {"x": (128, 1, 8)}  # sequence-like dims default to 128, batch to 1
+
+
+def test_input_without_a_declared_shape(tmp_path: pathlib.Path) -> None:
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm", [vi("x", F, None)],
+                              [vi("y", F, None)], [numpy_helper.from_array(np.ones((4, 2), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "unranked.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ModelLoadError, match=r"'shape'.*required"):  # the checker requires input shapes
+        load(path)

@@ -151,6 +151,15 @@ class _FlopTotals:
         self.notes.extend(other.notes)
 
 
+def _batch_dim(inputs: Sequence[TensorSpec]) -> int | None:
+    """The first axis that is a batch-like symbolic dim in every input (time-major [seq, batch, ...] gives 1)."""
+    candidates: set[int] | None = None
+    for t in inputs:
+        axes = {i for i, d in enumerate(t.shape) if not isinstance(d, int) and _shapes.is_batch_like(d, i)}
+        candidates = axes if candidates is None else candidates & axes
+    return min(candidates) if candidates else None
+
+
 def load_onnx(path: str | os.PathLike[str], *, shapes: Mapping[str, Sequence[int]] | None = None,
               name: str | None = None) -> ModelSpec:
     path = pathlib.Path(path)
@@ -211,8 +220,7 @@ def analyse(loaded: ReadModel, *, path: pathlib.Path, shapes: Mapping[str, Seque
         warnings.append(f"custom operator domain(s): {', '.join(custom)}; only runtimes that implement them can run it")
     control = tuple(sorted({n.op_type for n in walk_nodes(model.graph) if n.op_type in CONTROL_FLOW}))
     quantized = tuple(sorted({n.op_type for n in walk_nodes(model.graph) if n.op_type in QUANTIZED}))
-    batch_dim: int | None = 0 if inputs and all(
-        t.rank >= 1 and not isinstance(t.shape[0], int) for t in inputs) else None
+    batch_dim = _batch_dim(inputs)
     if batch_dim is None and inputs:
         warnings.append("no symbolic batch dimension shared by all inputs: requests cannot be batched together")
     return ModelSpec(
