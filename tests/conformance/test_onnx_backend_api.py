@@ -111,6 +111,16 @@ def test_run_node(backend: str | None) -> None:
     assert z.dtype == np.int32 and z.tolist() == [0, -1, -2, -3]
 
 
+@pytest.mark.parametrize("backend", [None, "onnxruntime", "openvino"])
+def test_read_only_inputs(backend: str | None) -> None:
+    # Arrays decoded from protobuf or np.frombuffer views of a request body are read-only.
+    a, b = A.copy(), B.copy()
+    a.setflags(write=False)
+    b.setflags(write=False)
+    (y,) = with_backend(backend).run_model(_add_mul(), [a, b])
+    np.testing.assert_allclose(y, (A + B) * 2)
+
+
 def test_run_node_input_count_is_checked() -> None:
     with pytest.raises(InputError):
         AivmmBackend.run_node(helper.make_node("Add", ["a", "b"], ["c"]), [A])

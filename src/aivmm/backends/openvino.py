@@ -326,12 +326,14 @@ class OpenVinoSession(Session):
                 raise ModelClosedError(f"session {self.config.label()} of {self.model.name!r} is closed") from None
             request = compiled.create_infer_request()
         try:
+            keep = []  # shared tensors do not own their buffers: copies made here must outlive infer()
             for name, value in feeds.items():
                 array = value if type(value) is np.ndarray else to_numpy(value)
                 if not array.flags.c_contiguous or not array.flags.writeable:
                     # openvino.Tensor refuses to share a read-only buffer (np.frombuffer views of a
                     # request body, arrays loaded from protobuf): copy those.
                     array = np.array(array, order="C")
+                    keep.append(array)
                 # Shared memory: the request reads the caller's array in place (set per call, so a
                 # request never keeps a previous caller's buffer).
                 request.set_input_tensor(self._in_index[name], self._tensor(array, shared_memory=True))
