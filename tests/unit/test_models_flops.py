@@ -86,6 +86,12 @@ def test_einsum_contraction(tmp_path: pathlib.Path) -> None:
     assert spec.macs == 3 * 5 * 7 * 11
 
 
+def test_einsum_with_ellipsis_broadcast(tmp_path: pathlib.Path) -> None:
+    node = helper.make_node("Einsum", ["a", "b"], ["y"], equation="...ij,...jk->...ik")
+    spec = _one(tmp_path, node, [_vi("a", [2, 3, 4, 5]), _vi("b", [3, 5, 6])], [_vi("y", [2, 3, 4, 6])])
+    assert spec.macs == 2 * 3 * 4 * 5 * 6
+
+
 @pytest.mark.parametrize(("op", "gates"), [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
 def test_recurrent_ops(tmp_path: pathlib.Path, op: str, gates: int) -> None:
     seq, batch, features, hidden = 10, 2, 8, 16

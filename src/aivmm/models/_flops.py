@@ -98,23 +98,22 @@ def _gemm(node: Any, shape_of: ShapeOf) -> Count:
 def _einsum(node: Any, shape_of: ShapeOf) -> Count:
     raw = attr(node, "equation", b"")
     equation = (raw.decode() if isinstance(raw, bytes) else str(raw)).replace(" ", "")
-    lhs = equation.split("->")[0].split(",")
+    terms = equation.split("->")[0].split(",")
     sizes: dict[str, int] = {}
-    for term, name in zip(lhs, node.input):
+    for term, name in zip(terms, node.input):
         shape = shape_of(name)
         _need(shape)
         assert shape is not None
-        letters = [c for c in term if c.isalpha()]
-        if "..." in term:
-            ellipsis = len(shape) - len(letters)
-            letters = [f"_{i}" for i in range(ellipsis)] + letters if term.startswith("...") else letters
-        for letter, dim in zip(letters, shape[-len(letters):] if letters else ()):
-            sizes[letter] = max(sizes.get(letter, 1), dim)
-    if len(lhs) < 2:
-        y = _out(node, shape_of)
-        return numel(y), 0
+        head, ellipsis, tail = term.partition("...")
+        spread = len(shape) - len(head) - len(tail) if ellipsis else 0
+        # Ellipsis dims are labelled by their distance from the right, so broadcast operands share them.
+        labels = [*head, *(f"...{spread - i}" for i in range(spread)), *tail]
+        for label, dim in zip(labels, shape):
+            sizes[label] = max(sizes.get(label, 1), dim)
+    if len(terms) < 2:
+        return numel(_out(node, shape_of)), 0
     # A contraction of n operands visits every combination of indices once, with n-1 multiplies.
-    macs = math.prod(sizes.values()) * (len(lhs) - 1)
+    macs = math.prod(sizes.values()) * (len(terms) - 1)
     return 2 * macs, macs
 
 
