@@ -67,10 +67,6 @@ def _lower_binary(n: NodeContext) -> Value:
     return n.call(_BINARY_IMPL[n.op_type], n.input(0), n.input(1))
 
 
-def _refuse_mod(n: NodeContext) -> str | None:
-    return None
-
-
 def _mod_py(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = same_device(a, b)
     return widened(torch.remainder, a, b)

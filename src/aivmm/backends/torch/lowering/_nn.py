@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-from aivmm.backends.torch.lowering._node import NodeContext, Value, as_ints, norm_axis, same_device
+from aivmm.backends.torch.lowering._node import NodeContext, Value, norm_axis, same_device
 from aivmm.backends.torch.lowering._registry import op
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -303,5 +301,3 @@ def _mvn(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
 def _lower_mvn(n: NodeContext) -> Value:
     return n.call(_mvn, n.input(0), [int(a) for a in n.attr("axes", [0, 2, 3])])
 
-
-_ = (math, as_ints)

@@ -7,7 +7,6 @@ works on every torch device (CUDA has no integer matmul or convolution).
 
 from __future__ import annotations
 
-import onnx
 import torch
 
 from aivmm.backends.torch.lowering._nn import _conv
@@ -190,5 +189,3 @@ def _lower_qlinear_conv(n: NodeContext) -> Value:
     args = [n.input(i) for i in range(9)]
     return n.call(_qlinear_conv, *args, _conv_args(n))
 
-
-_ = onnx

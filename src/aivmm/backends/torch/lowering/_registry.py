@@ -73,6 +73,7 @@ def _ensure_loaded() -> None:
     # Importing the family modules fills the table (their decorators run at import).
     from aivmm.backends.torch.lowering import (  # noqa: F401
         _activations,
+        _attention,
         _control,
         _elementwise,
         _fused,
