@@ -4,6 +4,7 @@ tensor interop, refusals and the lowering's own guarantees (weights as buffers, 
 from __future__ import annotations
 
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -430,3 +431,44 @@ def test_channels_last_is_refused_without_convolutions(backend, cpu, identity_mo
     spec = load(str(identity_model))
     support = backend.check(spec, cpu, Config("torch", cpu.id, options={"channels_last": True}))
     assert not support and any("channels_last" in r for r in support.reasons)
+
+
+# -- device mapping on builds this machine lacks (a stand-in torch module with the attributes torch has) --
+
+def _fake_torch(*, cuda: str | None = None, hip: str | None = None, gpus: int = 0, xpus: int = 0,
+                mps: bool = False):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        __version__="2.x-fake",
+        version=SimpleNamespace(cuda=cuda, hip=hip),
+        cuda=SimpleNamespace(is_available=lambda: gpus > 0, device_count=lambda: gpus),
+        xpu=SimpleNamespace(is_available=lambda: xpus > 0, device_count=lambda: xpus),
+        backends=SimpleNamespace(mps=SimpleNamespace(is_available=lambda: mps)),
+        device=torch.device,
+    )
+
+
+@pytest.mark.parametrize(("fake", "device", "expected"), [
+    (dict(cuda="13.0", gpus=2), _gpu(Vendor.NVIDIA, "nvidia").with_(id="nvidia:1", index=1), "cuda:1"),
+    (dict(hip="6.2", gpus=2), _gpu(Vendor.AMD, "amd").with_(id="amd:1", index=1), "cuda:1"),
+    (dict(xpus=1), _gpu(Vendor.INTEL, "intel-gpu"), "xpu:0"),
+    (dict(mps=True), _gpu(Vendor.APPLE, "apple"), "mps"),
+])
+def test_device_strings_for_each_vendor(fake, device, expected):
+    from aivmm.backends.torch._devices import torch_device
+
+    assert str(torch_device(_fake_torch(**fake), device)) == expected
+
+
+@pytest.mark.parametrize(("fake", "device", "needle"), [
+    (dict(hip="6.2", gpus=1), _gpu(Vendor.NVIDIA, "nvidia"), "no CUDA support"),  # a ROCm build, NVIDIA GPU
+    (dict(cuda="13.0", gpus=1), _gpu(Vendor.AMD, "amd"), "no ROCm (HIP) support"),
+    (dict(cuda="13.0", gpus=1), _gpu(Vendor.NVIDIA, "nvidia").with_(id="nvidia:3", index=3), "sees only 1 GPU"),
+    (dict(cuda="13.0", gpus=0), _gpu(Vendor.NVIDIA, "nvidia"), "is_available() is False"),
+])
+def test_device_refusals_name_the_missing_piece(fake, device, needle):
+    from aivmm.backends.torch._devices import torch_device
+
+    with pytest.raises(BackendUnavailableError, match=re.escape(needle)):
+        torch_device(_fake_torch(**fake), device)
