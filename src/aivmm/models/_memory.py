@@ -44,7 +44,8 @@ def peak_activation_bytes(index: GraphIndex, size_of: Callable[[str], int | None
     def size(name: str) -> int:
         s = size_of(name)
         if s is None:
-            unknown.append(name)
+            if name in last_use:  # an unread optional output (a Dropout mask) is not worth a warning
+                unknown.append(name)
             return 0
         return s
 
