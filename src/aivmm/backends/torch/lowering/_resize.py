@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from aivmm.backends.torch.lowering._node import NodeContext, Value, as_ints
+from aivmm.backends.torch.lowering._node import NodeContext, Value, as_ints, same_device
 from aivmm.backends.torch.lowering._registry import op
 
 _MODES = ("nearest", "linear", "cubic")
@@ -181,3 +181,34 @@ def _lower_resize(n: NodeContext) -> Value:
 def _lower_upsample(n: NodeContext) -> Value:
     scales = tuple(n.attr("scales")) if n.opset < 9 else _vector(n, 1)
     return n.call(_resize, n.input(0), None, scales, None, None, "stretch", _params(n, True))
+
+
+_GRID_MODES = {"bilinear": "bilinear", "linear": "bilinear", "nearest": "nearest", "bicubic": "bicubic",
+               "cubic": "bicubic"}
+
+
+def _refuse_grid_sample(n: NodeContext) -> str | None:
+    mode = n.attr("mode", "bilinear" if n.opset < 20 else "linear")
+    if mode not in _GRID_MODES:
+        return f"unknown GridSample mode {mode!r}"
+    padding = n.attr("padding_mode", "zeros")
+    if padding not in ("zeros", "border", "reflection"):
+        return f"unknown padding_mode {padding!r}"
+    return None
+
+
+def _grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, align: bool) -> torch.Tensor:
+    if x.dim() not in (4, 5):
+        raise ValueError(f"GridSample on a {x.dim()}-D input: torch samples 4-D and 5-D inputs")
+    if x.dim() == 5 and mode == "bicubic":
+        raise ValueError("cubic GridSample on a 5-D input: torch has no 3-D cubic sampling")
+    x, grid = same_device(x, grid)
+    # torch's grid_sample defines the same coordinates, modes and padding as ONNX GridSample.
+    return torch.nn.functional.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode=padding, align_corners=align)
+
+
+@op("GridSample", since=16, refuse=_refuse_grid_sample)
+def _lower_grid_sample(n: NodeContext) -> Value:
+    mode = _GRID_MODES[n.attr("mode", "bilinear" if n.opset < 20 else "linear")]
+    return n.call(_grid_sample, n.input(0), n.input(1), mode, n.attr("padding_mode", "zeros"),
+                  bool(n.attr("align_corners", 0)))
