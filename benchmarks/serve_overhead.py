@@ -7,6 +7,7 @@ hits all alike; the ratio is the median of per-round ratios. Goal: HTTP/in-proce
 ResNet-50-class model.
 
     python benchmarks/serve_overhead.py [--model resnet50] [--size full] [--rounds 7] [--calls 10]
+        [--backend onnxruntime]
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ def main() -> int:
     ap.add_argument("--size", default="full", choices=("tiny", "full"))
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=10, help="calls per transport per round")
+    ap.add_argument("--backend", help="pin this backend in both (default: the in-process plan's choice)")
     args = ap.parse_args()
 
     path = zoo.build(args.model, args.size)
     feeds = zoo.sample_inputs(args.model, args.size, batch=1)
     with VMM() as vmm, tempfile.TemporaryDirectory() as tmp:
-        local = vmm.deploy(path)
+        local = vmm.deploy(path, backend=args.backend, device="cpu:0" if args.backend else None,
+                           strict=bool(args.backend))
         chosen = local.plan.chosen.config
         repo = serve_common.repository_with(pathlib.Path(tmp), args.model, path,
                                             {"backend": chosen.backend, "device": chosen.device})

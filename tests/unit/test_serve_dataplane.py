@@ -69,6 +69,9 @@ def test_lookup_errors_and_input_checks(plane: DataPlane) -> None:
             plane.resolve("on_cpu")
         with pytest.raises(ModelNotFoundError, match="unknown model"):
             plane.resolve("ghost")
+        with pytest.raises(ModelNotFoundError, match="no model 'ghost'"):
+            await plane.load("ghost")
+        assert "ghost" not in {r["name"] for r in plane.index()} and plane.metric_label("ghost") == "_unknown_"
         await plane.load("on_cpu")
         with pytest.raises(ModelNotFoundError, match="no loaded version 2"):
             plane.resolve("on_cpu", "2")

@@ -32,6 +32,7 @@ from aivmm.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     OverloadedError,
+    PermissionDeniedError,
 )
 from aivmm.serve._host import Host, Limits, ModelHandle, within
 from aivmm.serve._messages import InferRequest, InferResponse
@@ -187,6 +188,8 @@ class DataPlane:
                 self.observer.load(name, self._clock() - start, False)
                 log.warning("load of %r failed: %s", name, model.reason,
                             exc_info=not isinstance(exc, AivmmError))
+                if not model.versions and isinstance(exc, ModelNotFoundError | PermissionDeniedError):
+                    self._models.pop(name, None)  # names that are not models leave no trace
                 raise
             except BaseException:
                 model.state = previous_state
