@@ -130,3 +130,26 @@ def _lower_attention(n: NodeContext) -> list[Value]:
     if simple and n.output_used(3):
         raise n.fail("internal: qk output requested on the fast path")
     return outs
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor | None,
+            interleaved: bool, rotary_dim: int, heads: int) -> torch.Tensor:
+    x, cos, sin, positions = same_device(x, cos, sin, positions)
+    shape = x.shape
+    t = x.transpose(1, 2) if x.dim() == 4 else x.reshape(shape[0], shape[1], heads, shape[2] // heads)
+    dim = rotary_dim or t.shape[-1]
+    rot, rest = t[..., :dim], t[..., dim:]
+    if positions is not None:
+        cos, sin = cos[positions.to(torch.int64)], sin[positions.to(torch.int64)]
+    cos, sin = cos.unsqueeze(2).to(x.dtype), sin.unsqueeze(2).to(x.dtype)  # [batch, seq, 1, dim/2]
+    x1, x2 = (rot[..., 0::2], rot[..., 1::2]) if interleaved else rot.chunk(2, dim=-1)
+    real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2
+    rotated = torch.stack((real, imag), dim=-1).reshape(rot.shape) if interleaved else torch.cat((real, imag), -1)
+    out = torch.cat((rotated, rest), dim=-1)
+    return out.transpose(1, 2) if x.dim() == 4 else out.reshape(shape)
+
+
+@op("RotaryEmbedding", since=23)
+def _lower_rotary(n: NodeContext) -> Value:
+    return n.call(_rotary, n.input(0), n.input(1), n.input(2), n.input(3) if n.has_input(3) else None,
+                  bool(n.attr("interleaved", 0)), int(n.attr("rotary_embedding_dim", 0)), int(n.attr("num_heads", 0)))
