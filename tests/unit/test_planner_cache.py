@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 from test_planner_helpers import cpu, mlp
@@ -50,6 +51,17 @@ def test_measured_plans_roundtrip_with_transformed_models(spec):
             # throughput is derived from p50, which the JSON stores to the nanosecond
             assert twin.measurement.p50_ms == pytest.approx(c.measurement.p50_ms, abs=1e-6)
             assert twin.measurement.runs == c.measurement.runs
+
+
+def test_a_plan_whose_transformed_file_vanished_is_a_miss(spec, tmp_path):
+    first = plan(spec, [cpu()], {"precision": "int8"}, backends=ORT, budget_s=0.3, top_k=4)
+    transformed = [c for c in first.ranked() if c.transform]
+    assert transformed
+    for c in transformed:
+        pathlib.Path(str(c.model.source)).unlink(missing_ok=True)
+    again = plan(spec, [cpu()], {"precision": "int8"}, backends=ORT, budget_s=0.3, top_k=4)
+    assert not again.cache_hit
+    assert all(pathlib.Path(str(c.model.source)).is_file() for c in again.ranked() if c.transform)
 
 
 def test_model_change_misses(spec, tmp_path):

@@ -17,7 +17,7 @@ from aivmm.optimize._accuracy import (
     tolerance_for,
 )
 from aivmm.optimize._cache import cache_dir, file_sha256
-from aivmm.optimize._inputs import InputPlan, check_feeds, index_bounds, input_plans, sample_inputs
+from aivmm.optimize._inputs import InputPlan, check_feeds, check_generatable, index_bounds, input_plans, sample_inputs
 from aivmm.optimize._passes import Pass, PassAvailability, apply, availability, transformed_path
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "availability",
     "cache_dir",
     "check_feeds",
+    "check_generatable",
     "compare",
     "file_sha256",
     "index_bounds",

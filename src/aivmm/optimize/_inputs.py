@@ -97,6 +97,7 @@ def _concrete_shape(spec: ModelSpec, tensor: TensorSpec, batch: int) -> tuple[in
 
 def input_plans(spec: ModelSpec, *, batch: int = 1) -> tuple[InputPlan, ...]:
     """How each input would be generated; raises ConfigError when one cannot be (strings)."""
+    check_generatable(spec)
     bounds: dict[str, int] = {}
     if isinstance(spec.source, str | pathlib.Path) and str(spec.source).endswith(".onnx"):
         bounds = index_bounds(spec.source)
@@ -119,6 +120,16 @@ def input_plans(spec: ModelSpec, *, batch: int = 1) -> tuple[InputPlan, ...]:
             plans.append(InputPlan(tensor.name, shape, tensor.dtype, 0, DEFAULT_INT_HIGH,
                                    f"integers in [0, {DEFAULT_INT_HIGH}): no Gather table bounds this input"))
     return tuple(plans)
+
+
+def check_generatable(spec: ModelSpec) -> None:
+    """Raise ConfigError when some input cannot be generated (cheap: reads only the signature)."""
+    for tensor in spec.inputs:
+        if tensor.dtype in (DType.STRING, DType.BFLOAT16):
+            raise ConfigError(
+                f"cannot generate a reference input for {tensor.describe()} (a {tensor.dtype.value} tensor): "
+                "pass sample_inputs= to check accuracy"
+            )
 
 
 def sample_inputs(spec: ModelSpec, *, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

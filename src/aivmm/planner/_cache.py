@@ -8,6 +8,7 @@ construction; entries are small JSON files written atomically.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -31,13 +32,22 @@ log = logging.getLogger(__name__)
 RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "openvino", "torch", "onnx")
 
 
+@functools.cache
+def _dist_version(dist: str) -> str | None:
+    # Memoised per process: parsing METADATA costs milliseconds each, which a cache hit cannot
+    # afford, and a runtime upgraded on disk is not the one this process has loaded anyway.
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def runtime_versions() -> dict[str, str]:
     out = {"aivmm": __version__}
     for dist in RUNTIME_DISTRIBUTIONS:
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
+        version = _dist_version(dist)
+        if version is not None:
+            out[dist] = version
     return out
 
 

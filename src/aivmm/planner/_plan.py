@@ -118,11 +118,13 @@ class Plan:
             config = Config.from_json({**d, "precision": d.get("backend_precision", d["precision"])})
             model = spec
             if d.get("model_path"):
-                model = dataclasses.replace(spec, source=pathlib.Path(d["model_path"]))
+                model = dataclasses.replace(spec, source=pathlib.Path(d["model_path"]),
+                                            quantized_operators=tuple(d.get("quantized_operators", ())))
             return Candidate(
                 config=config,
                 model=model,
                 transform=d.get("transform"),
+                materialised=bool(d.get("model_path")),
                 prediction=Prediction.from_json(d["predicted"]) if d.get("predicted") else None,
                 measurement=Measurement.from_json(d["measured"]) if d.get("measured") else None,
                 accuracy=d.get("accuracy"),

@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import math
+import pathlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -131,8 +132,10 @@ def _validate(spec: ModelSpec, devices: Sequence[Device], constraints: Any, *, d
     if user:
         feeds = _inputs.check_feeds(spec, sample_inputs)
     elif measure or cons.tolerance is not None:
+        # Only the signature is checked here; the inputs themselves are generated after a cache miss
+        # (finding Gather bounds reads the whole model, too slow for a cache hit).
         try:
-            feeds = _inputs.sample_inputs(spec, batch=cons.batch_size)
+            _inputs.check_generatable(spec)
         except ConfigError as exc:
             what = f"tolerance={cons.tolerance}" if cons.tolerance is not None else "measuring"
             raise ConfigError(f"{what} needs reference inputs and none can be generated: {exc}") from exc
@@ -186,6 +189,10 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
         if hit is not None:
             try:
                 cached = Plan.from_json(hit, spec)
+                missing = [str(c.model.source) for c in cached.ranked()
+                           if c.transform and not pathlib.Path(str(c.model.source)).is_file()]
+                if missing:
+                    raise ValueError(f"transformed model(s) no longer on disk: {missing[:2]}")
             except (KeyError, ValueError, TypeError, AivmmError) as exc:
                 log.warning("plan cache entry unusable (%s); planning again", exc)
             else:
@@ -198,6 +205,8 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
         )
         note = "fast start: chosen from predictions; Plan.upgrade resolves to the measured plan"
         return dataclasses.replace(quick, upgrade=future, notes=(*quick.notes, note))
+    if req.feeds is None and req.measure:
+        req.feeds = _inputs.sample_inputs(spec, batch=req.cons.batch_size)
     result = _run(req, t0, model_hash)
     if key is not None:
         _cache.store(key, result.to_json())
@@ -282,10 +291,11 @@ class _Evaluator:
         out = _passes.apply(path, p, model_sha256=_model_hash(self.req.spec),
                             calibration=self._calibration() if p.needs_calibration else ())
         model = analysed(self.req.spec, out)
+        c = c.with_(model=model, materialised=True)
         support = registry.get(c.config.backend).check(model, self.devices[c.config.device], c.config)
         if not support:
-            return c.with_(model=model).reject(RejectReason.UNSUPPORTED, "; ".join(support.reasons))
-        return c.with_(model=model)
+            return c.reject(RejectReason.UNSUPPORTED, "; ".join(support.reasons))
+        return c
 
     def measure(self, c: Candidate) -> Candidate:
         assert self.req.feeds is not None
@@ -431,7 +441,10 @@ class _Evaluator:
         picked.sort(key=lambda c: (bool(c.transform) or c.config.precision is not Precision.FP32))
         out: list[Candidate] = []
         for c in pool:
-            if c in slow:
+            if c not in picked and (c.transform or c.precision is not Precision.FP32):
+                rejected.append(c.reject(RejectReason.ACCURACY, "not measured (outside the top-k or the load "
+                                         "budget), so its accuracy against fp32 is unverified"))
+            elif c in slow:
                 out.append(c.with_(notes=(*c.notes, f"not measured: predicted load {c.prediction.load_s:.0f} s "
                                                     f"exceeds the planning load budget {self.req.max_load_s:.0f} s "
                                                     "(raise budget_s to measure it)")))

@@ -116,6 +116,7 @@ class Candidate:
     config: Config
     model: ModelSpec
     transform: str | None = None
+    materialised: bool = False  # the pass has run and ``model`` is its output file
     prediction: Prediction | None = None
     measurement: Measurement | None = None
     accuracy: dict[str, Any] | None = None  # AccuracyReport.to_json() of a lowered precision
@@ -159,7 +160,8 @@ class Candidate:
             "backend_precision": self.config.precision.value,
             "transform": self.transform,
             "label": self.label,
-            "model_path": str(self.model.source) if self.transform else None,
+            "model_path": str(self.model.source) if self.transform and self.materialised else None,
+            "quantized_operators": list(self.model.quantized_operators) if self.materialised else [],
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4),
             "latency_ms_predicted": None if p is None else round(p.latency_ms, 4),
             "latency_ms_measured": None if m is None else round(m.p50_ms, 4),
