@@ -4,7 +4,7 @@ The in-process model and the server's copy are deployed from the same file with 
 backend, so the ratio is the cost of the protocol path (client encode, loopback, server decode,
 scheduling, encode, client decode). Rounds alternate in-process / HTTP / gRPC so machine noise
 hits all alike; the ratio is the median of per-round ratios. Goal: HTTP/in-process <= 1.05 on the
-ResNet-50-class model.
+ResNet-50-class model. The order within a round rotates (see the comment there).
 
     python benchmarks/serve_overhead.py [--model resnet50] [--size full] [--rounds 7] [--calls 10]
         [--backend onnxruntime]
@@ -61,9 +61,13 @@ def main() -> int:
             for call in (local_call, http_call, grpc_call):  # warm-up
                 _p50(call, 3)
             rows = []
-            for _ in range(args.rounds):
-                rows.append({"local": _p50(local_call, args.calls), "http": _p50(http_call, args.calls),
-                             "grpc": _p50(grpc_call, args.calls)})
+            calls = {"local": local_call, "http": http_call, "grpc": grpc_call}
+            order = list(calls)
+            for i in range(args.rounds):
+                # Rotate the order: a runtime's threads keep spinning for a while after a call, which
+                # slows whatever runs right after it; rotation spreads that over all three.
+                turn = order[i % 3:] + order[:i % 3]
+                rows.append({name: _p50(calls[name], args.calls) for name in turn})
             import urllib.request
 
             with urllib.request.urlopen(f"http://127.0.0.1:{ready['http_port']}/v2/aivmm/status") as r:
