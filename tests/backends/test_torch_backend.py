@@ -472,3 +472,18 @@ def test_device_refusals_name_the_missing_piece(fake, device, needle):
 
     with pytest.raises(BackendUnavailableError, match=re.escape(needle)):
         torch_device(_fake_torch(**fake), device)
+
+
+def test_inputs_are_passed_by_name_whatever_the_signature_order(backend, cpu, tmp_path):
+    path = _save(tmp_path / "sub.onnx", [helper.make_node("Sub", ["a", "b"], ["y"])],
+                 [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2]),
+                  helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    spec = _plain_spec(path)
+    reordered = ModelSpec(spec.name, spec.format, tuple(reversed(spec.inputs)), spec.outputs, source=spec.source)
+    a, b = np.array([5.0, 7.0], np.float32), np.array([1.0, 2.0], np.float32)
+    with backend.load(reordered, cpu, Config("torch", cpu.id)) as session:
+        np.testing.assert_array_equal(session.run({"a": a, "b": b})["y"], a - b)
+    stale = ModelSpec(spec.name, spec.format, (TensorSpec("z", DType.FLOAT32, (2,)),), spec.outputs, source=spec.source)
+    with pytest.raises(ModelLoadError, match="signature"):
+        backend.load(stale, cpu, Config("torch", cpu.id))

@@ -171,10 +171,15 @@ class TorchBackend(Backend):
         target = torch_device(torch, device)
         float_dtype = getattr(torch, _PRECISION_DTYPES[config.precision])
         notes: list[str] = []
+        arg_order: list[str] | None = None
         if model.format is ModelFormat.ONNX:
-            from aivmm.backends.torch.lowering import lower
+            from aivmm.backends.torch.lowering import graph_inputs, lower
 
             proto, _ = self._onnx(model, with_weights=True)
+            arg_order = graph_inputs(proto)
+            if sorted(arg_order) != sorted(t.name for t in model.inputs):
+                raise ModelLoadError(f"{model.name!r}: the signature's inputs {[t.name for t in model.inputs]} are "
+                                     f"not the graph's {arg_order}; the file changed or the spec is of another model")
             module = lower(proto, float_dtype=float_dtype)
             nodes = sum(1 for n in module.graph.nodes if n.op in ("call_function", "call_module"))
             notes.append(f"lowered {len(proto.graph.node)} ONNX nodes to {nodes} torch.fx calls")
@@ -193,7 +198,7 @@ class TorchBackend(Backend):
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(f"{model.name!r}: weights do not fit on {device.id}: {exc}") from exc
         weight_bytes = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
-        session = TorchSession(model, device, config, module, target, float_dtype, tuple(notes))
+        session = TorchSession(model, device, config, module, target, float_dtype, tuple(notes), arg_order)
         import dataclasses
 
         session.report = dataclasses.replace(session.report, device_memory_bytes=weight_bytes, notes=tuple(notes))

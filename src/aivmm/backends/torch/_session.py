@@ -97,8 +97,11 @@ class _CudaGraphRunner:
 
 class TorchSession(Session):
     def __init__(self, model: ModelSpec, device: Device, config: Config, module: torch.nn.Module,
-                 torch_device: torch.device, float_dtype: torch.dtype, notes: tuple[str, ...]) -> None:
+                 torch_device: torch.device, float_dtype: torch.dtype, notes: tuple[str, ...],
+                 arg_order: Sequence[str] | None = None) -> None:
         super().__init__(model, device, config)
+        # The module's positional order (an ONNX graph's input order); the signature's when not given.
+        self._args = [model.input(name) for name in arg_order] if arg_order else list(model.inputs)
         self.module = module
         self.torch_device = torch_device
         self.float_dtype = float_dtype
@@ -137,7 +140,7 @@ class TorchSession(Session):
             raise InputError(f"missing input(s) {missing}; the model takes {self.model.signature()}")
         try:
             tensors = [to_tensor(feeds[s.name], s, self.torch_device, self.float_dtype, self.channels_last)
-                       for s in self.model.inputs]
+                       for s in self._args]
             outs = self._graphs(*tensors) if self._graphs is not None else self._forward(*tensors)
         except (InputError, ConfigError):
             raise
