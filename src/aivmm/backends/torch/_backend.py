@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import importlib.util
 import inspect
@@ -199,8 +200,6 @@ class TorchBackend(Backend):
             raise OutOfMemoryError(f"{model.name!r}: weights do not fit on {device.id}: {exc}") from exc
         weight_bytes = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
         session = TorchSession(model, device, config, module, target, float_dtype, tuple(notes), arg_order)
-        import dataclasses
-
         session.report = dataclasses.replace(session.report, device_memory_bytes=weight_bytes, notes=tuple(notes))
         return session
 
