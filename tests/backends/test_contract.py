@@ -214,7 +214,7 @@ def test_torch_inputs_and_outputs(case, specs):
         got = session.run(validate_feeds(spec, {k: torch.from_numpy(v) for k, v in feeds.items()}), output="torch")
     for name, value in expected.items():
         assert isinstance(got[name], torch.Tensor)
-        np.testing.assert_array_equal(got[name].numpy(), value)
+        np.testing.assert_array_equal(got[name].cpu().numpy(), value)
 
 
 def test_zoo_is_covered_when_it_lands():
