@@ -118,3 +118,14 @@ def test_rate_estimator_decays():
     assert r > 0
     assert est.rate(10, now=102.0) == pytest.approx(r / 2, rel=1e-6)  # nothing new: halves per half-life
     assert est.rate(20, now=102.0) > r / 2
+
+
+def test_long_reloads_weigh_more_on_a_busy_device():
+    # Same expected waiting on an idle device (1 req/s x 100 ms = 10 req/s x 10 ms)...
+    slow = Candidate("slow", 100, reload_seconds=0.1, rate=1.0, last_used=0.0)
+    fast = Candidate("fast", 100, reload_seconds=0.01, rate=10.0, last_used=1.0)
+    assert slow.loss == pytest.approx(fast.loss)
+    # ...but on a busy device the long reload also holds up everyone else's requests.
+    busy = [Candidate(c.key, c.nbytes, c.reload_seconds, c.rate, c.last_used, device_rate=50.0) for c in (slow, fast)]
+    assert busy[0].loss > busy[1].loss
+    assert CostBenefitPolicy().choose(busy, 100).victims == ("fast",)

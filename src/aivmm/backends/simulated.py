@@ -10,6 +10,7 @@ and can emulate the device's speed and failures from ``Device.properties``:
 ``simulated_latency_ms``      add a fixed time to each run (the added device time is serialised
                               per device: concurrent requests queue for it as on a real device)
 ``simulated_h2d_bytes_per_s`` time weight uploads (load and reload) as if over a bus this fast
+                              (one bus per device: concurrent uploads are serialised)
 ``fail_after``                after this many runs on the device, every run raises DeviceError
 
 ``AIVMM_SIMULATED_FAIL="nvidia:1=3,amd:0=0"`` sets ``fail_after`` per device without editing the
@@ -161,7 +162,10 @@ def _free(device_id: str, nbytes: int) -> None:
 def _emulate_upload(device: Device, nbytes: int) -> None:
     bandwidth = _number(device, "simulated_h2d_bytes_per_s", 0.0)
     if bandwidth > 0 and nbytes > 0:
-        time.sleep(nbytes / bandwidth)
+        # One bus per device: concurrent uploads share its bandwidth (serialised), while compute
+        # (the device-time lock) overlaps with them, as a copy engine does on a GPU.
+        with _busy(device.id + "/bus"):
+            time.sleep(nbytes / bandwidth)
 
 
 @functools.cache

@@ -1,8 +1,9 @@
 """Which resident models to evict: a cost-benefit policy and the LRU baselines it is measured against.
 
-The cost of evicting a model is the time the next request will wait to bring it back (its measured
-reload time, or bytes over the measured load bandwidth) times how often requests come (an
-exponentially decayed rate). Dividing by the bytes freed gives the loss per byte; the policy frees
+The cost of evicting a model is the waiting its next reload causes (its measured reload time, or
+bytes over the measured load bandwidth, for its own request plus the requests for other models that
+queue behind the busy device meanwhile) times how often requests for it come (an exponentially
+decayed rate). Dividing by the bytes freed gives the loss per byte; the policy frees
 the bytes it needs at the least expected loss. Plain LRU ignores both: it evicts a huge model that
 is cheap to reload and rarely used exactly like a tiny hot one, and Ray Serve's multiplexing even
 counts models instead of bytes.
@@ -52,13 +53,21 @@ class Candidate:
     key: str
     nbytes: int
     reload_seconds: float  # expected time to bring it back
-    rate: float  # expected requests per second
+    rate: float  # expected requests per second for this model
     last_used: float  # perf_counter seconds (only compared with each other)
+    device_rate: float = 0.0  # expected requests per second for every model on the device
 
     @property
     def loss(self) -> float:
-        """Expected seconds of waiting per second caused by evicting it."""
-        return self.rate * self.reload_seconds
+        """Expected seconds of waiting per second caused by evicting it.
+
+        Each reload of length r delays its own request by r and, while the device is busy loading,
+        the requests for other models that arrive meanwhile (device_rate x r of them, waiting r/2
+        on average): r x (1 + device_rate x r / 2). So long reloads weigh more than their length,
+        which is what a latency SLO feels.
+        """
+        r = self.reload_seconds
+        return self.rate * r * (1.0 + self.device_rate * r / 2.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +118,7 @@ class CostBenefitPolicy(EvictionPolicy):
     def _why(self, cand: Candidate) -> str:
         return (
             f"{cand.key}: {cand.rate:.3g} req/s x {cand.reload_seconds * 1e3:.3g} ms reload"
-            f" = {cand.loss:.3g} s/s for {cand.nbytes} bytes"
+            f" (device {cand.device_rate:.3g} req/s) = {cand.loss:.3g} s/s for {cand.nbytes} bytes"
         )
 
 

@@ -89,6 +89,9 @@ class PinnedUploader:
         torch = self._torch
         items = list(tensors.items()) if isinstance(tensors, Mapping) else list(tensors)
         start = time.perf_counter()
+        # Memory handed out by the caching allocator may still be in use by work queued on the
+        # current stream; the side stream must not write it before that work is done.
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
         out: dict[str, Any] = {}
         total = 0
         for name, value in items:
@@ -153,6 +156,7 @@ class PinnedHostTier:
         start = time.perf_counter()
         device = self._meta[0][2] if self._meta else None
         block = torch.empty(self.nbytes, dtype=torch.uint8, device=device)
+        self._stream.wait_stream(torch.cuda.current_stream(device))  # see PinnedUploader.upload
         with torch.cuda.stream(self._stream):
             block.copy_(self._host, non_blocking=True)
         self._stream.synchronize()

@@ -202,8 +202,13 @@ class ResidencyManager:
         quiet = [r for r in idle if r.queue is None or r.queue.queued_items == 0]
         pool = quiet if sum(r.charged_bytes for r in quiet) >= need else idle
         bw = self.bandwidth(device_id)
+        with self._lock:
+            everyone = list(self._replicas.get(device_id, []))
+        rates = {r.key: r.request_rate(now) for r in everyone}
+        device_rate = sum(rates.values())
         candidates = [
-            Candidate(r.key, r.charged_bytes, r.reload_seconds(bw), r.request_rate(now), r.last_used) for r in pool
+            Candidate(r.key, r.charged_bytes, r.reload_seconds(bw), rates.get(r.key, 0.0), r.last_used, device_rate)
+            for r in pool
         ]
         decision = self.policy.choose(candidates, max(0, need), resident_count=len(resident))
         if not decision.victims:
