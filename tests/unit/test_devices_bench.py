@@ -166,3 +166,31 @@ def test_nvml_device_hidden_from_torch_is_an_error(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: other[i])
     with pytest.raises(DeviceNotFoundError, match=r"nvidia:0 .* is not visible to torch.cuda"):
         _bench_cuda.torch_index(h100())
+
+
+def test_a_failing_runtime_hands_the_precision_to_the_next(cpu: Device, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the GPU machine onnxruntime refused the int8 model (IR version); torch then measures it."""
+    from aivmm.devices import _bench_cpu
+
+    if "int8" not in cpu.features:
+        pytest.skip("this CPU has no native int8")
+    pytest.importorskip("torch")
+    real = _bench_cpu.kernels
+
+    def refuse(budget: object) -> float:
+        raise RuntimeError("Unsupported model IR version: 14, max supported IR version: 13")
+
+    def kernels(runtime: str) -> dict:
+        table = dict(real(runtime))
+        if runtime == "onnxruntime":
+            table["int8"] = refuse
+        elif runtime == "numpy":
+            table = {"fp32": lambda budget: 0.5}  # keep the test short: only int8 is measured for real
+        elif runtime == "torch":
+            table = {"int8": table["int8"]}
+        return table
+
+    monkeypatch.setattr(_bench_cpu, "kernels", kernels)
+    figures = bench.measure(cpu.with_(features=frozenset({"fp32", "int8"})), budget_s=2.0)
+    assert figures.measured_by["int8"] == "torch" and figures.matmul_tflops["int8"] > 0
+    assert "int8 via onnxruntime failed: RuntimeError: Unsupported model IR version: 14" in figures.notes[-1]

@@ -128,6 +128,9 @@ def _ort(precision: str) -> Callable[[Budget], float]:
                 [onnx.numpy_helper.from_array(b, "B")],
             )
             model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+            # onnx stamps its own newest IR version, which an older onnxruntime refuses ("Unsupported
+            # model IR version: 14, max supported IR version: 13" on the GPU machine); opset 17 needs IR 8.
+            model.ir_version = 8
             path = tmp / f"{precision}_{n}.onnx"
             onnx.save(model, path)
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -272,28 +272,30 @@ def measure(device: Device, runtime: str | None = None, *, budget_s: float = DEF
 def _measure_cpu(device: Device, runtime: str, budget: Budget) -> dict[str, Any]:
     from aivmm.devices import _bench_cpu
 
-    plan: list[tuple[str, str]] = []  # (precision, runtime)
+    plan: list[tuple[str, list[str]]] = []  # (precision, runtimes able to measure it, preferred first)
     precisions = ["fp32"] + [p for p in ("bf16", "fp16", "int8") if p in device.features]
     notes: list[str] = []
     for precision in precisions:
         candidates = _CPU_PREFERENCE[precision] if runtime == _CPU_DEFAULT else (runtime,)
-        chosen = next((r for r in candidates if precision in _bench_cpu.kernels(r)), None)
-        if chosen is None:
+        able = [r for r in candidates if precision in _bench_cpu.kernels(r)]
+        if not able:
             notes.append(f"{precision} not measured: needs {' or '.join(candidates)}")
         else:
-            plan.append((precision, chosen))
+            plan.append((precision, able))
     busy = _busy_note(device)
     if busy:
         notes.append(busy)
     tflops: dict[str, float] = {}
     by: dict[str, str] = {}
-    for position, (precision, measurer) in enumerate(plan):
+    for position, (precision, able) in enumerate(plan):
         share = Budget(budget.share(len(plan) - position + 1))
-        try:
-            tflops[precision] = _bench_cpu.kernels(measurer)[precision](share)
-            by[precision] = measurer
-        except Exception as exc:  # a runtime that fails one kernel still leaves the others
-            notes.append(f"{precision} via {measurer} failed: {type(exc).__name__}: {exc}")
+        for measurer in able:  # the next runtime measures when one fails; the notes say which failed
+            try:
+                tflops[precision] = _bench_cpu.kernels(measurer)[precision](share)
+                by[precision] = measurer
+                break
+            except Exception as exc:
+                notes.append(f"{precision} via {measurer} failed: {type(exc).__name__}: {str(exc).strip()}")
     bandwidth = _bench_cpu.memory_bandwidth_gbps(budget, device.memory_free_bytes)
     return {"matmul_tflops": tflops, "measured_by": by, "memory_bandwidth_gbps": bandwidth, "notes": tuple(notes)}
 
