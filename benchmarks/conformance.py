@@ -279,6 +279,15 @@ def _goal(results: dict[str, list[Outcome]]) -> list[str]:
         verdict = "met" if auto > singles[best] else "NOT met"
         out.append(f"- auto passes more than any single aivmm backend (best: `{best}` {singles[best]}): "
                    f"{auto} vs {singles[best]}: **{verdict}**")
+        union = set().union(*(_passed(results, r) for r in singles))
+        missed = union - _passed(results, "auto")
+        why = collections.Counter(o.reason for o in results["auto"] if o.test in missed)
+        out.append(f"- passed by at least one aivmm backend alone: {len(union)} (the most a perfect choice per model "
+                   f"could reach); auto misses {len(missed)} of them"
+                   + (": " + ", ".join(f"{n} × {_cell(r)}" for r, n in why.most_common()) if missed else ""))
+        if missed:
+            out.append("  (a backend that returns wrong numbers does not fail, so auto keeps it; those cases: "
+                       + _names(missed, 20) + ")")
     return [*out, ""]
 
 
