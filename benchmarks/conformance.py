@@ -236,7 +236,7 @@ def render(results: dict[str, list[Outcome]], kinds_of: dict[str, str], args: ar
             + f" | **{by[Status.PASS]}** | {by[Status.FAIL]} | {by[Status.ERROR]} | "
             f"{by[Status.TIMEOUT] + by[Status.CRASH]} | {by[Status.SKIP]} |"
         )
-    lines += ["", *_goal(results), *_auto_section(results), *_only_section(results)]
+    lines += ["", *_goal(results), *_auto_section(results), *_only_section(results), *_lowering_section(results)]
     lines += ["", "## Failures by reason", ""]
     for r in runners:
         bad = [o for o in results[r] if o.status not in (Status.PASS,)]
@@ -315,6 +315,24 @@ def _only_section(results: dict[str, list[Outcome]]) -> list[str]:
              f"- pass with auto only ({len(auto - ort)}): " + _names(auto - ort),
              f"- pass with onnxruntime.backend only ({len(ort - auto)}): " + _names(ort - auto), ""]
     return lines
+
+
+_NO_LOWERING = re.compile(r"operator (\w+) \(domain '([^']*)'")
+
+
+def _lowering_section(results: dict[str, list[Outcome]]) -> list[str]:
+    """The torch lowering's to-do list: operators it refuses, by how many cases each would unlock."""
+    blocked: collections.Counter[str] = collections.Counter()
+    for o in results.get("torch", []):
+        m = _NO_LOWERING.search(o.detail)
+        if o.status is not Status.PASS and m:
+            blocked[f"{m.group(2) + '.' if m.group(2) else ''}{m.group(1)}"] += 1
+    if not blocked:
+        return []
+    top = ", ".join(f"`{op}` {n}" for op, n in blocked.most_common(30))
+    return ["## Torch lowering: operators it has no lowering for", "",
+            f"{len(blocked)} operators, blocking {sum(blocked.values())} cases (operator: cases): {top}"
+            + (" …" if len(blocked) > 30 else ""), ""]
 
 
 def _names(names: set[str], limit: int = 40) -> str:
