@@ -121,6 +121,16 @@ def test_read_only_inputs(backend: str | None) -> None:
     np.testing.assert_allclose(y, (A + B) * 2)
 
 
+def test_run_node_opset_and_outputs_info() -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    # ReduceSum takes axes as an attribute before opset 13 and as an input from 13 on.
+    node = helper.make_node("ReduceSum", ["x"], ["y"], axes=[1], keepdims=0)
+    (y,) = with_backend("onnxruntime").run_node(node, [x], opset_version=11)
+    np.testing.assert_array_equal(y, x.sum(axis=1))
+    (y,) = AivmmBackend.run_node(helper.make_node("Relu", ["x"], ["y"]), [x], outputs_info=[(np.float32, (2, 3))])
+    np.testing.assert_array_equal(y, x)
+
+
 def test_run_node_input_count_is_checked() -> None:
     with pytest.raises(InputError):
         AivmmBackend.run_node(helper.make_node("Add", ["a", "b"], ["c"]), [A])
