@@ -212,7 +212,7 @@ def classify(exc: BaseException) -> str:
     for pattern, repl in _NOISE:
         msg = pattern.sub(repl, msg)
     msg = msg.strip()
-    return f"{type(exc).__name__}: {msg[:90]}" if msg else type(exc).__name__
+    return f"{type(exc).__name__}: {msg[:110]}" if msg else type(exc).__name__
 
 
 def select_subset(per_op: int = 1) -> list[str]:
