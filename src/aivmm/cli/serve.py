@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plan from the cost model only, without measuring candidates (faster start)")
     parser.add_argument("--simulate", help="add simulated devices from a JSON spec (as AIVMM_SIMULATE)")
     parser.add_argument("--memory-budget", help="per-device memory budgets, e.g. 'cpu:0=4GiB,nvidia:0=20GiB'")
+    parser.add_argument("--ray", metavar="ADDRESS", default=None,
+                        help="serve from a Ray cluster: place models on every node's devices (see docs/cluster.md); "
+                             "each node's agent honours that node's AIVMM_SIMULATE")
+    parser.add_argument("--ray-node-ip", metavar="IP", default=None,
+                        help="this process's node IP for Ray (e.g. 127.0.0.1 for a loopback cluster)")
     add_constraint_arguments(parser)
 
 
@@ -92,5 +97,13 @@ def run(args: argparse.Namespace) -> int:
     from aivmm.vmm import VMM
 
     options = options_from_args(args)
+    if getattr(args, "ray", None):
+        if args.simulate or args.memory_budget:
+            raise ConfigError("with --ray, simulate devices per node (AIVMM_SIMULATE in each node's environment); "
+                              "--simulate and --memory-budget apply to a single machine only")
+        from aivmm.cluster import ClusterVMM
+
+        with ClusterVMM(args.ray, node_ip_address=args.ray_node_ip) as cluster:
+            return serve(options, cluster)  # type: ignore[arg-type]
     with VMM(simulate=args.simulate, memory_budget=args.memory_budget) as vmm:
         return serve(options, vmm)  # type: ignore[arg-type]

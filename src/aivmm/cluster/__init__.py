@@ -1,1 +1,32 @@
-"""cluster"""
+"""aivmm on a Ray cluster: a node agent per node, one planner over all nodes' devices, routing.
+
+    from aivmm.cluster import ClusterVMM
+    with ClusterVMM(address="127.0.0.1:6379") as vmm:
+        model = vmm.deploy("model.onnx", {"max_latency_ms": 20}, replicas=2)
+        outputs = model.execute(x)
+
+``aivmm serve --ray ADDRESS`` runs the KServe v2 server on it. See docs/cluster.md.
+Importing this package does not import Ray; constructing a ClusterVMM does.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aivmm.cluster._model import ClusterModel
+    from aivmm.cluster._vmm import ClusterVMM
+
+__all__ = ["ClusterModel", "ClusterVMM"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ClusterVMM":
+        from aivmm.cluster._vmm import ClusterVMM
+
+        return ClusterVMM
+    if name == "ClusterModel":
+        from aivmm.cluster._model import ClusterModel
+
+        return ClusterModel
+    raise AttributeError(f"module 'aivmm.cluster' has no attribute {name!r}")

@@ -1,0 +1,93 @@
+"""The Ray edge: connecting, starting pinned agents, and turning Ray's errors into aivmm's."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import ipaddress
+from collections.abc import Iterator
+from typing import Any
+
+from aivmm.errors import AivmmError, BackendUnavailableError, DeadlineExceededError, ServingError
+
+
+def ray_module() -> Any:
+    try:
+        return importlib.import_module("ray")
+    except ImportError as exc:
+        raise BackendUnavailableError('aivmm.cluster needs Ray: pip install "aivmm[ray]" (or pip install ray)') from exc
+
+
+def connect(address: str | None, *, node_ip_address: str | None, namespace: str) -> bool:
+    """Join the cluster at ``address`` (None: a Ray already initialised in this process, or a new local one).
+
+    Returns True when this call initialised Ray (so closing should shut it down).
+    """
+    ray = ray_module()
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": False, "configure_logging": False}
+    if node_ip_address is None and address and _is_loopback(address):
+        node_ip_address = "127.0.0.1"  # a loopback cluster's raylets registered with it: find ours by it
+    if node_ip_address:
+        kwargs["_node_ip_address"] = node_ip_address
+    if address is None:
+        kwargs["include_dashboard"] = False
+    if address and _is_loopback(address):
+        with _keep_loopback(ray):
+            ray.init(address=address, **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
+    return True
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _keep_loopback(ray: Any) -> Iterator[None]:
+    """Let ``ray.init`` reach a cluster bound to loopback.
+
+    Ray rewrites a loopback bootstrap address to this host's outward IP (ray-project/ray#59110), so
+    a cluster started with ``--node-ip-address=127.0.0.1`` cannot be joined at all. Ray resolves the
+    "local" IP through ``ENABLE_RAY_CLUSTER`` (False: the loopback IP); it is switched only for the
+    duration of the call, and only when the caller asked for a loopback address.
+    """
+    constants = importlib.import_module("ray._private.ray_constants")
+    before = constants.ENABLE_RAY_CLUSTER
+    constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        constants.ENABLE_RAY_CLUSTER = before
+
+
+def is_node_loss(exc: BaseException) -> bool:
+    """True for errors that mean the agent (its process or its node) is gone, not that the request was bad."""
+    from ray import exceptions as rex
+
+    lost = tuple(getattr(rex, n) for n in ("RayActorError", "ActorDiedError", "ActorUnavailableError",
+                                             "NodeDiedError", "WorkerCrashedError", "OwnerDiedError",
+                                             "ObjectLostError") if hasattr(rex, n))
+    return isinstance(exc, lost)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The aivmm error a remote call raised, without Ray's wrapper; other errors as ServingError."""
+    from ray import exceptions as rex
+
+    if isinstance(exc, rex.GetTimeoutError):
+        return DeadlineExceededError(f"no answer from the node agent in time: {exc}")
+    if isinstance(exc, rex.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, AivmmError):
+            return cause
+        return ServingError(f"node agent failed: {cause!r}" if cause is not None else str(exc).splitlines()[0])
+    return exc
