@@ -10,11 +10,13 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import json
 import logging
 import os
 import pathlib
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,6 +56,33 @@ class Node:
     def to_json(self) -> dict[str, Any]:
         return {"node": self.label, "node_id": self.node_id, "hostname": self.hostname, "alive": self.alive,
                 "devices": [d.id for d in self.devices]}
+
+
+def device_classes(devices: Sequence[Device], keep: str | None = None) -> dict[str, list[str]]:
+    """Representative device id → the ids of every device identical to it (hardware, memory, runtimes).
+
+    ``keep`` (a pinned device) is made the representative of its class.
+    """
+    groups: dict[str, list[str]] = {}
+    for d in devices:
+        props = {k: v for k, v in d.properties.items() if k not in ("node", "local_id")}
+        key = json.dumps([d.kind.value, d.vendor.value, d.name, d.memory_total_bytes, d.memory_free_bytes >> 30,
+                          sorted(d.features), list(d.runtimes), d.simulated, props], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(d.id)
+    out = {}
+    for members in groups.values():
+        rep = keep if keep in members else members[0]
+        out[rep] = members
+    return out
+
+
+def _on(plan: Any, device: str) -> Any:
+    """The plan with its chosen candidate moved to the device it was actually loaded on (same class)."""
+    chosen = plan.chosen
+    if chosen.config.device == device:
+        return plan
+    moved = dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, device=device))
+    return dataclasses.replace(plan, chosen=moved)
 
 
 def _constraints(value: Constraints | Mapping[str, Any] | None) -> Constraints:
@@ -103,6 +132,8 @@ class ClusterVMM:
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=256)
         self._replacer = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="aivmm-replace")
         self._closed = False
+        # Agents are this ClusterVMM's own: another ingress closing its agents must not stop ours.
+        self._token = uuid.uuid4().hex[:8]
         self._stop = threading.Event()
         self._attach_nodes()
         if not self._nodes:
@@ -128,7 +159,7 @@ class ClusterVMM:
         for node_id in fresh:
             simulate = self._simulate.get(node_label(node_id)) or self._simulate.get(node_id)
             handle = actor.options(
-                name=f"{AGENT_PREFIX}{node_id}", namespace=self.namespace, get_if_exists=True,
+                name=f"{AGENT_PREFIX}{self._token}-{node_id}", namespace=self.namespace,
                 num_cpus=0, max_concurrency=256, max_restarts=0,
                 # soft=False: an agent must never run anywhere but its node, or it would report the wrong devices.
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
@@ -182,9 +213,9 @@ class ClusterVMM:
 
     def _replace(self, model: ClusterModel, count: int, lost: str) -> None:
         try:
-            plan = self._plan(model.spec, model.deploy_args)
+            plan, classes = self._plan(model.spec, model.deploy_args)
             used = {t.device for t in model.router.targets()}
-            targets = self._load(model.name, model.spec, plan.ranked(), count, model.deploy_args, avoid=used)
+            targets = self._load(model.name, model.spec, plan.ranked(), classes, count, model.deploy_args, avoid=used)
             if not targets and not used:
                 raise PlanningError("no feasible device is left in the cluster")
         except Exception as exc:
@@ -254,9 +285,10 @@ class ClusterVMM:
         cons = _constraints(constraints)
         args = {"constraints": cons, "device": device, "backend": backend, "strict": strict,
                 "batching": batching, "measure": measure}
-        plan = self._plan(spec, args)
-        targets = self._load(name, spec, plan.replicas(replicas) if replicas > 1 else (plan.chosen,), replicas, args)
-        handle = ClusterModel(self, name, spec, plan, replicas, args)
+        plan, classes = self._plan(spec, args)
+        ranked = plan.replicas(replicas) if replicas > 1 else (plan.chosen,)
+        targets = self._load(name, spec, ranked, classes, replicas, args)
+        handle = ClusterModel(self, name, spec, _on(plan, targets[0].device), replicas, args)
         for t in targets:
             handle.router.add(t)
         with self._lock:
@@ -264,7 +296,12 @@ class ClusterVMM:
         self._event("deployed", model=name, devices=[t.device for t in targets])
         return handle
 
-    def _plan(self, spec: ModelSpec, args: Mapping[str, Any]) -> Any:
+    def _plan(self, spec: ModelSpec, args: Mapping[str, Any]) -> tuple[Any, dict[str, list[str]]]:
+        """The planner's choice over one device per class of identical devices, and each class's members.
+
+        Identical devices on many nodes would be identical candidates: planning them once keeps
+        planning time proportional to the kinds of hardware, not to the size of the cluster.
+        """
         from aivmm.planner import plan
 
         devices = self.devices
@@ -273,29 +310,47 @@ class ClusterVMM:
         pinned = args["device"] if args["device"] in {d.id for d in devices} else None
         if args["device"] is not None and pinned is None and args["strict"]:
             raise PlanningError(f"pinned device {args['device']} left the cluster (strict placement)")
-        return plan(spec, devices, args["constraints"], device=pinned, backend=args["backend"],
-                    strict=args["strict"], measure=False)
+        classes = device_classes(devices, keep=pinned)
+        reps = [d for d in devices if d.id in classes]
+        chosen = plan(spec, reps, args["constraints"], device=pinned, backend=args["backend"],
+                      strict=args["strict"], measure=False)
+        if pinned is not None:
+            classes = {k: ([pinned] if k == pinned else v) for k, v in classes.items()}
+        return chosen, classes
 
-    def _load(self, name: str, spec: ModelSpec, ranked: Sequence[Any], count: int, args: Mapping[str, Any],
-              avoid: set[str] = frozenset()) -> list[Target]:  # type: ignore[assignment]
-        """Load ``count`` replicas: candidates in ``ranked`` order on distinct devices not in ``avoid``
-        first, then the best one again; one agent call per device."""
-        picks: list[Any] = []
+    def _copies(self) -> collections.Counter[str]:
+        """How many model copies each device holds: new copies go to the emptiest device of a class."""
+        with self._lock:
+            return collections.Counter(t.device for m in self._models.values() for t in m.router.targets())
+
+    def _load(self, name: str, spec: ModelSpec, ranked: Sequence[Any], classes: Mapping[str, list[str]],
+              count: int, args: Mapping[str, Any], avoid: set[str] = frozenset()) -> list[Target]:  # type: ignore[assignment]
+        """Load ``count`` replicas: candidates in ``ranked`` order, each on the members of its device
+        class (emptiest first), distinct devices not in ``avoid`` first, then the best one again;
+        one agent call per device."""
+        copies = self._copies()
+        picks: list[tuple[Any, str]] = []
         for cand in ranked:
-            if len(picks) >= count:
-                break
-            if cand.config.device not in avoid and cand.config.device not in {c.config.device for c in picks}:
-                picks.append(cand)
+            # Spread: nodes this model is not on yet first, then the device holding the fewest copies.
+            nodes = {split(d)[0] for d in avoid} | {split(d)[0] for _, d in picks}
+            members = sorted(classes.get(cand.config.device, [cand.config.device]),
+                             key=lambda d: (split(d)[0] in nodes, copies[d], d))
+            for dev in members:
+                if len(picks) >= count:
+                    break
+                if dev not in avoid and dev not in {d for _, d in picks}:
+                    picks.append((cand, dev))
         if not picks:
             if avoid:  # every feasible device already holds a copy: those copies carry the load
                 return []
-            picks.append(ranked[0])
+            first = ranked[0].config.device
+            picks.append((ranked[0], min(classes.get(first, [first]), key=lambda d: (copies[d], d))))
         while len(picks) < count:
             picks.append(picks[0])
         # One engine entry per device: extra replicas on a device share its entry (and its backend).
         groups: dict[str, list[Any]] = collections.defaultdict(list)
-        for cand in picks:
-            groups[cand.config.device].append(cand)
+        for cand, dev in picks:
+            groups[dev].append(cand)
         path = str(spec.source)
         blob = self._blob(spec)
         calls = []
