@@ -286,3 +286,53 @@ def test_close_is_idempotent_and_releases_everything(models):
     assert simulated.allocated_bytes("nvidia:0") == 0
     with pytest.raises(ModelNotReadyError):
         h.infer(inputs(models["m0"]))
+
+
+def test_queued_request_for_an_evicted_model_prefetches_it(models):
+    dev = simulated_device("nvidia:0")
+    with Engine([dev], budgets={"nvidia:0": 80_000}) as engine:
+        a = engine.add("a", models["m0"], _place(dev), batching=BatchingConfig(4, 1))
+        engine.add("b", models["m1"], _place(dev))
+        engine.add("c", models["m2"], _place(dev))  # a third does not fit: something was evicted
+        engine.get("b").infer(inputs(models["m1"]))
+        engine.get("c").infer(inputs(models["m2"]))
+        replica = a.replicas[0]
+        assert replica.tier is not Tier.DEVICE
+        assert a.infer(inputs(models["m0"]))["y"].shape == (1, 64)
+        assert replica.loads[-1].reason == "prefetch for a queued request"
+
+
+def test_out_of_memory_while_running_evicts_and_retries(models):
+    from aivmm.backends import registry
+    from aivmm.backends.simulated import SimulatedBackend, SimulatedSession
+    from aivmm.errors import OutOfMemoryError
+
+    class OomSession(SimulatedSession):
+        failed = False
+
+        def _run(self, feeds, output):
+            if not OomSession.failed:
+                OomSession.failed = True
+                raise OutOfMemoryError("simulated: CUDA out of memory while allocating the workspace")
+            return super()._run(feeds, output)
+
+    class OomBackend(SimulatedBackend):
+        name = "oom-once"
+
+        def _load(self, model, device, config):
+            s = super()._load(model, device, config)
+            s.__class__ = OomSession
+            return s
+
+    registry.register("oom-once", OomBackend)
+    try:
+        dev = simulated_device("nvidia:0")
+        with Engine([dev]) as engine:
+            other = engine.add("other", models["m1"], _place(dev))
+            h = engine.add("a", models["m0"], [(Config("oom-once", dev.id), dev)])
+            assert h.infer(inputs(models["m0"]))["y"].shape == (1, 64)  # failed once, evicted, retried
+            assert OomSession.failed
+            assert other.replicas[0].tier is not Tier.DEVICE  # the idle neighbour made room
+            assert any("out of memory running" in d["reason"] for d in engine.status()["eviction_decisions"])
+    finally:
+        registry.unregister("oom-once")
