@@ -3,12 +3,12 @@
 It discovers the node's devices in the node's own environment (``AIVMM_SIMULATE`` set for that
 node's raylet, or the ``simulate`` argument), loads the models the head assigns to it on its local
 engine (so overcommit, residency and dynamic batching work per node, as on one machine) and runs
-requests. It is an async actor: many requests are in flight at once so the engine can batch them.
+requests. It is a threaded actor (``max_concurrency`` threads): many requests are in flight at
+once, each blocking its thread in the engine, so the engine's dynamic batching can group them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import pathlib
@@ -74,7 +74,7 @@ class NodeAgent:
             os.replace(tmp, target)
         return str(target)
 
-    async def deploy(
+    def deploy(
         self,
         name: str,
         path: str,
@@ -90,28 +90,24 @@ class NodeAgent:
         """Load ``name`` on this node's ``device`` (pinned, strict: the head already chose it)."""
 
         key = _key(name, device)
+        local = self._local_file(path, sha256, blob)
+        model = self._vmm.deploy(local, constraints, device=device, backend=backend, strict=True, name=key,
+                                 batching=batching, replicas=replicas, measure=measure)
+        self._models[key] = model
+        return {"name": name, "placement": model.plan.chosen.config.label(), "replicas": replicas}
 
-        def work() -> dict[str, Any]:
-            local = self._local_file(path, sha256, blob)
-            model = self._vmm.deploy(local, constraints, device=device, backend=backend, strict=True, name=key,
-                                     batching=batching, replicas=replicas, measure=measure)
-            self._models[key] = model
-            return {"name": name, "placement": model.plan.chosen.config.label(), "replicas": replicas}
-
-        return await asyncio.to_thread(work)
-
-    async def infer(self, name: str, device: str, feeds: Mapping[str, Any], priority: int = 0,
+    def infer(self, name: str, device: str, feeds: Mapping[str, Any], priority: int = 0,
                     deadline_ms: float | None = None) -> dict[str, Any]:
         model = self._models.get(_key(name, device))
         if model is None:
             raise ModelNotFoundError(f"model {name!r} is not loaded on {device} of node {self.node_id[:8]}")
-        return await model.execute_async(feeds, priority=priority, deadline_ms=deadline_ms)
+        return model.execute(feeds, priority=priority, deadline_ms=deadline_ms)
 
-    async def unload(self, name: str, device: str, drain: bool = True) -> bool:
+    def unload(self, name: str, device: str, drain: bool = True) -> bool:
         key = _key(name, device)
         if self._models.pop(key, None) is None:
             return False
-        await asyncio.to_thread(self._vmm.unload, key, drain=drain)
+        self._vmm.unload(key, drain=drain)
         return True
 
     def status(self) -> dict[str, Any]:

@@ -40,6 +40,8 @@ from aivmm.planner.constraints import Constraints
 log = logging.getLogger(__name__)
 
 AGENT_PREFIX = "aivmm-agent-"
+# Requests a node agent runs at once (threads of the actor); more wait in Ray's queue for the actor.
+AGENT_THREADS = 64
 
 
 @dataclasses.dataclass(eq=False)
@@ -160,7 +162,7 @@ class ClusterVMM:
             simulate = self._simulate.get(node_label(node_id)) or self._simulate.get(node_id)
             handle = actor.options(
                 name=f"{AGENT_PREFIX}{self._token}-{node_id}", namespace=self.namespace,
-                num_cpus=0, max_concurrency=256, max_restarts=0,
+                num_cpus=0, max_concurrency=AGENT_THREADS, max_restarts=0,
                 # soft=False: an agent must never run anywhere but its node, or it would report the wrong devices.
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             ).remote(node_id, simulate)
