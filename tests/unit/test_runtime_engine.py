@@ -336,3 +336,17 @@ def test_out_of_memory_while_running_evicts_and_retries(models):
             assert any("out of memory running" in d["reason"] for d in engine.status()["eviction_decisions"])
     finally:
         registry.unregister("oom-once")
+
+
+def test_requests_queued_for_a_model_evicted_under_them_still_run(models):
+    dev = simulated_device("nvidia:0", simulated_latency_ms=20)
+    with Engine([dev], budgets={"nvidia:0": 45_000}) as engine:  # one model at a time
+        a = engine.add("a", models["m0"], _place(dev), batching=BatchingConfig(1, 0))
+        x = inputs(models["m0"])
+        queued = [engine._enqueue(a, x, priority=0, deadline_ms=None, reject_late=False, output="numpy",
+                                  idempotent=True) for _ in range(4)]
+        b = engine.add("b", models["m1"], _place(dev))  # evicts "a" between two of its batches
+        b.infer(inputs(models["m1"]))
+        for r in queued:  # without the stalled-queue prefetch these would wait for the next submit
+            assert r.future.result(timeout=30)["y"].shape == (1, 64)
+        assert a.stats()["evictions"] >= 1 and a.stats()["loads"] >= 2

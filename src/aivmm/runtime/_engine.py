@@ -214,6 +214,7 @@ class Engine:
                 replica.key, lambda batch, r=replica: self._run_batch(handle, r, batch),
                 batching=handle.batching, batch_dim=spec.batch_dim, limit=handle.batching.max_queue_size,
                 runnable=replica.resident, latency=replica.expected_latency,
+                stalled=lambda r=replica: self._prefetch(r),
             )
             self._executor(device.id).register(replica.queue)
         self.residency.register(replica)
@@ -497,7 +498,13 @@ class Engine:
                 )
         self._executor(replica.device.id).submit(replica.queue, request)
         if replica.tier is not Tier.DEVICE:
-            self.residency.prefetch(replica).add_done_callback(lambda f, r=replica: self._prefetch_done(r, f))
+            self._prefetch(replica)
+
+    def _prefetch(self, replica: Replica) -> None:
+        fut = self.residency.prefetch(replica)
+        if not getattr(fut, "aivmm_watched", False):
+            fut.aivmm_watched = True  # type: ignore[attr-defined]  # one failure handler per load
+            fut.add_done_callback(lambda f, r=replica: self._prefetch_done(r, f))
 
     def _expected_wait(self, replica: Replica, items: int) -> float:
         """Seconds until a request just queued on ``replica`` would finish (0 before anything was measured)."""

@@ -94,7 +94,11 @@ class DeviceExecutor:
         wait = _IDLE_WAIT_S
         for queue in self._queues:
             self._reject_late(queue, now)
-            if not queue.heap or not queue.runnable():
+            if not queue.heap:
+                continue
+            if not queue.runnable():
+                # Evicted while requests waited for it: have it brought back (deduplicated upstream).
+                queue.stalled()
                 continue
             ready, until = self._ready(queue, now)
             if not ready:

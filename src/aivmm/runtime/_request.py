@@ -67,6 +67,7 @@ class ReplicaQueue:
         limit: int,
         runnable: Callable[[], bool],
         latency: Callable[[int], float],
+        stalled: Callable[[], object] = lambda: None,
     ) -> None:
         self.name = name
         self.runner = runner
@@ -75,6 +76,7 @@ class ReplicaQueue:
         self.limit = limit
         self.runnable = runnable  # False while the replica is being (re)loaded
         self.latency = latency  # expected seconds to run a batch of n items
+        self.stalled = stalled  # called when requests wait for a replica that is not resident
         self.heap: list[Request] = []
         self.queued_items = 0
         self.running_items = 0
