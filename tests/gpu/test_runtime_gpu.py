@@ -48,7 +48,7 @@ def test_upload_bandwidth_near_pinned_peak(torch):
     _, report = up.upload(weights)
     ratio = report.bytes_per_second / peak
     print(f"pinned peak {peak / 1e9:.1f} GB/s, uploader {report.bytes_per_second / 1e9:.1f} GB/s, ratio {ratio:.2f}")
-    assert ratio > 0.5  # the benchmark reports the figure; this only catches a broken pipeline
+    assert ratio > 0.3  # benchmarks/model_load_gpu.py reports the figure; this only catches a broken pipeline
 
 
 def test_host_tier_round_trip(torch):
