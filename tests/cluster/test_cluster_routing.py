@@ -62,3 +62,26 @@ def test_cluster_ids_round_trip_and_keep_kind_selectors() -> None:
 def test_malformed_cluster_ids_are_named_errors(bad: str) -> None:
     with pytest.raises(DeviceNotFoundError, match="NODE/DEVICE"):
         split(bad)
+
+
+def test_serve_refuses_ray_with_single_machine_flags() -> None:
+    import argparse
+
+    from aivmm.cli import serve
+    from aivmm.errors import ConfigError
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args(["--ray", "127.0.0.1:6379", "--simulate", "x.json"])
+    with pytest.raises(ConfigError, match="per node"):
+        serve.run(args)
+
+
+def test_unreachable_ray_address_fails_at_once_with_the_address() -> None:
+    from aivmm.cluster._ray import _check_reachable
+    from aivmm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1"):
+        _check_reachable("127.0.0.1:1", timeout_s=2.0)
+    with pytest.raises(ConfigError, match="bad Ray address"):
+        _check_reachable("no-port-here")

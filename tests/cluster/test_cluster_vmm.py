@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 
-from aivmm.errors import DeviceNotFoundError, InputError
+from aivmm.errors import DeviceNotFoundError, InputError, ModelNotReadyError
+from conftest import NODE_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +91,55 @@ def test_pinned_device_on_a_remote_node_is_honoured(cluster_vmm: Any, affine: pa
         np.testing.assert_array_equal(out["y"], np.full((1, 4), 3, np.float32))
     finally:
         cluster_vmm.unload("affine-pin")
+
+
+def _join(ray_cluster: Any, cluster_vmm: Any) -> tuple[Any, str]:
+    """A fresh node, once the ClusterVMM's monitor has given it an agent (bounded wait)."""
+    node = ray_cluster.add_node(**NODE_ARGS)
+    ray_cluster.wait_for_nodes(timeout=60)
+    label = f"node-{node.node_id[:8]}"
+    deadline = time.monotonic() + 90
+    while not any(d.id.startswith(label) for d in cluster_vmm.devices):
+        assert time.monotonic() < deadline, f"{label} got no agent: {cluster_vmm.status()['skipped_nodes']}"
+        time.sleep(0.2)
+    return node, label
+
+
+def _lose(ray_cluster: Any, cluster_vmm: Any, node: Any, label: str) -> None:
+    """Kill the node; return once the ClusterVMM has noticed (its agent may answer for a moment after)."""
+    ray_cluster.remove_node(node, allow_graceful=False)
+    deadline = time.monotonic() + 90
+    while label in {n["node"] for n in cluster_vmm.nodes()}:
+        assert time.monotonic() < deadline, f"loss of {label} not noticed"
+        time.sleep(0.1)
+
+
+def test_a_model_whose_only_node_dies_is_re_placed_and_answers_again(
+        ray_cluster: Any, cluster_vmm: Any, affine: pathlib.Path) -> None:
+    node, label = _join(ray_cluster, cluster_vmm)
+    model = cluster_vmm.deploy(str(affine), name="affine-move", device=f"{label}/cpu:0", measure=False)
+    try:
+        x = np.ones((1, 4), np.float32)
+        np.testing.assert_array_equal(model.execute({"x": x})["y"], 2 * x + 1)
+        _lose(ray_cluster, cluster_vmm, node, label)
+        out = model.execute({"x": x})  # waits (bounded) for the re-placement if it is still loading
+        np.testing.assert_array_equal(out["y"], 2 * x + 1)
+        stats = model.stats()
+        assert [t["node"] for t in stats["targets"]] != [label]
+        assert stats["replacements"][0]["lost"] == label
+    finally:
+        cluster_vmm.unload("affine-move")
+
+
+def test_a_strictly_pinned_model_whose_node_dies_fails_with_the_reason(
+        ray_cluster: Any, cluster_vmm: Any, affine: pathlib.Path) -> None:
+    node, label = _join(ray_cluster, cluster_vmm)
+    model = cluster_vmm.deploy(str(affine), name="affine-strict", device=f"{label}/cpu:0", strict=True, measure=False)
+    try:
+        _lose(ray_cluster, cluster_vmm, node, label)
+        start = time.monotonic()
+        with pytest.raises(ModelNotReadyError, match="left the cluster"):
+            model.execute({"x": np.ones((1, 4), np.float32)})
+        assert time.monotonic() - start < cluster_vmm.replace_timeout_s  # told why, not left to time out
+    finally:
+        cluster_vmm.unload("affine-strict")

@@ -60,7 +60,8 @@ class ClusterModel:
     def _wait_for_target(self, until: float) -> None:
         """Block until a live target appears, the model closes, or ``until`` passes."""
         with self._changed:
-            while not self.closed and not any(t.alive for t in self.router.targets()):
+            # A failed re-placement ends the wait: the request is answered with its reason at once.
+            while not self.closed and not self.failure and not any(t.alive for t in self.router.targets()):
                 left = until - time.monotonic()
                 if left <= 0:
                     break

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import ipaddress
+import socket
 from collections.abc import Iterator
 from typing import Any
 
-from aivmm.errors import AivmmError, BackendUnavailableError, DeadlineExceededError, ServingError
+from aivmm.errors import AivmmError, BackendUnavailableError, ConfigError, DeadlineExceededError, ServingError
 
 
 def ray_module() -> Any:
@@ -26,6 +27,8 @@ def connect(address: str | None, *, node_ip_address: str | None, namespace: str)
     ray = ray_module()
     if ray.is_initialized():
         return False
+    if address:
+        _check_reachable(address)
     kwargs: dict[str, Any] = {"namespace": namespace, "log_to_driver": False, "configure_logging": False}
     if node_ip_address is None and address and _is_loopback(address):
         node_ip_address = "127.0.0.1"  # a loopback cluster's raylets registered with it: find ours by it
@@ -39,6 +42,21 @@ def connect(address: str | None, *, node_ip_address: str | None, namespace: str)
     else:
         ray.init(address=address, **kwargs)
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail at once with the address in the message: ``ray.init`` retries an unreachable GCS for minutes."""
+    if address in ("auto", "local") or "://" in address:
+        return  # resolved by Ray itself (environment, a new local instance, Ray Client)
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"bad Ray address {address!r}: expected HOST:PORT such as 127.0.0.1:6379, or 'auto'")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc} (is `ray start --head` running there?)"
+                          ) from None
 
 
 def _is_loopback(address: str) -> bool:
