@@ -35,7 +35,7 @@ from aivmm.errors import (
     ModelNotFoundError,
 )
 from aivmm.models._spec import ModelSpec
-from aivmm.planner.constraints import Constraints, parse_bytes
+from aivmm.planner.constraints import Constraints
 
 if TYPE_CHECKING:
     from aivmm.planner import Plan
@@ -105,19 +105,6 @@ class _FileWatch:
                 f"(sha256 {self.sha256[:12]}… → {digest[:12]}…); deploy it again to use the new file"
             )
         self.stat = stat  # touched but identical content
-
-
-def parse_budget_string(text: str) -> dict[str, int]:
-    """``"cpu:0=512MiB,nvidia:0=20GiB"`` → ``{"cpu:0": 536870912, "nvidia:0": 21474836480}``."""
-    out: dict[str, int] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        dev, sep, size = part.partition("=")
-        if not sep or not dev.strip():
-            raise ConfigError(f"bad memory budget entry {part!r}: expected DEVICE=SIZE such as cpu:0=512MiB")
-        out[dev.strip()] = parse_bytes(size)
-    return out
 
 
 def _placements(plan: Plan, replicas: int, devices: Mapping[str, Device]) -> list[tuple[Any, Device]]:
@@ -263,7 +250,9 @@ class VMM:
 
                 budgets = self._memory_budget
                 if isinstance(budgets, str):
-                    budgets = parse_budget_string(budgets)
+                    from aivmm.memory import parse_budget_spec
+
+                    budgets = parse_budget_spec(budgets, source="memory_budget")
                 self._engine = Engine(self._devices, budgets=budgets)
             return self._engine
 

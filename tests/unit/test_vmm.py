@@ -24,7 +24,6 @@ from aivmm.errors import (
     ModelClosedError,
     ModelNotFoundError,
 )
-from aivmm.vmm import parse_budget_string
 
 
 def _write_model(path: pathlib.Path, op: str = "Relu", width: int = 4) -> pathlib.Path:
@@ -131,9 +130,8 @@ def test_fallback_is_recorded_not_silent(vmm, relu):
 
 
 def test_duplicate_name_and_bad_arguments(vmm, relu):
-    with vmm.deploy(relu, measure=False, name="dup"):
-        with pytest.raises(ConfigError, match="already deployed"):
-            vmm.deploy(relu, measure=False, name="dup")
+    with vmm.deploy(relu, measure=False, name="dup"), pytest.raises(ConfigError, match="already deployed"):
+        vmm.deploy(relu, measure=False, name="dup")
     with pytest.raises(ConfigError):
         vmm.deploy(relu, replicas=0)
     with pytest.raises(ConfigError):
@@ -149,10 +147,13 @@ def test_status_reports_devices_and_models(vmm, relu):
         assert status["models"]["st"]["requests"] >= 1
 
 
-def test_budget_string():
-    assert parse_budget_string("cpu:0=512MiB, nvidia:0=20GiB") == {"cpu:0": 512 * 2**20, "nvidia:0": 20 * 2**30}
-    with pytest.raises(ConfigError):
-        parse_budget_string("cpu:0")
+def test_memory_budget_string_is_applied(relu):
+    with aivmm.VMM(memory_budget="cpu:0=64MiB") as v:
+        assert v.status()["models"] == {}
+        with v.deploy(relu, measure=False):
+            assert v.status()["devices"]["cpu:0"]["budget_bytes"] == 64 * 2**20
+    with pytest.raises(ConfigError, match="memory_budget"):
+        aivmm.VMM(memory_budget="cpu:0").engine  # noqa: B018 - the engine parses the budget
 
 
 def test_simulated_devices_are_used_when_asked(relu, tmp_path):

@@ -195,7 +195,20 @@ class TorchBackend(Backend):
         if config.options.get("channels_last"):
             module = module.to(memory_format=torch.channels_last)
         try:
-            module = module.to(target)
+            if target.type == "cuda":
+                # One reused pinned staging buffer with chunked async copies: a plain module.to("cuda")
+                # copies tensor by tensor from pageable memory at a fraction of the bus speed.
+                from aivmm.memory import PinnedUploader
+
+                uploader = PinnedUploader(target.index or 0)
+                try:
+                    upload = uploader.move_module(module)
+                finally:
+                    uploader.close()
+                notes.append(f"weights uploaded through pinned staging: {upload.nbytes / 2**20:.1f} MiB at "
+                             f"{upload.bytes_per_second / 1e9:.1f} GB/s")
+            else:
+                module = module.to(target)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(f"{model.name!r}: weights do not fit on {device.id}: {exc}") from exc
         weight_bytes = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))

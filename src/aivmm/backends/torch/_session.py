@@ -117,6 +117,7 @@ class TorchSession(Session):
         # by the next run and its graph trees are not thread-safe, so runs are serialised and outputs copied.
         self._replay_lock = threading.Lock() if mode == "reduce-overhead" else None
         self._graphs = _CudaGraphRunner(self._forward, torch_device) if config.options.get("cuda_graphs") else None
+        self._host_tier: Any = None  # aivmm.memory.PinnedHostTier once evicted to the host tier (CUDA)
 
     def _forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         if self._replay_lock is not None:
@@ -158,19 +159,34 @@ class TorchSession(Session):
         return result
 
     def offload_to_host(self) -> bool:
+        """Park the weights in host memory and free the device's. CUDA: one pinned allocation, so the
+        reload is a single DMA stream at the bus peak; other devices: an ordinary ``module.to("cpu")``."""
         if self.torch_device.type == "cpu":
             return False
         with self._lock:
+            # captured graphs point at the old device addresses: capture again after the reload
             self._graphs = _CudaGraphRunner(self._forward, self.torch_device) if self._graphs is not None else None
-            self.module.to("cpu")
+            if self.torch_device.type == "cuda":
+                from aivmm.memory import PinnedHostTier
+
+                if self._host_tier is None:
+                    self._host_tier = PinnedHostTier(self.module)
+                self._host_tier.offload()
+                torch.cuda.empty_cache()
+            else:
+                self.module.to("cpu")
         return True
 
     def reload_to_device(self) -> None:
         with self._lock:
-            self.module.to(self.torch_device)
+            if self._host_tier is not None:
+                self._host_tier.restore()
+            else:
+                self.module.to(self.torch_device)
 
     def _close(self) -> None:
         self._graphs = None
+        self._host_tier = None
         self.module = None  # type: ignore[assignment]
         self._call = None  # type: ignore[assignment]
         if self.torch_device.type == "cuda":
