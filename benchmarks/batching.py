@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,2,4,8,16,32")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--slo-ms", type=float, default=None)
+    ap.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 (a planner choice; fp16 on GPUs)")
     args = ap.parse_args()
 
     from aivmm.backends._base import Config
@@ -76,7 +77,9 @@ def main() -> None:
     device = next(d for d in discover() if d.id == args.device)
     spec = load(zoo.build(args.model, args.size))
     feeds = zoo.sample_inputs(args.model, args.size, batch=1)
-    config = Config(args.backend, device.id)
+    from aivmm.dtypes import Precision
+
+    config = Config(args.backend, device.id, Precision.parse(args.precision))
     levels = [int(x) for x in args.levels.split(",")]
     results: dict[str, list[dict[str, float]]] = {}
     with Engine([device]) as engine:
@@ -103,7 +106,7 @@ def main() -> None:
     }
     ratio = (best["batched"]["throughput"] / best["unbatched"]["throughput"]
              if best["batched"] and best["unbatched"] else float("nan"))
-    print(f"# batching: {args.model}/{args.size} on {device.id} ({device.name}) via {args.backend}")
+    print(f"# batching: {args.model}/{args.size} on {device.id} ({device.name}) via {args.backend} {args.precision}")
     print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()},"
           f" python {platform.python_version()}")
     print(f"raw session, one client, batch 1: {raw_tput:.1f} inf/s")
