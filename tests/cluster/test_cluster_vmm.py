@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from aivmm.errors import DeviceNotFoundError, InputError, ModelNotReadyError
+from aivmm.errors import ConfigError, DeviceNotFoundError, InputError, ModelNotReadyError
 from conftest import NODE_ARGS
 
 pytestmark = pytest.mark.slow
@@ -77,6 +77,8 @@ def test_bad_requests_get_aivmm_errors(cluster_vmm: Any, affine: pathlib.Path) -
             model.execute({"x": np.zeros((2, 5), np.float32)})
         with pytest.raises(InputError):
             model.execute({"nope": np.zeros((2, 4), np.float32)})
+        with pytest.raises(ConfigError, match="output must be 'numpy'"):
+            model.execute({"x": np.zeros((2, 4), np.float32)}, output="native")
     finally:
         cluster_vmm.unload("affine-bad")
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from aivmm.cluster._ray import is_node_loss, unwrap
 from aivmm.cluster._routing import Router, Target
-from aivmm.errors import DeviceUnhealthyError, ModelClosedError, ModelNotReadyError
+from aivmm.errors import ConfigError, DeviceUnhealthyError, ModelClosedError, ModelNotReadyError
 from aivmm.models._spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -74,9 +74,11 @@ class ClusterModel:
         return ModelNotReadyError(f"model {self.name!r} has no live replica in the cluster{why}")
 
     # -- requests -------------------------------------------------------------------------------
-    def _feeds(self, inputs: Any) -> dict[str, np.ndarray]:
+    def _feeds(self, inputs: Any, output: str) -> dict[str, np.ndarray]:
         from aivmm.backends.tensors import validate_feeds
 
+        if output != "numpy":  # a device tensor cannot come back from another machine
+            raise ConfigError(f"model {self.name!r} runs on the cluster: output must be 'numpy', got {output!r}")
         if self.closed:
             raise ModelClosedError(f"model {self.name!r} was unloaded")
         # numpy crosses process boundaries through the object store without pickling the data.
@@ -86,7 +88,7 @@ class ClusterModel:
                 deadline_ms: float | None = None) -> dict[str, Any]:
         import ray
 
-        feeds = self._feeds(inputs)
+        feeds = self._feeds(inputs, output)
         until = time.monotonic() + self._owner.replace_timeout_s
         attempts = 0
         while True:
@@ -109,7 +111,7 @@ class ClusterModel:
 
     async def execute_async(self, inputs: Any, *, output: str = "numpy", priority: int = 0,
                             deadline_ms: float | None = None) -> dict[str, Any]:
-        feeds = self._feeds(inputs)
+        feeds = self._feeds(inputs, output)
         until = time.monotonic() + self._owner.replace_timeout_s
         attempts = 0
         while True:
