@@ -85,3 +85,41 @@ def test_unreachable_ray_address_fails_at_once_with_the_address() -> None:
         _check_reachable("127.0.0.1:1", timeout_s=2.0)
     with pytest.raises(ConfigError, match="bad Ray address"):
         _check_reachable("no-port-here")
+
+
+class _Cand:
+    def __init__(self, device: str) -> None:
+        self.config = type("Config", (), {"device": device})()
+
+
+def _dev(node: str, local: str = "cpu:0", memory: int = 64 << 30) -> Device:
+    kind = DeviceKind.CPU if local.startswith("cpu") else DeviceKind.GPU
+    return qualify(node, Device(local, kind, Vendor.OTHER, "same", memory, memory))
+
+
+def test_identical_devices_form_one_class_and_a_pin_leads_it() -> None:
+    from aivmm.cluster._placement import device_classes
+
+    devs = [_dev("node-a"), _dev("node-b"), _dev("node-c", memory=8 << 30), _dev("node-a", "nvidia:0")]
+    classes = device_classes(devs)
+    assert sorted(map(sorted, classes.values())) == [["node-a/cpu:0", "node-b/cpu:0"], ["node-a/nvidia:0"],
+                                                      ["node-c/cpu:0"]]
+    assert "node-b/cpu:0" in device_classes(devs, keep="node-b/cpu:0")
+
+
+def test_copies_spread_over_nodes_then_the_emptiest_devices() -> None:
+    import collections
+
+    from aivmm.cluster._placement import choose_devices
+
+    classes = {"node-a/cpu:0": ["node-a/cpu:0", "node-b/cpu:0", "node-c/cpu:0"], "node-a/nvidia:0": ["node-a/nvidia:0"]}
+    gpu, cpu = _Cand("node-a/nvidia:0"), _Cand("node-a/cpu:0")
+    busy = collections.Counter({"node-b/cpu:0": 5})
+    picks = choose_devices([gpu, cpu], classes, 3, set(), busy)
+    # The GPU first; then CPUs on nodes without a copy (b and c), the emptier c before the busy b.
+    assert [d for _, d in picks] == ["node-a/nvidia:0", "node-c/cpu:0", "node-b/cpu:0"]
+    # Re-placing around surviving copies: only devices without one; none left means none.
+    assert [d for _, d in choose_devices([cpu], classes, 1, {"node-c/cpu:0"}, busy)] == ["node-a/cpu:0"]
+    assert choose_devices([cpu], classes, 1, set(classes["node-a/cpu:0"]), busy) == []
+    # More replicas than devices: the first pick takes the rest.
+    assert [d for _, d in choose_devices([gpu], classes, 2, set(), busy)] == ["node-a/nvidia:0"] * 2

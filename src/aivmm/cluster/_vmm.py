@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import os
 import pathlib
@@ -18,11 +17,13 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from aivmm.cluster._agent import NodeAgent
 from aivmm.cluster._ids import node_label, qualify, split
 from aivmm.cluster._model import ClusterModel
+from aivmm.cluster._placement import choose_devices, device_classes, on_device
 from aivmm.cluster._ray import connect, is_node_loss, ray_module, unwrap
 from aivmm.cluster._routing import Target
 from aivmm.devices._types import Device
@@ -58,33 +59,6 @@ class Node:
     def to_json(self) -> dict[str, Any]:
         return {"node": self.label, "node_id": self.node_id, "hostname": self.hostname, "alive": self.alive,
                 "devices": [d.id for d in self.devices]}
-
-
-def device_classes(devices: Sequence[Device], keep: str | None = None) -> dict[str, list[str]]:
-    """Representative device id → the ids of every device identical to it (hardware, memory, runtimes).
-
-    ``keep`` (a pinned device) is made the representative of its class.
-    """
-    groups: dict[str, list[str]] = {}
-    for d in devices:
-        props = {k: v for k, v in d.properties.items() if k not in ("node", "local_id")}
-        key = json.dumps([d.kind.value, d.vendor.value, d.name, d.memory_total_bytes, d.memory_free_bytes >> 30,
-                          sorted(d.features), list(d.runtimes), d.simulated, props], sort_keys=True, default=str)
-        groups.setdefault(key, []).append(d.id)
-    out = {}
-    for members in groups.values():
-        rep = keep if keep in members else members[0]
-        out[rep] = members
-    return out
-
-
-def _on(plan: Any, device: str) -> Any:
-    """The plan with its chosen candidate moved to the device it was actually loaded on (same class)."""
-    chosen = plan.chosen
-    if chosen.config.device == device:
-        return plan
-    moved = dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, device=device))
-    return dataclasses.replace(plan, chosen=moved)
 
 
 def _constraints(value: Constraints | Mapping[str, Any] | None) -> Constraints:
@@ -211,7 +185,11 @@ class ClusterVMM:
         self._event("node-lost", node=label, reason=reason, models=[m.name for m, _ in affected])
         log.warning("node %s lost (%s); re-placing %d model(s)", label, reason, len(affected))
         for model, count in affected:
-            self._replacer.submit(self._replace, model, count, label)
+            try:
+                self._replacer.submit(self._replace, model, count, label)
+            except RuntimeError:  # closing: nothing is re-placed any more, waiting requests learn why
+                model.failure = f"lost {label} while the cluster VMM was closing"
+                model.notify()
 
     def _replace(self, model: ClusterModel, count: int, lost: str) -> None:
         try:
@@ -290,7 +268,7 @@ class ClusterVMM:
         plan, classes = self._plan(spec, args)
         ranked = plan.replicas(replicas) if replicas > 1 else (plan.chosen,)
         targets = self._load(name, spec, ranked, classes, replicas, args)
-        handle = ClusterModel(self, name, spec, _on(plan, targets[0].device), replicas, args)
+        handle = ClusterModel(self, name, spec, on_device(plan, targets[0].device), replicas, args)
         for t in targets:
             handle.router.add(t)
         with self._lock:
@@ -326,29 +304,13 @@ class ClusterVMM:
             return collections.Counter(t.device for m in self._models.values() for t in m.router.targets())
 
     def _load(self, name: str, spec: ModelSpec, ranked: Sequence[Any], classes: Mapping[str, list[str]],
-              count: int, args: Mapping[str, Any], avoid: set[str] = frozenset()) -> list[Target]:  # type: ignore[assignment]
+              count: int, args: Mapping[str, Any], avoid: AbstractSet[str] = frozenset()) -> list[Target]:
         """Load ``count`` replicas: candidates in ``ranked`` order, each on the members of its device
         class (emptiest first), distinct devices not in ``avoid`` first, then the best one again;
         one agent call per device."""
-        copies = self._copies()
-        picks: list[tuple[Any, str]] = []
-        for cand in ranked:
-            # Spread: nodes this model is not on yet first, then the device holding the fewest copies.
-            nodes = {split(d)[0] for d in avoid} | {split(d)[0] for _, d in picks}
-            members = sorted(classes.get(cand.config.device, [cand.config.device]),
-                             key=lambda d: (split(d)[0] in nodes, copies[d], d))
-            for dev in members:
-                if len(picks) >= count:
-                    break
-                if dev not in avoid and dev not in {d for _, d in picks}:
-                    picks.append((cand, dev))
-        if not picks:
-            if avoid:  # every feasible device already holds a copy: those copies carry the load
-                return []
-            first = ranked[0].config.device
-            picks.append((ranked[0], min(classes.get(first, [first]), key=lambda d: (copies[d], d))))
-        while len(picks) < count:
-            picks.append(picks[0])
+        picks = choose_devices(ranked, classes, count, avoid, self._copies())
+        if not picks:  # every feasible device already holds a copy: those copies carry the load
+            return []
         # One engine entry per device: extra replicas on a device share its entry (and its backend).
         groups: dict[str, list[Any]] = collections.defaultdict(list)
         for cand, dev in picks:
