@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import pathlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,23 @@ def ray_processes(session_dir: str) -> list[Any]:
     return out
 
 
+# Finalizers of the cluster and the ClusterVMM, run last-in first-out exactly once: when the last
+# test of this directory ends (so the rest of the suite does not share the machine with Ray) or,
+# failing that, at the end of the session.
+_OPEN: list[Callable[[], None]] = []
+
+
+def _close_all() -> None:
+    while _OPEN:
+        _OPEN.pop()()
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    here = pathlib.Path(__file__).parent
+    if nextitem is None or here not in nextitem.path.parents:
+        _close_all()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
     pytest.importorskip("ray")
@@ -68,12 +85,8 @@ def ray_cluster() -> Iterator[Any]:
     cluster = Cluster(initialize_head=True, head_node_args={
         **NODE_ARGS, "include_dashboard": False, "_system_config": FAST_FAILURE_DETECTION})
     session_dir = cluster.head_node.get_session_dir_path()
-    try:
-        cluster.add_node(**NODE_ARGS, env_vars={"AIVMM_SIMULATE": str(H100)})
-        cluster.wait_for_nodes(timeout=60)
-        connect(cluster.address, node_ip_address="127.0.0.1", namespace="aivmm-tests")
-        yield cluster
-    finally:
+
+    def shutdown() -> None:
         ray.shutdown()
         cluster.shutdown()
         deadline = time.monotonic() + 20
@@ -85,16 +98,26 @@ def ray_cluster() -> Iterator[Any]:
                 proc.kill()
         assert not left, f"Ray processes survived the cluster shutdown: {[p.pid for p in left]}"
 
+    _OPEN.append(shutdown)
+    try:
+        cluster.add_node(**NODE_ARGS, env_vars={"AIVMM_SIMULATE": str(H100)})
+        cluster.wait_for_nodes(timeout=60)
+        connect(cluster.address, node_ip_address="127.0.0.1", namespace="aivmm-tests")
+        yield cluster
+    finally:
+        _close_all()
+
 
 @pytest.fixture(scope="session")
 def cluster_vmm(ray_cluster: Any) -> Iterator[Any]:
     from aivmm.cluster import ClusterVMM
 
     vmm = ClusterVMM(namespace="aivmm-tests", replace_timeout_s=60.0, call_timeout_s=60.0)
+    _OPEN.append(vmm.close)
     try:
         yield vmm
     finally:
-        vmm.close()
+        _close_all()
 
 
 @pytest.fixture(scope="session")
