@@ -36,11 +36,16 @@ def connect(address: str | None, *, node_ip_address: str | None, namespace: str)
         kwargs["_node_ip_address"] = node_ip_address
     if address is None:
         kwargs["include_dashboard"] = False
-    if address and _is_loopback(address):
-        with _keep_loopback(ray):
+    try:
+        if address and _is_loopback(address):
+            with _keep_loopback(ray):
+                ray.init(address=address, **kwargs)
+        else:
             ray.init(address=address, **kwargs)
-    else:
-        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError) as exc:  # reachable but refused: auth token, version mismatch, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot join the Ray cluster at {address}: {first} (with token authentication on, "
+                          "this process needs the cluster's token: RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH)") from exc
     return True
 
 
