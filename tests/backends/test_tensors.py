@@ -180,3 +180,14 @@ def test_cuda_tensor_to_numpy_copies_to_host():
     with pytest.raises(InputError):
         tensors.host_view(t)
 
+
+
+def test_a_symbol_repeated_in_one_input_must_have_one_size():
+    # found by the property test: the one-input fast path once skipped this check
+    spec = ModelSpec(name="square", format=ModelFormat.ONNX,
+                     inputs=(TensorSpec("x", DType.FLOAT32, (1, "n", "n")),), outputs=())
+    ok = np.zeros((1, 3, 3), np.float32)
+    assert tensors.validate_feeds(spec, ok)["x"] is ok
+    for bad in (np.zeros((1, 1, 2), np.float32), {"x": np.zeros((1, 2, 3), np.float32)}):
+        with pytest.raises(InputError, match="dimension 'n'"):
+            tensors.validate_feeds(spec, bad)

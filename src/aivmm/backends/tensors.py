@@ -151,7 +151,11 @@ def _compile(spec: ModelSpec) -> _Fast:
     if not checks:
         fast = _no_fast_path
     elif len(checks) == 1:
-        name, dtype, rank, fixed, _ = checks[0]
+        name, dtype, rank, fixed, symbols = checks[0]
+        # A symbol repeated within the one input ("batch" twice) must have one size: pairs of axes to compare.
+        first_axis: dict[str, int] = {}
+        same = tuple((first_axis.setdefault(sym, axis), axis) for axis, sym in symbols
+                     if first_axis.setdefault(sym, axis) != axis)
 
         def fast(inputs: Any) -> dict[str, Any] | None:
             if type(inputs) is dict:
@@ -172,6 +176,9 @@ def _compile(spec: ModelSpec) -> _Fast:
                 return None
             for axis, size in fixed:
                 if shape[axis] != size:
+                    return None
+            for a, b in same:
+                if shape[a] != shape[b]:
                     return None
             # A one-entry dict holding the right input already is the answer, in model order.
             return inputs if value is not inputs else {name: value}
