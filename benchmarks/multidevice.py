@@ -12,6 +12,7 @@ unsplit ONNX Runtime session; the planner's transfer-cost estimate for the cut i
 
     python benchmarks/multidevice.py [--seconds 5] [--clients 8]
     python benchmarks/multidevice.py --gpu --model resnet50 --size full     # on the H100 machine
+    python benchmarks/multidevice.py --gpu --gpu-precision fp16 --gpu-cuda-graphs --cpu-threads 8
 """
 
 from __future__ import annotations
@@ -69,7 +70,14 @@ def replicas(args: argparse.Namespace) -> None:
         second = next(d for d in devices if d.id.startswith("nvidia:"))
         spec = load(zoo.build(args.model, args.size))
         feeds = zoo.sample_inputs(args.model, args.size, batch=1)
-        first_cfg, second_cfg = Config("onnxruntime", first.id), Config("torch", second.id)
+        from aivmm.dtypes import Precision
+
+        # The GPU replica is fed by host threads (kernel launches): leave it cores by capping the CPU
+        # replica's threads, and replay CUDA graphs when asked so launches cost little host time.
+        gpu_options = {"cuda_graphs": True} if args.gpu_cuda_graphs else {}
+        first_cfg = Config("onnxruntime", first.id, options={"intra_op_threads": args.cpu_threads}
+                           if args.cpu_threads else {})
+        second_cfg = Config("torch", second.id, Precision.parse(args.gpu_precision), gpu_options)
         alone = [(second_cfg, second)]
     else:
         # Two simulated accelerators of different speeds: 2 ms and 6 ms of (serialised) device time
@@ -144,6 +152,50 @@ def split(args: argparse.Namespace) -> None:
                       "plan": plan.to_json()}))
 
 
+def split_gpu(args: argparse.Namespace) -> None:
+    """A model larger than the GPU's budget split across the GPU (torch) and the CPU (ONNX Runtime)."""
+    from aivmm.backends._base import Config
+    from aivmm.devices import discover
+    from aivmm.models import load, zoo
+    from aivmm.runtime import Engine
+
+    devices = {d.id: d for d in discover()}
+    cpu, gpu = devices["cpu:0"], next(d for i, d in devices.items() if i.startswith("nvidia:"))
+    spec = load(zoo.build(args.model, args.size))
+    feeds = zoo.sample_inputs(args.model, args.size, batch=1)
+    budget = int(spec.parameter_bytes * 0.6)
+    gpu_cfg, cpu_cfg = Config("torch", gpu.id), Config("onnxruntime", cpu.id)
+    with Engine([gpu]) as whole_engine:
+        whole = whole_engine.add("whole", spec, [(gpu_cfg, gpu)])
+        want = whole.infer(feeds)
+        t_whole = _median_latency(whole, feeds, args.rounds)
+    with Engine([gpu, cpu], budgets={gpu.id: budget}) as engine:
+        h = engine.add("split", spec, [(gpu_cfg, gpu), (cpu_cfg, cpu)], split=True)
+        got = h.infer(feeds)
+        plan = h.split_plan
+        t_split = _median_latency(h, feeds, args.rounds)
+    diff = max(float(np.max(np.abs(got[k] - want[k]))) for k in want)
+    predicted = plan.transfer_seconds(1, gpu.properties.get("h2d_bytes_per_s", 25e9)) * 1e3
+    print(f"\n## split across {gpu.id} + {cpu.id}: {spec.name} ({args.size}), {spec.parameter_bytes / 2**20:.1f} MiB,"
+          f" GPU budget {budget / 2**20:.1f} MiB\n")
+    stages = [(st.device, st.end_node - st.first_node, round(st.parameter_bytes / 2**20, 1)) for st in plan.stages]
+    print(f"stages: {stages} (device, nodes, MiB); cut bytes per item {plan.cut_bytes_per_item}")
+    print(f"max |split - whole on GPU| = {diff:.3g}; batch 1 median latency: split {t_split:.2f} ms, whole on the GPU"
+          f" with a larger budget {t_whole:.2f} ms (ratio {t_split / t_whole:.2f}); planner's transfer estimate"
+          f" {predicted * 1e3:.1f} us for the cut")
+    print(json.dumps({"part": "split-gpu", "max_abs_diff": diff, "split_ms": t_split, "whole_ms": t_whole,
+                      "predicted_transfer_ms": predicted, "plan": plan.to_json()}))
+
+
+def _median_latency(handle: Any, feeds: dict, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        handle.infer(feeds)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -152,12 +204,16 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="replicas on cpu:0 and nvidia:0 (the H100 machine)")
     ap.add_argument("--model", default="resnet50")
     ap.add_argument("--size", default="full")
+    ap.add_argument("--gpu-precision", default="fp32", help="precision of the GPU replica (--gpu)")
+    ap.add_argument("--gpu-cuda-graphs", action="store_true", help="replay CUDA graphs on the GPU replica (--gpu)")
+    ap.add_argument("--cpu-threads", type=int, default=0, help="intra-op threads of the CPU replica (0: default)")
+    ap.add_argument("--no-replicas", action="store_true", help="only the split part")
     args = ap.parse_args()
     print(f"# multidevice, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()},"
           f" python {platform.python_version()}\n")
-    replicas(args)
-    if not args.gpu:
-        split(args)
+    if not args.no_replicas:
+        replicas(args)
+    split_gpu(args) if args.gpu else split(args)
 
 
 if __name__ == "__main__":
