@@ -10,5 +10,5 @@ timeout 120 python3 benchmarks/multidevice.py --gpu --gpu-precision fp16 --gpu-c
     --seconds 4 --rounds 30 2>&1 | grep -v Warning | tee "$out/multidevice_gpu_fp16.log" | tail -16
 timeout 80 python3 benchmarks/multidevice.py --gpu --no-replicas --model bert-base --rounds 30 2>&1 \
     | grep -v Warning | tee "$out/split_gpu_bert.log" | tail -6
-timeout 240 python3 benchmarks/conformance.py --device CUDA --runners auto,torch \
+timeout 240 python3 benchmarks/conformance.py --device CUDA --runners auto,torch --jobs 6 \
     --out "$out/conformance-cuda.md" 2>&1 | tail -15
