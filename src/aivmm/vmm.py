@@ -107,24 +107,6 @@ class _FileWatch:
         self.stat = stat  # touched but identical content
 
 
-def _placements(plan: Plan, replicas: int, devices: Mapping[str, Device]) -> list[tuple[Any, Device]]:
-    """The chosen configuration, then the best-ranked alternatives on other devices, one replica each.
-
-    When fewer distinct devices qualify than replicas were asked for, the remaining replicas share
-    the chosen device (several sessions on one device still overlap host work and device work).
-    """
-    chosen = plan.chosen.config
-    configs = [chosen]
-    for alt in plan.alternatives:
-        if len(configs) >= replicas:
-            break
-        if alt.config.device not in {c.device for c in configs}:
-            configs.append(alt.config)
-    while len(configs) < replicas:
-        configs.append(chosen)
-    return [(c, devices[c.device]) for c in configs]
-
-
 class DeployedModel:
     """A model placed by the planner and run by the engine. Thread-safe."""
 
@@ -134,6 +116,7 @@ class DeployedModel:
         self.spec = spec
         self.plan = plan
         self._handle = handle
+        self._engine_name = name  # changes when a fast-start upgrade swaps the placement
         self._watch = _FileWatch.of(spec)
         self._closed = False
         from aivmm.backends.tensors import validate_feeds
@@ -272,11 +255,14 @@ class VMM:
         sample_inputs: Mapping[str, Any] | None = None,
         example_inputs: Any = None,
         measure: bool = True,
+        fast_start: bool = False,
     ) -> DeployedModel:
         """Analyse, plan and load a model; returns a handle whose ``plan`` says where and why.
 
         ``device`` / ``backend`` pin the placement: when they cannot be honoured the plan records
         the fallback (and logs it) or, with ``strict=True``, a FallbackError is raised.
+        ``fast_start=True`` serves at once from a ready candidate chosen by prediction and switches,
+        without dropping requests, to the measured choice when its measurement ends.
         """
         if self._closed:
             raise ModelClosedError("this VMM was closed")
@@ -302,15 +288,56 @@ class VMM:
             strict=strict,
             measure=measure,
             sample_inputs=sample_inputs,
+            fast_start=fast_start,
         )
         for note in plan.fallbacks:
             log.warning("model %r: %s", name, note)
-        placements = _placements(plan, replicas, {d.id: d for d in self._devices})
-        handle = self.engine.add(name, spec, placements, batching=batching, isolation=isolation)
+        handle = self._add_to_engine(name, plan, replicas, batching, isolation)
         deployed = DeployedModel(self, name, spec, plan, handle)
         with self._lock:
             self._models[name] = deployed
+        if plan.upgrade is not None:
+            plan.upgrade.add_done_callback(
+                lambda fut: self._upgrade(deployed, fut, replicas, batching, isolation)
+            )
         return deployed
+
+    def _add_to_engine(self, name: str, plan: Plan, replicas: int, batching: Any, isolation: bool) -> Any:
+        # The chosen candidate may load a transformed file (int8, fp16, optimised graph): the engine
+        # loads ``chosen.model``, and every replica the plan offers loads that same file.
+        devices = {d.id: d for d in self._devices}
+        placements = [(c.config, devices[c.config.device]) for c in plan.replicas(replicas)]
+        return self.engine.add(name, plan.chosen.model, placements, batching=batching, isolation=isolation)
+
+    def _upgrade(self, model: DeployedModel, future: Any, replicas: int, batching: Any, isolation: bool) -> None:
+        """Fast start: switch to the measured plan without dropping requests.
+
+        The new placement is loaded under a second engine name while the first keeps serving; the
+        handle swap is one attribute store, then the first entry drains its in-flight work.
+        """
+        try:
+            better = future.result()
+        except Exception as exc:  # the ready plan keeps serving; say why it was not upgraded
+            log.warning("model %r: plan upgrade failed, keeping %s: %s", model.name,
+                        model.plan.chosen.config.label(), exc)
+            return
+        if model.closed or better.chosen.config == model.plan.chosen.config:
+            model.plan = better
+            return
+        old_name = model._engine_name
+        new_name = f"{model.name}@{better.chosen.config.key()}"
+        try:
+            handle = self._add_to_engine(new_name, better, replicas, batching, isolation)
+        except Exception as exc:
+            log.warning("model %r: could not load the upgraded plan %s: %s", model.name,
+                        better.chosen.config.label(), exc)
+            return
+        model._handle, model._engine_name, model.plan = handle, new_name, better
+        log.info("model %r: upgraded to %s", model.name, better.chosen.config.label())
+        if self._engine is not None:
+            self._engine.remove(old_name, drain=True)
+            if model.closed:  # closed while the upgrade loaded: nothing may stay behind
+                self._engine.remove(new_name, drain=False)
 
     def get(self, name: str) -> DeployedModel:
         with self._lock:
@@ -332,10 +359,10 @@ class VMM:
 
     def _forget(self, name: str, *, drain: bool = True) -> None:
         with self._lock:
-            self._models.pop(name, None)
+            model = self._models.pop(name, None)
             engine = self._engine
-        if engine is not None:
-            engine.remove(name, drain=drain)
+        if engine is not None and model is not None:
+            engine.remove(model._engine_name, drain=drain)
 
     def status(self) -> dict[str, Any]:
         if self._engine is None:

@@ -205,3 +205,75 @@ def test_cli_run_bad_input_is_a_clear_error(relu, tmp_path):
     )
     assert proc.returncode == 2
     assert "dtype int32" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _gemm_model(path: pathlib.Path) -> pathlib.Path:
+    import onnx.numpy_helper as onh
+
+    rng = np.random.default_rng(0)
+    w = onh.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")
+    graph = oh.make_graph(
+        [oh.make_node("MatMul", ["x", "w"], ["h"]), oh.make_node("Relu", ["h"], ["y"])], "gemm",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 64])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 64])], [w],
+    )
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_transformed_choice_is_loaded_from_its_own_file(vmm, tmp_path):
+    """An int8 / fp16 / optimised candidate runs the pass's output file, not the original model."""
+    path = _gemm_model(tmp_path / "gemm.onnx")
+    cons = aivmm.Constraints(precision="int8", tolerance=10.0)
+    with vmm.deploy(path, cons, backend="onnxruntime", name="int8") as model:
+        chosen = model.plan.chosen
+        x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
+        y = model.execute(x)["y"]
+        assert y.shape == (2, 64)
+        assert np.max(np.abs(y - np.maximum(x @ onnx.numpy_helper.to_array(onnx.load(path).graph.initializer[0]),
+                                            0))) <= 10.0
+        replica = vmm.status()["models"]["int8"]["replicas"][0]
+        assert replica["config"] == chosen.config.label()
+        if chosen.transform is not None:
+            assert chosen.model.source != str(path)
+
+
+def test_fast_start_switches_to_the_measured_plan_without_dropping_requests(vmm, tmp_path):
+    import threading
+    import time
+
+    path = _gemm_model(tmp_path / "fast.onnx")
+    errors: list[BaseException] = []
+    served = [0]
+    with vmm.deploy(path, fast_start=True, name="fast") as model:
+        first = model.plan
+        assert first.upgrade is not None
+        x = np.ones((1, 64), np.float32)
+        want = model.execute(x)["y"]
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                try:
+                    np.testing.assert_allclose(model.execute(x)["y"], want, rtol=1e-4, atol=1e-4)
+                    served[0] += 1
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=client) for _ in range(2)]
+        for t in threads:
+            t.start()
+        measured = first.upgrade.result(timeout=120)
+        deadline = time.monotonic() + 30
+        while model.plan is first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(10)
+        assert not errors, errors[:1]
+        assert served[0] > 0
+        assert model.plan is not first
+        assert model.plan.chosen.config == measured.chosen.config
+        assert list(vmm.status()["models"]) == [model._engine_name]
