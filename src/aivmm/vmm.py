@@ -57,6 +57,20 @@ def _coerce_constraints(constraints: Constraints | Mapping[str, Any] | None) -> 
     raise ConfigError(f"constraints must be aivmm.Constraints or a mapping, got {type(constraints).__name__}")
 
 
+def _coerce_batching(batching: Any) -> Any:
+    if batching is None or not isinstance(batching, Mapping):
+        return batching  # None or a BatchingConfig (the engine checks the type)
+    import dataclasses as dc
+
+    from aivmm.runtime import BatchingConfig
+
+    known = {f.name for f in dc.fields(BatchingConfig)}
+    unknown = sorted(set(batching) - known)
+    if unknown:
+        raise ConfigError(f"unknown batching option(s) {unknown}; known: {sorted(known)}")
+    return BatchingConfig(**batching)
+
+
 def _file_sha256(path: pathlib.Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -269,6 +283,7 @@ class VMM:
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(f"replicas must be a positive integer, got {replicas!r}")
         cons = _coerce_constraints(constraints)
+        batching = _coerce_batching(batching)
         if device is not None:
             self.device(device)  # unknown ids fail before any work
         from aivmm.models import load
