@@ -1,7 +1,9 @@
 """Overhead of ``DeployedModel.execute`` against the same runtime's raw call, in one process.
 
 Runs interleaved rounds (raw, aivmm, raw, aivmm, ...) so machine noise hits both alike, and
-reports the median of per-round ratios. Models: a one-op Gemm (1x1024 · 1024x1024), a one-op
+reports the median of per-round ratios. The raw call is the runtime's own API on the session aivmm
+created, so both sides run the same file with the same runtime settings.
+Models: a one-op Gemm (1x1024 · 1024x1024), a one-op
 Relu on a tiny tensor (the pure per-call floor), and a small CNN from the zoo, each at batch 1,
 on ONNX Runtime CPU and on OpenVINO CPU (fp32 pinned in both).
 
@@ -48,27 +50,15 @@ def _one_op_models(tmp: pathlib.Path) -> dict[str, tuple[pathlib.Path, dict[str,
     return out
 
 
-def _raw_call(backend: str, path: pathlib.Path, config_options: dict) -> callable:
-    """The runtime's own call with the options aivmm chose, so only aivmm's layers differ."""
-    if backend == "onnxruntime":
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        level = config_options.get("graph_optimization_level", "all")
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+def _raw_call(model: aivmm.DeployedModel) -> callable:
+    """The runtime's own call on the very session aivmm created (same file, threads, spinning and
+    optimisation level), so the ratio isolates aivmm's layers: execute → validation → engine fast
+    path → Session.run."""
+    session = model._handle.replicas[0].session
+    if model.plan.chosen.config.backend == "onnxruntime":
+        sess = session._sess  # onnxruntime.InferenceSession
         return lambda feeds: sess.run(None, feeds)
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                     "PERFORMANCE_HINT": "LATENCY"})
-    req = compiled.create_infer_request()
+    req = session._compiled.create_infer_request()  # openvino.CompiledModel
     return lambda feeds: req.infer(feeds)
 
 
@@ -84,7 +74,7 @@ def measure(vmm: aivmm.VMM, label: str, path: pathlib.Path, feeds: dict, backend
     model = vmm.deploy(path, backend=backend, strict=True, measure=False, name=f"{label}-{backend}")
     try:
         config = model.plan.chosen.config
-        raw = _raw_call(backend, path, dict(config.options))
+        raw = _raw_call(model)
         for _ in range(50):  # warm both
             raw(feeds)
             model.execute(feeds)
