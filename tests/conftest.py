@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+_OWN_CACHE: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Each test session gets its own aivmm cache (zoo builds, plans, figures, optimised models), so
+    # results never depend on what an earlier run or the developer's own use left in ~/.cache/aivmm.
+    global _OWN_CACHE
+    if "AIVMM_CACHE_DIR" not in os.environ:
+        _OWN_CACHE = tempfile.mkdtemp(prefix="aivmm-test-cache-")
+        os.environ["AIVMM_CACHE_DIR"] = _OWN_CACHE
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+        os.environ.pop("AIVMM_CACHE_DIR", None)
 
 
 def _has_cuda() -> bool:

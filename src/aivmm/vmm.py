@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import logging
 import os
 import pathlib
@@ -26,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from aivmm._storage import file_sha256
 from aivmm.devices._types import Device
 from aivmm.errors import (
     ConfigError,
@@ -35,7 +35,7 @@ from aivmm.errors import (
     ModelNotFoundError,
 )
 from aivmm.models._spec import ModelSpec
-from aivmm.planner.constraints import Constraints
+from aivmm.planner.constraints import Constraints, coerce_constraints
 
 if TYPE_CHECKING:
     from aivmm.planner import Plan
@@ -45,16 +45,6 @@ log = logging.getLogger(__name__)
 
 # How often execute() re-checks the model file's stat; hashing happens only when the stat changed.
 _FILE_CHECK_INTERVAL_S = 1.0
-
-
-def _coerce_constraints(constraints: Constraints | Mapping[str, Any] | None) -> Constraints:
-    if constraints is None:
-        return Constraints()
-    if isinstance(constraints, Constraints):
-        return constraints
-    if isinstance(constraints, Mapping):
-        return Constraints.from_mapping(constraints)
-    raise ConfigError(f"constraints must be aivmm.Constraints or a mapping, got {type(constraints).__name__}")
 
 
 def _coerce_batching(batching: Any) -> Any:
@@ -69,14 +59,6 @@ def _coerce_batching(batching: Any) -> Any:
     if unknown:
         raise ConfigError(f"unknown batching option(s) {unknown}; known: {sorted(known)}")
     return BatchingConfig(**batching)
-
-
-def _file_sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclasses.dataclass
@@ -112,7 +94,7 @@ class _FileWatch:
         stat = (st.st_mtime_ns, st.st_size)
         if stat == self.stat:
             return
-        digest = _file_sha256(self.path)
+        digest = file_sha256(self.path)
         if digest != self.sha256:
             raise ModelChangedError(
                 f"model {name!r}: {self.path} changed on disk after deploy "
@@ -149,6 +131,13 @@ class DeployedModel:
     def state(self) -> Any:
         return self._handle.state
 
+    def _feeds(self, inputs: Any) -> dict[str, Any]:
+        if self._closed:
+            raise ModelClosedError(f"model {self.name!r} was closed")
+        if self._watch is not None:
+            self._watch.check(self.name)
+        return self._validate(self.spec, inputs)
+
     def execute(
         self,
         inputs: Any,
@@ -159,11 +148,7 @@ class DeployedModel:
         reject_late: bool = False,
     ) -> dict[str, Any]:
         """Run the model. ``inputs``: a dict of name → array, or one array for a one-input model."""
-        if self._closed:
-            raise ModelClosedError(f"model {self.name!r} was closed")
-        if self._watch is not None:
-            self._watch.check(self.name)
-        feeds = self._validate(self.spec, inputs)
+        feeds = self._feeds(inputs)
         return self._handle.infer(
             feeds, priority=priority, deadline_ms=deadline_ms, reject_late=reject_late, output=output
         )
@@ -177,11 +162,7 @@ class DeployedModel:
         deadline_ms: float | None = None,
         reject_late: bool = False,
     ) -> dict[str, Any]:
-        if self._closed:
-            raise ModelClosedError(f"model {self.name!r} was closed")
-        if self._watch is not None:
-            self._watch.check(self.name)
-        feeds = self._validate(self.spec, inputs)
+        feeds = self._feeds(inputs)
         return await self._handle.infer_async(
             feeds, priority=priority, deadline_ms=deadline_ms, reject_late=reject_late, output=output
         )
@@ -282,7 +263,7 @@ class VMM:
             raise ModelClosedError("this VMM was closed")
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(f"replicas must be a positive integer, got {replicas!r}")
-        cons = _coerce_constraints(constraints)
+        cons = coerce_constraints(constraints)
         batching = _coerce_batching(batching)
         if device is not None:
             self.device(device)  # unknown ids fail before any work

@@ -238,10 +238,11 @@ def test_a_transformed_choice_is_loaded_from_its_own_file(vmm, tmp_path):
             assert chosen.model.source != str(path)
 
 
-def test_fast_start_switches_to_the_measured_plan_without_dropping_requests(vmm, tmp_path):
+def test_fast_start_switches_to_the_measured_plan_without_dropping_requests(vmm, tmp_path, monkeypatch):
     import threading
     import time
 
+    monkeypatch.setenv("AIVMM_CACHE_DIR", str(tmp_path / "cache"))  # a cached plan would skip the upgrade
     path = _gemm_model(tmp_path / "fast.onnx")
     errors: list[BaseException] = []
     served = [0]

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from aivmm._storage import cache_dir as storage_cache_dir
 from aivmm.backends import _openvino_devices as ovd
 from aivmm.backends._base import Backend, BackendInfo, Config, LoadReport, Session, Support
 from aivmm.backends.tensors import check_output_kind, convert_outputs, to_numpy
@@ -48,7 +49,7 @@ OPTIONS = ("device_mode", "performance_hint", "num_streams", "intra_op_threads",
 
 
 def cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("AIVMM_CACHE_DIR") or pathlib.Path.home() / ".cache" / "aivmm") / "openvino"
+    return storage_cache_dir("openvino", create=False)
 
 
 def _validate_options(options: Mapping[str, Any]) -> None:

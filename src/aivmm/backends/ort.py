@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from aivmm._storage import cache_dir as storage_cache_dir
 from aivmm.backends import _ort_ops, _ort_providers
 from aivmm.backends._base import Backend, BackendInfo, Config, LoadReport, Session, Support
 from aivmm.backends.tensors import (
@@ -73,7 +74,7 @@ _CONVERTED_FP16 = (_ort_providers.CUDA, _ort_providers.ROCM, _ort_providers.DML,
 
 def cache_dir() -> pathlib.Path:
     """aivmm's cache directory (``AIVMM_CACHE_DIR``, else ``~/.cache/aivmm``)."""
-    return pathlib.Path(os.environ.get("AIVMM_CACHE_DIR") or pathlib.Path.home() / ".cache" / "aivmm")
+    return storage_cache_dir(create=False)
 
 
 def _fp16_converter_available() -> bool:

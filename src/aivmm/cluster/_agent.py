@@ -9,7 +9,6 @@ once, each blocking its thread in the engine, so the engine's dynamic batching c
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import socket
@@ -17,15 +16,8 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from aivmm._storage import file_sha256
 from aivmm.errors import ModelNotFoundError
-
-
-def _sha256(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _key(name: str, device: str) -> str:
@@ -61,7 +53,7 @@ class NodeAgent:
         """The model file on this node: the head's path when it holds the same bytes, else a copy
         fetched from the object store into a cache keyed by content hash."""
         p = pathlib.Path(path)
-        if p.is_file() and (not sha256 or _sha256(p) == sha256):
+        if p.is_file() and (not sha256 or file_sha256(p) == sha256):
             return str(p)
         import ray
 

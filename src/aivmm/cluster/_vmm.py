@@ -36,7 +36,7 @@ from aivmm.errors import (
     PlanningError,
 )
 from aivmm.models._spec import ModelSpec
-from aivmm.planner.constraints import Constraints
+from aivmm.planner.constraints import Constraints, coerce_constraints
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,6 @@ class Node:
     def to_json(self) -> dict[str, Any]:
         return {"node": self.label, "node_id": self.node_id, "hostname": self.hostname, "alive": self.alive,
                 "devices": [d.id for d in self.devices]}
-
-
-def _constraints(value: Constraints | Mapping[str, Any] | None) -> Constraints:
-    if value is None:
-        return Constraints()
-    if isinstance(value, Constraints):
-        return value
-    if isinstance(value, Mapping):
-        return Constraints.from_mapping(value)
-    raise ConfigError(f"constraints must be aivmm.Constraints or a mapping, got {type(value).__name__}")
 
 
 class ClusterVMM:
@@ -262,7 +252,7 @@ class ClusterVMM:
             split(device)
             if device not in {d.id for d in self.devices}:
                 raise DeviceNotFoundError(f"unknown device {device!r}; the cluster has: {[d.id for d in self.devices]}")
-        cons = _constraints(constraints)
+        cons = coerce_constraints(constraints)
         args = {"constraints": cons, "device": device, "backend": backend, "strict": strict,
                 "batching": batching, "measure": measure}
         plan, classes = self._plan(spec, args)

@@ -28,13 +28,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from aivmm._storage import cache_dir as storage_cache_dir
 from aivmm.devices._bench_timing import Budget
 from aivmm.devices._types import Device, DeviceKind, Vendor
 from aivmm.errors import BackendUnavailableError, ConfigError
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "AIVMM_CACHE_DIR"
 DEFAULT_BUDGET_S = 30.0
 SCHEMA = 1
 _CPU_DEFAULT = "numpy"
@@ -114,11 +114,7 @@ def _opt_float(value: Any) -> float | None:
 
 
 def cache_dir() -> Path:
-    configured = os.environ.get(CACHE_ENV, "").strip()
-    if configured:
-        return Path(configured).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "aivmm"
+    return storage_cache_dir(create=False)
 
 
 def default_runtime(device: Device) -> str:

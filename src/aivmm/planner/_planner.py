@@ -39,7 +39,7 @@ from aivmm.planner._enumerate import analysed, enumerate_candidates, onnx_path, 
 from aivmm.planner._figures import Capability, capability
 from aivmm.planner._plan import Plan
 from aivmm.planner._values import Candidate, RejectReason
-from aivmm.planner.constraints import Constraints, Objective
+from aivmm.planner.constraints import Constraints, Objective, coerce_constraints
 from aivmm.planner.profile import Budget, profile, race
 
 log = logging.getLogger(__name__)
@@ -63,16 +63,6 @@ _COMPILING_OPTIONS = ("compile", "cuda_graphs", "tensorrt")
 
 _upgrade_lock = threading.Lock()
 _upgrade_pool: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def _coerce_constraints(constraints: Constraints | Mapping[str, Any] | None) -> Constraints:
-    if constraints is None:
-        return Constraints()
-    if isinstance(constraints, Constraints):
-        return constraints
-    if isinstance(constraints, Mapping):
-        return Constraints.from_mapping(constraints)
-    raise ConfigError(f"constraints must be a Constraints or a dict, got {type(constraints).__name__}")
 
 
 @dataclasses.dataclass
@@ -100,7 +90,7 @@ def _validate(spec: ModelSpec, devices: Sequence[Device], constraints: Any, *, d
               top_k: int | None, backends: Sequence[str] | None) -> _Request:
     if not isinstance(spec, ModelSpec):
         raise ConfigError(f"plan() needs a ModelSpec (aivmm.models.load(...)), got {type(spec).__name__}")
-    cons = _coerce_constraints(constraints)
+    cons = coerce_constraints(constraints)
     devs = tuple(devices)
     if not devs:
         raise ConfigError("plan() got no devices: pass aivmm.devices.discover()")

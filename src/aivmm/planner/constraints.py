@@ -202,6 +202,17 @@ class Constraints:
         return cls(**dict(data))
 
 
+def coerce_constraints(value: Constraints | Mapping[str, Any] | None) -> Constraints:
+    """``None`` → no constraints; a mapping → :meth:`Constraints.from_mapping`; anything else refused."""
+    if value is None:
+        return Constraints()
+    if isinstance(value, Constraints):
+        return value
+    if isinstance(value, Mapping):
+        return Constraints.from_mapping(value)
+    raise ConfigError(f"constraints must be aivmm.Constraints or a mapping, got {type(value).__name__}")
+
+
 def _selectors(values: Iterable[str | HardwareSelector] | str | None) -> list[HardwareSelector]:
     if values is None:  # "prefer": null in a config file means no preference
         return []

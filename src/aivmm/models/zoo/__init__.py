@@ -100,10 +100,9 @@ def info(name: str) -> ZooInfo:
 
 
 def cache_dir() -> pathlib.Path:
-    root = os.environ.get("AIVMM_CACHE_DIR")
-    base = pathlib.Path(root).expanduser() if root else pathlib.Path(
-        os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "aivmm"
-    return base / "zoo"
+    from aivmm._storage import cache_dir as root
+
+    return root("zoo", create=False)
 
 
 def path(name: str, size: str = "tiny") -> pathlib.Path:
