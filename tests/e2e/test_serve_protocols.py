@@ -528,6 +528,9 @@ def test_metrics_and_status(server: RunningServer) -> None:
                  "aivmm_device_utilization_ratio", "aivmm_replica_loads_total"):
         assert name in text, name
     assert 'aivmm_request_errors_total{error="InputError",model="double"}' in text
+    # the runtime times each request's queue and compute stages (the server's "execute" spans both)
+    for stage in ("queue", "compute", "execute"):
+        assert f'aivmm_request_stage_seconds_count{{model="double",stage="{stage}"}}' in text, stage
     code, doc = raw(server, "GET", "/v2/aivmm/status")
     assert code == 200 and doc["server"]["ready"] is True
     assert {m["name"] for m in doc["models"]} >= {"double", "flat", "heavy", "mixed", "ov"}

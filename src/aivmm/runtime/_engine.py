@@ -44,7 +44,7 @@ from aivmm.runtime._batching import BatchingConfig, compat_key, items_in, merge,
 from aivmm.runtime._executor import DeviceExecutor
 from aivmm.runtime._handle import ModelHandle
 from aivmm.runtime._replica import Replica, _NotResident
-from aivmm.runtime._request import ReplicaQueue, Request, settle
+from aivmm.runtime._request import ReplicaQueue, Request, notify_observers, settle
 from aivmm.runtime._residency import ResidencyManager, is_out_of_memory
 from aivmm.runtime._split import PipelineSession, SplitPlan, build_stages, plan_split
 from aivmm.runtime._states import ModelState, Tier
@@ -106,6 +106,8 @@ class Engine:
         self._models: dict[str, ModelHandle] = {}
         self._lock = threading.RLock()
         self._closed = False
+        # Called as fn(model name, queue seconds, compute seconds) for every finished request.
+        self.request_observers: list[Callable[[str, float, float], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
     def add(
@@ -562,6 +564,10 @@ class Engine:
             return
         replica.release()
         elapsed = time.perf_counter() - start
+        if self.request_observers:
+            started = time.monotonic() - elapsed
+            for r in live:
+                notify_observers(self.request_observers, handle.name, max(0.0, started - r.arrival), elapsed)
         replica.observe_latency(padded, elapsed)
         replica.failures = 0
         with replica.lock:

@@ -12,6 +12,7 @@ from aivmm.errors import ModelNotReadyError
 from aivmm.models._spec import ModelSpec
 from aivmm.runtime._batching import BatchingConfig
 from aivmm.runtime._replica import Replica
+from aivmm.runtime._request import notify_observers
 from aivmm.runtime._states import ModelState
 
 if TYPE_CHECKING:
@@ -68,7 +69,8 @@ class ModelHandle:
                 if replica.session is session:
                     replica.requests += 1  # a lost increment under a race only blurs the rate estimate
                     timed = replica.requests & 7 == 1  # the first and every eighth feed the latency estimate
-                    start = perf_counter() if timed else 0.0
+                    observers = self._engine.request_observers  # metrics time every request
+                    start = perf_counter() if timed or observers else 0.0
                     try:
                         out = session.run(feeds, output=output)
                     except BaseException as exc:
@@ -81,6 +83,8 @@ class ModelHandle:
                         latency = replica.latency
                         latency[1] = 0.8 * latency.get(1, end - start) + 0.2 * (end - start)
                         replica.last_used = end
+                    if observers:
+                        notify_observers(observers, self.name, 0.0, perf_counter() - start)
                     if replica.failures:
                         replica.failures = 0
                     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 from aivmm.errors import OverloadedError
 from aivmm.runtime._batching import BatchingConfig
 
+log = logging.getLogger(__name__)
 _seq = itertools.count()
 
 
@@ -38,6 +40,17 @@ class Request:
 
     def __lt__(self, other: Request) -> bool:
         return self.sort_key() < other.sort_key()
+
+
+def notify_observers(observers: list[Callable[[str, float, float], None]], model: str, queue_s: float,
+                     compute_s: float) -> None:
+    """Tell each request observer (metrics) how long a request queued and computed; an observer that
+    fails is logged, never allowed to fail the request."""
+    for fn in observers:
+        try:
+            fn(model, queue_s, compute_s)
+        except Exception:
+            log.exception("request observer %r failed", fn)
 
 
 def settle(request: Request, result: dict[str, Any] | None = None, error: BaseException | None = None) -> None:

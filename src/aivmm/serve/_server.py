@@ -80,8 +80,17 @@ class Server:
         self.metrics = ServerMetrics(status=self._status_for_metrics)
         self.plane = DataPlane(host, self.repository, limits=options.limits, observer=self.metrics,
                                default_constraints=options.constraints, measure=options.measure)
+        engine = getattr(host, "engine", None)  # a local VMM; a cluster VMM times requests on its nodes
+        if engine is not None and hasattr(engine, "request_observers"):
+            engine.request_observers.append(self._runtime_timing)
         self.ports: dict[str, int] = {}
         self._stop: asyncio.Event | None = None
+
+    def _runtime_timing(self, model: str, queue_s: float, compute_s: float) -> None:
+        # The data plane deploys "<model>:<version>:<generation>"; a fast-start upgrade appends "@<config>".
+        name = model.split("@", 1)[0].split(":", 1)[0]
+        self.metrics.stage(name, "queue", queue_s)
+        self.metrics.stage(name, "compute", compute_s)
 
     def _status_for_metrics(self) -> dict[str, Any]:
         return self.plane.status()

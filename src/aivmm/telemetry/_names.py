@@ -10,7 +10,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "aivmm_request_duration_seconds": ("histogram", ("model",),
                                        "Server time per inference request: body received to answer ready."),
     "aivmm_request_stage_seconds": ("histogram", ("model", "stage"),
-                                    "Time per request stage: decode, execute (queue + compute), encode."),
+                                    "Time per request stage: decode, queue, compute, execute (queue + compute + "
+                                    "hand-off), encode."),
     "aivmm_batches_total": ("counter", ("model",), "Batches the runtime executed for the model (dynamic batching)."),
     "aivmm_batch_size_mean": ("gauge", ("model",), "Mean items per executed batch."),
     "aivmm_model_rejected_total": ("counter", ("model",), "Requests the runtime refused (queue full, late)."),
