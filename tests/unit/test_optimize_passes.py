@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from test_planner_helpers import embedding, mlp, strings
+from _planner_models import embedding, mlp, strings
 
 from aivmm.dtypes import Precision
 from aivmm.errors import ConfigError, ModelLoadError

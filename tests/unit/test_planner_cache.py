@@ -6,7 +6,7 @@ import json
 import pathlib
 
 import pytest
-from test_planner_helpers import cpu, mlp
+from _planner_models import cpu, mlp
 
 from aivmm.models import load
 from aivmm.planner import _cache, plan

@@ -6,7 +6,7 @@ import argparse
 import json
 
 import pytest
-from test_planner_helpers import mlp
+from _planner_models import mlp
 
 from aivmm.cli._constraint_flags import add_constraint_arguments, constraints_from_args
 from aivmm.cli.main import main

@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 import pytest
-from test_planner_helpers import cpu, sim_gpu
+from _planner_models import cpu, sim_gpu
 
 from aivmm.backends._base import Config
 from aivmm.dtypes import DType, Precision
@@ -103,8 +103,8 @@ def test_capability_defaults_when_nothing_is_measured(monkeypatch):
 
 
 def test_measurements_teach_the_cost_model(tmp_path, monkeypatch):
-    from test_planner_helpers import cpu as cpu_device
-    from test_planner_helpers import mlp
+    from _planner_models import cpu as cpu_device
+    from _planner_models import mlp
 
     from aivmm.models import load
     from aivmm.planner import _calibration, plan

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import pytest
-from test_planner_helpers import mlp
+from _planner_models import mlp
 
 pytestmark = pytest.mark.gpu
 

@@ -6,7 +6,7 @@ import json
 import logging
 
 import pytest
-from test_planner_helpers import cpu, embedding, mlp, sim_gpu, strings
+from _planner_models import cpu, embedding, mlp, sim_gpu, strings
 
 from aivmm.errors import ConfigError, DeviceNotFoundError, FallbackError, InfeasibleError
 from aivmm.models import load

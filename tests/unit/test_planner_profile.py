@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_planner_helpers import cpu, mlp, sim_gpu
+from _planner_models import cpu, mlp, sim_gpu
 
 from aivmm.backends import registry
 from aivmm.backends._base import Config
