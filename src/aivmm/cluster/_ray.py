@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import ipaddress
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -65,13 +64,9 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def _is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from aivmm.serve._server import is_loopback
+
+    return is_loopback(address.rsplit(":", 1)[0].strip("[]"))
 
 
 @contextlib.contextmanager
