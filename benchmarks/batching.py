@@ -67,6 +67,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--slo-ms", type=float, default=None)
     ap.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 (a planner choice; fp16 on GPUs)")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="torch backend: replay CUDA graphs (batches padded to --preferred-sizes, one graph each)")
+    ap.add_argument("--preferred-sizes", default="", help="comma list: pad batches up to these sizes")
     args = ap.parse_args()
 
     from aivmm.backends._base import Config
@@ -79,13 +82,16 @@ def main() -> None:
     feeds = zoo.sample_inputs(args.model, args.size, batch=1)
     from aivmm.dtypes import Precision
 
-    config = Config(args.backend, device.id, Precision.parse(args.precision))
+    config = Config(args.backend, device.id, Precision.parse(args.precision),
+                    {"cuda_graphs": True} if args.cuda_graphs else {})
+    preferred = tuple(int(x) for x in args.preferred_sizes.split(",") if x)
     levels = [int(x) for x in args.levels.split(",")]
     results: dict[str, list[dict[str, float]]] = {}
     with Engine([device]) as engine:
         plain = engine.add("plain", spec, [(config, device)])
         batched = engine.add("batched", spec, [(config, device)],
-                             batching=BatchingConfig(args.max_batch, args.delay_ms, max_queue_size=4096))
+                             batching=BatchingConfig(args.max_batch, args.delay_ms, preferred_sizes=preferred,
+                                                     max_queue_size=4096))
         for h in (plain, batched):
             for _ in range(20):
                 h.infer(feeds)
