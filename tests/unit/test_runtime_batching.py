@@ -193,3 +193,27 @@ def test_bad_request_in_a_batch_fails_alone(specs):
             assert np.array_equal(f.result()["y"], good["x"] + 1)
         with pytest.raises(Exception):  # noqa: B017 - the backend's own input error
             futs[5].result()
+
+
+def test_batching_is_work_conserving_once_it_has_learnt_the_batch_size():
+    """The queue delay is only paid while waiting can still grow the batch beyond what recent batches held."""
+    from aivmm.runtime._batching import BatchingConfig
+    from aivmm.runtime._executor import DeviceExecutor
+    from aivmm.runtime._request import ReplicaQueue, Request
+
+    queue = ReplicaQueue("q", lambda batch: None, batching=BatchingConfig(64, 500.0), batch_dim=0, limit=100,
+                         runnable=lambda: True, latency=lambda n: 0.001)
+    queue.push(Request({}))
+    now = queue.heap[0].arrival
+    ready, wait = DeviceExecutor._ready(queue, now)
+    assert not ready and wait > 0.4  # nothing learnt yet: wait as configured
+    queue.recent_batch = 1.0  # low load: batches of one
+    assert DeviceExecutor._ready(queue, now) == (True, 0.0)
+    queue.recent_batch = 4.0  # a closed loop of four clients
+    for _ in range(2):
+        queue.push(Request({}))
+    assert DeviceExecutor._ready(queue, now)[0] is False  # three queued: the fourth is likely on its way
+    queue.push(Request({}))
+    assert DeviceExecutor._ready(queue, now) == (True, 0.0)
+    queue.running_items = 4  # a batch of this queue still running: keep accumulating until the delay
+    assert DeviceExecutor._ready(queue, now)[0] is False

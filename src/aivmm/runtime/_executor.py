@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import threading
 import time
 
@@ -77,7 +78,9 @@ class DeviceExecutor:
                     self.cond.wait(min(wait, _IDLE_WAIT_S))
                     continue
                 queue, batch = picked
-                queue.running_items += sum(r.items for r in batch)
+                items = sum(r.items for r in batch)
+                queue.running_items += items
+                queue.recent_batch = 0.8 * queue.recent_batch + 0.2 * items
             try:
                 queue.runner(batch)
             except BaseException as exc:  # the runner must settle its futures; this is the safety net
@@ -116,6 +119,11 @@ class DeviceExecutor:
         if cfg is None or cfg.max_batch_size == 1:
             return True, 0.0
         if queue.queued_items >= cfg.max_batch_size:
+            return True, 0.0
+        # Work-conserving: with nothing of this queue running, as many items as recent batches held
+        # is as big as waiting is likely to make it (a closed loop of N clients never brings more
+        # than N), so the delay would only add latency. At low load that is one item: no delay.
+        if queue.running_items == 0 and queue.queued_items >= math.ceil(queue.recent_batch - 1e-9):
             return True, 0.0
         head = queue.heap[0]
         waited = now - min(head.arrival, min(r.arrival for r in queue.heap))

@@ -93,6 +93,8 @@ class ReplicaQueue:
         self.heap: list[Request] = []
         self.queued_items = 0
         self.running_items = 0
+        # Items per recent batch (EWMA), starting at the maximum so the first batches wait as configured.
+        self.recent_batch = float(batching.max_batch_size) if batching is not None else 1.0
 
     def __len__(self) -> int:
         return len(self.heap)
