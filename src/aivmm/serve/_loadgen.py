@@ -204,7 +204,13 @@ def http_target(url: str, model: str, feeds: Mapping[str, np.ndarray], *, binary
     headers = {"Content-Type": "application/octet-stream" if binary else "application/json"}
     if binary:
         headers["Inference-Header-Content-Length"] = str(len(head))
-    path = f"/v2/models/{model}/infer"
+    return _post_factory(host, port, f"/v2/models/{model}/infer", body, headers, timeout_s,
+                         lambda data, resp: _decode_outputs(data, resp.getheader("Inference-Header-Content-Length")))
+
+
+def _post_factory(host: str, port: int, path: str, body: bytes, headers: Mapping[str, str], timeout_s: float,
+                  check: Callable[[bytes, http.client.HTTPResponse], object] | None = None) -> Factory:
+    """Each client gets a keep-alive connection POSTing ``body``; a broken one is replaced, non-200 raises."""
 
     def factory() -> Call:
         conn = _connection(host, port, timeout_s)
@@ -221,7 +227,8 @@ def http_target(url: str, model: str, feeds: Mapping[str, np.ndarray], *, binary
                 raise
             if resp.status != 200:
                 raise ServingError(f"HTTP {resp.status}: {data[:200]!r}")
-            _decode_outputs(data, resp.getheader("Inference-Header-Content-Length"))
+            if check is not None:
+                check(data, resp)
 
         return call
 
@@ -288,24 +295,4 @@ def raw_http_target(url: str, path: str, body: bytes, headers: Mapping[str, str]
     if not parts.hostname:
         raise ConfigError(f"not an http URL: {url!r}")
     host, port = parts.hostname, parts.port or 80
-    hdrs = dict(headers or {})
-
-    def factory() -> Call:
-        conn = _connection(host, port, timeout_s)
-
-        def call() -> None:
-            nonlocal conn
-            try:
-                conn.request("POST", path, body=body, headers=hdrs)
-                resp = conn.getresponse()
-                data = resp.read()
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = _connection(host, port, timeout_s)
-                raise
-            if resp.status != 200:
-                raise ServingError(f"HTTP {resp.status}: {data[:200]!r}")
-
-        return call
-
-    return factory
+    return _post_factory(host, port, path, body, dict(headers or {}), timeout_s)
