@@ -50,3 +50,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def fixtures_dir() -> pathlib.Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir() -> pathlib.Path:
+    """A tiny random Llama (GQA) exported by Optimum with past, plus tokenizer and configs (cached)."""
+    from _llm_models import build_tiny_llama
+
+    return build_tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir() -> pathlib.Path:
+    """A tiny random GPT-2 exported by Optimum with past, plus tokenizer and configs (cached)."""
+    from _llm_models import build_tiny_gpt2
+
+    return build_tiny_gpt2()
