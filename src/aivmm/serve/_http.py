@@ -19,9 +19,12 @@ from typing import Any
 
 from aivmm.errors import AivmmError, InputError, PermissionDeniedError
 from aivmm.serve import _http_codec as codec
+from aivmm.serve import _openai
 from aivmm.serve._dataplane import DataPlane
 from aivmm.serve._errors import PayloadTooLargeError, ProtocolError, message_for, status_for
 from aivmm.serve._host import within
+from aivmm.serve._http_llm import LLMRoutes
+from aivmm.serve._textgen import TextGen
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +33,16 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _JSON = [(b"content-type", b"application/json")]
-_MODEL = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/[a-z]+)?$")
+_MODEL = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/[a-z_]+)?$")
 _REPO = re.compile(r"^/v2/repository/models/(?P<model>[^/]+)/(?P<action>load|unload)$")
+_OPENAI_MODEL = re.compile(r"^/v1/models/(?P<model>[^/]+)$")
+# The whole route table: a path outside it is 404 whatever the method; a known path with the
+# wrong method is 405.
+_MODEL_ROUTES = {"": "GET", "/ready": "GET", "/config": "GET", "/plan": "GET", "/infer": "POST",
+                 "/generate": "POST", "/generate_stream": "POST"}
+_ROUTES = {"/v2": "GET", "/v2/health/live": "GET", "/v2/health/ready": "GET", "/v2/repository/index": "POST",
+           "/v2/repository/models": "POST", "/v2/aivmm/status": "GET", "/metrics": "GET",
+           "/v1/models": "GET", "/v1/completions": "POST", "/v1/chat/completions": "POST"}
 
 
 class HttpError(Exception):
@@ -50,11 +61,14 @@ class HttpApp:
         token: str | None = None,
         metrics: Callable[[], tuple[bytes, str]] | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
+        textgen: TextGen | None = None,
     ) -> None:
         self.plane = plane
         self.token = token
         self.metrics = metrics
         self.status = status or plane.status
+        self.llm = LLMRoutes(textgen if textgen is not None else TextGen(plane),
+                             lambda scope, receive: self._body(scope, receive, limit=plane.limits.max_body_bytes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -65,12 +79,21 @@ class HttpApp:
         try:
             await self._route(scope, receive, send)
         except HttpError as exc:
-            await _send(send, exc.status, codec.error_body(str(exc)))
+            await self._error(scope, send, exc.status, str(exc))
         except AivmmError as exc:
-            await _send(send, status_for(exc).http, codec.error_body(message_for(exc)))
+            await self._error(scope, send, status_for(exc).http, message_for(exc), exc)
         except Exception as exc:  # a bug of ours: answer, log, keep serving
             log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
-            await _send(send, 500, codec.error_body(message_for(exc)))
+            await self._error(scope, send, 500, message_for(exc))
+
+    async def _error(self, scope: Scope, send: Send, status: int, message: str,
+                     exc: BaseException | None = None) -> None:
+        """KServe's ``{"error": msg}``, or OpenAI's error object on the ``/v1`` routes."""
+        if str(scope.get("path", "")).startswith("/v1/"):
+            code = _openai.error_code(exc) if exc is not None else None
+            await _send_json(send, status, _openai.error_object(status, message, code))
+        else:
+            await _send(send, status, codec.error_body(message))
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"]
@@ -79,43 +102,47 @@ class HttpApp:
         m = _MODEL.match(path)
         if m is not None:
             model, version, rest = m.group("model"), m.group("version") or "", m.group("rest") or ""
+            if rest not in _MODEL_ROUTES:
+                raise HttpError(404, f"no route {method} {path}")
+            _allow(method, _MODEL_ROUTES[rest])
             if rest == "/infer":
-                _allow(method, "POST")
                 await self._infer(scope, receive, send, model, version)
-                return
-            _allow(method, "GET")
-            if rest == "":
+            elif rest in ("/generate", "/generate_stream"):
+                await self.llm.generate(scope, receive, send, model, version, stream=rest == "/generate_stream")
+            elif rest == "":
                 await _send_json(send, 200, plane.metadata(model, version))
             elif rest == "/ready":
                 ready = plane.model_ready(model, version)
                 await _send_json(send, 200 if ready else 400, {"name": model, "ready": ready})
             elif rest == "/config":
                 await _send_json(send, 200, plane.config(model, version))
-            elif rest == "/plan":
-                await _send_json(send, 200, plane.plan(model, version))
             else:
-                raise HttpError(404, f"no route {path}")
+                await _send_json(send, 200, plane.plan(model, version))
             return
-        if path == "/v2/health/live":
+        if (o := _OPENAI_MODEL.match(path)) is not None:
             _allow(method, "GET")
+            await self.llm.models(send, o.group("model"))
+            return
+        r = _REPO.match(path)
+        route = "/v2/repository/models" if r is not None else "/v2" if path == "/v2/" else path
+        if route not in _ROUTES or (route == "/metrics" and self.metrics is None):
+            raise HttpError(404, f"no route {method} {path}")
+        _allow(method, _ROUTES[route])
+        if route == "/v2/health/live":
             await _send_json(send, 200 if plane.live() else 503, {"live": plane.live()})
-        elif path == "/v2/health/ready":
-            _allow(method, "GET")
+        elif route == "/v2/health/ready":
             ready = plane.ready()
             await _send_json(send, 200 if ready else 503, {"ready": ready})
-        elif path in ("/v2", "/v2/"):
-            _allow(method, "GET")
+        elif route == "/v2":
             await _send_json(send, 200, plane.server_metadata())
-        elif path == "/v2/repository/index":
-            _allow(method, "POST")
+        elif route == "/v2/repository/index":
             body = await self._body(scope, receive, limit=1 << 20)
             ready_only = False
             if body:
                 req = codec.load_json(body, "the index request")
                 ready_only = bool(req.get("ready", False)) if isinstance(req, dict) else False
             await _send_json(send, 200, plane.index(ready_only))
-        elif (r := _REPO.match(path)) is not None:
-            _allow(method, "POST")
+        elif r is not None:
             self._authorize(scope)
             body = await self._body(scope, receive, limit=1 << 20)
             params = _load_parameters(body) if body else {}
@@ -124,15 +151,16 @@ class HttpApp:
             else:
                 await plane.unload(r.group("model"))
             await _send(send, 200, b"")
-        elif path == "/v2/aivmm/status":
-            _allow(method, "GET")
+        elif route == "/v2/aivmm/status":
             await _send_json(send, 200, self.status())
-        elif path == "/metrics" and self.metrics is not None:
-            _allow(method, "GET")
+        elif route == "/metrics":
+            assert self.metrics is not None
             payload, ctype = self.metrics()
             await _send(send, 200, payload, [(b"content-type", ctype.encode())])
+        elif route == "/v1/models":
+            await self.llm.models(send)
         else:
-            raise HttpError(404, f"no route {method} {path}")
+            await self.llm.completions(scope, receive, send, chat=route == "/v1/chat/completions")
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send, model: str, version: str) -> None:
         headers = _headers(scope)

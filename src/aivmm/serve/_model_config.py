@@ -86,14 +86,15 @@ class ModelConfig:
         }
 
 
-def read(model_dir: pathlib.Path, name: str) -> ModelConfig:
-    """The config of a Triton-style model directory (defaults when it has none)."""
+def read(model_dir: pathlib.Path, name: str, *, aivmm_json: bool = True) -> ModelConfig:
+    """The config of a Triton-style model directory (defaults when it has none). ``aivmm_json``
+    False: the directory's config.json belongs to someone else (a transformers export)."""
     cfg = ModelConfig(name=name)
     pbtxt = model_dir / "config.pbtxt"
     if pbtxt.is_file():
         cfg = from_pbtxt(pbtxt.read_text(errors="replace"), name, source=str(pbtxt))
     js = model_dir / "config.json"
-    if js.is_file():
+    if aivmm_json and js.is_file():
         cfg = merge_json(cfg, js.read_text(errors="replace"), source=str(js))
     return cfg
 

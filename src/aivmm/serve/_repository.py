@@ -4,6 +4,14 @@ Layouts accepted in one directory, side by side::
 
     DIR/<model>/<version>/model.onnx   (+ DIR/<model>/config.pbtxt and/or config.json)
     DIR/<name>.onnx                    (version "1")
+    DIR/<model>/{model.onnx, config.json, tokenizer.json, ...}
+                                       an LLM: a Hugging Face / Optimum export as it is (version "1";
+                                       its config.json is the model's, so only config.pbtxt is read)
+    DIR/<model>/<version>/{model.onnx, config.json, ...}
+                                       versions of an LLM export (DIR/<model>/config.json is aivmm's)
+
+An LLM version's "file" is its export directory: ``VMM.deploy`` takes the directory and returns
+a DeployedLLM.
 
 Security: a name from a client is one path component of safe characters; every file it resolves
 to must lie inside the repository after symlinks are followed. Anything else is a
@@ -13,6 +21,7 @@ PermissionDeniedError, never a read outside the directory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import re
@@ -89,12 +98,17 @@ class Repository:
         flat = self.root / f"{name}.onnx"
         if model_dir.is_dir():
             self._inside(model_dir, name)
+            if is_export(model_dir):
+                config = _model_config.read(model_dir, name, aivmm_json=False)
+                return ModelSource(name, ((1, self._inside(model_dir, name)),), config)
             config = _model_config.read(model_dir, name)
             versions = []
             for entry in model_dir.iterdir():
                 if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0:
                     path = entry / config.filename
-                    if path.is_file():
+                    if is_export(entry):
+                        versions.append((int(entry.name), self._inside(entry, name)))
+                    elif path.is_file():
                         versions.append((int(entry.name), self._inside(path, name)))
             if not versions:
                 raise ModelNotFoundError(
@@ -122,6 +136,18 @@ class Repository:
             raise ModelNotFoundError(f"no model {name!r} in the built-in zoo; models: {sorted(zoo.names())}")
         path = pathlib.Path(zoo.build(name, self.zoo_size))
         return ModelSource(name, ((1, path),), ModelConfig(name=name, sources=("zoo",)))
+
+
+def is_export(directory: pathlib.Path) -> bool:
+    """A Hugging Face style export: an ONNX file next to a transformers ``config.json``."""
+    cfg = directory / "config.json"
+    if not cfg.is_file() or not any(directory.glob("*.onnx")):
+        return False
+    try:
+        doc = json.loads(cfg.read_text(errors="replace"))
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and ("model_type" in doc or "architectures" in doc)
 
 
 def check_name(name: str) -> None:

@@ -80,6 +80,9 @@ class Server:
         self.metrics = ServerMetrics(status=self._status_for_metrics)
         self.plane = DataPlane(host, self.repository, limits=options.limits, observer=self.metrics,
                                default_constraints=options.constraints, measure=options.measure)
+        from aivmm.serve._textgen import TextGen
+
+        self.textgen = TextGen(self.plane, observer=self.metrics)
         engine = getattr(host, "engine", None)  # a local VMM; a cluster VMM times requests on its nodes
         if engine is not None and hasattr(engine, "request_observers"):
             engine.request_observers.append(self._runtime_timing)
@@ -93,10 +96,21 @@ class Server:
         self.metrics.stage(name, "compute", compute_s)
 
     def _status_for_metrics(self) -> dict[str, Any]:
-        return self.plane.status()
+        return self._with_llm(self.plane.status())
+
+    def _with_llm(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Each LLM version's row gains an ``llm`` section: batch, queue, KV use, token figures."""
+        from aivmm.serve._textgen import is_llm
+
+        for row in doc.get("models", []):
+            model = self.plane._models.get(row.get("name", ""))
+            entry = model.versions.get(int(row["version"])) if model and str(row.get("version", "")).isdigit() else None
+            if entry is not None and is_llm(entry.handle):
+                row["llm"] = self.textgen.status(entry)
+        return doc
 
     def status(self) -> dict[str, Any]:
-        doc = self.plane.status()
+        doc = self._with_llm(self.plane.status())
         doc["devices"] = self._device_rows(doc, self.metrics.readings())
         return doc
 
@@ -117,7 +131,8 @@ class Server:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
 
-        app = HttpApp(self.plane, token=opts.token, metrics=self.metrics.render, status=self.status)
+        app = HttpApp(self.plane, token=opts.token, metrics=self.metrics.render, status=self.status,
+                      textgen=self.textgen)
         sock = _bind(opts.host, opts.http_port)
         self.ports["http"] = sock.getsockname()[1]
         config = uvicorn.Config(

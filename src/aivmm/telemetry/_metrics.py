@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from aivmm.telemetry._names import LATENCY_BUCKETS, METRICS
+from aivmm.telemetry._names import LATENCY_BUCKETS, METRICS, TOKEN_LATENCY_BUCKETS
 from aivmm.telemetry._samplers import Reading, Sampler, default_samplers, merge
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,11 @@ class ServerMetrics:
         self.loads = c("aivmm_model_loads_total")
         self.load_seconds = h("aivmm_model_load_duration_seconds")
         self.unload_seconds = h("aivmm_model_unload_duration_seconds")
+        self.ttft = h("aivmm_llm_time_to_first_token_seconds", TOKEN_LATENCY_BUCKETS)
+        self.tpot = h("aivmm_llm_time_per_output_token_seconds", TOKEN_LATENCY_BUCKETS)
+        self.generated = c("aivmm_llm_generated_tokens_total")
+        self.prompt_tokens = c("aivmm_llm_prompt_tokens_total")
+        self.generations = c("aivmm_llm_requests_total")
         self._status = status
         self._samplers = samplers if samplers is not None else default_samplers()
         self._lock = threading.Lock()  # scrapes may come from the metrics thread and the HTTP loop
@@ -79,6 +84,17 @@ class ServerMetrics:
 
     def unload(self, model: str, seconds: float) -> None:
         self.unload_seconds.labels(model).observe(seconds)
+
+    def generation(self, model: str, ttft_s: float | None, tpot_s: float | None, prompt_tokens: int,
+                   completion_tokens: int, finish: str) -> None:
+        """One generation ended (the text-generation service's LLMObserver hook)."""
+        if ttft_s is not None:
+            self.ttft.labels(model).observe(ttft_s)
+        if tpot_s is not None:
+            self.tpot.labels(model).observe(tpot_s)
+        self.generated.labels(model).inc(completion_tokens)
+        self.prompt_tokens.labels(model).inc(prompt_tokens)
+        self.generations.labels(model, finish).inc()
 
     # -- exposition -------------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:
@@ -131,6 +147,7 @@ def _model_families(status: Mapping[str, Any], fam: Callable[[str], Any]) -> Ite
         state.add_metric([m["name"], m.get("version", ""), str(m.get("state", ""))], 1.0)
     yield inflight
     yield state
+    yield from _llm_families(status, fam)
     vmm = status.get("vmm", {}) or {}
     names = status.get("vmm_names", {})
     queue, residency = fam("aivmm_model_queue_depth"), fam("aivmm_model_residency")
@@ -169,6 +186,26 @@ def _model_families(status: Mapping[str, Any], fam: Callable[[str], Any]) -> Ite
             evictions.add_metric([served, dev], n_evict)
             evict_s.add_metric([served, dev], s_evict)
     yield from (queue, residency, batches, mean_batch, rejected, loads, load_s, evictions, evict_s)
+
+
+def _llm_families(status: Mapping[str, Any], fam: Callable[[str], Any]) -> Iterator[Any]:
+    """Gauges from each LLM's stats() as the status document carries them (read at scrape time)."""
+    keys = {"aivmm_llm_requests_running": "running", "aivmm_llm_requests_waiting": "waiting",
+            "aivmm_llm_kv_cache_used_tokens": "kv_tokens_used", "aivmm_llm_kv_cache_capacity_tokens":
+            "kv_tokens_capacity", "aivmm_llm_kv_cache_used_bytes": "kv_bytes_used"}
+    families = {name: fam(name) for name in keys}
+    usage = fam("aivmm_llm_kv_cache_usage_ratio")
+    for m in status.get("models", []):
+        llm = m.get("llm")
+        if not isinstance(llm, Mapping):
+            continue
+        for name, key in keys.items():
+            _add(families[name], [m["name"]], llm.get(key))
+        used, cap = llm.get("kv_tokens_used"), llm.get("kv_tokens_capacity")
+        if isinstance(used, int | float) and isinstance(cap, int | float) and cap > 0:
+            usage.add_metric([m["name"]], float(used) / float(cap))
+    yield from families.values()
+    yield usage
 
 
 def _add(family: Any, labels: list[str], value: Any) -> None:

@@ -35,7 +35,24 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "aivmm_device_power_watts": ("gauge", ("device",), "Device power draw (NVML, amdgpu hwmon, RAPL; where readable)."),
     "aivmm_device_energy_joules_total": ("counter", ("device",),
                                          "Energy used by the device since the sampler started."),
+    # Text generation (LLM routes); rate(aivmm_llm_generated_tokens_total[1m]) is tokens/s.
+    "aivmm_llm_time_to_first_token_seconds": ("histogram", ("model",),
+                                              "Request start (admitted) to its first generated token."),
+    "aivmm_llm_time_per_output_token_seconds": ("histogram", ("model",),
+                                                "Mean time between a request's generated tokens after the first."),
+    "aivmm_llm_generated_tokens_total": ("counter", ("model",), "Tokens generated (all requests)."),
+    "aivmm_llm_prompt_tokens_total": ("counter", ("model",), "Prompt tokens of the requests generated for."),
+    "aivmm_llm_requests_total": ("counter", ("model", "finish_reason"),
+                                 "Generations ended, by finish reason (stop/length/cancelled)."),
+    "aivmm_llm_requests_running": ("gauge", ("model",), "Generations in the model's running batch now."),
+    "aivmm_llm_requests_waiting": ("gauge", ("model",), "Generations admitted but waiting for a batch slot or KV."),
+    "aivmm_llm_kv_cache_used_tokens": ("gauge", ("model",), "KV-cache tokens held by generations now."),
+    "aivmm_llm_kv_cache_capacity_tokens": ("gauge", ("model",), "KV-cache tokens the model can hold."),
+    "aivmm_llm_kv_cache_used_bytes": ("gauge", ("model",), "KV-cache bytes held by generations now."),
+    "aivmm_llm_kv_cache_usage_ratio": ("gauge", ("model",), "KV-cache tokens used / capacity, 0..1."),
 }
+
+TOKEN_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0, 30.0)

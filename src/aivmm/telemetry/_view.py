@@ -11,7 +11,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aivmm.errors import ConfigError, ServingError
@@ -57,19 +57,55 @@ def _num(v: Any, fmt: str = "{:.2f}") -> str:
     return fmt.format(v) if isinstance(v, int | float) and not isinstance(v, bool) else "-"
 
 
-def rates(doc: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, float]:
-    """Requests per second per model (name:version) between two status documents."""
+def _per_second(doc: Mapping[str, Any], previous: Mapping[str, Any] | None,
+                counts: Callable[[Mapping[str, Any]], dict[str, float]]) -> dict[str, float]:
+    """The change of each count per second between two status documents."""
     if previous is None:
         return {}
     dt = doc.get("_fetched", 0.0) - previous.get("_fetched", 0.0)
     if dt <= 0:
         return {}
-    before = {f"{m['name']}:{m.get('version', '')}": m.get("requests", 0) for m in previous.get("models", [])}
-    return {
-        f"{m['name']}:{m.get('version', '')}": max(0.0, (m.get("requests", 0) - before.get(
-            f"{m['name']}:{m.get('version', '')}", m.get("requests", 0))) / dt)
-        for m in doc.get("models", [])
-    }
+    before = counts(previous)
+    return {k: max(0.0, (v - before.get(k, v)) / dt) for k, v in counts(doc).items()}
+
+
+def rates(doc: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, float]:
+    """Requests per second per model (name:version) between two status documents."""
+    return _per_second(doc, previous, lambda d: {
+        f"{m['name']}:{m.get('version', '')}": m.get("requests", 0) for m in d.get("models", [])})
+
+
+def token_rates(doc: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, float]:
+    """Generated tokens per second per LLM (name:version) between two status documents."""
+    return _per_second(doc, previous, lambda d: {
+        f"{m['name']}:{m.get('version', '')}": m["llm"].get("completion_tokens_total", 0)
+        for m in d.get("models", []) if isinstance(m.get("llm"), Mapping)})
+
+
+def _llm_table(doc: Mapping[str, Any], previous: Mapping[str, Any] | None) -> Any:
+    from rich.table import Table
+
+    rows = [m for m in doc.get("models", []) if isinstance(m.get("llm"), Mapping)]
+    if not rows:
+        return None
+    rate = token_rates(doc, previous)
+    table = Table(title="text generation", expand=True, title_justify="left")
+    for col in ("model", "ver", "running", "waiting", "KV used", "KV %", "tok/s", "TTFT p50 ms", "TPOT p50 ms",
+                "tokens", "cancelled"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in rows:
+        llm = m["llm"]
+        used, cap = llm.get("kv_tokens_used"), llm.get("kv_tokens_capacity")
+        pct = 100 * used / cap if isinstance(used, int | float) and isinstance(cap, int | float) and cap else None
+        table.add_row(
+            m["name"], str(m.get("version", "")), _num(llm.get("running"), "{:.0f}"),
+            _num(llm.get("waiting"), "{:.0f}"),
+            f"{_num(used, '{:.0f}')}/{_num(cap, '{:.0f}')}", _num(pct, "{:.0f}%"),
+            _num(rate.get(f"{m['name']}:{m.get('version', '')}"), "{:.1f}"), _num(llm.get("ttft_ms_p50")),
+            _num(llm.get("tpot_ms_p50")), _num(llm.get("completion_tokens_total"), "{:.0f}"),
+            _num(llm.get("cancelled"), "{:.0f}"),
+        )
+    return table
 
 
 def render(doc: Mapping[str, Any], previous: Mapping[str, Any] | None = None, *, url: str = "") -> Any:
@@ -118,4 +154,5 @@ def render(doc: Mapping[str, Any], previous: Mapping[str, Any] | None = None, *,
             _num(rate.get(key), "{:.1f}"), _num(lat.get("p50")), _num(lat.get("p99")), str(m.get("errors", 0)),
             _num(batches.get("mean_size"), "{:.1f}") if batches.get("count") else "-",
         )
-    return Group(head, devices, models)
+    llm = _llm_table(doc, previous)
+    return Group(head, devices, models, *([llm] if llm is not None else []))
