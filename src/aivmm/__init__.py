@@ -21,18 +21,24 @@ from aivmm._version import __version__
 if TYPE_CHECKING:
     from aivmm.devices import Device, DeviceKind, Vendor, discover
     from aivmm.dtypes import DType, Precision
+    from aivmm.llm import DeployedLLM, FinishReason, Generation, SamplingParams, TokenEvent
     from aivmm.planner.constraints import Constraints, Objective, PrecisionPolicy
     from aivmm.vmm import VMM, DeployedModel
 
 _LAZY = {
     "Constraints": "aivmm.planner.constraints",
     "DType": "aivmm.dtypes",
+    "DeployedLLM": "aivmm.llm",
     "DeployedModel": "aivmm.vmm",
     "Device": "aivmm.devices",
     "DeviceKind": "aivmm.devices",
+    "FinishReason": "aivmm.llm",
+    "Generation": "aivmm.llm",
     "Objective": "aivmm.planner.constraints",
     "Precision": "aivmm.dtypes",
     "PrecisionPolicy": "aivmm.planner.constraints",
+    "SamplingParams": "aivmm.llm",
+    "TokenEvent": "aivmm.llm",
     "VMM": "aivmm.vmm",
     "Vendor": "aivmm.devices",
     "discover": "aivmm.devices",
@@ -43,12 +49,17 @@ __all__ = [
     "VMM",
     "Constraints",
     "DType",
+    "DeployedLLM",
     "DeployedModel",
     "Device",
     "DeviceKind",
+    "FinishReason",
+    "Generation",
     "Objective",
     "Precision",
     "PrecisionPolicy",
+    "SamplingParams",
+    "TokenEvent",
     "Vendor",
     "__version__",
     "discover",

@@ -18,6 +18,7 @@ an HTTP and gRPC status in one table (``aivmm.serve._errors``), so the class cho
     │   ├── UnsupportedModelError    unknown opset or domain, an operator no backend can run
     │   └── ModelChangedError        the file changed on disk after deploy
     ├── InputError                   wrong input name, dtype, rank or shape; shows the signature
+    │   └── ContextLengthError       prompt (+ max_new_tokens) longer than an LLM's context
     ├── BackendError
     │   ├── BackendUnavailableError  runtime not installed (names the extra) or cannot drive device
     │   ├── LoweringError            ONNX → torch lowering refused (names operator and opset)
@@ -88,6 +89,10 @@ class ModelChangedError(ModelError):
 
 class InputError(AivmmError, ValueError):
     """Inputs do not match the model's signature."""
+
+
+class ContextLengthError(InputError):
+    """A prompt, or a prompt plus max_new_tokens, does not fit an LLM's context length."""
 
 
 class BackendError(AivmmError):

@@ -264,14 +264,18 @@ class VMM:
         if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
             raise ConfigError(f"replicas must be a positive integer, got {replicas!r}")
         cons = coerce_constraints(constraints)
-        batching = _coerce_batching(batching)
         if device is not None:
             self.device(device)  # unknown ids fail before any work
         from aivmm.models import load
         from aivmm.planner import plan as make_plan
 
+        if isinstance(model, str | os.PathLike) and pathlib.Path(model).is_dir():
+            return self._deploy_llm(model, name, device, backend, strict, batching, measure)
         spec = model if isinstance(model, ModelSpec) else load(model, example_inputs=example_inputs)
+        if _has_kv_cache(spec):
+            return self._deploy_llm(spec.source, name, device, backend, strict, batching, measure)
         name = name or spec.name
+        batching = _coerce_batching(batching)
         with self._lock:
             if name in self._models:
                 raise ConfigError(f"a model named {name!r} is already deployed; pass name= or unload it first")
@@ -296,6 +300,20 @@ class VMM:
             plan.upgrade.add_done_callback(
                 lambda fut: self._upgrade(deployed, fut, replicas, batching, isolation)
             )
+        return deployed
+
+    def _deploy_llm(self, model: Any, name: str | None, device: str | None, backend: str | None, strict: bool,
+                    batching: Any, measure: bool) -> DeployedModel:
+        # A decoder with a KV cache (file or model directory) generates: aivmm.llm plans and runs it.
+        from aivmm.llm._deployed import deploy_llm
+
+        deployed = deploy_llm(self, model, name=name, device=device, backend=backend, strict=strict,
+                              batching=batching, measure=measure)
+        with self._lock:
+            if deployed.name in self._models:
+                deployed._shutdown()
+                raise ConfigError(f"a model named {deployed.name!r} is already deployed; pass name= or unload it first")
+            self._models[deployed.name] = deployed
         return deployed
 
     def _add_to_engine(self, name: str, plan: Plan, replicas: int, batching: Any, isolation: bool) -> Any:
@@ -357,7 +375,9 @@ class VMM:
         with self._lock:
             model = self._models.pop(name, None)
             engine = self._engine
-        if engine is not None and model is not None:
+        if model is not None and hasattr(model, "_shutdown"):  # a DeployedLLM runs outside the engine
+            model._shutdown()
+        elif engine is not None and model is not None:
             engine.remove(model._engine_name, drain=drain)
 
     def status(self) -> dict[str, Any]:
@@ -382,6 +402,11 @@ class VMM:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _has_kv_cache(spec: ModelSpec) -> bool:
+    names = {t.name for t in spec.inputs}
+    return isinstance(spec.source, str | os.PathLike) and any(n.startswith("past_key_values.") for n in names)
 
 
 async def gather_execute(model: DeployedModel, batches: Sequence[Any]) -> list[dict[str, Any]]:

@@ -11,8 +11,9 @@ from aivmm.planner.constraints import Constraints, parse_bytes
 
 def test_exported_members_are_pinned():
     assert aivmm.__all__ == [
-        "VMM", "Constraints", "DType", "DeployedModel", "Device", "DeviceKind", "Objective",
-        "Precision", "PrecisionPolicy", "Vendor", "__version__", "discover", "errors",
+        "VMM", "Constraints", "DType", "DeployedLLM", "DeployedModel", "Device", "DeviceKind", "FinishReason",
+        "Generation", "Objective", "Precision", "PrecisionPolicy", "SamplingParams", "TokenEvent", "Vendor",
+        "__version__", "discover", "errors",
     ]
 
 

@@ -1,0 +1,421 @@
+"""DeployedLLM: a decoder placed by the generation planner, generating through the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pathlib
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from aivmm.errors import ConfigError, ContextLengthError, FallbackError, InputError
+from aivmm.llm._blocks import BlockPool, PrefixCache
+from aivmm.llm._layout import model_file, require
+from aivmm.llm._plan import GenerationPlan, plan_generation
+from aivmm.llm._sampling import Sampler
+from aivmm.llm._scheduler import Request, Scheduler
+from aivmm.llm._text import GenerationDefaults, TextCodec
+from aivmm.llm._types import Generation, KVLayout, LLMInfo, LLMStats, SamplingParams, TokenEvent
+from aivmm.vmm import DeployedModel
+
+if TYPE_CHECKING:
+    from aivmm.vmm import VMM
+
+# deploy(batching={...}) options an LLM understands
+OPTIONS = {
+    "max_batch_size": 16,  # rows of the decode batch
+    "max_waiting": 256,  # requests admitted but not yet running; more get OverloadedError
+    "kv_cache_tokens": None,  # KV pool size; None: max_batch_size x context (capped by the ledger)
+    "block_size": 16,  # tokens per KV block (accounting and prefix reuse)
+    "prefix_cache_blocks": 256,  # 0 disables prefix reuse
+}
+
+
+class _Handle:
+    """What DeployedModel.execute calls: one plain forward pass on the generation runner."""
+
+    def __init__(self, runner: Any, scheduler: Scheduler) -> None:
+        self._runner = runner
+        self._scheduler = scheduler
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> Any:
+        from aivmm.runtime._states import ModelState
+
+        return ModelState.READY
+
+    def infer(self, feeds: dict[str, Any], **_: Any) -> dict[str, Any]:
+        with self._lock:
+            return self._runner.execute(feeds)
+
+    async def infer_async(self, feeds: dict[str, Any], **_: Any) -> dict[str, Any]:
+        return await asyncio.to_thread(self.infer, feeds)
+
+    def stats(self) -> dict[str, Any]:
+        import dataclasses
+
+        return dataclasses.asdict(self._scheduler.stats())
+
+
+class DeployedLLM(DeployedModel):
+    """A decoder with a KV cache: ``generate`` / ``stream`` (and async versions) share decode steps."""
+
+    def __init__(
+        self,
+        vmm: VMM,
+        name: str,
+        spec: Any,
+        plan: Any,
+        generation_plan: GenerationPlan,
+        runner: Any,
+        layout: KVLayout,
+        folder: pathlib.Path,
+        options: Mapping[str, Any],
+        device: str,
+    ) -> None:
+        self.codec = TextCodec(folder) if (folder / "tokenizer.json").is_file() else None
+        self.defaults = GenerationDefaults.load(folder)
+        self.layout = layout
+        self.generation_plan = generation_plan
+        self._device = device
+        self._runner = runner
+        ledger = vmm.engine.ledger
+        ctx = layout.context_length
+        bpt = layout.bytes_per_token
+        max_batch = int(options["max_batch_size"])
+        bs = int(options["block_size"])
+        cap = options["kv_cache_tokens"]
+        cap = max_batch * ctx if cap is None else int(cap)
+        cap = min(cap, max(0, ledger.free(device) // 2) // bpt)  # leave room for weights and others
+        self._weights_key = f"llm:{name}/weights"
+        self._ledger = ledger
+        ledger.reserve(
+            self._weights_key, device, _file_bytes(model_file(folder if spec is None else pathlib.Path(spec.source)))
+        )
+        pool = BlockPool(ledger, device, f"llm:{name}/kv", bpt, cap, bs)
+        prefix = PrefixCache(ledger, device, f"llm:{name}/prefix", bpt * bs, int(options["prefix_cache_blocks"]), bs)
+        tok = self.codec.tokenizer if self.codec is not None else None
+        self._scheduler = Scheduler(
+            name=name,
+            runner=runner,
+            layout=layout,
+            max_batch=max_batch,
+            context=ctx,
+            pool=pool,
+            prefix=prefix,
+            max_waiting=int(options["max_waiting"]),
+            tokenizer=tok,
+            decode_text=self.codec.decode if self.codec is not None else None,
+        )
+        super().__init__(vmm, name, spec, plan, _Handle(runner, self._scheduler))
+        self._engine_name = None  # type: ignore[assignment]  # not an engine entry: the scheduler runs it
+        eos = self.defaults.eos_token_ids
+        self._info = LLMInfo(
+            context_length=ctx,
+            vocab_size=layout.vocab_size,
+            eos_token_ids=eos,
+            max_batch=max_batch,
+            has_tokenizer=self.codec is not None,
+            has_chat_template=self.codec is not None and self.codec.chat_template is not None,
+            kv=layout,
+        )
+
+    def __repr__(self) -> str:
+        c = self.generation_plan.chosen
+        return f"<DeployedLLM {self.name!r} on {c.backend}@{c.device}{' closed' if self._closed else ''}>"
+
+    @property
+    def info(self) -> LLMInfo:
+        return self._info
+
+    # -- text ----------------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        return self._need_codec("tokenize").encode(text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._need_codec("detokenize").decode(self._check_ids(ids))
+
+    def chat_prompt(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        return self._need_codec("apply a chat template").chat(messages, add_generation_prompt)
+
+    def _need_codec(self, what: str) -> TextCodec:
+        if self.codec is None:
+            raise InputError(f"model {self.name!r} has no tokenizer.json: cannot {what}; pass token ids")
+        return self.codec
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        out = []
+        vocab = self._info.vocab_size
+        for i, t in enumerate(ids):
+            if isinstance(t, bool) or (not isinstance(t, int) and not hasattr(t, "__index__")):
+                raise InputError(f"token {i} is {t!r}, not an integer id")
+            t = int(t)
+            if not 0 <= t < vocab:
+                raise InputError(f"token id {t} at position {i} is outside the vocabulary [0, {vocab})")
+            out.append(t)
+        return out
+
+    # -- generation ----------------------------------------------------------------------------
+    def _request(
+        self,
+        prompt: str | Sequence[int],
+        params: Any,
+        kw: Mapping[str, Any],
+        *,
+        streaming: bool,
+        on_event: Any,
+        on_done: Any,
+    ) -> Request:
+        if self._closed:
+            from aivmm.errors import ModelClosedError
+
+            raise ModelClosedError(f"model {self.name!r} was closed")
+        p = SamplingParams.of(params, kw)
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else self._check_ids(prompt)
+        if not ids:
+            raise InputError("the prompt is empty (no tokens)")
+        ctx = self._info.context_length
+        n = len(ids)
+        if n >= ctx:
+            raise ContextLengthError(
+                f"the prompt has {n} tokens but the context length of {self.name!r} is {ctx}"
+                " (at least one token must be left to generate)"
+            )
+        if p.max_new_tokens is None:
+            max_new = min(self.defaults.max_new_tokens, ctx - n)
+        elif n + p.max_new_tokens > ctx:
+            raise ContextLengthError(
+                f"prompt ({n} tokens) + max_new_tokens ({p.max_new_tokens}) = {n + p.max_new_tokens} exceeds the "
+                f"context length {ctx} of {self.name!r}; at most {ctx - n} new tokens fit"
+            )
+        else:
+            max_new = p.max_new_tokens
+        if p.stop and self.codec is None:
+            raise InputError("stop strings need a tokenizer; this model has none (use stop_token_ids)")
+        eos = frozenset() if p.ignore_eos else frozenset(self.defaults.eos_token_ids)
+        stop_ids = frozenset(p.stop_token_ids) | eos
+        decoder = self.codec.decode_stream() if self.codec is not None and (streaming or p.stop) else None
+        sampler = Sampler(p, self.defaults, ids)
+        return Request(ids, sampler, max_new, stop_ids, p.stop, on_event, on_done, decoder)
+
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kw: Any) -> Generation:
+        done = threading.Event()
+        box: list[Any] = []
+
+        def finished(x: Any) -> None:
+            box.append(x)
+            done.set()
+
+        req = self._request(prompt, params, kw, streaming=False, on_event=None, on_done=finished)
+        self._scheduler.submit(req)
+        try:
+            done.wait()
+        except BaseException:
+            self._scheduler.cancel(req)
+            raise
+        if isinstance(box[0], BaseException):
+            raise box[0]
+        return box[0]  # type: ignore[no-any-return]
+
+    def stream(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kw: Any
+    ) -> Iterator[TokenEvent]:
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        req = self._request(prompt, params, kw, streaming=True, on_event=q.put, on_done=_ignore)
+        self._scheduler.submit(req)
+        return self._iterate(req, q)
+
+    def _iterate(self, req: Request, q: queue.SimpleQueue[Any]) -> Iterator[TokenEvent]:
+        try:
+            while True:
+                ev = q.get()
+                if isinstance(ev, BaseException):
+                    raise ev
+                if ev.token_id < 0:  # cancelled elsewhere
+                    return
+                yield ev
+                if ev.finish_reason is not None:
+                    return
+        finally:
+            self._scheduler.cancel(req)
+
+    async def agenerate(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kw: Any
+    ) -> Generation:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def finished(x: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_settle, fut, x)
+
+        req = self._request(prompt, params, kw, streaming=False, on_event=None, on_done=finished)
+        self._scheduler.submit(req)
+        try:
+            return await fut  # type: ignore[no-any-return]
+        except asyncio.CancelledError:
+            self._scheduler.cancel(req)
+            raise
+
+    def astream(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kw: Any
+    ) -> AsyncIterator[TokenEvent]:
+        loop = asyncio.get_running_loop()
+        aq: asyncio.Queue[Any] = asyncio.Queue()
+        holder: list[Request] = []
+
+        def put(ev: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(aq.put_nowait, ev)
+            except RuntimeError:  # the loop is gone: nobody reads this stream any more
+                if holder:
+                    holder[0].cancelled = True
+
+        req = self._request(prompt, params, kw, streaming=True, on_event=put, on_done=_ignore)
+        holder.append(req)
+        self._scheduler.submit(req)
+        return self._aiterate(req, aq)
+
+    async def _aiterate(self, req: Request, aq: asyncio.Queue[Any]) -> AsyncIterator[TokenEvent]:
+        try:
+            while True:
+                ev = await aq.get()
+                if isinstance(ev, BaseException):
+                    raise ev
+                if ev.token_id < 0:
+                    return
+                yield ev
+                if ev.finish_reason is not None:
+                    return
+        finally:
+            self._scheduler.cancel(req)
+
+    def stats(self) -> LLMStats:  # type: ignore[override]
+        return self._scheduler.stats()
+
+    def _shutdown(self) -> None:
+        """Stop the scheduler and give every byte back to the ledger (called by VMM._forget)."""
+        self._scheduler.close()
+        self._ledger.release(self._weights_key)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._vmm._forget(self.name)
+
+
+def _ignore(_: Any) -> None:
+    return None
+
+
+def _settle(fut: asyncio.Future[Any], x: Any) -> None:
+    if fut.done():
+        return
+    if isinstance(x, BaseException):
+        fut.set_exception(x)
+    else:
+        fut.set_result(x)
+
+
+def _file_bytes(path: pathlib.Path) -> int:
+    total = path.stat().st_size
+    for extra in path.parent.glob(path.name + "*.data"):
+        total += extra.stat().st_size
+    data = path.parent / (path.name + "_data")
+    if data.is_file():
+        total += data.stat().st_size
+    return total
+
+
+def is_llm_source(model: Any) -> bool:
+    """True when ``model`` is a path to a decoder ONNX file or directory with a KV cache."""
+    if not isinstance(model, str | os.PathLike):
+        return False
+    p = pathlib.Path(model)
+    try:
+        if p.is_dir():
+            file = model_file(p)
+        elif p.suffix == ".onnx" and p.is_file():
+            file = p
+        else:
+            return False
+        from aivmm.llm._layout import detect
+
+        return detect(file) is not None
+    except Exception:  # not ours to judge: the normal deploy path reports what is wrong
+        return False
+
+
+def deploy_llm(
+    vmm: VMM,
+    model: str | os.PathLike[str],
+    *,
+    name: str | None,
+    device: str | None,
+    backend: str | None,
+    strict: bool,
+    batching: Mapping[str, Any] | None,
+    measure: bool,
+) -> DeployedLLM:
+    """Plan generation for a decoder and start its scheduler (what VMM.deploy does for an LLM)."""
+    options = dict(OPTIONS)
+    if batching is not None:
+        if not isinstance(batching, Mapping):
+            raise ConfigError("an LLM takes batching options as a mapping: " + ", ".join(sorted(OPTIONS)))
+        unknown = sorted(set(batching) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown LLM batching option(s) {unknown}; known: {sorted(OPTIONS)}")
+        options.update(batching)
+    path = pathlib.Path(model)
+    file = model_file(path)
+    folder = file.parent
+    layout = require(file)
+    cpu = next((d for d in vmm.devices if d.kind.value == "cpu"), None)
+    if cpu is None:
+        raise ConfigError("LLM generation needs a CPU device in this VMM")
+    notes = []
+    if device is not None and device != cpu.id:
+        msg = f"LLM generation runs on {cpu.id} in this build; asked for {device}"
+        if strict:
+            raise FallbackError(msg)
+        notes.append(msg)
+    from aivmm.models import load
+
+    spec = load(file)
+    name = name or (path.name if path.is_dir() else spec.name)
+    gplan, runner = plan_generation(file, layout, device=cpu.id, backend=backend, strict=strict, do_measure=measure)
+    plan = _as_plan(spec, gplan, notes)
+    deployed = DeployedLLM(vmm, name, spec, plan, gplan, runner, layout, folder, options, cpu.id)
+    return deployed
+
+
+def _as_plan(spec: Any, gplan: GenerationPlan, fallbacks: list[str]) -> Any:
+    """The generation plan in the planner's Plan shape, so ``model.plan.explain()`` works the same."""
+    from aivmm.backends._base import Config
+    from aivmm.dtypes import Precision
+    from aivmm.planner._plan import Plan
+    from aivmm.planner._values import Candidate
+    from aivmm.planner.constraints import Constraints
+
+    def cand(c: Any) -> Candidate:
+        return Candidate(config=Config(c.backend, c.device, Precision.FP32), model=spec, notes=(c.line(),))
+
+    chosen = cand(gplan.chosen)
+    others = tuple(cand(c) for c in gplan.candidates if c is not gplan.chosen and c.error is None)
+    return Plan(
+        model_name=spec.name,
+        model_sha256=spec.sha256 or "",
+        chosen=chosen,
+        alternatives=others,
+        rejected=(),
+        fallbacks=tuple(fallbacks),
+        constraints=Constraints(),
+        planning_seconds=0.0,
+        measured=gplan.measured,
+        notes=gplan.reasons,
+    )

@@ -1,0 +1,404 @@
+"""Continuous batching: one scheduler thread per model runs prefills and shared decode steps.
+
+Requests arrive from any thread or event loop; between two decode steps the scheduler admits
+waiting requests whose KV blocks fit (prefill at batch 1, then the row joins the decode batch)
+and drops the rows that finished or were cancelled. Every row keeps its own sampler, stop rules
+and text state. The hot loop does per step: one runner call on preallocated buffers, one argmax
+over the batch for greedy rows, and a short per-row bookkeeping loop; events are built only for
+streaming requests and text is decoded per token only when streaming or stop strings need it.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from aivmm.errors import AivmmError, ExecutionError, ModelClosedError, OutOfMemoryError, OverloadedError
+from aivmm.llm._blocks import BlockPool, PrefixCache
+from aivmm.llm._kvstore import BatchKV, PrefillKV
+from aivmm.llm._sampling import Sampler
+from aivmm.llm._types import FinishReason, Generation, KVLayout, LLMStats, TokenEvent
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+
+class Request:
+    """One generation in flight: its prompt, rules, the tokens so far and where results go."""
+
+    __slots__ = (
+        "cancelled",
+        "decoder",
+        "done",
+        "emitted",
+        "lps",
+        "max_new",
+        "max_stop",
+        "need_text",
+        "on_done",
+        "on_event",
+        "prompt",
+        "rid",
+        "sampler",
+        "stop_ids",
+        "stops",
+        "t0",
+        "t_first",
+        "text",
+        "tokens",
+        "top_lps",
+    )
+
+    def __init__(
+        self,
+        prompt: list[int],
+        sampler: Sampler,
+        max_new: int,
+        stop_ids: frozenset[int],
+        stops: tuple[str, ...],
+        on_event: Callable[[Any], None] | None,
+        on_done: Callable[[Any], None],
+        decoder: Any,
+    ) -> None:
+        self.rid = next(_ids)
+        self.prompt = prompt
+        self.sampler = sampler
+        self.max_new = max_new
+        self.stop_ids = stop_ids
+        self.stops = stops
+        self.max_stop = max((len(s) for s in stops), default=0)
+        self.on_event = on_event  # streaming: called with each TokenEvent (and an exception on failure)
+        self.on_done = on_done  # called once with the Generation or the exception
+        self.decoder = decoder  # a tokenizers DecodeStream when text is needed per token, else None
+        self.need_text = decoder is not None
+        self.tokens: list[int] = []
+        self.lps: list[float] | None = [] if sampler.logprobs is not None else None
+        self.top_lps: list[tuple[tuple[int, float], ...]] | None = [] if sampler.logprobs else None
+        self.text = ""
+        self.emitted = 0
+        self.t0 = time.perf_counter()
+        self.t_first = 0.0
+        self.cancelled = False
+        self.done = False
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        name: str,
+        runner: Any,
+        layout: KVLayout,
+        max_batch: int,
+        context: int,
+        pool: BlockPool,
+        prefix: PrefixCache,
+        max_waiting: int,
+        tokenizer: Any,
+        decode_text: Callable[[list[int]], str] | None,
+    ) -> None:
+        self.name = name
+        self.runner = runner
+        self.layout = layout
+        self.vocab = layout.vocab_size
+        self.context = context
+        self.pool = pool
+        self.prefix = prefix
+        self.max_waiting = max_waiting
+        self._tokenizer = tokenizer
+        self._decode_text = decode_text
+        register = getattr(runner, "register", None)
+        self.batch = BatchKV(layout, max_batch, context, register)
+        self.pre = PrefillKV(layout, context, register)
+        ldt = runner.logits_dtype
+        self._logits = np.empty(max_batch * self.vocab, dtype=ldt)
+        self._prefill_logits = np.empty(context * self.vocab, dtype=ldt)
+        self._ones = np.ones(context + 1, dtype=np.int64)
+        self._arange = np.arange(context + 1, dtype=np.int64)
+        self.rows: list[Request] = []
+        self.waiting: collections.deque[Request] = collections.deque()
+        self._incoming: list[Request] = []
+        self._cv = threading.Condition()
+        self._stopping = False
+        self.tokens_total = 0
+        self.requests_total = 0
+        self._thread = threading.Thread(target=self._loop, name=f"aivmm-llm-{name}", daemon=True)
+        self._thread.start()
+
+    # -- called from user threads --------------------------------------------------------------
+    def submit(self, req: Request) -> None:
+        with self._cv:
+            if self._stopping:
+                raise ModelClosedError(f"model {self.name!r} was closed")
+            if len(self.waiting) + len(self._incoming) >= self.max_waiting:
+                raise OverloadedError(
+                    f"model {self.name!r}: {self.max_waiting} requests already wait for a decode slot; retry later"
+                )
+            self._incoming.append(req)
+            self.requests_total += 1
+            self._cv.notify()
+
+    def cancel(self, req: Request) -> None:
+        """Stop ``req`` now: its KV blocks go back at once, its row leaves at the next step."""
+        if req.done:
+            return
+        req.cancelled = True
+        self.pool.give_back(req.rid)
+        with self._cv:
+            self._cv.notify()
+
+    def stats(self) -> LLMStats:
+        with self._cv:
+            waiting = len(self.waiting) + len(self._incoming)
+        used = self.pool.used_tokens
+        return LLMStats(
+            running=len(self.rows),
+            waiting=waiting,
+            kv_tokens_used=used,
+            kv_tokens_capacity=self.pool.capacity_tokens,
+            kv_bytes_used=used * self.pool.bytes_per_token,
+            tokens_generated_total=self.tokens_total,
+            requests_total=self.requests_total,
+            prefix_hit_tokens_total=self.prefix.hit_tokens_total,
+        )
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        self._thread.join(timeout_s)
+        self.pool.close()
+        self.prefix.close()
+
+    # -- the scheduler thread ------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not (self._stopping or self._incoming or self.rows or self._admissible()):
+                    self._cv.wait(1.0)
+                if self._stopping:
+                    break
+                self.waiting.extend(self._incoming)
+                self._incoming.clear()
+            try:
+                self._iteration()
+            except Exception as exc:  # a failed step fails the requests in it, never the scheduler
+                log.exception("model %r: generation step failed", self.name)
+                err = exc if isinstance(exc, AivmmError) else ExecutionError(f"generation step failed: {exc}")
+                for r in self.rows:
+                    self._fail(r, err)
+                self.rows = []
+                self.batch.keep([])
+        closed = ModelClosedError(f"model {self.name!r} was closed")
+        with self._cv:
+            left = [*self.rows, *self.waiting, *self._incoming]
+            self._incoming.clear()
+        self.waiting.clear()
+        self.rows = []
+        for r in left:
+            self._fail(r, closed)
+
+    def _admissible(self) -> bool:
+        return bool(self.waiting)
+
+    def _iteration(self) -> None:
+        rows = self.rows
+        if any(r.cancelled for r in rows):
+            self._drop([i for i, r in enumerate(rows) if r.cancelled])
+        self._admit()
+        if self.rows:
+            self._decode()
+
+    def _admit(self) -> None:
+        waiting, batch = self.waiting, self.batch
+        while waiting and len(self.rows) < batch.max_batch:
+            req = waiting[0]
+            if req.cancelled:
+                waiting.popleft()
+                self._finish(req, FinishReason.CANCELLED)
+                continue
+            need = min(len(req.prompt) + req.max_new, self.context)
+            if need > self.pool.capacity_tokens:
+                waiting.popleft()
+                self._fail(
+                    req,
+                    OutOfMemoryError(
+                        f"model {self.name!r}: the request needs {need} KV tokens "
+                        f"({need * self.pool.bytes_per_token} B) but the KV pool holds {self.pool.capacity_tokens}"
+                    ),
+                )
+                continue
+            if not self.pool.try_take(req.rid, need):
+                if not self.rows:  # nothing of ours will free blocks: the device itself is full
+                    waiting.popleft()
+                    self._fail(
+                        req,
+                        OutOfMemoryError(
+                            f"model {self.name!r}: no room on {self.pool.device} for {need} KV tokens "
+                            f"({need * self.pool.bytes_per_token} B) and no request of this model to wait for"
+                        ),
+                    )
+                    continue
+                return  # wait for running requests to give blocks back
+            waiting.popleft()
+            if req.cancelled:
+                self.pool.give_back(req.rid)
+                self._finish(req, FinishReason.CANCELLED)
+                continue
+            self._prefill(req)
+
+    def _prefill(self, req: Request) -> None:
+        prompt = req.prompt
+        p = len(prompt)
+        pre = self.pre
+        k = pre.load_prefix(self.prefix.lookup(prompt))
+        n = p - k
+        ids = np.asarray(prompt[k:], dtype=np.int64).reshape(1, n)
+        pos = self._arange[k:p].reshape(1, n)
+        mask = self._ones[:p].reshape(1, p)
+        self.runner.run(1, k, n, ids, pos, mask, pre.kv.ptrs[0], pre.kv.ptrs[1], self._prefill_logits)
+        present = pre.present(p)
+        self.prefix.insert(prompt, present)
+        row = self._prefill_logits[(n - 1) * self.vocab : n * self.vocab]
+        tok, lp, tops = req.sampler.pick(row)
+        if not self._accept(req, tok, lp, tops):
+            self.batch.add(present, p, tok)
+            self.rows.append(req)
+
+    def _decode(self) -> None:
+        batch = self.batch
+        b = batch.rows
+        kv = batch.kv
+        ids, pos, mask = batch.step_inputs()
+        self.runner.run(b, batch.length, 1, ids, pos, mask, kv.ptrs[kv.cur], kv.ptrs[kv.cur ^ 1], self._logits)
+        batch.advance()
+        logits = self._logits[: b * self.vocab].reshape(b, self.vocab)
+        rows = self.rows
+        greedy = logits.argmax(axis=1) if any(r.sampler.plain for r in rows) else None
+        done: list[int] | None = None
+        next_ids = batch.ids
+        for i, r in enumerate(rows):
+            if r.sampler.plain:
+                tok, lp, tops = int(greedy[i]), None, None  # type: ignore[index]
+            else:
+                tok, lp, tops = r.sampler.pick(logits[i])
+            if self._accept(r, tok, lp, tops):
+                if done is None:
+                    done = []
+                done.append(i)
+            else:
+                next_ids[i] = tok
+        if done:
+            self._drop(done)
+
+    def _drop(self, gone: list[int]) -> None:
+        drop = set(gone)
+        keep = [i for i in range(len(self.rows)) if i not in drop]
+        for i in gone:
+            r = self.rows[i]
+            if not r.done:
+                self._finish(r, FinishReason.CANCELLED)
+        self.batch.keep(keep)
+        self.rows = [self.rows[i] for i in keep]
+
+    def _accept(self, r: Request, tok: int, lp: float | None, tops: Any) -> bool:
+        """Record one generated token; True when the request is finished."""
+        if r.cancelled:
+            self._finish(r, FinishReason.CANCELLED)
+            return True
+        tokens = r.tokens
+        tokens.append(tok)
+        self.tokens_total += 1
+        if not r.t_first:
+            r.t_first = time.perf_counter()
+        sampler = r.sampler
+        if sampler.penalty != 1.0:
+            sampler.observe(tok)
+        if r.lps is not None:
+            r.lps.append(lp)  # type: ignore[arg-type]
+            if r.top_lps is not None:
+                r.top_lps.append(tops)
+        finish = None
+        if tok in r.stop_ids:
+            finish = FinishReason.STOP
+        elif len(tokens) >= r.max_new:
+            finish = FinishReason.LENGTH
+        if r.need_text:
+            delta, stopped = self._text(r, tok, finish is FinishReason.STOP)
+            if stopped:
+                finish = FinishReason.STOP
+            if r.on_event is not None:
+                r.on_event(TokenEvent(tok, len(tokens) - 1, delta, lp, tops, finish))
+        if finish is not None:
+            self._finish(r, finish)
+            return True
+        return False
+
+    def _text(self, r: Request, tok: int, eos: bool) -> tuple[str, bool]:
+        piece = "" if eos else (r.decoder.step(self._tokenizer, tok) or "")
+        stopped = False
+        if piece:
+            r.text += piece
+            if r.stops:
+                start = max(0, len(r.text) - len(piece) - r.max_stop + 1)
+                hits = [i for i in (r.text.find(s, start) for s in r.stops) if i >= 0]
+                if hits:
+                    r.text = r.text[: min(hits)]
+                    stopped = True
+        upto = len(r.text)
+        if r.stops and not stopped and not eos and len(r.tokens) < r.max_new:
+            upto -= _holdback(r.text, r.stops)
+        if upto <= r.emitted:
+            return "", stopped
+        delta = r.text[r.emitted : upto]
+        r.emitted = upto
+        return delta, stopped
+
+    def _finish(self, r: Request, reason: FinishReason) -> None:
+        if r.done:
+            return
+        r.done = True
+        self.pool.give_back(r.rid)
+        now = time.perf_counter()
+        text = r.text if r.need_text or self._decode_text is None else self._decode_text(r.tokens)
+        gen = Generation(
+            token_ids=tuple(r.tokens),
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=len(r.prompt),
+            completion_tokens=len(r.tokens),
+            logprobs=tuple(r.lps) if r.lps is not None else None,
+            top_logprobs=tuple(r.top_lps) if r.top_lps is not None else None,
+            ttft_s=(r.t_first - r.t0) if r.t_first else now - r.t0,
+            total_s=now - r.t0,
+        )
+        if reason is FinishReason.CANCELLED and r.on_event is not None:
+            r.on_event(TokenEvent(-1, len(r.tokens), "", None, None, reason))
+        r.on_done(gen)
+
+    def _fail(self, r: Request, err: BaseException) -> None:
+        if r.done:
+            return
+        r.done = True
+        self.pool.give_back(r.rid)
+        if r.on_event is not None:
+            r.on_event(err)
+        r.on_done(err)
+
+
+def _holdback(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters could be the start of a stop string (kept back from the stream)."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
