@@ -32,14 +32,23 @@ def run(args: argparse.Namespace) -> int:
 
     shapes = dict(parse_shape_arg(text) for text in args.shape)
     path, name = _resolve(args.model, args.size)
+    kv = None
+    if path.is_dir() or path.suffix == ".onnx":  # a decoder directory or file: name its KV-cache layout
+        from aivmm.llm._layout import detect, model_file
+
+        path = model_file(path) if path.is_dir() else path
+        kv = detect(path) if path.is_file() else None
     spec = load(path, shapes=shapes or None, name=name)
     hints = category_hints(spec)
     if args.json:
         data = spec.to_json()
         data["hints"] = hints.to_json()
+        data["kv_cache"] = kv.to_json() if kv is not None else None
         print(json.dumps(data, indent=2))
         return 0
     print(render(spec, hints))
+    if kv is not None:
+        print(f"kv cache:        {kv.describe()}")
     return 0
 
 

@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write latency_cdf.png and throughput.png (needs matplotlib)")
     parser.add_argument("--no-measure", action="store_true", help="in-process: plan without measuring")
     parser.add_argument("--device", help="in-process: pin a device id")
+    parser.add_argument("--prompt-tokens", type=int, default=16, help="LLM mode: prompt length (default 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="LLM mode: tokens per request (default 64)")
 
 
 def _levels(text: str, kind: type, flag: str) -> list[Any]:
@@ -144,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to run: give --concurrency and/or --rate levels")
     if not 0 < args.duration <= 600 or not 0 <= args.warmup <= 60 or args.batch < 1:
         raise ConfigError("--duration must be in (0, 600], --warmup in [0, 60], --batch >= 1")
+    if not _is_url(args.target) and _is_llm(args.target):
+        return _run_llm(args, concurrency)
     label, factory, resource = _target(args)
     results = []
     try:
@@ -172,6 +176,47 @@ def run(args: argparse.Namespace) -> int:
         for path in plot(results, args.plot):
             print(f"wrote {path}", file=sys.stderr)
     return 0 if all(r.latencies for r in results) else 1
+
+
+def _is_llm(target: str) -> bool:
+    from aivmm.llm._deployed import is_llm_source
+
+    return is_llm_source(target)
+
+
+def _run_llm(args: argparse.Namespace, concurrency: list[int]) -> int:
+    """LLM mode: concurrent generations; TTFT and time per output token percentiles, tokens/s."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from aivmm.llm._bench import closed_loop
+    from aivmm.vmm import VMM
+
+    if not concurrency:
+        raise ConfigError("LLM mode needs --concurrency levels (open-loop rates are not supported for LLMs)")
+    with VMM() as vmm:
+        llm = vmm.deploy(args.target, device=args.device, measure=not args.no_measure,
+                         batching={"max_batch_size": max(concurrency)})
+        c = llm.generation_plan.chosen
+        label = f"{args.target} in-process on {c.backend}@{c.device}"
+        closed_loop(llm, 1, min(args.warmup, args.duration), prompt_tokens=args.prompt_tokens,
+                    new_tokens=args.max_new_tokens)
+        results = [closed_loop(llm, n, args.duration, prompt_tokens=args.prompt_tokens,
+                               new_tokens=args.max_new_tokens) for n in concurrency]
+    if args.json:
+        print(json.dumps({"target": label, "mode": "llm", "results": [r.to_json() for r in results]}, indent=2))
+        return 0 if all(r.requests for r in results) else 1
+    table = Table(title=f"aivmm bench (LLM): {label}, {args.prompt_tokens}-token prompts, "
+                        f"{args.max_new_tokens} new tokens")
+    for col in ("streams", "requests", "errors", "tokens/s", "TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms"):
+        table.add_column(col, justify="right")
+    for r in results:
+        j = r.to_json()
+        table.add_row(str(r.concurrency), str(r.requests), str(r.errors), f"{r.tokens_per_s:.1f}",
+                      "/".join(f"{j['ttft_ms'][q]:.2f}" for q in ("p50", "p90", "p99")),
+                      "/".join(f"{j['tpot_ms'][q]:.3f}" for q in ("p50", "p90", "p99")))
+    Console().print(table)
+    return 0 if all(r.requests for r in results) else 1
 
 
 def _print_table(label: str, results: list[Any]) -> None:

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("aivmm.cli.status", "show a running server's devices and models"),
     "top": ("aivmm.cli.top", "live view of a running server"),
     "bench": ("aivmm.cli.bench", "load-test a model file or a server"),
+    "generate": ("aivmm.cli.generate", "deploy a decoder LLM and stream generated text"),
 }
 
 

@@ -1,0 +1,88 @@
+"""Closed-loop load on a DeployedLLM: N concurrent callers, TTFT / time per output token / tokens per second."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMBenchResult:
+    concurrency: int
+    requests: int
+    tokens: int
+    seconds: float
+    ttft_s: tuple[float, ...]
+    tpot_s: tuple[float, ...]  # per request: (total - TTFT) / (tokens - 1)
+    errors: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def pct(self, values: tuple[float, ...], q: float) -> float:
+        return float(np.percentile(values, q)) * 1e3 if values else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 4),
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "errors": self.errors,
+        }
+        for name, vals in (("ttft_ms", self.ttft_s), ("tpot_ms", self.tpot_s)):
+            out[name] = {f"p{q}": round(self.pct(vals, q), 4) for q in (50, 90, 99)}
+        return out
+
+
+def closed_loop(
+    llm: Any, concurrency: int, duration_s: float, *, prompt_tokens: int = 16, new_tokens: int = 64, seed: int = 0
+) -> LLMBenchResult:
+    """``concurrency`` threads each generate back to back (random prompts, EOS ignored) for ``duration_s``."""
+    rng = np.random.default_rng(seed)
+    vocab = llm.info.vocab_size
+    prompts = [[int(t) for t in rng.integers(3, vocab, prompt_tokens)] for _ in range(64)]
+    lock = threading.Lock()
+    ttft: list[float] = []
+    tpot: list[float] = []
+    counts = {"tokens": 0, "requests": 0, "errors": 0}
+    stop_at = time.perf_counter() + duration_s
+
+    def worker(i: int) -> None:
+        k = i
+        while time.perf_counter() < stop_at:
+            try:
+                g = llm.generate(prompts[k % len(prompts)], max_new_tokens=new_tokens, ignore_eos=True)
+            except Exception:
+                with lock:
+                    counts["errors"] += 1
+                continue
+            k += concurrency
+            with lock:
+                counts["tokens"] += g.completion_tokens
+                counts["requests"] += 1
+                ttft.append(g.ttft_s)
+                if g.completion_tokens > 1:
+                    tpot.append((g.total_s - g.ttft_s) / (g.completion_tokens - 1))
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration_s + 120)
+    return LLMBenchResult(
+        concurrency,
+        counts["requests"],
+        counts["tokens"],
+        time.perf_counter() - t0,
+        tuple(ttft),
+        tuple(tpot),
+        counts["errors"],
+    )
