@@ -61,7 +61,7 @@ class Entry:
     build: Callable[[pathlib.Path], dict[str, object]] = dataclasses.field(repr=False, compare=False)
     inputs: tuple[Feed, ...] = ()
     packages: tuple[str, ...] = ()
-    recipe: int = 1
+    recipe: int = 2
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:

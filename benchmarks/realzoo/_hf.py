@@ -14,6 +14,26 @@ import warnings
 from typing import Any
 
 
+def trained_like(model: Any) -> Any:
+    """Every weight made distinct, as training leaves them.
+
+    A freshly initialised model holds many equal tensors (zero biases, unit LayerNorm and
+    BatchNorm scales); exporters store equal constants once, so its file would hold fewer weights
+    than the architecture has. Small noise on every parameter and running statistic keeps the
+    export what a trained checkpoint's would be.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=generator))
+        for name, b in model.named_buffers():
+            if b.dtype.is_floating_point and name.endswith(("running_mean", "running_var")):
+                b.copy_(torch.rand(b.shape, generator=generator) + (0.5 if name.endswith("var") else -0.5))
+    return model.eval()
+
+
 def export(
     model: Any,
     task: str,
@@ -25,6 +45,7 @@ def export(
     import torch
     from optimum.exporters.onnx import main_export
 
+    trained_like(model)
     work = pathlib.Path(tempfile.mkdtemp(prefix="realzoo-hf-"))
     try:
         model.save_pretrained(work / "src")
@@ -138,7 +159,7 @@ def whisper_encoder(out: pathlib.Path) -> dict[str, object]:
         eos_token_id=2,
         decoder_start_token_id=1,
     )
-    model = WhisperForConditionalGeneration(cfg).eval()
+    model = trained_like(WhisperForConditionalGeneration(cfg))
     # Optimum's dummy audio is 3000 frames (the full model's 30 s); this width takes 200, so the
     # encoder is exported by torch.onnx directly, as Optimum would with the right length.
     encoder = model.model.encoder

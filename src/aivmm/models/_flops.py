@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aivmm.models._graph import ConstantValues
+
 Shape = tuple[int, ...]
 ShapeOf = Callable[[str], "Shape | None"]
 Count = tuple[int, int]  # (flops, macs)
@@ -221,6 +223,7 @@ def _stft(node: Any, shape_of: ShapeOf) -> Count:
     return int(y[0] * y[1] * 5 * n * math.log2(n) / 2), 0
 
 
+# fmt: off
 ELEMENTWISE = (
     "Add", "Sub", "Mul", "Div", "Pow", "Sqrt", "Reciprocal", "Exp", "Log", "Neg", "Abs", "Relu",
     "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -242,6 +245,7 @@ ZERO = (
     "ReverseSequence", "Unique", "Optional", "OptionalGetElement", "OptionalHasElement",
     "Resize", "Upsample",
 )
+# fmt: on
 
 COUNTERS: dict[str, Callable[[Any, ShapeOf], Count]] = {
     "Conv": _conv,
@@ -305,3 +309,122 @@ def count(node: Any, shape_of: ShapeOf) -> Count | None:
         return counter(node, shape_of)
     except (Unknown, IndexError, ValueError, ZeroDivisionError, TypeError, AttributeError):
         return None
+
+
+# --- whole graphs, control flow included -------------------------------------------------------
+
+CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+
+
+class GraphFlops:
+    """FLOPs and MACs of a graph, walking into control flow.
+
+    ``If``: when the condition is computable from constants and the bound shapes, the taken
+    branch is counted; otherwise the costlier branch (an upper bound). ``Loop``: the body times
+    the trip count, computed the same way; a loop whose trip count depends on input values (or a
+    while-loop) has its body counted once, a lower bound. ``Scan``: the body times the scanned
+    axis' length. Every such choice is listed in ``notes``.
+    """
+
+    def __init__(self) -> None:
+        self.flops = 0
+        self.macs = 0
+        self.per_op: dict[str, int] = {}
+        self.uncounted: dict[str, int] = {}
+        self.taken = 0
+        self.upper_bound: list[str] = []
+        self.lower_bound: list[str] = []
+
+    @property
+    def notes(self) -> list[str]:
+        out = []
+        if self.taken:
+            out.append(f"If: {self.taken} branch(es) decided by constants and input shapes: the taken one counted")
+        if self.upper_bound:
+            out.append(
+                f"If: {len(self.upper_bound)} condition(s) depend on input values ({_names(self.upper_bound)}): "
+                f"the costlier branch counted, FLOPs are an upper bound there"
+            )
+        if self.lower_bound:
+            out.append(
+                f"Loop: {len(self.lower_bound)} trip count(s) depend on input values ({_names(self.lower_bound)}): "
+                f"the body counted once, FLOPs are a lower bound there"
+            )
+        return out
+
+    def graph(self, graph: Any, shape_of: ShapeOf, repeat: int = 1, outer: list[Any] | None = None) -> None:
+        from aivmm.models._graph import GraphIndex
+
+        scopes = [GraphIndex.of(graph), *(outer or [])]
+        values = ConstantValues(scopes, shape_of)
+        for node in graph.node:
+            if node.op_type in CONTROL_FLOW and node.domain in ("", "ai.onnx"):
+                self._control_flow(node, values, shape_of, repeat, scopes)
+                continue
+            counted = count(node, shape_of)
+            if counted is None:
+                self.uncounted[node.op_type] = self.uncounted.get(node.op_type, 0) + 1
+                continue
+            flops, macs = counted
+            self.flops += flops * repeat
+            self.macs += macs * repeat
+            if flops:
+                self.per_op[node.op_type] = self.per_op.get(node.op_type, 0) + flops * repeat
+
+    def _control_flow(
+        self, node: Any, values: ConstantValues, shape_of: ShapeOf, repeat: int, scopes: list[Any]
+    ) -> None:
+        label = node.name or node.output[0]
+        if node.op_type == "If":
+            branches = {a.name: a.g for a in node.attribute if a.name in ("then_branch", "else_branch")}
+            cond = values.value(node.input[0])
+            if cond is not None and cond.size == 1:
+                self.taken += 1
+                chosen = branches.get("then_branch" if bool(cond.reshape(-1)[0]) else "else_branch")
+                if chosen is not None:
+                    self.graph(chosen, shape_of, repeat, scopes)
+                return
+            best: GraphFlops | None = None
+            for body in branches.values():
+                branch = GraphFlops()
+                branch.graph(body, shape_of, repeat, scopes)
+                if best is None or branch.flops > best.flops:
+                    best = branch
+            self.upper_bound.append(label)
+            if best is not None:
+                self._merge(best)
+            return
+        body = next((a.g for a in node.attribute if a.name == "body"), None)
+        if body is None:
+            return
+        trips: int | None = None
+        if node.op_type == "Loop":
+            trip = values.value(node.input[0]) if node.input and node.input[0] else None
+            if trip is not None and trip.size == 1:
+                trips = int(trip.reshape(-1)[0])
+        else:
+            scans = int(attr(node, "num_scan_inputs", 0))
+            first = node.input[len(node.input) - scans] if scans else None
+            shape = shape_of(first) if first else None
+            if shape:
+                axes = attr(node, "scan_input_axes", None)
+                trips = shape[int(axes[0]) % len(shape) if axes else 0]
+        if trips is None:
+            self.lower_bound.append(label)
+            trips = 1
+        self.graph(body, shape_of, repeat * max(trips, 0), scopes)
+
+    def _merge(self, other: GraphFlops) -> None:
+        self.flops += other.flops
+        self.macs += other.macs
+        for op, v in other.per_op.items():
+            self.per_op[op] = self.per_op.get(op, 0) + v
+        for op, n in other.uncounted.items():
+            self.uncounted[op] = self.uncounted.get(op, 0) + n
+        self.taken += other.taken
+        self.upper_bound.extend(other.upper_bound)
+        self.lower_bound.extend(other.lower_bound)
+
+
+def _names(labels: list[str]) -> str:
+    return ", ".join(labels[:3]) + (", ..." if len(labels) > 3 else "")

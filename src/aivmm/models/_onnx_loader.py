@@ -12,14 +12,14 @@ from typing import Any
 from aivmm.errors import InputError, ModelLoadError, UnsupportedModelError
 from aivmm.models import _flops, _memory, _params, _shapes
 from aivmm.models._categorize import categorize
-from aivmm.models._graph import GraphIndex, subgraphs, walk_nodes
+from aivmm.models._graph import GraphIndex, walk_nodes
 from aivmm.models._onnx_checks import check_opsets, check_structure
 from aivmm.models._onnx_facts import collect
 from aivmm.models._onnx_file import FULL_HASH_LIMIT, ReadModel, read
 from aivmm.models._onnx_types import itemsize, to_dtype
 from aivmm.models._spec import Dim, ModelFormat, ModelSpec, TensorSpec
 
-CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+CONTROL_FLOW = _flops.CONTROL_FLOW
 QUANTIZED = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
     "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
@@ -82,75 +82,6 @@ def _concrete(table: Mapping[str, tuple[int, tuple[Dim, ...]]]) -> Callable[[str
     return shape_of
 
 
-class _FlopTotals:
-    def __init__(self) -> None:
-        self.flops = 0
-        self.macs = 0
-        self.per_op: dict[str, int] = collections.defaultdict(int)
-        self.uncounted: collections.Counter[str] = collections.Counter()
-        self.notes: list[str] = []
-
-    def graph(self, graph: Any, shape_of: Callable[[str], tuple[int, ...] | None], repeat: int = 1) -> None:
-        index = GraphIndex.of(graph)
-        for node in graph.node:
-            if node.op_type in CONTROL_FLOW:
-                self._control_flow(node, index, shape_of, repeat)
-                continue
-            counted = _flops.count(node, shape_of)
-            if counted is None:
-                self.uncounted[node.op_type] += 1
-                continue
-            flops, macs = counted
-            self.flops += flops * repeat
-            self.macs += macs * repeat
-            self.per_op[node.op_type] += flops * repeat
-
-    def _control_flow(self, node: Any, index: GraphIndex, shape_of: Callable[[str], tuple[int, ...] | None],
-                      repeat: int) -> None:
-        from onnx import numpy_helper
-
-        bodies = list(subgraphs(node))
-        if node.op_type == "If":
-            # Only one branch runs: count the more expensive one.
-            best: _FlopTotals | None = None
-            for body in bodies:
-                branch = _FlopTotals()
-                branch.graph(body, shape_of, repeat)
-                if best is None or branch.flops > best.flops:
-                    best = branch
-            if best is not None:
-                self._merge(best)
-            return
-        trips: int | None = None
-        if node.op_type == "Loop" and node.input and node.input[0]:
-            t = index.constant_tensor(node.input[0])
-            if t is not None and t.data_location != 1:
-                try:
-                    trips = int(numpy_helper.to_array(t).reshape(-1)[0])
-                except (ValueError, IndexError, TypeError):
-                    trips = None
-        elif node.op_type == "Scan":
-            scans = int(_flops.attr(node, "num_scan_inputs", 0))
-            first = node.input[len(node.input) - scans] if scans else None
-            shape = shape_of(first) if first else None
-            if shape:
-                axes = _flops.attr(node, "scan_input_axes", None)
-                trips = shape[int(axes[0]) if axes else 0]
-        if trips is None:
-            self.notes.append(f"{node.op_type} {node.name or ''} has no constant trip count: its body is counted once")
-            trips = 1
-        for body in bodies:
-            self.graph(body, shape_of, repeat * max(trips, 0))
-
-    def _merge(self, other: _FlopTotals) -> None:
-        self.flops += other.flops
-        self.macs += other.macs
-        for op, v in other.per_op.items():
-            self.per_op[op] += v
-        self.uncounted.update(other.uncounted)
-        self.notes.extend(other.notes)
-
-
 def _batch_dim(inputs: Sequence[TensorSpec]) -> int | None:
     """The first axis that is a batch-like symbolic dim in every input (time-major [seq, batch, ...] gives 1)."""
     candidates: set[int] | None = None
@@ -192,9 +123,9 @@ def analyse(loaded: ReadModel, *, path: pathlib.Path, shapes: Mapping[str, Seque
     table = _infer(model, binding, bool(shapes), where, warnings)
     shape_of = _concrete(table)
 
-    totals = _FlopTotals()
+    totals = _flops.GraphFlops()
     totals.graph(model.graph, shape_of)
-    uncounted = {op: n for op, n in totals.uncounted.items()}
+    uncounted = dict(totals.uncounted)
     if uncounted:
         listed = ", ".join(f"{op} x{n}" for op, n in sorted(uncounted.items()))
         warnings.append(f"FLOPs not counted (unknown op or shape) for: {listed}")

@@ -8,12 +8,22 @@ ConstantOfShape output, except bookkeeping tensors — rank-0 scalars (hyper-par
 scale or an epsilon) and 1-D int64 tensors (ONNX's index type: shapes, axes, pads, position ids,
 gather indices).
 A one-element bias of shape [1] is a weight and counts.
+
+Each weight counts once, however often the file stores it. Exporters write a tied weight twice:
+GPT-2's LM head is ``wte`` transposed, saved as a second initializer (the 124M model would read
+as 163M). Tensors of one type and size are compared by content (and 2-D ones also transposed);
+a copy is not counted again. A tensor whose elements are all equal (zero biases, unit
+LayerNorm scales of a freshly initialised model) is never taken for a copy of another: equal
+constants are not a tie. This reads the data of same-sized tensors only, and never external
+data (a tie across external files is counted twice, as before).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+from collections import defaultdict
 from typing import Any
 
 from aivmm.models._graph import GraphIndex, subgraphs
@@ -29,6 +39,10 @@ class ParameterCount:
     parameter_bytes: int = 0
     external_bytes: int = 0  # bytes stored in external-data files
     tensors: int = 0
+    shared_tensors: int = 0  # stored copies of a weight already counted (tied weights), not counted
+    shared_parameters: int = 0
+    # candidates for the tie check, by (type, elements)
+    _seen: dict[tuple[int, int], list[Any]] = dataclasses.field(default_factory=lambda: defaultdict(list), repr=False)
 
 
 def is_bookkeeping(dims: tuple[int, ...] | list[int], elem_type: int) -> bool:
@@ -49,7 +63,15 @@ def _tensor_bytes(t: Any) -> tuple[int, bool]:
 
 
 def count(graph: Any, out: ParameterCount | None = None) -> ParameterCount:
+    top = out is None
     out = out or ParameterCount()
+    _walk(graph, out)
+    if top:
+        _drop_copies(out)
+    return out
+
+
+def _walk(graph: Any, out: ParameterCount) -> None:
     index = GraphIndex.of(graph)
     for t in graph.initializer:
         _add(out, t)
@@ -64,8 +86,7 @@ def count(graph: Any, out: ParameterCount | None = None) -> ParameterCount:
         elif node.op_type == "ConstantOfShape" and node.input and index.is_constant(node.input[0]):
             _add_generated(out, node, index)
         for sub in subgraphs(node):
-            count(sub, out)
-    return out
+            _walk(sub, out)
 
 
 def _add(out: ParameterCount, t: Any) -> None:
@@ -77,6 +98,40 @@ def _add(out: ParameterCount, t: Any) -> None:
     out.tensors += 1
     if external:
         out.external_bytes += size
+    elif math.prod(t.dims) >= _TIE_MIN:
+        out._seen[(t.data_type, math.prod(t.dims))].append(t)
+
+
+_TIE_MIN = 64  # elements: smaller tensors are not worth reading to find ties
+
+
+def _drop_copies(out: ParameterCount) -> None:
+    from onnx import numpy_helper
+
+    for group in out._seen.values():
+        if len(group) < 2:
+            continue
+        digests: set[bytes] = set()
+        for t in group:
+            try:
+                a = numpy_helper.to_array(t)
+            except (ValueError, TypeError):
+                continue
+            if a.size == 0 or (a.reshape(-1)[0] == a).all():
+                continue
+            own = {hashlib.sha256(a.tobytes()).digest()}
+            if a.ndim == 2:
+                own.add(hashlib.sha256(a.T.copy().tobytes()).digest())
+            if own & digests:
+                size, _ = _tensor_bytes(t)
+                out.parameters -= a.size
+                out.parameter_bytes -= size
+                out.tensors -= 1
+                out.shared_tensors += 1
+                out.shared_parameters += a.size
+                continue
+            digests |= own
+    out._seen.clear()
 
 
 def _add_constant_node(out: ParameterCount, node: Any) -> None:

@@ -57,8 +57,7 @@ def bind(inputs: Sequence[TensorSpec], given: Mapping[str, Sequence[int]] | None
                 )
             if isinstance(want, str) and symbols.setdefault(want, got) != got:
                 raise InputError(
-                    f"input {name!r}: symbolic dimension {want!r} is {got} here but {symbols[want]} "
-                    f"in another input"
+                    f"input {name!r}: symbolic dimension {want!r} is {got} here but {symbols[want]} in another input"
                 )
     shapes: dict[str, tuple[int, ...]] = {}
     assumptions: list[str] = []
@@ -154,13 +153,192 @@ def skeleton(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> Any:
 
 
 def infer(sk: Any, strict: bool) -> dict[str, tuple[int, tuple[Dim, ...]]]:
-    """Run ONNX shape inference; map every tensor name (subgraphs included) to (elem type, dims)."""
+    """Run ONNX shape inference; map every tensor name (subgraphs included) to (elem type, dims).
+
+    ONNX's inference loses sizes it could know from the bound inputs wherever a shape is computed
+    at run time (``Shape -> Gather -> Concat -> Reshape``, masks built from ``Range``): exported
+    transformers and Paddle models end with ``unk__N`` on every activation. Where any tensor is
+    left symbolic, ONNX Runtime's symbolic shape inference (when installed) is run too: it
+    evaluates those shape computations on the concrete inputs, and a size either pass found wins.
+    """
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(sk, check_type=False, strict_mode=strict, data_prop=True)
     table: dict[str, tuple[int, tuple[Dim, ...]]] = {}
     _collect(inferred.graph, table)
+    if any(not _concrete(dims) for _, dims in table.values()):
+        _refine(sk, table)
+    _refine_subgraphs(sk, sk.graph, table, {})
     return table
+
+
+def _concrete(dims: tuple[Dim, ...]) -> bool:
+    return all(isinstance(d, int) for d in dims)
+
+
+def _refine(sk: Any, table: dict[str, tuple[int, tuple[Dim, ...]]]) -> None:
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:
+        return
+    try:
+        inferred = SymbolicShapeInference.infer_shapes(sk, int_max=2**31 - 1, auto_merge=True, guess_output_rank=False)
+    except Exception:  # it asserts on graphs it cannot follow; ONNX's figures stand then
+        return
+    if inferred is None:
+        return
+    _collect(inferred.graph, table)
+
+
+def _refine_subgraphs(
+    sk: Any, graph: Any, table: dict[str, tuple[int, tuple[Dim, ...]]], constants: dict[str, Any]
+) -> None:
+    """Shapes inside If/Loop/Scan bodies, each inferred again as a graph of its own.
+
+    ONNX infers a body with its enclosing graph's types but without the values computed there,
+    so a body that reshapes by a shape read from an outer tensor ends with unknown sizes (Silero
+    VAD's branches, torch's EmbeddingBag loops). Lifted out, with the outer tensors it reads as
+    concrete inputs (constants as initializers) and its own inputs bound from the node's
+    operands, ONNX's data propagation and ORT's symbolic pass both see the sizes.
+    """
+    from aivmm.models._graph import subgraphs
+
+    scope = dict(constants)
+    scope.update({t.name: t for t in graph.initializer})
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output:
+            value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+            if value is not None:
+                scope[node.output[0]] = value
+    for node in graph.node:
+        for body in subgraphs(node):
+            # Folding needs sizes only inference finds, and inference needs the folds: a few rounds.
+            for _ in range(4):
+                known = sum(_concrete(dims) for _, dims in table.values())
+                lifted = _lift(sk, node, body, table, scope) if _incomplete(body, table) else None
+                if lifted is None:
+                    break
+                _infer_lifted(lifted, table)
+                if sum(_concrete(dims) for _, dims in table.values()) == known:
+                    break
+            _refine_subgraphs(sk, body, table, scope)
+
+
+def _incomplete(body: Any, table: dict[str, tuple[int, tuple[Dim, ...]]]) -> bool:
+    """Whether a tensor computed in ``body`` (not in bodies nested in it) lacks a concrete shape."""
+    return any(not _concrete(table.get(o, (0, (None,)))[1]) for n in body.node for o in n.output if o)
+
+
+def _lift(
+    sk: Any, node: Any, body: Any, table: dict[str, tuple[int, tuple[Dim, ...]]], constants: dict[str, Any]
+) -> Any:
+    import onnx
+    from onnx import helper
+
+    from aivmm.models._graph import walk_nodes
+
+    formal = [v.name for v in body.input]
+    bound: dict[str, tuple[int, tuple[Dim, ...]]] = {}
+    if node.op_type == "Loop":  # (iteration, condition, carried...) <- (M, cond, v_initial...)
+        bound.update({n: table[i] for n, i in zip(formal[2:], node.input[2:]) if i in table})
+    elif node.op_type == "Scan":
+        scans = 0
+        for a in node.attribute:
+            if a.name == "num_scan_inputs":
+                scans = a.i
+        states = len(node.input) - scans
+        axes = next((list(a.ints) for a in node.attribute if a.name == "scan_input_axes"), None) or [0] * scans
+        for k, (n, i) in enumerate(zip(formal, node.input)):
+            if i not in table:
+                continue
+            elem, dims = table[i]
+            if k >= states:
+                axis = axes[k - states] % max(len(dims), 1)
+                dims = dims[:axis] + dims[axis + 1 :]
+            bound[n] = (elem, dims)
+    produced = set(formal) | {t.name for t in body.initializer}
+    for inner in walk_nodes(body):
+        produced.update(o for o in inner.output if o)
+    outer = sorted({i for inner in walk_nodes(body) for i in inner.input if i and i not in produced})
+    inits = [constants[name] for name in outer if name in constants and constants[name].data_location != 1]
+    inputs = []
+    for v in body.input:
+        if v.name in bound and _concrete(bound[v.name][1]):
+            inputs.append(helper.make_tensor_value_info(v.name, bound[v.name][0], list(bound[v.name][1])))
+        else:
+            inputs.append(v)
+    for name in outer:
+        if name in constants and constants[name].data_location != 1:
+            continue
+        if name not in table:
+            return None  # a type the body needs is not known: nothing to gain
+        elem, dims = table[name]
+        inputs.append(helper.make_tensor_value_info(name, elem, [d if isinstance(d, int) else None for d in dims]))
+    graph = helper.make_graph(
+        _folded(body, table, constants),
+        f"{body.name or 'body'}_lifted",
+        inputs,
+        list(body.output),
+        [*body.initializer, *inits],
+    )
+    model = onnx.ModelProto()
+    model.ir_version = sk.ir_version
+    model.opset_import.extend(sk.opset_import)
+    model.functions.extend(sk.functions)
+    model.graph.CopyFrom(graph)
+    return model
+
+
+def _folded(body: Any, table: dict[str, tuple[int, tuple[Dim, ...]]], constants: dict[str, Any]) -> list[Any]:
+    """The body's nodes with every small shape computation (pads, shapes, axes) folded to a Constant.
+
+    ONNX's data propagation covers a handful of ops; exporters build pads and shapes with more
+    (ConstantOfShape, Transpose, Range, Where), and a pad of unknown size makes every size after
+    it unknown. Computed from the bound shapes, they become constants inference can read.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from aivmm.models._graph import ConstantValues, GraphIndex
+
+    def shape_of(name: str) -> tuple[int, ...] | None:
+        entry = table.get(name)
+        return tuple(int(d) for d in entry[1]) if entry and _concrete(entry[1]) else None  # type: ignore[arg-type]
+
+    outer = GraphIndex.of(helper.make_graph([], "outer", [], [], list(constants.values())))
+    values = ConstantValues([GraphIndex.of(body), outer], shape_of)
+    nodes: list[Any] = []
+    for node in body.node:
+        if node.op_type == "If" and node.domain in ("", "ai.onnx"):
+            cond = values.value(node.input[0])
+            if cond is not None and cond.size == 1:
+                # A branch decided by the shapes: inline it, so its output sizes flow on.
+                taken = "then_branch" if bool(cond.reshape(-1)[0]) else "else_branch"
+                branch = next(a.g for a in node.attribute if a.name == taken)
+                nodes.extend(branch.node)
+                nodes.extend(helper.make_node("Identity", [b.name], [o]) for b, o in zip(branch.output, node.output))
+                continue
+        folded = None
+        if node.op_type not in ("Constant", "If", "Loop", "Scan") and len(node.output) == 1 and node.output[0]:
+            value = values.value(node.output[0])
+            if isinstance(value, np.ndarray) and value.dtype.kind in "iub":
+                folded = helper.make_node(
+                    "Constant", [], [node.output[0]], value=numpy_helper.from_array(value, node.output[0])
+                )
+        nodes.append(folded or node)
+    return nodes
+
+
+def _infer_lifted(model: Any, table: dict[str, tuple[int, tuple[Dim, ...]]]) -> None:
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError):
+        return
+    _collect(inferred.graph, table)
+    if _incomplete(inferred.graph, table):
+        _refine(model, table)
 
 
 def _collect(graph: Any, table: dict[str, tuple[int, tuple[Dim, ...]]]) -> None:
@@ -169,12 +347,20 @@ def _collect(graph: Any, table: dict[str, tuple[int, tuple[Dim, ...]]]) -> None:
     for value in (*graph.input, *graph.value_info, *graph.output):
         # A tensor of unknown rank is left out: its size is unknown, and () would mean a scalar.
         if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-            table[value.name] = (value.type.tensor_type.elem_type, dims_of(value))
+            _put(table, value.name, (value.type.tensor_type.elem_type, dims_of(value)))
     for t in graph.initializer:
         table[t.name] = (t.data_type, tuple(t.dims))
     for node in graph.node:
         for sub in subgraphs(node):
             _collect(sub, table)
+
+
+def _put(table: dict[str, tuple[int, tuple[Dim, ...]]], name: str, entry: tuple[int, tuple[Dim, ...]]) -> None:
+    # A graph output keeps its declared symbolic dims after inference, and a second pass may know
+    # less than the first: a concrete size already found is never replaced by a symbol.
+    known = table.get(name)
+    if known is None or not _concrete(known[1]) or (_concrete(entry[1]) and len(entry[1]) == len(known[1])):
+        table[name] = entry
 
 
 def dims_of(value: Any) -> tuple[Dim, ...]:
