@@ -9,7 +9,11 @@ an HTTP and gRPC status in one table (``aivmm.serve._errors``), so the class cho
 
     AivmmError
     ├── ConfigError                  bad argument, constraint, budget string or environment value
-    │   └── SimulationSpecError      malformed AIVMM_SIMULATE file (names the file and the field)
+    │   ├── SimulationSpecError      malformed AIVMM_SIMULATE file (names the file and the field)
+    │   └── ClusterError             cannot join or use the Ray cluster (says which step failed)
+    │       ├── ClusterUnreachableError  no Ray GCS answers at the address
+    │       ├── ClusterAuthError         the GCS refused this process's token (or its lack of one)
+    │       └── ClusterVersionError      the cluster runs another Ray or Python version
     ├── DeviceError
     │   ├── DeviceNotFoundError      unknown device id
     │   └── DeviceUnhealthyError     a device that failed and was taken out of service
@@ -57,6 +61,22 @@ class SimulationSpecError(ConfigError):
         self.source = source
         self.field = field
         super().__init__(f"{source}: field {field!r}: {problem}")
+
+
+class ClusterError(ConfigError):
+    """Joining or using the Ray cluster failed; the message says at which step."""
+
+
+class ClusterUnreachableError(ClusterError, ConnectionError):
+    """No Ray GCS answers at the address."""
+
+
+class ClusterAuthError(ClusterError, PermissionError):
+    """The Ray GCS refused this process's authentication token, or its lack of one."""
+
+
+class ClusterVersionError(ClusterError):
+    """The cluster runs another Ray or Python version than this process."""
 
 
 class DeviceError(AivmmError):

@@ -1,29 +1,36 @@
-"""A real local Ray cluster on loopback: a head with the real CPU and a node simulating an H100.
+"""A real Ray cluster as users start it: ``ray start --head`` on 127.0.0.2, a worker on 127.0.0.3.
 
-Started once per session (about 10 s), shut down at the end, and checked to leave no Ray process.
-Node deaths are detected fast (health checks every 300 ms) so a removed node is noticed in ~1 s.
+Started once per session (about 15 s) by ``ray start --block`` processes (``_raystart``), with
+free ports, a private ``--temp-dir`` per node (nothing in /tmp/ray) and fast node-death detection
+(health checks every 300 ms); each node is stopped by its pids when the last test of this
+directory ends (or the session fails), and checked to leave no process behind. The worker
+simulates an H100 (its own ``AIVMM_SIMULATE``); each node has its own aivmm cache, as separate
+machines would.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import pathlib
-import time
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from _raystart import RayNode, start_head, start_worker
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 H100 = REPO / "src/aivmm/devices/examples/h100-80gb.json"
+HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
 FAST_FAILURE_DETECTION = {
     "health_check_initial_delay_ms": 0,
     "health_check_period_ms": 300,
     "health_check_timeout_ms": 300,
     "health_check_failure_threshold": 3,
 }
-NODE_ARGS: dict[str, Any] = {"node_ip_address": "127.0.0.1", "num_cpus": 1, "object_store_memory": 80 << 20}
 
 
 def affine_model(path: pathlib.Path) -> pathlib.Path:
@@ -32,11 +39,14 @@ def affine_model(path: pathlib.Path) -> pathlib.Path:
     from onnx import TensorProto, helper, numpy_helper
 
     g = helper.make_graph(
-        [helper.make_node("Mul", ["x", "two"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])], "affine",
+        [helper.make_node("Mul", ["x", "two"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])],
+        "affine",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
-        [numpy_helper.from_array(np.array(2.0, np.float32), "two"),
-         numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+        [
+            numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        ],
     )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -45,27 +55,34 @@ def affine_model(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def ray_processes(session_dir: str) -> list[Any]:
-    """Processes of this cluster (raylet, GCS, workers): their command lines name its session dir."""
-    import psutil
+@dataclasses.dataclass
+class RayCluster:
+    root: pathlib.Path
+    head: RayNode
+    nodes: list[RayNode]  # the head first
 
-    out = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if any(session_dir in part for part in proc.info["cmdline"] or ()):
-                out.append(proc)
-    return out
+    @property
+    def address(self) -> str:
+        return self.head.address
+
+    def add_worker(self, ip: str, name: str, env: dict[str, str] | None = None) -> RayNode:
+        node = start_worker(
+            self.head, ip, self.root / name, env={"AIVMM_CACHE_DIR": str(self.root / f"cache-{name}"), **(env or {})}
+        )
+        self.nodes.append(node)
+        return node
 
 
-# Finalizers of the cluster and the ClusterVMM, run last-in first-out exactly once: when the last
-# test of this directory ends (so the rest of the suite does not share the machine with Ray) or,
-# failing that, at the end of the session.
-_OPEN: list[Callable[[], None]] = []
+# Finalizers, run last-in first-out exactly once: when the last test of this directory ends (so
+# the rest of the suite does not share the machine with Ray) or, failing that, at session end.
+_OPEN: list[Callable[[], Any]] = []
 
 
 def _close_all() -> None:
     while _OPEN:
-        _OPEN.pop()()
+        fin = _OPEN.pop()
+        with contextlib.suppress(Exception):
+            fin()
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -75,44 +92,49 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[Any]:
+def ray_cluster() -> Iterator[RayCluster]:
     pytest.importorskip("ray")
     import ray
-    from ray.cluster_utils import Cluster
 
     from aivmm.cluster._ray import connect
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        **NODE_ARGS, "include_dashboard": False, "_system_config": FAST_FAILURE_DETECTION})
-    session_dir = cluster.head_node.get_session_dir_path()
+    # Short: Ray's socket paths under the temp dir must fit in 107 bytes.
+    root = pathlib.Path(tempfile.mkdtemp(prefix="aivmm-ray-"))
+    nodes: list[RayNode] = []
 
     def shutdown() -> None:
         ray.shutdown()
-        cluster.shutdown()
-        deadline = time.monotonic() + 20
-        while ray_processes(session_dir) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        left = ray_processes(session_dir)
-        for proc in left:  # only this cluster's own processes, by pid
-            with contextlib.suppress(Exception):
-                proc.kill()
-        assert not left, f"Ray processes survived the cluster shutdown: {[p.pid for p in left]}"
+        for node in reversed(nodes):  # workers first, the head (GCS) last
+            node.stop()
+        leftover = [p.pid for node in nodes for p in node.processes()]
+        shutil.rmtree(root, ignore_errors=True)
+        assert not leftover, f"Ray processes survived the cluster shutdown: {leftover}"
 
     _OPEN.append(shutdown)
     try:
-        cluster.add_node(**NODE_ARGS, env_vars={"AIVMM_SIMULATE": str(H100)})
-        cluster.wait_for_nodes(timeout=60)
-        connect(cluster.address, node_ip_address="127.0.0.1", namespace="aivmm-tests")
+        head = start_head(
+            HEAD_IP,
+            root / "head",
+            system_config=FAST_FAILURE_DETECTION,
+            env={"AIVMM_CACHE_DIR": str(root / "cache-head")},
+        )
+        nodes.append(head)
+        cluster = RayCluster(root, head, nodes)
+        worker = start_worker(
+            head, WORKER_IP, root / "w1", env={"AIVMM_SIMULATE": str(H100), "AIVMM_CACHE_DIR": str(root / "cache-w1")}
+        )
+        nodes.append(worker)
+        connect(head.address, node_ip_address=None, namespace="aivmm")
         yield cluster
     finally:
         _close_all()
 
 
 @pytest.fixture(scope="session")
-def cluster_vmm(ray_cluster: Any) -> Iterator[Any]:
+def cluster_vmm(ray_cluster: RayCluster) -> Iterator[Any]:
     from aivmm.cluster import ClusterVMM
 
-    vmm = ClusterVMM(namespace="aivmm-tests", replace_timeout_s=60.0, call_timeout_s=60.0)
+    vmm = ClusterVMM(replace_timeout_s=60.0, call_timeout_s=60.0, claim_timeout_s=3.0)
     _OPEN.append(vmm.close)
     try:
         yield vmm

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from aivmm.cluster._ids import node_label, qualify, split
@@ -78,13 +80,99 @@ def test_serve_refuses_ray_with_single_machine_flags() -> None:
 
 
 def test_unreachable_ray_address_fails_at_once_with_the_address() -> None:
-    from aivmm.cluster._ray import _check_reachable
-    from aivmm.errors import ConfigError
+    pytest.importorskip("ray")
+    from aivmm.cluster._ray import probe
+    from aivmm.errors import ClusterUnreachableError, ConfigError
 
-    with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1"):
-        _check_reachable("127.0.0.1:1", timeout_s=2.0)
+    with pytest.raises(ClusterUnreachableError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1"):
+        probe("127.0.0.1:1", timeout_s=2.0)
     with pytest.raises(ConfigError, match="bad Ray address"):
-        _check_reachable("no-port-here")
+        probe("no-port-here")
+
+
+def test_other_ray_versions_are_refused_before_joining() -> None:
+    pytest.importorskip("ray")
+    import platform
+
+    import ray
+
+    from aivmm.cluster._ray import check_versions
+    from aivmm.errors import ClusterVersionError
+
+    ours = {"ray_version": ray.__version__, "python_version": platform.python_version()}
+    check_versions("h:1", ours)
+    with pytest.raises(ClusterVersionError, match=r"runs Ray 1\.0\.0, this process Ray"):
+        check_versions("h:1", {**ours, "ray_version": "1.0.0"})
+    with pytest.raises(ClusterVersionError, match=r"Python 2\.7\.18"):
+        check_versions("h:1", {**ours, "python_version": "2.7.18"})
+
+
+def test_devices_become_ray_resources_per_kind_and_per_device() -> None:
+    from aivmm.cluster._resources import claim, missing, node_resources
+
+    cpu = Device("cpu:0", DeviceKind.CPU, Vendor.INTEL, "Xeon", 64 << 30, 64 << 30)
+    gpus = [Device(f"nvidia:{i}", DeviceKind.GPU, Vendor.NVIDIA, "H100", 80 << 30, 80 << 30, index=i) for i in range(2)]
+    res = node_resources([cpu, *gpus])
+    assert res == {
+        "aivmm/cpu": 1.0,
+        "aivmm/device/cpu:0": 1.0,
+        "aivmm/device/nvidia:0": 1.0,
+        "aivmm/device/nvidia:1": 1.0,
+        "aivmm/nvidia_gpu": 2.0,
+    }
+    assert missing({"aivmm/cpu": 1.0, "aivmm/nvidia_gpu": 1.0}, res) == {
+        k: v for k, v in res.items() if k not in ("aivmm/cpu",)
+    }
+    # A GPU Ray schedules itself is also held as a Ray GPU, so Ray's own GPU work cannot land on it.
+    assert claim(gpus[1], "nvidia:1", {"GPU": 2.0}) == {
+        "aivmm/nvidia_gpu": 1.0,
+        "aivmm/device/nvidia:1": 1.0,
+        "GPU": 1.0,
+    }
+    assert "GPU" not in claim(gpus[1], "nvidia:1", {})
+    assert claim(cpu, "cpu:0", {"GPU": 1.0}) == {"aivmm/cpu": 1.0, "aivmm/device/cpu:0": 1.0}
+
+
+def test_channel_answers_requests_and_errors_and_reports_a_dead_end() -> None:
+    import threading
+
+    import numpy as np
+
+    from aivmm.cluster._channel import ChannelLost, ChannelPool, ChannelServer
+    from aivmm.errors import ClusterAuthError, InputError
+
+    def handler(name: str, x: np.ndarray) -> dict[str, np.ndarray]:
+        if name == "bad":
+            raise InputError("input 'x' has the wrong shape")
+        return {"y": x * 2}
+
+    key = b"k" * 32
+    server = ChannelServer("127.0.0.1", key, handler)
+    pool = ChannelPool(server.address, key)
+    try:
+        outs: list[Any] = []
+
+        def call(i: int) -> None:
+            try:
+                outs.append(int(pool.call(("ok", np.full(3, i)), 30)["y"][0]))
+            except Exception as exc:  # recorded: the assertion below shows it
+                outs.append(exc)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(outs, key=str) == sorted((2 * i for i in range(8)), key=str)
+        with pytest.raises(InputError, match="wrong shape"):  # the agent's error class, not a wrapper
+            pool.call(("bad", np.zeros(1)), 10)
+        with pytest.raises(ClusterAuthError):  # a wrong key is refused by the handshake
+            ChannelPool(server.address, b"x" * 32).call(("ok", np.zeros(1)), 5)
+    finally:
+        server.close()
+        pool.close()
+    with pytest.raises(ChannelLost):
+        pool.call(("ok", np.zeros(1)), 5)
 
 
 class _Cand:
@@ -102,8 +190,11 @@ def test_identical_devices_form_one_class_and_a_pin_leads_it() -> None:
 
     devs = [_dev("node-a"), _dev("node-b"), _dev("node-c", memory=8 << 30), _dev("node-a", "nvidia:0")]
     classes = device_classes(devs)
-    assert sorted(map(sorted, classes.values())) == [["node-a/cpu:0", "node-b/cpu:0"], ["node-a/nvidia:0"],
-                                                      ["node-c/cpu:0"]]
+    assert sorted(map(sorted, classes.values())) == [
+        ["node-a/cpu:0", "node-b/cpu:0"],
+        ["node-a/nvidia:0"],
+        ["node-c/cpu:0"],
+    ]
     assert "node-b/cpu:0" in device_classes(devs, keep="node-b/cpu:0")
 
 

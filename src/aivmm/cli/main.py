@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("aivmm.cli.run", "deploy a model and run it (the built-in zoo when no model is given)"),
     "plan": ("aivmm.cli.plan", "plan a model's placement and explain the choice"),
     "serve": ("aivmm.cli.serve", "serve models over KServe v2 HTTP and gRPC"),
+    "cluster": ("aivmm.cli.cluster", "this node's devices as Ray resources; the cluster's registry"),
     "status": ("aivmm.cli.status", "show a running server's devices and models"),
     "top": ("aivmm.cli.top", "live view of a running server"),
     "bench": ("aivmm.cli.bench", "load-test a model file or a server"),

@@ -42,11 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="plan from the cost model only, without measuring candidates (faster start)")
     parser.add_argument("--simulate", help="add simulated devices from a JSON spec (as AIVMM_SIMULATE)")
     parser.add_argument("--memory-budget", help="per-device memory budgets, e.g. 'cpu:0=4GiB,nvidia:0=20GiB'")
-    parser.add_argument("--ray", metavar="ADDRESS", default=None,
-                        help="serve from a Ray cluster: place models on every node's devices (see docs/cluster.md); "
-                             "each node's agent honours that node's AIVMM_SIMULATE")
+    parser.add_argument("--ray", metavar="ADDRESS", nargs="?", const="auto", default=None,
+                        help="serve from a Ray cluster: HOST:PORT, or 'auto' (the default with no value: "
+                             "$RAY_ADDRESS, else the cluster `ray start` started on this machine); models are "
+                             "shared through the cluster's registry (see docs/cluster.md)")
     parser.add_argument("--ray-node-ip", metavar="IP", default=None,
-                        help="this process's node IP for Ray (e.g. 127.0.0.1 for a loopback cluster)")
+                        help="the IP of the local Ray node to attach to, when this machine runs several "
+                             "(default: as Ray chooses, the head if it is local)")
     add_constraint_arguments(parser)
 
 

@@ -1,10 +1,11 @@
-"""The node agent: one Ray actor per node, pinned there, owning that node's aivmm VMM.
+"""The node agent: one detached Ray actor per node, pinned there, owning that node's aivmm VMM.
 
 It discovers the node's devices in the node's own environment (``AIVMM_SIMULATE`` set for that
-node's raylet, or the ``simulate`` argument), loads the models the head assigns to it on its local
-engine (so overcommit, residency and dynamic batching work per node, as on one machine) and runs
-requests. It is a threaded actor (``max_concurrency`` threads): many requests are in flight at
-once, each blocking its thread in the engine, so the engine's dynamic batching can group them.
+node's raylet, or the ``simulate`` argument), loads the models the registry assigns to it on its
+local engine (so overcommit, residency and dynamic batching work per node, as on one machine),
+measures them there (``measure=True``: the plan cache of *this* node keeps the figures) and runs
+requests. Requests arrive on its channel (``_channel``), one thread per connection, each blocking
+in the engine, so the engine's dynamic batching can group them; control calls arrive through Ray.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import os
 import pathlib
 import socket
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from aivmm._storage import file_sha256
+from aivmm._storage import cache_dir, file_sha256
+from aivmm.cluster._channel import ChannelServer
 from aivmm.errors import ModelNotFoundError
 
 
@@ -25,17 +26,37 @@ def _key(name: str, device: str) -> str:
     return f"{name}@{device}"
 
 
-class NodeAgent:
-    """Runs on one node. Methods are called by the head (ClusterVMM) through Ray."""
+def local_copy(path: str, sha256: str, blob: list[Any]) -> str:
+    """The model file on this machine: ``path`` when it holds the same bytes, else a copy fetched
+    from the object store into the cache, keyed by content hash (fetched once per node)."""
+    p = pathlib.Path(path)
+    if p.is_file() and (not sha256 or file_sha256(p) == sha256):
+        return str(p)
+    import ray
 
-    def __init__(self, node_id: str, simulate: str | None = None) -> None:
+    target = cache_dir("cluster-models") / f"{sha256 or 'unhashed'}{p.suffix or '.onnx'}"
+    if not target.is_file():
+        data = ray.get(blob[0])
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    return str(target)
+
+
+class NodeAgent:
+    """Runs on one node. Control methods are called by the registry through Ray."""
+
+    def __init__(self, node_id: str, authkey: bytes, simulate: str | None = None) -> None:
+        import ray
+
         from aivmm.vmm import VMM
 
         self.node_id = node_id
         # discover() reads AIVMM_SIMULATE itself: the node's environment decides what it simulates.
         self._vmm = VMM(simulate=simulate)
         self._models: dict[str, Any] = {}
-        self._cache = pathlib.Path(tempfile.gettempdir()) / "aivmm-cluster-models"
+        # The channel listens on the node's own Ray address (its --node-ip-address), nowhere else.
+        self._channel = ChannelServer(ray.util.get_node_ip_address(), authkey, self.infer)
 
     def describe(self) -> dict[str, Any]:
         import ray
@@ -46,25 +67,10 @@ class NodeAgent:
             "hostname": socket.gethostname(),
             "pid": os.getpid(),
             "simulate": os.environ.get("AIVMM_SIMULATE", ""),
+            "cache_dir": str(cache_dir(create=False)),
+            "endpoint": list(self._channel.address),
             "devices": [d.to_json() for d in self._vmm.devices],
         }
-
-    def _local_file(self, path: str, sha256: str, blob: list[Any]) -> str:
-        """The model file on this node: the head's path when it holds the same bytes, else a copy
-        fetched from the object store into a cache keyed by content hash."""
-        p = pathlib.Path(path)
-        if p.is_file() and (not sha256 or file_sha256(p) == sha256):
-            return str(p)
-        import ray
-
-        target = self._cache / f"{sha256 or 'unhashed'}{p.suffix or '.onnx'}"
-        if not target.is_file():
-            self._cache.mkdir(parents=True, exist_ok=True)
-            data = ray.get(blob[0])
-            tmp = target.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        return str(target)
 
     def deploy(
         self,
@@ -79,17 +85,37 @@ class NodeAgent:
         replicas: int,
         measure: bool,
     ) -> dict[str, Any]:
-        """Load ``name`` on this node's ``device`` (pinned, strict: the head already chose it)."""
-
+        """Load ``name`` on this node's ``device`` (pinned, strict: the registry already chose it);
+        with ``measure`` the candidates of that device are measured here and cached here."""
         key = _key(name, device)
-        local = self._local_file(path, sha256, blob)
-        model = self._vmm.deploy(local, constraints, device=device, backend=backend, strict=True, name=key,
-                                 batching=batching, replicas=replicas, measure=measure)
+        local = local_copy(path, sha256, blob)
+        model = self._vmm.deploy(
+            local,
+            constraints,
+            device=device,
+            backend=backend,
+            strict=True,
+            name=key,
+            batching=batching,
+            replicas=replicas,
+            measure=measure,
+        )
         self._models[key] = model
-        return {"name": name, "placement": model.plan.chosen.config.label(), "replicas": replicas}
+        chosen = model.plan.chosen.to_json()
+        return {
+            "name": name,
+            "placement": model.plan.chosen.config.label(),
+            "replicas": replicas,
+            "measured": model.plan.measured,
+            "cache_hit": model.plan.cache_hit,
+            "latency_ms_measured": chosen.get("latency_ms_measured"),
+            "node": self.node_id,
+            "cache_dir": str(cache_dir(create=False)),
+        }
 
-    def infer(self, name: str, device: str, feeds: Mapping[str, Any], priority: int = 0,
-                    deadline_ms: float | None = None) -> dict[str, Any]:
+    def infer(
+        self, name: str, device: str, feeds: Mapping[str, Any], priority: int = 0, deadline_ms: float | None = None
+    ) -> dict[str, Any]:
         model = self._models.get(_key(name, device))
         if model is None:
             raise ModelNotFoundError(f"model {name!r} is not loaded on {device} of node {self.node_id[:8]}")

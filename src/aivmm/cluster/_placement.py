@@ -24,8 +24,21 @@ def device_classes(devices: Sequence[Device], keep: str | None = None) -> dict[s
     groups: dict[str, list[str]] = {}
     for d in devices:
         props = {k: v for k, v in d.properties.items() if k not in ("node", "local_id")}
-        key = json.dumps([d.kind.value, d.vendor.value, d.name, d.memory_total_bytes, d.memory_free_bytes >> 30,
-                          sorted(d.features), list(d.runtimes), d.simulated, props], sort_keys=True, default=str)
+        key = json.dumps(
+            [
+                d.kind.value,
+                d.vendor.value,
+                d.name,
+                d.memory_total_bytes,
+                d.memory_free_bytes >> 30,
+                sorted(d.features),
+                list(d.runtimes),
+                d.simulated,
+                props,
+            ],
+            sort_keys=True,
+            default=str,
+        )
         groups.setdefault(key, []).append(d.id)
     out = {}
     for members in groups.values():
@@ -43,8 +56,13 @@ def on_device(plan: Any, device: str) -> Any:
     return dataclasses.replace(plan, chosen=moved)
 
 
-def choose_devices(ranked: Sequence[Any], classes: Mapping[str, list[str]], count: int, avoid: AbstractSet[str],
-                   copies: collections.Counter[str]) -> list[tuple[Any, str]]:
+def choose_devices(
+    ranked: Sequence[Any],
+    classes: Mapping[str, list[str]],
+    count: int,
+    avoid: AbstractSet[str],
+    copies: collections.Counter[str],
+) -> list[tuple[Any, str]]:
     """``count`` (candidate, device id) pairs: candidates in ``ranked`` order, each on the members of
     its device class; nodes without a copy of this model first, then the device holding the fewest
     copies of any model; distinct devices not in ``avoid`` first, then the first pick again.

@@ -21,8 +21,9 @@ class Target:
     node: str  # cluster label of the node (node-xxxxxxxx)
     device: str  # cluster device id
     local: str  # the device's id on its node
-    agent: Any  # the node agent's actor handle
+    agent: Any  # how requests reach the copy (a channel pool to its node's agent)
     slots: int = 1
+    key: Any = None  # identifies the agent behind ``agent`` (its endpoint)
     outstanding: int = 0
     served: int = 0  # requests answered with outputs
     alive: bool = True
@@ -31,9 +32,14 @@ class Target:
         return self.outstanding / max(1, self.slots)
 
     def to_json(self) -> dict[str, Any]:
-        return {"node": self.node, "device": self.device, "slots": self.slots,
-                "outstanding": self.outstanding, "served": self.served,
-                "alive": self.alive}
+        return {
+            "node": self.node,
+            "device": self.device,
+            "slots": self.slots,
+            "outstanding": self.outstanding,
+            "served": self.served,
+            "alive": self.alive,
+        }
 
 
 class Router:
@@ -51,6 +57,22 @@ class Router:
     def add(self, target: Target) -> None:
         with self._lock:
             self._targets.append(target)
+
+    def sync(self, targets: Iterable[Target], skip_nodes: Iterable[str] = ()) -> None:
+        """Route to ``targets`` from now on; a target already known (same device and agent) keeps
+        its counters, so requests in flight are released against the object that counted them."""
+        skip = set(skip_nodes)
+        with self._lock:
+            old = {(t.device, t.key): t for t in self._targets}
+            fresh = []
+            for t in targets:
+                if t.node in skip:
+                    continue
+                fresh.append(old.get((t.device, t.key), t))
+            for t in self._targets:
+                if t not in fresh:
+                    t.alive = False
+            self._targets = fresh
 
     def drop_node(self, node: str) -> list[Target]:
         """Forget every target on ``node``; returns them (their work must be re-placed)."""
