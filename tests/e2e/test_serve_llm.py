@@ -212,6 +212,16 @@ def test_streamed_completion_equals_the_whole(client: Any) -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
+def test_streamed_choices_interleave(client: Any) -> None:
+    ask = {"model": "llama", "prompt": ["Hello", "Once upon a time"], "n": 2, "max_tokens": 10, "temperature": 0}
+    whole = client.completions.create(**ask)
+    texts: dict[int, str] = {}
+    for chunk in client.completions.create(**ask, stream=True):
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+    assert texts == {c.index: c.text for c in whole.choices}
+
+
 def test_sse_framing_ends_with_done(server: RunningServer) -> None:
     status, events = sse(
         server,
