@@ -41,7 +41,7 @@ def test_generated_ids_stay_below_the_gather_table(tmp_path):
     spec = load(path)
     plans = {p.name: p for p in input_plans(spec, batch=3)}
     assert plans["ids"].high == 50 and "Gather" in plans["ids"].reason
-    assert plans["mask"].high == 2  # not an index: small ints, valid as a mask
+    assert plans["mask"].fill == 1 and "mask" in plans["mask"].reason  # a mask: ones, no padding
     feeds = sample_inputs(spec, batch=3, seed=1)
     assert feeds["ids"].shape == (3, 6) and feeds["ids"].dtype == np.int64
     assert feeds["ids"].min() >= 0 and feeds["ids"].max() < 50

@@ -363,7 +363,16 @@ def _put(table: dict[str, tuple[int, tuple[Dim, ...]]], name: str, entry: tuple[
         table[name] = entry
 
 
+# Exporters write an unknown as "?" (paddle2onnx), "" or a negative size: none of them names a size
+# shared with another dimension, so each is None (its own unknown), never one shared symbol.
+_ANONYMOUS_PARAMS = frozenset({"", "?", "-1"})
+
+
 def dims_of(value: Any) -> tuple[Dim, ...]:
-    """Dims of a ValueInfoProto: int, symbolic name, or None."""
+    """Dims of a ValueInfoProto: int, symbolic name, or None (an unknown tied to no other dim)."""
     tt = value.type.tensor_type
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+    return tuple(
+        (d.dim_value if d.dim_value >= 0 else None) if d.HasField("dim_value")
+        else (None if d.dim_param.strip() in _ANONYMOUS_PARAMS else d.dim_param)
+        for d in tt.shape.dim
+    )

@@ -65,8 +65,8 @@ def tolerance_for(precision: Precision, reference: Sequence[np.ndarray], user: f
     return DEFAULT_RELATIVE_TOLERANCE[precision] * scale
 
 
-def reference_outputs(model_path: str | pathlib.Path, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of ONNX Runtime CPU fp32 with every graph optimisation disabled."""
+def reference_session(model_path: str | pathlib.Path) -> Any:
+    """ONNX Runtime CPU fp32 with every graph optimisation disabled: the model's arithmetic as written."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -77,9 +77,14 @@ def reference_outputs(model_path: str | pathlib.Path, feeds: Mapping[str, np.nda
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for bad models
         raise ModelLoadError(f"the fp32 reference cannot load {model_path}: {exc}") from exc
+
+
+def reference_outputs(model_path: str | pathlib.Path, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of ONNX Runtime CPU fp32 with every graph optimisation disabled."""
+    sess = reference_session(model_path)
     return [np.asarray(o) for o in sess.run(None, dict(feeds))]
 
 

@@ -1,14 +1,28 @@
 """Sample inputs generated from a model's signature, for accuracy checks, calibration and profiling.
 
-Integer inputs are the dangerous case: a random int64 fed to a Gather indexes out of its table and
-the runtime fails (or, worse, reads garbage). The analysis below finds, for each integer input,
-the smallest table it indexes (following Cast/Unsqueeze/Reshape-like ops) and draws below it.
+Generated inputs must be ones the model accepts, or every candidate fails on them. Shapes come
+from :mod:`aivmm.optimize._dims` (expressions, metadata, one free size per anonymous unknown);
+values from what the graph does with each input:
+
+- integers used as Gather indices are drawn below the table size (following Cast/Reshape-like
+  ops): a random int64 fed to a Gather indexes out of its table and the runtime fails;
+- an input the graph compares with a constant (``Equal(sr, 16000)`` before an ``If``) gets that
+  constant, so the branch taken is the one real inputs take;
+- a boolean that is an ``If`` condition is ``True`` (probing tries ``False`` when that fails);
+- masks are all ones (no padding), position ids count up from the past length;
+- floats are uniform in [-1, 1).
+
+:mod:`aivmm.optimize._probe` then runs the fp32 reference on them and adjusts the free sizes
+when the model refuses them (stride divisibility, minimum lengths).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,19 +31,26 @@ import numpy as np
 from aivmm.dtypes import DType
 from aivmm.errors import ConfigError
 from aivmm.models._spec import ModelSpec, TensorSpec
+from aivmm.optimize import _dims
 
 # Ops that carry an index through unchanged in value, so a bound found past them still applies.
 _PASS_THROUGH = frozenset({"Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Identity", "Expand", "Transpose"})
+_COMPARE = frozenset({"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"})
 # When no Gather bound is found, integers are drawn from [0, 2): valid ids for any table of two or
 # more rows and valid values for masks and token-type ids.
 DEFAULT_INT_HIGH = 2
-# A symbolic dimension that is neither the batch nor recorded in ``shapes_used`` gets this size.
-DEFAULT_DYNAMIC_DIM = 8
+# Kept for callers of the earlier module: the size of an unknown that is no batch, sequence or image side.
+DEFAULT_DYNAMIC_DIM = _dims.DEFAULT_FREE
+_MAX_WALK = 256  # tensors visited per input: a few hops is all an index or a flag ever takes
 
 
 @dataclasses.dataclass(frozen=True)
 class InputPlan:
-    """How one input is generated, and why (so an explanation can show it)."""
+    """How one input is generated, and why (so an explanation can show it).
+
+    ``fill`` is a constant every element takes (a compared-with value, a mask's 1, a flag);
+    ``arange`` counts 0, 1, 2... along the last axis, from ``low`` (position ids).
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -37,88 +58,189 @@ class InputPlan:
     low: float
     high: float
     reason: str
+    fill: float | None = None
+    arange: bool = False
 
 
-def index_bounds(model_path: str | pathlib.Path) -> dict[str, int]:
-    """For each graph input used as Gather indices into a constant table, the table's size on that axis."""
-    import onnx
+@dataclasses.dataclass(frozen=True)
+class GraphFacts:
+    """What the graph does with its inputs, read once per file."""
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    graph = model.graph
-    table_dims: dict[str, list[int]] = {init.name: list(init.dims) for init in graph.initializer}
+    bounds: Mapping[str, int]  # input -> smallest Gather table it indexes
+    compared: Mapping[str, float]  # input -> the constant it is compared with
+    conditions: frozenset[str]  # boolean inputs that are If conditions
+    metadata: Mapping[str, Any]  # imgsz (h, w) and stride from metadata_props
+
+
+_NO_FACTS = GraphFacts({}, {}, frozenset(), {})
+
+
+def _constants(graph: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for init in graph.initializer:
+        out[init.name] = init
     for node in graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
-                if attr.name == "value" and attr.t is not None:
-                    table_dims[node.output[0]] = list(attr.t.dims)
+                if attr.name == "value" and attr.HasField("t"):
+                    out[node.output[0]] = attr.t
+    return out
+
+
+def _scalar(t: Any) -> float | None:
+    from onnx import numpy_helper
+
+    dims = list(t.dims)
+    if (dims and int(np.prod(dims)) != 1) or t.data_location == 1:
+        return None
+    try:
+        return float(numpy_helper.to_array(t).reshape(-1)[0])
+    except (ValueError, TypeError, IndexError):
+        return None
+
+
+def _metadata(model: Any) -> dict[str, Any]:
+    """Ultralytics writes ``imgsz: '[320, 320]'`` and ``stride: '32'``; others write nothing usable."""
+    props = {p.key: p.value for p in model.metadata_props}
+    out: dict[str, Any] = {}
+    raw = props.get("imgsz")
+    if raw:
+        nums = [int(n) for n in re.findall(r"\d+", raw)]
+        if len(nums) == 1:
+            out["imgsz"] = (nums[0], nums[0])
+        elif len(nums) >= 2:
+            out["imgsz"] = (nums[0], nums[1])
+    raw = props.get("stride")
+    if raw:
+        nums = [int(n) for n in re.findall(r"\d+", raw)]
+        if nums and max(nums) > 0:
+            out["stride"] = max(nums)
+    return out
+
+
+def _facts_uncached(path: str) -> GraphFacts:
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    graph = model.graph
+    consts = _constants(graph)
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
         for i, name in enumerate(node.input):
             consumers.setdefault(name, []).append((node, i))
 
     bounds: dict[str, int] = {}
+    compared: dict[str, float] = {}
+    conditions: set[str] = set()
     for inp in graph.input:
-        if inp.name in table_dims:  # an initializer listed as input (old exporters)
+        if inp.name in consts:  # an initializer listed as input (old exporters)
             continue
         frontier, seen, best = [inp.name], set(), None
-        while frontier and len(seen) < 256:  # bounded walk: a few hops is all an index ever takes
+        while frontier and len(seen) < _MAX_WALK:
             tensor = frontier.pop()
             if tensor in seen:
                 continue
             seen.add(tensor)
             for node, pos in consumers.get(tensor, []):
-                if node.op_type in ("Gather", "GatherElements") and pos == 1 and node.input[0] in table_dims:
+                if node.op_type in ("Gather", "GatherElements") and pos == 1 and node.input[0] in consts:
                     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-                    dims = table_dims[node.input[0]]
+                    dims = list(consts[node.input[0]].dims)
                     if dims:
                         size = dims[axis % len(dims)]
                         best = size if best is None else min(best, size)
-                elif node.op_type in _PASS_THROUGH and pos == 0:
+                elif node.op_type in _COMPARE and len(node.input) == 2:
+                    other = node.input[1 - pos]
+                    value = _scalar(consts[other]) if other in consts else None
+                    if value is not None and inp.name not in compared:
+                        compared[inp.name] = value
+                elif node.op_type == "If" and pos == 0:
+                    conditions.add(inp.name)
+                elif (node.op_type in _PASS_THROUGH or node.op_type == "Not") and pos == 0:
                     frontier.extend(node.output)
         if best is not None:
             bounds[inp.name] = int(best)
-    return bounds
+    return GraphFacts(bounds, compared, frozenset(conditions), _metadata(model))
 
 
-def _concrete_shape(spec: ModelSpec, tensor: TensorSpec, batch: int) -> tuple[int, ...]:
-    used = spec.shapes_used.get(tensor.name)
-    dims: list[int] = []
-    for axis, dim in enumerate(tensor.shape):
-        if isinstance(dim, int) and dim >= 0:  # a fixed size wins, even on the batch axis
-            dims.append(dim)
-        elif spec.batch_dim is not None and axis == spec.batch_dim:
-            dims.append(batch)
-        elif used is not None and axis < len(used):
-            dims.append(int(used[axis]))
-        else:
-            dims.append(DEFAULT_DYNAMIC_DIM)
-    return tuple(dims)
+@functools.lru_cache(maxsize=32)
+def _facts_cached(path: str, mtime_ns: int, size: int) -> GraphFacts:
+    return _facts_uncached(path)
 
 
-def input_plans(spec: ModelSpec, *, batch: int = 1) -> tuple[InputPlan, ...]:
+def graph_facts(spec: ModelSpec) -> GraphFacts:
+    """The facts of ``spec``'s ONNX file (cached per file version); none for other formats."""
+    src = spec.source
+    if not (isinstance(src, str | pathlib.Path) and str(src).endswith(".onnx") and os.path.isfile(src)):
+        return _NO_FACTS
+    st = os.stat(src)
+    return _facts_cached(str(src), st.st_mtime_ns, st.st_size)
+
+
+def index_bounds(model_path: str | pathlib.Path) -> dict[str, int]:
+    """For each graph input used as Gather indices into a constant table, the table's size on that axis."""
+    return dict(_facts_uncached(str(model_path)).bounds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    """The sizes chosen for every free dimension, and the boolean flags flipped by probing."""
+
+    sizes: Mapping[_dims.Key, int]
+    roles: Mapping[_dims.Key, _dims.Role]
+    exprs: Mapping[str, _dims.Expression]
+    flipped: frozenset[str] = frozenset()
+
+    def with_sizes(self, changes: Mapping[_dims.Key, int]) -> Assignment:
+        return dataclasses.replace(self, sizes={**self.sizes, **changes})
+
+    def describe(self) -> str:
+        parts = [f"{k}={v} ({self.roles[k].why})" for k, v in self.sizes.items() if k in self.roles]
+        return ", ".join(parts)
+
+
+def assign(spec: ModelSpec, *, batch: int = 1, facts: GraphFacts | None = None) -> Assignment:
+    """The first guess for every free dimension (see :mod:`aivmm.optimize._dims`)."""
+    facts = graph_facts(spec) if facts is None else facts
+    roles, exprs = _dims.roles(spec, batch, facts.metadata)
+    return Assignment({k: r.size for k, r in roles.items()}, roles, exprs)
+
+
+def _plan_one(t: TensorSpec, shape: tuple[int, ...], facts: GraphFacts, a: Assignment) -> InputPlan:
+    low_name = t.name.lower()
+    if t.dtype is DType.BOOL:
+        if t.name in facts.conditions:
+            value = t.name not in a.flipped
+            return InputPlan(t.name, shape, t.dtype, 0, 2, f"an If condition, set to {value}", fill=float(value))
+        return InputPlan(t.name, shape, t.dtype, 0, 2, "booleans")
+    if t.name in facts.compared:
+        v = facts.compared[t.name]
+        return InputPlan(t.name, shape, t.dtype, v, v, f"{v:g}, the constant the model compares it with", fill=v)
+    if t.dtype.is_float:
+        return InputPlan(t.name, shape, t.dtype, -1.0, 1.0, "uniform floats in [-1, 1)")
+    if "mask" in low_name:
+        return InputPlan(t.name, shape, t.dtype, 1, 1, "a mask of ones (no padding)", fill=1.0)
+    if "position" in low_name and shape:
+        past = next((s for k, s in a.sizes.items() if isinstance(k, str) and _dims._hinted(k, _dims._PAST_HINTS)), 0)
+        return InputPlan(t.name, shape, t.dtype, past, past + shape[-1], f"positions counting up from {past}",
+                         arange=True)
+    if t.name in facts.bounds:
+        return InputPlan(t.name, shape, t.dtype, 0, facts.bounds[t.name],
+                         f"indices below the Gather table size {facts.bounds[t.name]}")
+    return InputPlan(t.name, shape, t.dtype, 0, DEFAULT_INT_HIGH,
+                     f"integers in [0, {DEFAULT_INT_HIGH}): no Gather table bounds this input")
+
+
+def input_plans(spec: ModelSpec, *, batch: int = 1, assignment: Assignment | None = None) -> tuple[InputPlan, ...]:
     """How each input would be generated; raises ConfigError when one cannot be (strings)."""
     check_generatable(spec)
-    bounds: dict[str, int] = {}
-    if isinstance(spec.source, str | pathlib.Path) and str(spec.source).endswith(".onnx"):
-        bounds = index_bounds(spec.source)
+    facts = graph_facts(spec)
+    a = assignment if assignment is not None else assign(spec, batch=batch, facts=facts)
+    if assignment is not None and batch != 1:
+        a = a.with_sizes({k: batch for k, r in a.roles.items() if r.why == "the batch size"})
     plans = []
     for tensor in spec.inputs:
-        shape = _concrete_shape(spec, tensor, batch)
-        if tensor.dtype is DType.STRING:
-            raise ConfigError(
-                f"cannot generate a reference input for {tensor.describe()} (a string tensor): "
-                "pass sample_inputs= to check accuracy"
-            )
-        if tensor.dtype is DType.BOOL:
-            plans.append(InputPlan(tensor.name, shape, tensor.dtype, 0, 2, "booleans"))
-        elif tensor.dtype.is_float:
-            plans.append(InputPlan(tensor.name, shape, tensor.dtype, -1.0, 1.0, "uniform floats in [-1, 1)"))
-        elif tensor.name in bounds:
-            plans.append(InputPlan(tensor.name, shape, tensor.dtype, 0, bounds[tensor.name],
-                                   f"indices below the Gather table size {bounds[tensor.name]}"))
-        else:
-            plans.append(InputPlan(tensor.name, shape, tensor.dtype, 0, DEFAULT_INT_HIGH,
-                                   f"integers in [0, {DEFAULT_INT_HIGH}): no Gather table bounds this input"))
+        shape = _dims.shape_of(tensor, a.sizes, a.exprs)
+        plans.append(_plan_one(tensor, shape, facts, a))
     return tuple(plans)
 
 
@@ -132,19 +254,28 @@ def check_generatable(spec: ModelSpec) -> None:
             )
 
 
-def sample_inputs(spec: ModelSpec, *, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+def sample_inputs(spec: ModelSpec, *, batch: int = 1, seed: int = 0,
+                  assignment: Assignment | None = None) -> dict[str, np.ndarray]:
     """Deterministic inputs matching ``spec``'s signature (see :func:`input_plans` for the ranges)."""
+    return feeds_for(input_plans(spec, batch=batch, assignment=assignment), seed=seed)
+
+
+def feeds_for(plans: tuple[InputPlan, ...], *, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
-    for p in input_plans(spec, batch=batch):
-        if p.dtype is DType.BOOL:
+    for p in plans:
+        np_dtype = p.dtype.to_numpy()
+        if p.fill is not None:
+            feeds[p.name] = np.full(p.shape, p.fill).astype(np_dtype)
+        elif p.arange:
+            row = np.arange(int(p.low), int(p.low) + (p.shape[-1] if p.shape else 1))
+            feeds[p.name] = np.ascontiguousarray(np.broadcast_to(row, p.shape)).astype(np_dtype)
+        elif p.dtype is DType.BOOL:
             feeds[p.name] = rng.integers(0, 2, size=p.shape).astype(bool)
         elif p.dtype.is_float:
-            if p.dtype is DType.BFLOAT16:
-                raise ConfigError(f"cannot generate a bfloat16 reference input for {p.name!r}: pass sample_inputs=")
-            feeds[p.name] = rng.uniform(p.low, p.high, size=p.shape).astype(p.dtype.to_numpy())
+            feeds[p.name] = rng.uniform(p.low, p.high, size=p.shape).astype(np_dtype)
         else:
-            feeds[p.name] = rng.integers(int(p.low), int(p.high), size=p.shape).astype(p.dtype.to_numpy())
+            feeds[p.name] = rng.integers(int(p.low), max(int(p.high), int(p.low) + 1), size=p.shape).astype(np_dtype)
     return feeds
 
 

@@ -31,9 +31,9 @@ from aivmm.errors import (
     InfeasibleError,
 )
 from aivmm.models._spec import ModelSpec
-from aivmm.optimize import _accuracy, _inputs, _passes
+from aivmm.optimize import _accuracy, _inputs, _passes, _probe
 from aivmm.optimize._cache import file_sha256
-from aivmm.planner import _cache, _calibration
+from aivmm.planner import _cache, _calibration, _quiet
 from aivmm.planner._cost import predict
 from aivmm.planner._enumerate import analysed, enumerate_candidates, onnx_path, variant_key
 from aivmm.planner._figures import Capability, capability
@@ -82,6 +82,7 @@ class _Request:
     seconds_per_candidate: float
     backends: tuple[str, ...] | None
     ready_only: bool = False  # fast start: only candidates that load without compiling
+    generated: _probe.Generated | None = None  # how generated inputs were found (None for user inputs)
     max_load_s: float = MAX_LOAD_S
 
 
@@ -150,7 +151,7 @@ def _cache_parts(req: _Request, model_hash: str) -> dict[str, Any]:
         "constraints": req.cons.key(),
         "pins": [req.device, req.backend, req.strict],
         "measure": req.measure,
-        "inputs": _cache.feeds_digest(req.feeds) if req.user_feeds else "generated",
+        "inputs": _cache.feeds_digest(req.feeds) if req.user_feeds else "generated-v2",
         "top_k": req.top_k,
         "seconds_per_candidate": req.seconds_per_candidate,
     }
@@ -197,7 +198,9 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
         note = "fast start: chosen from predictions; Plan.upgrade resolves to the measured plan"
         return dataclasses.replace(quick, upgrade=future, notes=(*quick.notes, note))
     if req.feeds is None and req.measure:
-        req.feeds = _inputs.sample_inputs(spec, batch=req.cons.batch_size)
+        with _quiet.captured("generated inputs"):  # a refused first guess makes ORT log its error
+            req.generated = _probe.generate(spec, batch=req.cons.batch_size, model_path=onnx_path(spec))
+        req.feeds = req.generated.feeds
     result = _run(req, t0, model_hash)
     if key is not None:
         _cache.store(key, result.to_json())
@@ -223,7 +226,7 @@ class _Evaluator:
         self._reference: list[np.ndarray] | None = None
         self._reference_error: str = ""
         self._reference_done = False
-        self.notes: list[str] = []
+        self.notes: list[str] = list(req.generated.notes) if req.generated is not None else []
 
     def _group(self, c: Candidate) -> str:
         return _calibration.group(c.config.backend, self.devices[c.config.device], c.precision,
@@ -257,7 +260,11 @@ class _Evaluator:
         if not self._reference_done:
             self._reference_done = True
             path = onnx_path(self.req.spec)
-            if path is not None and self.req.feeds is not None:
+            gen = self.req.generated
+            if gen is not None and path is not None:  # the probe already ran the reference on these feeds
+                self._reference = gen.reference
+                self._reference_error = gen.reference_error
+            elif path is not None and self.req.feeds is not None:
                 try:
                     self._reference = _accuracy.reference_outputs(path, self.req.feeds)
                 except AivmmError as exc:
@@ -269,7 +276,8 @@ class _Evaluator:
     def _calibration(self) -> list[dict[str, np.ndarray]]:
         if self.req.user_feeds and self.req.feeds is not None:
             return [self.req.feeds]
-        return [_inputs.sample_inputs(self.req.spec, batch=CALIBRATION_BATCH, seed=1000 + s)
+        found = self.req.generated.assignment if self.req.generated is not None else None
+        return [_inputs.sample_inputs(self.req.spec, batch=CALIBRATION_BATCH, seed=1000 + s, assignment=found)
                 for s in range(CALIBRATION_SAMPLES)]
 
     def _materialise(self, c: Candidate) -> Candidate:
@@ -290,6 +298,11 @@ class _Evaluator:
 
     def measure(self, c: Candidate) -> Candidate:
         assert self.req.feeds is not None
+        with _quiet.captured(c.label):
+            return self._measure(c)
+
+    def _measure(self, c: Candidate) -> Candidate:
+        assert self.req.feeds is not None
         try:
             c = self._materialise(c)
             if c.rejected:
@@ -298,11 +311,9 @@ class _Evaluator:
             m, outputs = profile(backend, c.model, self.devices[c.config.device], c.config, self.req.feeds,
                                  Budget(seconds=self.req.seconds_per_candidate),
                                  batch_size=self.req.cons.batch_size)
-        except AivmmError as exc:
-            return c.reject(RejectReason.FAILED, f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # a runtime's own exception: recorded, the others still get measured
-            log.warning("measuring %s failed: %r", c.label, exc)
-            return c.reject(RejectReason.FAILED, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # AivmmError or a runtime's own: recorded, the others still get measured
+            log.info("measuring %s failed: %s: %s", c.label, type(exc).__name__, exc)
+            return c.reject(RejectReason.FAILED, f"{type(exc).__name__}: {_one_line(str(exc))}")
         if c.prediction is not None:
             learned = _calibration.factor(self._group(c))
             _calibration.record(self._group(c), m.p50_ms, c.prediction.latency_ms / learned)
@@ -409,6 +420,10 @@ class _Evaluator:
                 c = c.reject(RejectReason.CONSTRAINT, f"{name}: {sentence}")
             (rejected if c.rejected else feasible).append(c)
         feasible.sort(key=self.rank_key)
+        if self.req.measure and feasible and feasible[0].measurement is None:
+            # Nothing that ran is feasible: a candidate known only by prediction may not win instead.
+            rejected.extend(c.reject(RejectReason.NOT_MEASURED, _unmeasured_why(c)) for c in feasible)
+            feasible = []
         return feasible, rejected
 
     def _measure_top_k(self, pool: list[Candidate], rejected: list[Candidate]) -> list[Candidate]:
@@ -445,6 +460,16 @@ class _Evaluator:
         for c in picked:
             m = self.measure(c)
             (rejected if m.rejected else measured).append(m)
+        if not measured:
+            # Every measured one failed: the next-best predicted ones get their turn before the
+            # plan gives up (an unmeasured candidate never wins while measuring is asked for).
+            more = [c for c in order if c not in picked and c not in slow][: self.req.top_k]
+            for c in more:
+                out = [o for o in out if o.config != c.config or o.transform != c.transform]
+                m = self.measure(c)
+                (rejected if m.rejected else measured).append(m)
+                if not m.rejected:
+                    break
         return out + self._race(measured)
 
     def _race(self, measured: list[Candidate]) -> list[Candidate]:
@@ -458,9 +483,10 @@ class _Evaluator:
         entries = [(registry.get(c.config.backend), c.model, self.devices[c.config.device], c.config)
                    for c in finalists]
         try:
-            times = race(entries, self.req.feeds or {},
-                         Budget(seconds=self.req.seconds_per_candidate * len(finalists), warmup_runs=2,
-                                min_runs=10, max_runs=400))
+            with _quiet.captured("the finalist race"):
+                times = race(entries, self.req.feeds or {},
+                             Budget(seconds=self.req.seconds_per_candidate * len(finalists), warmup_runs=2,
+                                    min_runs=10, max_runs=400))
         except Exception as exc:  # the screening figures stand; the race is a refinement
             log.warning("finalist race failed (%r); keeping the individual measurements", exc)
             return measured
@@ -546,11 +572,56 @@ def _summarise(cands: Sequence[Candidate], limit: int = 4) -> str:
     return "; ".join(seen[:limit]) + extra
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    """The first non-empty line of a runtime's message (dynamo's run to 30 lines), cut to ``limit``."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _unmeasured_why(c: Candidate) -> str:
+    note = next((n for n in c.notes if n.startswith("not measured")), "not measured")
+    return f"{note}; measuring was asked for, so it cannot be chosen on a prediction alone"
+
+
+def _describe_feeds(feeds: Mapping[str, np.ndarray] | None) -> str:
+    return _probe.describe_feeds(feeds) if feeds else "no inputs"
+
+
+_RAN = (RejectReason.FAILED, RejectReason.ACCURACY, RejectReason.NOT_MEASURED)
+
+
+def _nothing_ran(req: _Request, rejected: Sequence[Candidate]) -> InfeasibleError:
+    """One line per candidate that was tried (or could not be), naming the inputs they got."""
+    lines: dict[str, list[str]] = {}
+    before = 0
+    for c in rejected:
+        tried = [r for r in c.rejections if r.reason in _RAN]
+        if not tried:
+            before += 1
+            continue
+        text = "; ".join(f"{r.reason.value}: {_one_line(r.detail)}" for r in tried)
+        lines.setdefault(text, []).append(c.label)
+    source = "the given sample_inputs" if req.user_feeds else "generated inputs"
+    head = (f"no candidate ran {req.spec.name!r} and matched the fp32 reference on {source} "
+            f"({_describe_feeds(req.feeds)})")
+    body = [f"  - {labels[0]}" + (f" (+{len(labels) - 1} option variants)" if len(labels) > 1 else "")
+            + f": {text}" for text, labels in lines.items()]
+    gen = req.generated
+    if gen is not None and gen.reference is None and gen.reference_error:
+        body.insert(0, f"  - fp32 reference: {_one_line(gen.reference_error, 400)}")
+    tail = [f"  ({before} other candidate(s) were rejected before measuring: `aivmm plan` lists them)"] if before else []
+    hint = ["  pass real inputs (sample_inputs=, aivmm run --input FILE.npz) if the generated ones do not suit "
+            "the model; -v shows the runtimes' full output"]
+    return InfeasibleError("\n".join([head + ":", *body, *tail, *hint]))
+
+
 def _infeasible(req: _Request, ev: _Evaluator, rejected: Sequence[Candidate]) -> InfeasibleError:
     """The error naming, for each violated constraint, the best figure any candidate achieved."""
     only_constraints = [c for c in rejected if c.rejections and
                         all(r.reason in (RejectReason.CONSTRAINT, RejectReason.NOT_PINNED) for r in c.rejections)]
     if not only_constraints:
+        if req.measure and any(r.reason in _RAN for c in rejected for r in c.rejections):
+            return _nothing_ran(req, rejected)
         return InfeasibleError(f"no candidate can run {req.spec.name!r}: {_summarise(rejected, 8)}")
     cons = req.cons
     lines = []

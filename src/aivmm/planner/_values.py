@@ -25,6 +25,7 @@ class RejectReason(enum.Enum):
     CONSTRAINT = "constraint"  # a latency / throughput / power / energy limit
     ACCURACY = "accuracy"  # broke the tolerance against the fp32 reference (AccuracyError)
     FAILED = "failed"  # loading or running it raised
+    NOT_MEASURED = "not-measured"  # measuring was asked for and this one was not measured: it cannot win
     PRUNED = "pruned"  # not ready for a fast start (its first load compiles)
 
 

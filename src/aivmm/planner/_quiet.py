@@ -1,0 +1,83 @@
+"""Runtime chatter captured while candidates are measured.
+
+Measuring a candidate that fails makes runtimes talk: dynamo prints a graph-break report of 30
+lines, ONNX Runtime and OpenVINO write C++ log lines straight to file descriptor 2. A plan already
+says, one line per candidate, what failed and why; the raw text is kept and logged at INFO
+(``aivmm -v``) instead of reaching the user's terminal. Python's own ``sys.stderr`` writes to the
+same descriptor, so one ``dup2`` covers both the C++ and the Python side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+
+log = logging.getLogger(__name__)
+
+# Loggers of the runtimes whose records would otherwise reach the root handler during measurement.
+THIRD_PARTY_LOGGERS = ("torch", "onnxruntime", "openvino", "onnxscript", "onnx")
+# Captured text logged per candidate is cut to this many characters (the tail is the useful part).
+MAX_LOGGED_CHARS = 20_000
+
+_lock = threading.Lock()  # one capture at a time: descriptor 2 is process-wide
+
+
+class Captured:
+    """The text the runtimes wrote while a capture was open (empty until it closes)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+
+@contextlib.contextmanager
+def captured(label: str) -> Iterator[Captured]:
+    """Send stderr (descriptor 2), runtime loggers and warnings to a buffer for the duration."""
+    out = Captured()
+    if not _lock.acquire(blocking=False):  # nested or concurrent: the outer capture already holds it
+        yield out
+        return
+    handler_records: list[logging.LogRecord] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            handler_records.append(record)
+
+    keep = _Keep()
+    saved: list[tuple[logging.Logger, bool, list[logging.Handler]]] = []
+    try:
+        for name in THIRD_PARTY_LOGGERS:
+            lg = logging.getLogger(name)
+            saved.append((lg, lg.propagate, list(lg.handlers)))
+            lg.handlers = [keep]
+            lg.propagate = False
+        with tempfile.TemporaryFile(mode="w+b") as buf, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with contextlib.suppress(AttributeError, ValueError):
+                sys.stderr.flush()
+            old_fd = os.dup(2)
+            os.dup2(buf.fileno(), 2)
+            try:
+                yield out
+            finally:
+                with contextlib.suppress(AttributeError, ValueError):
+                    sys.stderr.flush()
+                os.dup2(old_fd, 2)
+                os.close(old_fd)
+                buf.seek(0)
+                parts = [buf.read().decode("utf-8", "replace")]
+                parts.extend(f"{r.name}: {r.getMessage()}" for r in handler_records)
+                parts.extend(f"warning: {w.category.__name__}: {w.message}" for w in caught)
+                out.text = "\n".join(p.rstrip() for p in parts if p.strip())
+    finally:
+        for lg, propagate, handlers in saved:
+            lg.handlers = handlers
+            lg.propagate = propagate
+        _lock.release()
+    if out.text:
+        log.info("runtime output while measuring %s:\n%s", label, out.text[-MAX_LOGGED_CHARS:])
