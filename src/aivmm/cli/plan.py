@@ -13,6 +13,7 @@ from aivmm.errors import ConfigError, ModelLoadError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aivmm.cli._constraint_flags import add_constraint_arguments
+    from aivmm.cli.run import add_verbose_argument
 
     parser.add_argument("model", help="an ONNX file or a zoo name (aivmm zoo)")
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny", help="zoo model size (default tiny)")
@@ -25,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, help="how many candidates to measure (default 8)")
     parser.add_argument("--no-cache", action="store_true", help="plan again even when a cached plan exists")
     parser.add_argument("--simulate", help="add simulated devices from a JSON spec (as AIVMM_SIMULATE)")
+    parser.add_argument("--input", action="append", default=[], metavar="FILE.npz|NAME=FILE.npy",
+                        help="measure with these inputs instead of generated ones (as aivmm run --input)")
+    add_verbose_argument(parser)
     add_constraint_arguments(parser)
 
 
@@ -48,6 +52,7 @@ def _resolve_model(ref: str, size: str) -> tuple[pathlib.Path, dict[str, Any] | 
 
 def run(args: argparse.Namespace) -> int:
     from aivmm.cli._constraint_flags import constraints_from_args
+    from aivmm.cli.run import _parse_inputs
     from aivmm.devices import discover
     from aivmm.models import load
     from aivmm.planner import plan
@@ -55,10 +60,13 @@ def run(args: argparse.Namespace) -> int:
     constraints = constraints_from_args(args)  # bad flags fail before anything loads
     path, zoo_inputs = _resolve_model(args.model, args.size)
     spec = load(path)
+    given = _parse_inputs(args.input, spec) if args.input else None
+    if given is None and constraints.batch_size == 1:
+        given = zoo_inputs
     devices = discover(args.simulate) if args.simulate else discover()
     result = plan(
         spec, devices, constraints, device=args.device, backend=args.backend, strict=args.strict,
-        measure=not args.no_measure, sample_inputs=zoo_inputs if constraints.batch_size == 1 else None,
+        measure=not args.no_measure, sample_inputs=given,
         cache=not args.no_cache, budget_s=args.budget_s, top_k=args.top_k,
     )
     if args.json:

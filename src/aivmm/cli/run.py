@@ -23,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aivmm.cli._constraint_flags import add_constraint_arguments
 
     parser.add_argument("model", nargs="?", help="an ONNX file or a zoo name (default: every zoo model)")
-    parser.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                        help="an input tensor from a .npy file (repeatable)")
+    parser.add_argument("--input", action="append", default=[], metavar="FILE.npz|NAME=FILE.npy",
+                        help="inputs from a .npz (one array per input name), NAME=FILE.npy, or FILE.npy for a "
+                             "one-input model (repeatable); they are also what the planner measures with")
     parser.add_argument("--random", action="store_true",
                         help="random inputs shaped by the model's signature (the default for zoo models "
                              "is their sample inputs)")
@@ -36,19 +37,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON report")
     parser.add_argument("--no-measure", action="store_true", help="plan from the cost model only (faster start)")
     parser.add_argument("--simulate", help="add simulated devices from a JSON spec (as AIVMM_SIMULATE)")
+    add_verbose_argument(parser)
     add_constraint_arguments(parser)
 
 
-def _parse_inputs(items: list[str]) -> dict[str, np.ndarray]:
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    """``-v`` after the command too (``aivmm run m.onnx -v``): the runtimes' captured output while
+    measuring is logged at INFO. SUPPRESS keeps a ``-v`` given before the command."""
+    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more logging: the runtimes' full output while measuring (-vv for debug)")
+
+
+def _load_array(label: str, path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--input {label}: cannot read {path}: {exc}") from exc
+
+
+def _parse_inputs(items: list[str], spec: Any = None) -> dict[str, np.ndarray]:
+    """``FILE.npz`` (every array by name), ``NAME=FILE.npy``, or ``FILE.npy`` for a one-input model."""
     feeds: dict[str, np.ndarray] = {}
     for item in items:
         name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ConfigError(f"--input expects NAME=FILE.npy, got {item!r}")
-        try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--input {name}: cannot read {path}: {exc}") from exc
+        if sep and name and path:
+            feeds[name] = _load_array(name, path)
+        elif not sep and item.endswith(".npz"):
+            try:
+                with np.load(item, allow_pickle=False) as archive:
+                    feeds.update({k: archive[k] for k in archive.files})
+            except (OSError, ValueError) as exc:
+                raise InputError(f"--input {item}: cannot read it as .npz: {exc}") from exc
+        elif not sep and item.endswith(".npy") and spec is not None and len(spec.inputs) == 1:
+            feeds[spec.inputs[0].name] = _load_array(item, item)
+        else:
+            raise ConfigError(f"--input expects FILE.npz, NAME=FILE.npy or (one-input model) FILE.npy, got {item!r}")
     return feeds
 
 
@@ -82,18 +105,22 @@ def _summary(array: Any) -> dict[str, Any]:
 
 
 def _run_one(vmm: Any, target: str, args: argparse.Namespace, constraints: Any, *, zoo_name: str | None) -> dict:
-    from aivmm.models import zoo
+    from aivmm.models import load, zoo
 
     model_ref: Any = target
     if zoo_name is not None:
         model_ref = zoo.build(zoo_name, size="tiny")
+    given: dict[str, Any] | None = None
+    if args.input:  # the user's inputs win: the planner measures and checks accuracy on them too
+        model_ref = load(model_ref)
+        given = _parse_inputs(args.input, model_ref)
     deployed = vmm.deploy(
         model_ref, constraints, device=args.device, backend=args.backend, strict=args.strict,
-        name=zoo_name or pathlib.Path(target).stem, measure=not args.no_measure,
+        name=zoo_name or pathlib.Path(target).stem, measure=not args.no_measure, sample_inputs=given,
     )
     try:
-        if args.input:
-            feeds: dict[str, Any] = _parse_inputs(args.input)
+        if given is not None:
+            feeds: dict[str, Any] = given
         elif zoo_name is not None and not args.random:
             feeds = zoo.sample_inputs(zoo_name, size="tiny")
         else:
@@ -120,6 +147,9 @@ def _run_one(vmm: Any, target: str, args: argparse.Namespace, constraints: Any, 
             "latency_ms": statistics.median(latencies),
             "runs": repeat,
             "fallbacks": list(deployed.plan.fallbacks),
+            "inputs": {k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype)} for k, v in feeds.items()},
+            "inputs_from": "--input" if given is not None else ("zoo sample" if zoo_name and not args.random
+                                                                 else "generated"),
             "outputs": [{"name": k, **_summary(v)} for k, v in outputs.items()],
         }
     finally:

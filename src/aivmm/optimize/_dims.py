@@ -30,8 +30,12 @@ _SEQUENCE_HINTS = ("seq", "sequence", "len", "length", "time", "token", "step", 
 _PAST_HINTS = ("past", "cache", "history")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _OPS: Mapping[type, Callable[[int, int], int]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.FloorDiv: operator.floordiv, ast.Div: operator.floordiv, ast.Mod: operator.mod,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.FloorDiv: operator.floordiv,
+    ast.Div: operator.floordiv,
+    ast.Mod: operator.mod,
 }
 
 
@@ -154,11 +158,19 @@ def roles(spec: ModelSpec, batch: int, metadata: Mapping[str, Any]) -> tuple[dic
             continue
         name = key if isinstance(key, str) else ""
         batch_named = bool(name) and ("batch" in name.lower() or name.lower() in ("n", "b", "bs", "batchsize"))
-        if batch_named or (spec.batch_dim is not None and axis == spec.batch_dim and (
-                isinstance(key, Unknown) or t.shape[axis] == key) and not _hinted(name, _PAST_HINTS)):
+        if batch_named or (
+            spec.batch_dim is not None
+            and axis == spec.batch_dim
+            and (isinstance(key, Unknown) or t.shape[axis] == key)
+            and not _hinted(name, _PAST_HINTS)
+        ):
             out[key] = Role(batch, "the batch size", free=False)
-        elif isinstance(key, Unknown) and not (axis >= 2 and _image_axes(t)) and 0 < t.rank and (
-                axis == 0 or axis < t.rank - 1):
+        elif (
+            isinstance(key, Unknown)
+            and not (axis >= 2 and _image_axes(t))
+            and t.rank > 0
+            and (axis == 0 or axis < t.rank - 1)
+        ):
             # Leading and middle unknowns are batch-like ([?, 3, ...], a state's [2, ?, 128]); the last
             # one is the length that probing may have to grow.
             out[key] = Role(batch, "a leading or middle unknown, sized as the batch", free=False)
@@ -171,8 +183,12 @@ def roles(spec: ModelSpec, batch: int, metadata: Mapping[str, Any]) -> tuple[dic
                 out[key] = Role(imgsz[axis - 2], f"the model's metadata imgsz={list(imgsz)}", free=False)
             else:
                 side = DEFAULT_IMAGE_SIDE if stride is None else -(-DEFAULT_IMAGE_SIDE // stride) * stride
-                out[key] = Role(side, "an image side of the usual size" + (
-                    f", a multiple of the metadata stride {stride}" if stride else ""), free=True)
+                out[key] = Role(
+                    side,
+                    "an image side of the usual size"
+                    + (f", a multiple of the metadata stride {stride}" if stride else ""),
+                    free=True,
+                )
         elif name and _hinted(name, _SEQUENCE_HINTS):
             out[key] = Role(DEFAULT_SEQUENCE, "a sequence length of the analysis's default", free=True)
         else:

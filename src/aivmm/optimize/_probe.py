@@ -70,8 +70,9 @@ def _attempts(base: _inputs.Assignment) -> list[tuple[str, _inputs.Assignment]]:
     return out
 
 
-def generate(spec: ModelSpec, *, batch: int = 1, seed: int = 0, probe: bool = True,
-             model_path: Any = None) -> Generated:
+def generate(
+    spec: ModelSpec, *, batch: int = 1, seed: int = 0, probe: bool = True, model_path: Any = None
+) -> Generated:
     """Inputs for ``spec`` that its fp32 reference accepts (``probe``), with why each was chosen."""
     facts = _inputs.graph_facts(spec)
     base = _inputs.assign(spec, batch=batch, facts=facts)
@@ -86,8 +87,12 @@ def generate(spec: ModelSpec, *, batch: int = 1, seed: int = 0, probe: bool = Tr
     first_error = ""
     tries: list[tuple[str, _inputs.Assignment]] = [("", base)]
     if facts.conditions:
-        tries.append((f"If condition(s) {sorted(facts.conditions)} set to False",
-                      dataclasses.replace(base, flipped=frozenset(facts.conditions))))
+        tries.append(
+            (
+                f"If condition(s) {sorted(facts.conditions)} set to False",
+                dataclasses.replace(base, flipped=frozenset(facts.conditions)),
+            )
+        )
     tries.extend(_attempts(base))
     for why, a in tries:
         p = plans if not why else _inputs.input_plans(spec, batch=batch, assignment=a)
@@ -105,8 +110,9 @@ def generate(spec: ModelSpec, *, batch: int = 1, seed: int = 0, probe: bool = Tr
             notes.append(f"{first_error}; retried with {why}, which it accepts")
         return Generated(f, p, a, tuple(notes), outputs)
     tried = ", ".join(w for w, _ in tries[1:]) or "no other sizes to try"
-    return Generated(feeds, plans, base, (f"{first_error}; also tried: {tried}",), None,
-                     f"{first_error} (also tried: {tried})")
+    return Generated(
+        feeds, plans, base, (f"{first_error}; also tried: {tried}",), None, f"{first_error} (also tried: {tried})"
+    )
 
 
 def describe_feeds(feeds: Mapping[str, np.ndarray]) -> str:

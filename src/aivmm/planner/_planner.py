@@ -609,7 +609,8 @@ def _nothing_ran(req: _Request, rejected: Sequence[Candidate]) -> InfeasibleErro
     gen = req.generated
     if gen is not None and gen.reference is None and gen.reference_error:
         body.insert(0, f"  - fp32 reference: {_one_line(gen.reference_error, 400)}")
-    tail = [f"  ({before} other candidate(s) were rejected before measuring: `aivmm plan` lists them)"] if before else []
+    tail = [f"  ({before} other candidate(s) were rejected before measuring: `aivmm plan` lists them)"]
+    tail = tail if before else []
     hint = ["  pass real inputs (sample_inputs=, aivmm run --input FILE.npz) if the generated ones do not suit "
             "the model; -v shows the runtimes' full output"]
     return InfeasibleError("\n".join([head + ":", *body, *tail, *hint]))

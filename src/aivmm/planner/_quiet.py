@@ -4,12 +4,13 @@ Measuring a candidate that fails makes runtimes talk: dynamo prints a graph-brea
 lines, ONNX Runtime and OpenVINO write C++ log lines straight to file descriptor 2. A plan already
 says, one line per candidate, what failed and why; the raw text is kept and logged at INFO
 (``aivmm -v``) instead of reaching the user's terminal. Python's own ``sys.stderr`` writes to the
-same descriptor, so one ``dup2`` covers both the C++ and the Python side.
+same descriptor unless something replaced it, so both it and descriptor 2 are redirected.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -62,15 +63,17 @@ def captured(label: str) -> Iterator[Captured]:
                 sys.stderr.flush()
             old_fd = os.dup(2)
             os.dup2(buf.fileno(), 2)
+            # sys.stderr may not write to descriptor 2 (a test runner's capture, an IDE): swap it too.
+            py_err = io.StringIO()
+            old_stderr, sys.stderr = sys.stderr, py_err
             try:
                 yield out
             finally:
-                with contextlib.suppress(AttributeError, ValueError):
-                    sys.stderr.flush()
+                sys.stderr = old_stderr
                 os.dup2(old_fd, 2)
                 os.close(old_fd)
                 buf.seek(0)
-                parts = [buf.read().decode("utf-8", "replace")]
+                parts = [buf.read().decode("utf-8", "replace"), py_err.getvalue()]
                 parts.extend(f"{r.name}: {r.getMessage()}" for r in handler_records)
                 parts.extend(f"warning: {w.category.__name__}: {w.message}" for w in caught)
                 out.text = "\n".join(p.rstrip() for p in parts if p.strip())
