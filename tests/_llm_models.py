@@ -196,3 +196,85 @@ def build_tiny_llama(dirpath: str | os.PathLike[str] | None = None) -> pathlib.P
 def build_tiny_gpt2(dirpath: str | os.PathLike[str] | None = None) -> pathlib.Path:
     """A 2-layer GPT-2 (4 heads, vocab 512) exported with past; returns the directory."""
     return _build("tiny-gpt2", _gpt2, dirpath)
+
+
+def write_genai_config(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> pathlib.Path:
+    """A copy of an exported directory with the genai_config.json ONNX Runtime GenAI needs to load it.
+
+    The ONNX file and tokenizer are linked, not copied; the config names the Optimum export's inputs
+    and outputs (the layout ``onnxruntime_genai`` calls a decoder with separate past and present).
+    """
+    src, out = pathlib.Path(model_dir), pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("model.onnx", "tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"):
+        if (src / name).exists() and not (out / name).exists():
+            os.symlink((src / name).resolve(), out / name)
+    cfg = json.loads((src / "config.json").read_text())
+    llama = cfg["model_type"] == "llama"
+    heads = cfg["num_attention_heads"] if llama else cfg["n_head"]
+    hidden = cfg["hidden_size"] if llama else cfg["n_embd"]
+    genai = {
+        "model": {
+            "type": "llama",  # genai's decoder-only model class; its "gpt2" class expects other input names
+            "bos_token_id": cfg["bos_token_id"],
+            "eos_token_id": cfg["eos_token_id"],
+            "pad_token_id": cfg["pad_token_id"],
+            "vocab_size": cfg["vocab_size"],
+            "context_length": cfg["max_position_embeddings"] if llama else cfg["n_positions"],
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": "model.onnx",
+                "head_size": hidden // heads,
+                "hidden_size": hidden,
+                "num_attention_heads": heads,
+                "num_key_value_heads": cfg.get("num_key_value_heads", heads),
+                "num_hidden_layers": cfg["num_hidden_layers"] if llama else cfg["n_layer"],
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+            },
+        },
+        "search": {
+            "do_sample": False,
+            "max_length": cfg["max_position_embeddings"] if llama else cfg["n_positions"],
+            "min_length": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": False,
+            "repetition_penalty": 1.0,
+            "temperature": 1.0,
+            "top_k": 1,
+            "top_p": 1.0,
+        },
+    }
+    (out / "genai_config.json").write_text(json.dumps(genai, indent=1))
+    return out
+
+
+def write_merged(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> pathlib.Path:
+    """A directory holding ``decoder_model_merged.onnx``: Optimum's merged layout (``use_cache_branch``).
+
+    Optimum 2.x exports one with-past graph; its ``merge_decoders`` joins two graphs under an If on
+    ``use_cache_branch``. Both branches are the with-past graph here (it also runs the prompt, at
+    past length 0), which is the merged layout's interface with the export this module makes.
+    """
+    from optimum.onnx import merge_decoders
+
+    src, out = pathlib.Path(model_dir), pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    merged = out / "decoder_model_merged.onnx"
+    if not merged.is_file():
+        merge_decoders(src / "model.onnx", src / "model.onnx", save_path=str(merged), strict=False)
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"):
+        if not (out / name).exists():
+            shutil.copy(src / name, out / name)
+    return out

@@ -198,7 +198,7 @@ def _run_llm(args: argparse.Namespace, concurrency: list[int]) -> int:
         llm = vmm.deploy(args.target, device=args.device, measure=not args.no_measure,
                          batching={"max_batch_size": max(concurrency)})
         c = llm.generation_plan.chosen
-        label = f"{args.target} in-process on {c.backend}@{c.device}"
+        label = f"{args.target} in-process on {c.label}"
         closed_loop(llm, 1, min(args.warmup, args.duration), prompt_tokens=args.prompt_tokens,
                     new_tokens=args.max_new_tokens)
         results = [closed_loop(llm, n, args.duration, prompt_tokens=args.prompt_tokens,

@@ -126,7 +126,7 @@ class DeployedLLM(DeployedModel):
 
     def __repr__(self) -> str:
         c = self.generation_plan.chosen
-        return f"<DeployedLLM {self.name!r} on {c.backend}@{c.device}{' closed' if self._closed else ''}>"
+        return f"<DeployedLLM {self.name!r} on {c.label}{' closed' if self._closed else ''}>"
 
     @property
     def info(self) -> LLMInfo:
@@ -403,7 +403,8 @@ def _as_plan(spec: Any, gplan: GenerationPlan, fallbacks: list[str]) -> Any:
     from aivmm.planner.constraints import Constraints
 
     def cand(c: Any) -> Candidate:
-        return Candidate(config=Config(c.backend, c.device, Precision.FP32), model=spec, notes=(c.line(),))
+        options = {"threads": c.threads} if c.threads else {}
+        return Candidate(config=Config(c.backend, c.device, Precision.FP32, options), model=spec, notes=(c.line(),))
 
     chosen = cand(gplan.chosen)
     others = tuple(cand(c) for c in gplan.candidates if c is not gplan.chosen and c.error is None)

@@ -25,6 +25,9 @@ from aivmm.llm._runners import RUNNERS
 from aivmm.llm._types import KVLayout
 
 DEFAULT_BACKENDS = ("onnxruntime", "openvino")
+# Thread settings measured per backend: the runtime's pool, and one thread (no pool to wake per
+# operator, which wins for small decoders whose steps are hundreds of tiny kernels).
+THREADS = (None, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,7 @@ class StepCost:
     backend: str
     device: str
     precision: str
+    threads: int | None = None  # None: the runtime's default thread pool
     prefill_ms: float | None = None
     decode_ms: tuple[tuple[int, float], ...] = ()  # (past length, median ms per step)
     generation_ms: float | None = None
@@ -40,6 +44,8 @@ class StepCost:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "label": self.label,
+            "threads": self.threads,
             "backend": self.backend,
             "device": self.device,
             "precision": self.precision,
@@ -50,14 +56,18 @@ class StepCost:
             "error": self.error,
         }
 
+    @property
+    def label(self) -> str:
+        return f"{self.backend}@{self.device}/{self.precision}" + (f"[threads={self.threads}]" if self.threads else "")
+
     def line(self) -> str:
         if self.error:
-            return f"{self.backend}@{self.device}/{self.precision}: failed: {self.error}"
+            return f"{self.label}: failed: {self.error}"
         if self.prefill_ms is None or self.generation_ms is None:
-            return f"{self.backend}@{self.device}/{self.precision}: loaded in {self.load_s:.2f} s, not measured"
+            return f"{self.label}: loaded in {self.load_s:.2f} s, not measured"
         dec = ", ".join(f"past {k}: {v:.3f}" for k, v in self.decode_ms)
         return (
-            f"{self.backend}@{self.device}/{self.precision}: prefill {self.prefill_ms:.3f} ms; decode ms/step "
+            f"{self.label}: prefill {self.prefill_ms:.3f} ms; decode ms/step "
             f"{dec}; reference generation {self.generation_ms:.2f} ms"
         )
 
@@ -83,7 +93,7 @@ class GenerationPlan:
         }
 
     def explain(self) -> str:
-        lines = [f"generation on {self.chosen.backend}@{self.chosen.device}/{self.chosen.precision}"]
+        lines = [f"generation on {self.chosen.label}"]
         lines += [f"  why: {r}" for r in self.reasons]
         lines += [f"  - {c.line()}" for c in self.candidates]
         return "\n".join(lines)
@@ -168,26 +178,27 @@ def plan_generation(
             reasons.append(f"backend pinned to {backend}")
     results: list[StepCost] = []
     runners: dict[str, Any] = {}
-    for name in names:
+    candidates = [(name, threads) for name in names for threads in (THREADS if do_measure else THREADS[:1])]
+    for name, threads in candidates:
         t0 = time.perf_counter()
         try:
-            runner = RUNNERS[name](path, layout)
+            runner = RUNNERS[name](path, layout, threads=threads)
         except AivmmError as exc:
-            results.append(StepCost(name, device, "fp32", error=str(exc).splitlines()[0]))
+            results.append(StepCost(name, device, "fp32", threads, error=str(exc).splitlines()[0]))
             continue
         load_s = time.perf_counter() - t0
-        if not do_measure or len(names) == 1:
-            results.append(StepCost(name, device, "fp32", load_s=load_s))
-            runners[name] = runner
+        if not do_measure:
+            results.append(StepCost(name, device, "fp32", threads, load_s=load_s))
+            runners[results[-1].label] = runner
             break
         try:
             prefill, decode = measure(runner, layout, prompt_tokens=prompt_tokens, past_lengths=past_lengths)
         except AivmmError as exc:
-            results.append(StepCost(name, device, "fp32", load_s=load_s, error=str(exc).splitlines()[0]))
+            results.append(StepCost(name, device, "fp32", threads, load_s=load_s, error=str(exc).splitlines()[0]))
             continue
         cost = generation_cost(prefill, decode, prompt_tokens, new_tokens)
-        results.append(StepCost(name, device, "fp32", prefill, decode, cost, load_s))
-        runners[name] = runner
+        results.append(StepCost(name, device, "fp32", threads, prefill, decode, cost, load_s))
+        runners[results[-1].label] = runner
     ok = [r for r in results if r.error is None]
     if not ok:
         raise InfeasibleError("no runner can generate with this model: " + "; ".join(r.line() for r in results))
@@ -197,21 +208,18 @@ def plan_generation(
         best = ok[0]
         reasons.append(
             f"lowest cost of a {prompt_tokens}-token prompt + {new_tokens} new tokens: "
-            f"{best.generation_ms:.2f} ms on {best.backend}"
+            f"{best.generation_ms:.2f} ms on {best.label}"
         )
         for other in ok[1:]:
             reasons.append(
-                f"{other.backend}: {other.generation_ms:.2f} ms ({other.generation_ms / best.generation_ms:.2f}x)"
+                f"{other.label}: {other.generation_ms:.2f} ms ({other.generation_ms / best.generation_ms:.2f}x)"
             )  # type: ignore[operator]
     else:
         best = ok[0]
-        reasons.append(f"{best.backend}: first runner that loaded (not measured)")
+        reasons.append(f"{best.label}: first runner that loaded (not measured)")
     for r in results:
         if r.error:
-            reasons.append(f"{r.backend} rejected: {r.error}")
-    for name, runner in runners.items():
-        if name != best.backend:
-            del runner
-    return GenerationPlan(best, tuple(results), tuple(reasons), prompt_tokens, new_tokens, measured), runners[
-        best.backend
-    ]
+            reasons.append(f"{r.label} rejected: {r.error}")
+    chosen = runners.pop(best.label)
+    runners.clear()  # the other sessions go now, not when the plan is collected
+    return GenerationPlan(best, tuple(results), tuple(reasons), prompt_tokens, new_tokens, measured), chosen

@@ -33,6 +33,8 @@ class OrtRunner:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             so.intra_op_num_threads = threads
+        if threads == 1:  # no pool to keep warm: spinning would only steal a core from other work
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:
@@ -42,12 +44,35 @@ class OrtRunner:
         out_types = {o.name: o.type for o in self.session.get_outputs()}
         self.logits_dtype = np.dtype(np.float16 if "float16" in out_types[layout.logits] else np.float32)
         self._io = self.session.io_binding()
+        # The public IOBinding/InferenceSession wrappers re-create a device object and run WebGPU
+        # capture checks on every call: about a tenth of a tiny model's step. The pybind objects they
+        # wrap take the same arguments, so the step uses those when this onnxruntime has them.
+        self._bind_in, self._bind_out, self._run = self._fast_calls()
         self._past = [n for pair in zip(layout.past_key_names, layout.past_value_names, strict=True) for n in pair]
         self._present = [
             n for pair in zip(layout.present_key_names, layout.present_value_names, strict=True) for n in pair
         ]
         self._branch = np.ones(1, dtype=np.bool_)  # merged exports: always the with-past branch
         self._branch_ptr = self._branch.ctypes.data
+
+    def _fast_calls(self) -> tuple[Any, Any, Any]:
+        io, sess = self._io, self.session
+        try:
+            from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
+
+            cio, csess = io._iobinding, sess._sess
+            dev = OrtDevice.make("cpu", 0)._get_c_device()
+        except (ImportError, AttributeError):
+            return (
+                lambda n, dt, shape, ptr: io.bind_input(n, "cpu", 0, dt, shape, ptr),
+                lambda n, dt, shape, ptr: io.bind_output(n, "cpu", 0, dt, shape, ptr),
+                lambda: sess.run_with_iobinding(io),
+            )
+        return (
+            lambda n, dt, shape, ptr: cio.bind_input(n, dev, dt, shape, ptr),
+            lambda n, dt, shape, ptr: cio.bind_output(n, dev, dt, shape, ptr),
+            lambda: csess.run_with_iobinding(cio, None),
+        )
 
     def run(
         self,
@@ -61,25 +86,25 @@ class OrtRunner:
         present_ptrs: Sequence[int],
         logits: np.ndarray,
     ) -> None:
-        io = self._io
+        bind_in, bind_out = self._bind_in, self._bind_out
         lay = self.layout
         dt = self.kv_dtype
-        io.bind_input(lay.input_ids, "cpu", 0, np.int64, (batch, seq), ids.ctypes.data)
+        bind_in(lay.input_ids, np.int64, (batch, seq), ids.ctypes.data)
         if lay.position_ids is not None and pos is not None:
-            io.bind_input(lay.position_ids, "cpu", 0, np.int64, (batch, seq), pos.ctypes.data)
+            bind_in(lay.position_ids, np.int64, (batch, seq), pos.ctypes.data)
         if lay.attention_mask is not None and mask is not None:
-            io.bind_input(lay.attention_mask, "cpu", 0, np.int64, (batch, past_len + seq), mask.ctypes.data)
+            bind_in(lay.attention_mask, np.int64, (batch, past_len + seq), mask.ctypes.data)
         if lay.use_cache_branch is not None:
-            io.bind_input(lay.use_cache_branch, "cpu", 0, np.bool_, (1,), self._branch_ptr)
+            bind_in(lay.use_cache_branch, np.bool_, (1,), self._branch_ptr)
         ps = (batch, lay.kv_heads, past_len, lay.head_dim)
         qs = (batch, lay.kv_heads, past_len + seq, lay.head_dim)
         for name, ptr in zip(self._past, past_ptrs, strict=True):
-            io.bind_input(name, "cpu", 0, dt, ps, ptr)
+            bind_in(name, dt, ps, ptr)
         for name, ptr in zip(self._present, present_ptrs, strict=True):
-            io.bind_output(name, "cpu", 0, dt, qs, ptr)
-        io.bind_output(lay.logits, "cpu", 0, self.logits_dtype, (batch, seq, lay.vocab_size), logits.ctypes.data)
+            bind_out(name, dt, qs, ptr)
+        bind_out(lay.logits, self.logits_dtype, (batch, seq, lay.vocab_size), logits.ctypes.data)
         try:
-            self.session.run_with_iobinding(io)
+            self._run()
         except Exception as exc:
             raise ExecutionError(
                 f"onnxruntime failed in a generation step (batch {batch}, past {past_len}, new {seq}): {exc}"

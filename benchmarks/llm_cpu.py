@@ -1,0 +1,171 @@
+"""LLM generation on the CPU: aivmm against a raw ONNX Runtime IOBinding loop and onnxruntime-genai.
+
+All three run the same Optimum ``text-generation-with-past`` export (the tiny random Llama with GQA
+and GPT-2 of ``tests/_llm_models.py``) in one process, in interleaved rounds so machine noise hits
+them alike. Time per output token is the decode part of a greedy generation (prefill excluded) of
+``--tokens`` tokens after a ``--prompt``-token prompt; the report gives medians over the rounds and
+the ratios of the per-round figures. The raw loop is written here by hand: IOBinding on
+preallocated ping-pong KV buffers, argmax in numpy, nothing else. onnxruntime-genai loads the same
+ONNX file through a genai_config.json written for it. Then 1, 4 and 16 concurrent streams of
+``generate`` (threads) give aggregate tokens/s through aivmm's continuous batching.
+
+    python benchmarks/llm_cpu.py [--rounds 7] [--tokens 128] [--streams 1,4,16] [--duration 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+import aivmm
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+import _llm_models
+
+
+def raw_iobinding_loop(session: Any, layout: Any, prompt: list[int], tokens: int) -> tuple[float, list[int]]:
+    """Greedy generation with ONNX Runtime IOBinding on preallocated buffers; seconds of the decode steps."""
+    lay = layout
+    ctx = len(prompt) + tokens + 1
+    n = lay.kv_heads * ctx * lay.head_dim
+    bufs = [[np.zeros(n, np.float32) for _ in range(2 * lay.layers)] for _ in range(2)]
+    past = [x for pair in zip(lay.past_key_names, lay.past_value_names, strict=True) for x in pair]
+    present = [x for pair in zip(lay.present_key_names, lay.present_value_names, strict=True) for x in pair]
+    logits = np.empty(ctx * lay.vocab_size, np.float32)
+    ones = np.ones(ctx, np.int64)
+    io = session.io_binding()
+
+    def step(ids: np.ndarray, pos: np.ndarray, past_len: int, cur: int) -> None:
+        s = ids.shape[1]
+        io.bind_input("input_ids", "cpu", 0, np.int64, ids.shape, ids.ctypes.data)
+        io.bind_input("position_ids", "cpu", 0, np.int64, pos.shape, pos.ctypes.data)
+        io.bind_input("attention_mask", "cpu", 0, np.int64, (1, past_len + s), ones.ctypes.data)
+        ps, qs = (1, lay.kv_heads, past_len, lay.head_dim), (1, lay.kv_heads, past_len + s, lay.head_dim)
+        for name, b in zip(past, bufs[cur], strict=True):
+            io.bind_input(name, "cpu", 0, np.float32, ps, b.ctypes.data)
+        for name, b in zip(present, bufs[cur ^ 1], strict=True):
+            io.bind_output(name, "cpu", 0, np.float32, qs, b.ctypes.data)
+        io.bind_output("logits", "cpu", 0, np.float32, (1, s, lay.vocab_size), logits.ctypes.data)
+        session.run_with_iobinding(io)
+
+    p = len(prompt)
+    step(np.array([prompt], np.int64), np.arange(p, dtype=np.int64)[None], 0, 0)
+    out = [int(logits[(p - 1) * lay.vocab_size : p * lay.vocab_size].argmax())]
+    ids = np.empty((1, 1), np.int64)
+    pos = np.empty((1, 1), np.int64)
+    cur = 1
+    t0 = time.perf_counter()
+    for i in range(tokens - 1):
+        ids[0, 0] = out[-1]
+        pos[0, 0] = p + i
+        step(ids, pos, p + i, cur)
+        cur ^= 1
+        out.append(int(logits[: lay.vocab_size].argmax()))
+    return time.perf_counter() - t0, out
+
+
+def genai_loop(model: Any, prompt: list[int], tokens: int) -> tuple[float, list[int]]:
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + tokens, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(prompt)  # runs the prefill
+    gen.generate_next_token()
+    t0 = time.perf_counter()
+    for _ in range(tokens - 1):
+        gen.generate_next_token()
+    dt = time.perf_counter() - t0
+    return dt, [int(t) for t in gen.get_sequence(0)[len(prompt) :]]
+
+
+def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pathlib.Path) -> dict[str, Any]:
+    import onnxruntime_genai as og
+
+    prompt = [int(t) for t in np.random.default_rng(0).integers(3, 500, args.prompt)]
+    n = args.tokens
+    vmm = aivmm.VMM()
+    llm = vmm.deploy(folder, measure=False, batching={"max_batch_size": max(args.streams)})
+    session = llm._runner.session  # the same ORT session (same options) the raw loop drives directly
+    genai = og.Model(str(_llm_models.write_genai_config(folder, tmp / f"genai-{kind}")))
+    rounds: dict[str, list[float]] = {"raw": [], "aivmm": [], "genai": []}
+    same = True
+    for _ in range(args.rounds + 1):  # the first round warms up and is dropped
+        dt, raw_ids = raw_iobinding_loop(session, llm.info.kv, prompt, n)
+        rounds["raw"].append(dt / (n - 1))
+        g = llm.generate(prompt, max_new_tokens=n, ignore_eos=True)
+        rounds["aivmm"].append((g.total_s - g.ttft_s) / (n - 1))
+        dt, genai_ids = genai_loop(genai, prompt, n)
+        rounds["genai"].append(dt / (n - 1))
+        same = same and list(g.token_ids) == raw_ids == genai_ids
+    med = {k: statistics.median(v[1:]) * 1e3 for k, v in rounds.items()}
+    ratio_raw = statistics.median(a / r for a, r in zip(rounds["aivmm"][1:], rounds["raw"][1:], strict=True))
+    ratio_genai = statistics.median(a / r for a, r in zip(rounds["aivmm"][1:], rounds["genai"][1:], strict=True))
+    from aivmm.llm._bench import closed_loop
+
+    streams = {}
+    for c in args.streams:
+        r = closed_loop(llm, c, args.duration, prompt_tokens=args.prompt, new_tokens=n)
+        streams[str(c)] = {
+            "tokens_per_s": round(r.tokens_per_s, 1),
+            "requests": r.requests,
+            "errors": r.errors,
+            "tpot_p50_ms": round(r.pct(r.tpot_s, 50), 4),
+            "ttft_p50_ms": round(r.pct(r.ttft_s, 50), 3),
+        }
+    base = streams[str(args.streams[0])]["tokens_per_s"]
+    for v in streams.values():
+        v["x_of_first"] = round(v["tokens_per_s"] / base, 2) if base else None
+    vmm.close()
+    return {
+        "ms_per_token_median": {k: round(v, 4) for k, v in med.items()},
+        "aivmm_over_raw_iobinding": round(ratio_raw, 3),
+        "aivmm_over_genai": round(ratio_genai, 3),
+        "same_tokens_all_three": same,
+        "streams": streams,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--streams", default="1,4,16")
+    ap.add_argument("--duration", type=float, default=4.0)
+    ap.add_argument("--models", default="llama,gpt2")
+    ap.add_argument("--out", type=pathlib.Path, default=None, help="write the JSON here too")
+    args = ap.parse_args()
+    args.streams = [int(s) for s in args.streams.split(",")]
+    builders = {"llama": _llm_models.build_tiny_llama, "gpt2": _llm_models.build_tiny_gpt2}
+    import onnxruntime
+
+    report: dict[str, Any] = {
+        "command": "python benchmarks/llm_cpu.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in args.models.split(","):
+            report["models"][kind] = one_model(kind, builders[kind](), args, pathlib.Path(tmp))
+            print(kind, json.dumps(report["models"][kind]), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
