@@ -32,8 +32,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 import _llm_models
 
 
-def raw_iobinding_loop(session: Any, layout: Any, prompt: list[int], tokens: int) -> tuple[float, list[int]]:
-    """Greedy generation with ONNX Runtime IOBinding on preallocated buffers; seconds of the decode steps."""
+def raw_iobinding_loop(
+    session: Any, layout: Any, prompt: list[int], tokens: int, *, pybind: bool = False
+) -> tuple[float, list[int]]:
+    """Greedy generation with ONNX Runtime IOBinding on preallocated buffers; seconds of the decode steps.
+
+    ``pybind``: call the pybind IOBinding/session objects the public wrappers hold (what aivmm does),
+    skipping the wrappers' per-call device object and capture checks.
+    """
     lay = layout
     ctx = len(prompt) + tokens + 1
     n = lay.kv_heads * ctx * lay.head_dim
@@ -43,6 +49,20 @@ def raw_iobinding_loop(session: Any, layout: Any, prompt: list[int], tokens: int
     logits = np.empty(ctx * lay.vocab_size, np.float32)
     ones = np.ones(ctx, np.int64)
     io = session.io_binding()
+    if pybind:
+        from onnxruntime.capi.onnxruntime_inference_collection import OrtDevice
+
+        dev = OrtDevice.make("cpu", 0)._get_c_device()
+        cio, csess = io._iobinding, session._sess
+
+        class _Fast:
+            def bind_input(self, n: str, _t: str, _i: int, dt: Any, shape: Any, ptr: int) -> None:
+                cio.bind_input(n, dev, dt, shape, ptr)
+
+            def bind_output(self, n: str, _t: str, _i: int, dt: Any, shape: Any, ptr: int) -> None:
+                cio.bind_output(n, dev, dt, shape, ptr)
+
+        io = _Fast()
 
     def step(ids: np.ndarray, pos: np.ndarray, past_len: int, cur: int) -> None:
         s = ids.shape[1]
@@ -55,7 +75,10 @@ def raw_iobinding_loop(session: Any, layout: Any, prompt: list[int], tokens: int
         for name, b in zip(present, bufs[cur ^ 1], strict=True):
             io.bind_output(name, "cpu", 0, np.float32, qs, b.ctypes.data)
         io.bind_output("logits", "cpu", 0, np.float32, (1, s, lay.vocab_size), logits.ctypes.data)
-        session.run_with_iobinding(io)
+        if pybind:
+            csess.run_with_iobinding(cio, None)
+        else:
+            session.run_with_iobinding(io)
 
     p = len(prompt)
     step(np.array([prompt], np.int64), np.arange(p, dtype=np.int64)[None], 0, 0)
@@ -94,14 +117,16 @@ def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pa
     prompt = [int(t) for t in np.random.default_rng(0).integers(3, 500, args.prompt)]
     n = args.tokens
     vmm = aivmm.VMM()
-    llm = vmm.deploy(folder, measure=False, batching={"max_batch_size": max(args.streams)})
+    llm = vmm.deploy(folder, batching={"max_batch_size": max(args.streams)})  # the planner picks the runner
     session = llm._runner.session  # the same ORT session (same options) the raw loop drives directly
     genai = og.Model(str(_llm_models.write_genai_config(folder, tmp / f"genai-{kind}")))
-    rounds: dict[str, list[float]] = {"raw": [], "aivmm": [], "genai": []}
+    rounds: dict[str, list[float]] = {"raw": [], "raw_pybind": [], "aivmm": [], "genai": []}
     same = True
     for _ in range(args.rounds + 1):  # the first round warms up and is dropped
         dt, raw_ids = raw_iobinding_loop(session, llm.info.kv, prompt, n)
         rounds["raw"].append(dt / (n - 1))
+        dt, _ = raw_iobinding_loop(session, llm.info.kv, prompt, n, pybind=True)
+        rounds["raw_pybind"].append(dt / (n - 1))
         g = llm.generate(prompt, max_new_tokens=n, ignore_eos=True)
         rounds["aivmm"].append((g.total_s - g.ttft_s) / (n - 1))
         dt, genai_ids = genai_loop(genai, prompt, n)
@@ -109,6 +134,7 @@ def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pa
         same = same and list(g.token_ids) == raw_ids == genai_ids
     med = {k: statistics.median(v[1:]) * 1e3 for k, v in rounds.items()}
     ratio_raw = statistics.median(a / r for a, r in zip(rounds["aivmm"][1:], rounds["raw"][1:], strict=True))
+    ratio_pybind = statistics.median(a / r for a, r in zip(rounds["aivmm"][1:], rounds["raw_pybind"][1:], strict=True))
     ratio_genai = statistics.median(a / r for a, r in zip(rounds["aivmm"][1:], rounds["genai"][1:], strict=True))
     from aivmm.llm._bench import closed_loop
 
@@ -127,8 +153,10 @@ def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pa
         v["x_of_first"] = round(v["tokens_per_s"] / base, 2) if base else None
     vmm.close()
     return {
+        "runner": llm.generation_plan.chosen.label,
         "ms_per_token_median": {k: round(v, 4) for k, v in med.items()},
         "aivmm_over_raw_iobinding": round(ratio_raw, 3),
+        "aivmm_over_raw_pybind_iobinding": round(ratio_pybind, 3),
         "aivmm_over_genai": round(ratio_genai, 3),
         "same_tokens_all_three": same,
         "streams": streams,

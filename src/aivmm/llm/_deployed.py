@@ -388,7 +388,15 @@ def deploy_llm(
 
     spec = load(file)
     name = name or (path.name if path.is_dir() else spec.name)
-    gplan, runner = plan_generation(file, layout, device=cpu.id, backend=backend, strict=strict, do_measure=measure)
+    gplan, runner = plan_generation(
+        file,
+        layout,
+        device=cpu.id,
+        backend=backend,
+        strict=strict,
+        do_measure=measure,
+        batch=int(options["max_batch_size"]),
+    )
     plan = _as_plan(spec, gplan, notes)
     deployed = DeployedLLM(vmm, name, spec, plan, gplan, runner, layout, folder, options, cpu.id)
     return deployed

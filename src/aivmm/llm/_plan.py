@@ -28,6 +28,8 @@ DEFAULT_BACKENDS = ("onnxruntime", "openvino")
 # Thread settings measured per backend: the runtime's pool, and one thread (no pool to wake per
 # operator, which wins for small decoders whose steps are hundreds of tiny kernels).
 THREADS = (None, 1)
+ROUNDS = 3
+PRUNE = 3.0  # after the first round, candidates costing more than this times the best stop there
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +40,9 @@ class StepCost:
     threads: int | None = None  # None: the runtime's default thread pool
     prefill_ms: float | None = None
     decode_ms: tuple[tuple[int, float], ...] = ()  # (past length, median ms per step)
-    generation_ms: float | None = None
+    generation_ms: float | None = None  # the reference generation alone (batch 1)
+    batched: tuple[int, float] | None = None  # (batch, ms per decode step at that batch, mid past length)
+    batched_ms: float | None = None  # the reference generation per sequence when ``batch`` share steps
     load_s: float = 0.0
     error: str | None = None
 
@@ -52,9 +56,19 @@ class StepCost:
             "prefill_ms": _r(self.prefill_ms),
             "decode_ms": {str(k): _r(v) for k, v in self.decode_ms},
             "generation_ms": _r(self.generation_ms),
+            "batched": None if self.batched is None else {"batch": self.batched[0], "step_ms": _r(self.batched[1])},
+            "batched_ms": _r(self.batched_ms),
+            "score_ms": _r(self.score_ms),
             "load_s": round(self.load_s, 3),
             "error": self.error,
         }
+
+    @property
+    def score_ms(self) -> float | None:
+        """What the choice minimises: the mean of the alone and the batched per-sequence cost."""
+        if self.generation_ms is None:
+            return None
+        return self.generation_ms if self.batched_ms is None else (self.generation_ms + self.batched_ms) / 2
 
     @property
     def label(self) -> str:
@@ -69,6 +83,11 @@ class StepCost:
         return (
             f"{self.label}: prefill {self.prefill_ms:.3f} ms; decode ms/step "
             f"{dec}; reference generation {self.generation_ms:.2f} ms"
+            + (
+                f"; batch {self.batched[0]}: {self.batched[1]:.3f} ms/step, {self.batched_ms:.2f} ms per sequence"
+                if self.batched is not None and self.batched_ms is not None
+                else ""
+            )
         )
 
 
@@ -109,30 +128,43 @@ def _interp(points: Sequence[tuple[int, float]], x: float) -> float:
     return float(np.interp(x, xs, ys))
 
 
+def _round_cost(sample: Any, prompt: int, new: int, batch: int) -> float:
+    prefill, decode, step_n = sample
+    alone = generation_cost(prefill, decode, prompt, new)
+    return alone if step_n is None else (alone + prefill + (new - 1) * step_n / batch) / 2
+
+
 def generation_cost(prefill_ms: float, decode: Sequence[tuple[int, float]], prompt: int, new: int) -> float:
     """Prefill plus one decode step per further token at the past length it runs at."""
     return prefill_ms + sum(_interp(decode, prompt + t) for t in range(max(0, new - 1)))
 
 
 def measure(
-    runner: Any, layout: KVLayout, *, prompt_tokens: int, past_lengths: Sequence[int], repeats: int = 15
-) -> tuple[float, tuple[tuple[int, float], ...]]:
-    """Median prefill ms at ``prompt_tokens`` and median decode ms per step at each past length."""
+    runner: Any,
+    layout: KVLayout,
+    *,
+    prompt_tokens: int,
+    past_lengths: Sequence[int],
+    repeats: int = 15,
+    batch: int = 1,
+) -> tuple[float, tuple[tuple[int, float], ...], float | None]:
+    """Median prefill ms at ``prompt_tokens``, median decode ms per step at each past length, and
+    (``batch`` > 1) the decode step of ``batch`` rows at the middle past length."""
     ctx = max(prompt_tokens, *past_lengths) + 1
-    sides = _Sides(layout, 1, ctx, getattr(runner, "register", None))
+    sides = _Sides(layout, batch, ctx, getattr(runner, "register", None))
     for side in sides.bufs:
         for b in side:
             b[:] = 0
     v = layout.vocab_size
-    logits = np.empty(ctx * v, dtype=runner.logits_dtype)
-    ones = np.ones(ctx + 1, dtype=np.int64)
+    logits = np.empty(max(ctx, batch) * v, dtype=runner.logits_dtype)
+    ones = np.ones(batch * (ctx + 1), dtype=np.int64)
 
-    def once(past: int, seq: int) -> float:
-        ids = np.ones((1, seq), dtype=np.int64)
-        pos = np.arange(past, past + seq, dtype=np.int64).reshape(1, seq)
-        mask = ones[: past + seq].reshape(1, past + seq)
+    def once(past: int, seq: int, rows: int = 1) -> float:
+        ids = np.ones((rows, seq), dtype=np.int64)
+        pos = np.tile(np.arange(past, past + seq, dtype=np.int64), (rows, 1))
+        mask = ones[: rows * (past + seq)].reshape(rows, past + seq)
         t = time.perf_counter()
-        runner.run(1, past, seq, ids, pos, mask, sides.ptrs[0], sides.ptrs[1], logits)
+        runner.run(rows, past, seq, ids, pos, mask, sides.ptrs[0], sides.ptrs[1], logits)
         return (time.perf_counter() - t) * 1e3
 
     once(0, prompt_tokens)
@@ -141,7 +173,12 @@ def measure(
     for past in past_lengths:
         once(past, 1)
         decode.append((past, statistics.median(once(past, 1) for _ in range(repeats))))
-    return prefill, tuple(decode)
+    batched = None
+    if batch > 1:
+        mid = past_lengths[len(past_lengths) // 2]
+        once(mid, 1, batch)
+        batched = statistics.median(once(mid, 1, batch) for _ in range(max(5, repeats // 2)))
+    return prefill, tuple(decode), batched
 
 
 def plan_generation(
@@ -156,6 +193,7 @@ def plan_generation(
     new_tokens: int = 64,
     past_lengths: Sequence[int] | None = None,
     backends: Sequence[str] = DEFAULT_BACKENDS,
+    batch: int = 1,
 ) -> tuple[GenerationPlan, Any]:
     """The generation plan and the loaded runner it chose."""
     ctx = layout.context_length
@@ -178,6 +216,7 @@ def plan_generation(
             reasons.append(f"backend pinned to {backend}")
     results: list[StepCost] = []
     runners: dict[str, Any] = {}
+    loaded: list[tuple[str, int | None, Any, float]] = []
     candidates = [(name, threads) for name in names for threads in (THREADS if do_measure else THREADS[:1])]
     for name, threads in candidates:
         t0 = time.perf_counter()
@@ -186,34 +225,61 @@ def plan_generation(
         except AivmmError as exc:
             results.append(StepCost(name, device, "fp32", threads, error=str(exc).splitlines()[0]))
             continue
-        load_s = time.perf_counter() - t0
+        loaded.append((name, threads, runner, time.perf_counter() - t0))
+        if not do_measure:
+            break
+    # Rounds interleave the candidates so that load from other processes hits them alike; each
+    # figure is the median over rounds.
+    samples: dict[int, list[tuple[float, tuple[tuple[int, float], ...], float | None]]] = {}
+    failed: dict[int, str] = {}
+    pruned: set[int] = set()
+    for rnd in range(ROUNDS if do_measure else 0):
+        for i, (_name, _threads, runner, _load) in enumerate(loaded):
+            if i in failed or (rnd and i in pruned):
+                continue
+            try:
+                samples.setdefault(i, []).append(
+                    measure(
+                        runner, layout, prompt_tokens=prompt_tokens, past_lengths=past_lengths, batch=batch, repeats=7
+                    )
+                )
+            except AivmmError as exc:
+                failed[i] = str(exc).splitlines()[0]
+        if rnd == 0 and samples:  # a candidate far behind after one round is not measured further
+            first = {i: _round_cost(g[0], prompt_tokens, new_tokens, batch) for i, g in samples.items()}
+            best_first = min(first.values())
+            pruned = {i for i, c in first.items() if c > PRUNE * best_first}
+    for i, (name, threads, runner, load_s) in enumerate(loaded):
+        if i in failed:
+            results.append(StepCost(name, device, "fp32", threads, load_s=load_s, error=failed[i]))
+            continue
         if not do_measure:
             results.append(StepCost(name, device, "fp32", threads, load_s=load_s))
             runners[results[-1].label] = runner
-            break
-        try:
-            prefill, decode = measure(runner, layout, prompt_tokens=prompt_tokens, past_lengths=past_lengths)
-        except AivmmError as exc:
-            results.append(StepCost(name, device, "fp32", threads, load_s=load_s, error=str(exc).splitlines()[0]))
             continue
+        got = samples[i]
+        prefill = statistics.median(g[0] for g in got)
+        decode = tuple((past, statistics.median(g[1][j][1] for g in got)) for j, past in enumerate(past_lengths))
+        step_n = None if got[0][2] is None else statistics.median(g[2] for g in got)  # type: ignore[misc]
         cost = generation_cost(prefill, decode, prompt_tokens, new_tokens)
-        results.append(StepCost(name, device, "fp32", threads, prefill, decode, cost, load_s))
+        per_seq = None if step_n is None else prefill + (new_tokens - 1) * step_n / batch
+        batched = None if step_n is None else (batch, step_n)
+        results.append(StepCost(name, device, "fp32", threads, prefill, decode, cost, batched, per_seq, load_s))
         runners[results[-1].label] = runner
     ok = [r for r in results if r.error is None]
     if not ok:
         raise InfeasibleError("no runner can generate with this model: " + "; ".join(r.line() for r in results))
-    measured = all(r.generation_ms is not None for r in ok) and len(ok) > 1
+    measured = all(r.score_ms is not None for r in ok) and len(ok) > 1
     if measured:
-        ok.sort(key=lambda r: r.generation_ms)  # type: ignore[arg-type, return-value]
+        ok.sort(key=lambda r: r.score_ms)  # type: ignore[arg-type, return-value]
         best = ok[0]
-        reasons.append(
-            f"lowest cost of a {prompt_tokens}-token prompt + {new_tokens} new tokens: "
-            f"{best.generation_ms:.2f} ms on {best.label}"
-        )
+        what = f"a {prompt_tokens}-token prompt + {new_tokens} new tokens"
+        if best.batched is not None:
+            what += f" (mean of alone and per sequence in a batch of {best.batched[0]})"
+        reasons.append(f"lowest cost of {what}: {best.score_ms:.2f} ms on {best.label}")
         for other in ok[1:]:
-            reasons.append(
-                f"{other.label}: {other.generation_ms:.2f} ms ({other.generation_ms / best.generation_ms:.2f}x)"
-            )  # type: ignore[operator]
+            ratio = other.score_ms / best.score_ms  # type: ignore[operator]
+            reasons.append(f"{other.label}: {other.score_ms:.2f} ms ({ratio:.2f}x)")
     else:
         best = ok[0]
         reasons.append(f"{best.label}: first runner that loaded (not measured)")
