@@ -58,8 +58,10 @@ def raw_streams(host: str, port: int, body: dict[str, Any], n: int) -> int:
     import socket
 
     payload = json.dumps(body).encode()
-    request = (b"POST /v1/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-               b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+    request = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+    )
     sel = selectors.DefaultSelector()
     received: dict[socket.socket, bytearray] = {}
     for _ in range(n):
@@ -87,8 +89,9 @@ def sse_stream(host: str, port: int, body: dict[str, Any]) -> tuple[list[float],
     """Arrival time of every token event of one streamed completion (lean reader)."""
     conn = http.client.HTTPConnection(host, port, timeout=120)
     try:
-        conn.request("POST", "/v1/completions", body=json.dumps(body).encode(),
-                     headers={"content-type": "application/json"})
+        conn.request(
+            "POST", "/v1/completions", body=json.dumps(body).encode(), headers={"content-type": "application/json"}
+        )
         resp = conn.getresponse()
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:300]!r}")
@@ -111,9 +114,15 @@ def sse_stream(host: str, port: int, body: dict[str, Any]) -> tuple[list[float],
 
 def openai_stream(client: Any, body: dict[str, Any]) -> float:
     stamps, tokens = [], 0
-    for chunk in client.completions.create(model=body["model"], prompt=body["prompt"], max_tokens=body["max_tokens"],
-                                           temperature=0, stream=True, stream_options={"include_usage": True},
-                                           extra_body={"ignore_eos": True}):
+    for chunk in client.completions.create(
+        model=body["model"],
+        prompt=body["prompt"],
+        max_tokens=body["max_tokens"],
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    ):
         if chunk.choices:
             stamps.append(time.perf_counter())
         else:
@@ -161,10 +170,19 @@ def build_small_llama() -> pathlib.Path:
     import _llm_models as m
 
     def make(ids: dict[str, int]) -> Any:
-        cfg = LlamaConfig(vocab_size=m.VOCAB_SIZE, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=m.CONTEXT,
-                          bos_token_id=ids[m.BOS], eos_token_id=ids[m.EOS], pad_token_id=ids[m.PAD],
-                          tie_word_embeddings=False)
+        cfg = LlamaConfig(
+            vocab_size=m.VOCAB_SIZE,
+            hidden_size=256,
+            intermediate_size=688,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=m.CONTEXT,
+            bos_token_id=ids[m.BOS],
+            eos_token_id=ids[m.EOS],
+            pad_token_id=ids[m.PAD],
+            tie_word_embeddings=False,
+        )
         return LlamaForCausalLM(cfg)
 
     return m._build("bench-small-llama-256", make, None)
@@ -173,9 +191,13 @@ def build_small_llama() -> pathlib.Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model-dir", help="an Optimum with-past export (default: built, see --size)")
-    ap.add_argument("--size", choices=("tiny", "small"), default="small",
-                    help="tiny: the tests' 2-layer Llama (~0.2 ms/token, overhead-bound); small: a 4-layer "
-                         "hidden-256 Llama with random weights (~ms/token on a CPU core)")
+    ap.add_argument(
+        "--size",
+        choices=("tiny", "small"),
+        default="small",
+        help="tiny: the tests' 2-layer Llama (~0.2 ms/token, overhead-bound); small: a 4-layer "
+        "hidden-256 Llama with random weights (~ms/token on a CPU core)",
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=64, help="tokens per stream")
     ap.add_argument("--streams", type=int, default=3, help="single streams per round and path")
@@ -198,10 +220,21 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         repo = pathlib.Path(tmp) / "repo"
         shutil.copytree(src, repo / "llm", ignore=shutil.ignore_patterns("hf"))
-        body = {"model": "llm", "prompt": PROMPT, "max_tokens": args.tokens, "temperature": 0, "stream": True,
-                "ignore_eos": True, "stream_options": {"include_usage": True}}
-        with VMM() as vmm, serve_common.server(repo, "--no-measure", "--grpc-port", "-1",
-                                               "--max-inflight", str(max(64, args.concurrency))) as ready:
+        body = {
+            "model": "llm",
+            "prompt": PROMPT,
+            "max_tokens": args.tokens,
+            "temperature": 0,
+            "stream": True,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        }
+        with (
+            VMM() as vmm,
+            serve_common.server(
+                repo, "--no-measure", "--grpc-port", "-1", "--max-inflight", str(max(64, args.concurrency))
+            ) as ready,
+        ):
             llm = vmm.deploy(str(repo / "llm"), measure=False)
             host, port = "127.0.0.1", int(ready["http_port"])
             client = openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key="unused", max_retries=0)
@@ -232,8 +265,7 @@ def main() -> int:
                 row["openai_tpot_ratio"] = row["openai_client_tpot_ms"] / row["local_tpot_ms"]
                 row["throughput_ratio"] = srv_tps / loc_tps
                 rows.append(row)
-                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
-                      flush=True)
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     summary = {
         "machine": serve_common.machine(),
         "model_dir": str(src),
@@ -249,9 +281,11 @@ def main() -> int:
         "rounds": rows,
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}, indent=1))
-    print(f"one stream, per-token latency server/in-process: {summary['median_tpot_ratio']:.3f} (goal <= 1.5); "
-          f"{args.concurrency} streams, tokens/s server/in-process: {summary['median_throughput_ratio']:.3f} "
-          "(goal >= 0.8)")
+    print(
+        f"one stream, per-token latency server/in-process: {summary['median_tpot_ratio']:.3f} (goal <= 1.5); "
+        f"{args.concurrency} streams, tokens/s server/in-process: {summary['median_throughput_ratio']:.3f} "
+        "(goal >= 0.8)"
+    )
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(summary, indent=1))
     return 0
