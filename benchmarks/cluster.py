@@ -1,30 +1,40 @@
-"""Requests per second through one and two local Ray nodes, and the routing overhead per request
-against a direct in-process call (a benchmark, not a test).
+"""aivmm on a real ``ray start`` cluster: routing overhead per request, throughput, and node loss.
 
-    python benchmarks/cluster.py                       # the zoo's tiny resnet50 and a one-op model
-    python benchmarks/cluster.py --duration 5 --concurrency 8 --json out.json
+    python benchmarks/cluster.py                          # both parts, figures as a Markdown table
+    python benchmarks/cluster.py --calls 1000 --json out.json
 
-Variants, all on this machine's CPU through ONNX Runtime:
+The cluster is started as users start one: ``ray start --head --node-ip-address 127.0.0.2`` and a
+worker ``ray start --address 127.0.0.2:P --node-ip-address 127.0.0.3`` (tests/cluster/_raystart.py,
+free ports, private temp dirs, each node stopped by its pids). Both nodes share this machine's cores.
+
+Latency (batch 1, median of ``--calls`` sequential calls, all on this machine's CPU, ONNX Runtime):
   ``raw``      onnxruntime.InferenceSession.run in this process
   ``direct``   aivmm.VMM deploy + execute in this process (the façade and engine, no Ray)
-  ``1 node``   ClusterVMM on a one-node loopback Ray cluster: head → node agent actor → engine
-  ``2 nodes``  ClusterVMM with a replica on each of two loopback nodes (same machine, same cores)
-Latency: median of sequential calls (concurrency 1). Throughput: closed loop, ``--concurrency``
-requests in flight (asyncio, ``execute_async``), for ``--duration`` seconds.
-Both nodes share this machine's cores, so "2 nodes" measures the routing, not more hardware.
+  ``head``     ClusterVMM, the copy on the head node's agent (another process), over its channel
+  ``worker``   ClusterVMM, the copy on the worker node's agent (another node IP)
+  ``actor``    the same worker agent called as a Ray actor method (what the channel replaces)
+  ``in agent`` the worker agent's own median for the same model, timed inside the agent process
+Routing overhead = ``worker`` − ``in agent``: the same model on the same node, served directly
+there or routed from this process. Throughput: ``--concurrency`` requests in flight.
+
+Node loss (``--loss-s``): two models under closed-loop traffic from ``--clients`` threads, one with
+a copy on each node, one only on the worker; the worker's raylet is SIGKILLed; reported: requests
+answered, failed (lost), the longest request around the loss, and the times from the kill to the
+registry noticing it, and per model the longest time without a successful answer (the outage).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +43,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"))
 
+FAST_FAILURE_DETECTION = {
+    "health_check_initial_delay_ms": 0,
+    "health_check_period_ms": 300,
+    "health_check_timeout_ms": 300,
+    "health_check_failure_threshold": 3,
+}
+
 
 def _latency_ms(call: Any, feeds: dict[str, np.ndarray], n: int) -> float:
-    for _ in range(max(5, n // 10)):
+    for _ in range(max(20, n // 10)):
         call(feeds)
     times = []
     for _ in range(n):
@@ -46,6 +63,8 @@ def _latency_ms(call: Any, feeds: dict[str, np.ndarray], n: int) -> float:
 
 
 def _throughput(model: Any, feeds: dict[str, np.ndarray], concurrency: int, duration: float) -> float:
+    import asyncio
+
     async def run() -> int:
         done = 0
         stop_at = time.perf_counter() + duration
@@ -70,78 +89,171 @@ def _models(workdir: Path) -> dict[str, tuple[Path, dict[str, np.ndarray]]]:
 
     return {
         "affine (one op)": (affine_model(workdir / "affine.onnx"), {"x": np.ones((1, 4), np.float32)}),
-        "resnet50 tiny": (zoo.build("resnet50"), zoo.sample_inputs("resnet50")),
+        "resnet50 tiny": (zoo.build("resnet50"), zoo.sample_inputs("resnet50", batch=1)),
     }
+
+
+def _latency_rows(cvmm: Any, models: dict[str, Any], args: argparse.Namespace, labels: dict[str, str]) -> list[dict]:
+    import onnxruntime as ort
+    import ray
+
+    from aivmm.vmm import VMM
+
+    rows = []
+    for label, (path, feeds) in models.items():
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        row: dict[str, Any] = {"model": label}
+        row["raw_ms"] = _latency_ms(lambda f, s=sess: s.run(None, f), feeds, args.calls)
+        with VMM() as vmm:
+            m = vmm.deploy(str(path), device="cpu:0", backend="onnxruntime", measure=False)
+            row["direct_ms"] = _latency_ms(m.execute, feeds, args.calls)
+            row["direct_rps"] = _throughput(m, feeds, args.concurrency, args.duration)
+        for where in ("head", "worker"):
+            name = f"bench-{where}"
+            m = cvmm.deploy(
+                str(path), name=name, backend="onnxruntime", measure=False, device=f"{labels[where]}/cpu:0", strict=True
+            )
+            row[f"{where}_ms"] = _latency_ms(m.execute, feeds, args.calls)
+            if where == "worker":
+                row["worker_rps"] = _throughput(m, feeds, args.concurrency, args.duration)
+                node_id = next(n["node_id"] for n in cvmm.nodes() if n["node"] == labels["worker"])
+                agent = ray.get_actor(f"aivmm-agent-{node_id}", namespace="aivmm")
+                row["actor_ms"] = _latency_ms(
+                    lambda f, a=agent, n=name: ray.get(a.infer.remote(n, "cpu:0", f)), feeds, args.calls
+                )
+                row["in_agent_ms"] = ray.get(agent.time_local.remote(name, "cpu:0", feeds, args.calls))
+            cvmm.unload(name)
+        row["overhead_ms"] = row["worker_ms"] - row["in_agent_ms"]
+        rows.append(row)
+        print(
+            f"{label}: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})}",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def _node_loss(cvmm: Any, worker: Any, labels: dict[str, str], path: Path, clients: int, loss_s: float) -> dict:
+    """Kill the worker's raylet under traffic; every request's outcome and timing is recorded."""
+    spread = cvmm.deploy(str(path), name="loss-spread", replicas=2, measure=False)
+    solo = cvmm.deploy(str(path), name="loss-solo", device=f"{labels['worker']}/cpu:0", measure=False)
+    assert {t.node for t in spread.router.targets()} == set(labels.values()), spread.stats()
+    x = {"x": np.ones((1, 4), np.float32)}
+    stop = threading.Event()
+    log: list[tuple[str, float, float, bool]] = []  # model, start, end, ok
+
+    def traffic(model: Any) -> None:
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                ok = bool(np.array_equal(model.execute(x)["y"], 3 * np.ones((1, 4), np.float32)))
+            except Exception as exc:  # a defined error: counted as a failed (lost) request
+                print(f"{model.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                ok = False
+            log.append((model.name, t0, time.monotonic(), ok))
+
+    threads = [threading.Thread(target=traffic, args=(m,)) for m in (spread, solo) for _ in range(clients // 2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    agent_pid = next((p.pid for p in worker.processes() if "NodeAgent" in " ".join(p.cmdline())), -1)
+    killed = time.monotonic()
+    os.kill(worker.pid_of("raylet"), signal.SIGKILL)
+    noticed = None
+    while time.monotonic() - killed < loss_s:
+        if noticed is None and labels["worker"] not in {n["node"] for n in cvmm.nodes()}:
+            noticed = time.monotonic() - killed
+        time.sleep(0.02)
+    stop.set()
+    for t in threads:
+        t.join(120)
+    import psutil
+
+    after = [e for e in log if e[1] >= killed or e[2] >= killed]
+
+    def outage(name: str) -> float:
+        """The longest time without a successful answer for ``name`` from the kill on."""
+        ends = sorted(e[2] for e in log if e[0] == name and e[3] and e[2] >= killed)
+        return max((b - a for a, b in zip([killed, *ends], ends, strict=False)), default=float("nan"))
+
+    out = {
+        "answered": sum(e[3] for e in log),
+        "failed": sum(not e[3] for e in log),
+        "answered_after_kill": sum(e[3] for e in after),
+        "longest_request_ms_around_kill": round(max((e[2] - e[1] for e in after), default=0) * 1e3, 1),
+        "registry_noticed_s": None if noticed is None else round(noticed, 2),
+        "longest_outage_s": {
+            "loss-spread": round(outage("loss-spread"), 3),
+            "loss-solo": round(outage("loss-solo"), 3),
+        },
+        "solo_now_on": [t.device for t in solo.router.targets()],
+        "spread_now_on": [t.device for t in spread.router.targets()],
+        "retries": spread.retries + solo.retries,
+        "worker_agent_alive_after_kill": psutil.pid_exists(agent_pid),
+    }
+    cvmm.unload("loss-spread")
+    cvmm.unload("loss-solo")
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=300, help="sequential calls per latency figure")
+    ap.add_argument("--calls", type=int, default=500, help="sequential calls per latency figure")
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per throughput figure")
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight for throughput")
+    ap.add_argument("--clients", type=int, default=4, help="threads of traffic during the node loss")
+    ap.add_argument("--loss-s", type=float, default=8.0, help="seconds of traffic after the kill")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
 
     import onnxruntime as ort
     import ray
-    from ray.cluster_utils import Cluster
+    from _raystart import start_head, start_worker
 
     from aivmm.cluster import ClusterVMM
-    from aivmm.cluster._ray import connect
-    from aivmm.vmm import VMM
-    from conftest import NODE_ARGS
 
-    rows: list[dict[str, Any]] = []
-    workdir = Path(tempfile.mkdtemp(prefix="aivmm-bench-cluster-"))
-    models = _models(workdir)
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "num_cpus": 2, "include_dashboard": False})
+    root = Path(tempfile.mkdtemp(prefix="aivmm-bench-ray-"))
+    models = _models(root)
+    head = start_head(
+        "127.0.0.2",
+        root / "head",
+        system_config=FAST_FAILURE_DETECTION,
+        env={"AIVMM_CACHE_DIR": str(root / "cache-head")},
+    )
+    nodes = [head]
     try:
-        connect(cluster.address, node_ip_address="127.0.0.1", namespace="aivmm-bench")
-        for label, (path, feeds) in models.items():
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            row: dict[str, Any] = {"model": label}
-            row["raw_ms"] = _latency_ms(lambda f, s=sess: s.run(None, f), feeds, args.calls)
-            with VMM() as vmm:
-                m = vmm.deploy(str(path), device="cpu:0", backend="onnxruntime", measure=False)
-                row["direct_ms"] = _latency_ms(m.execute, feeds, args.calls)
-                row["direct_rps"] = _throughput(m, feeds, args.concurrency, args.duration)
-            rows.append(row)
-        with ClusterVMM(namespace="aivmm-bench") as cvmm:
-            for row in rows:
-                path, feeds = models[row["model"]]
-                m = cvmm.deploy(str(path), name="one", backend="onnxruntime", measure=False,
-                                device=next(d.id for d in cvmm.devices if d.id.endswith("/cpu:0")))
-                row["1node_ms"] = _latency_ms(m.execute, feeds, args.calls)
-                row["1node_rps"] = _throughput(m, feeds, args.concurrency, args.duration)
-                cvmm.unload("one")
-        cluster.add_node(**NODE_ARGS)
-        cluster.wait_for_nodes(timeout=60)
-        with ClusterVMM(namespace="aivmm-bench2") as cvmm:
-            for row in rows:
-                path, feeds = models[row["model"]]
-                m = cvmm.deploy(str(path), name="two", backend="onnxruntime", measure=False, replicas=2)
-                assert len({t.node for t in m.router.targets()}) == 2, m.stats()
-                row["2nodes_ms"] = _latency_ms(m.execute, feeds, args.calls)
-                row["2nodes_rps"] = _throughput(m, feeds, args.concurrency, args.duration)
-                cvmm.unload("two")
+        nodes.append(start_worker(head, "127.0.0.3", root / "w1", env={"AIVMM_CACHE_DIR": str(root / "cache-w1")}))
+        with ClusterVMM(head.address) as cvmm:
+            labels = {("head" if n["endpoint"][0] == "127.0.0.2" else "worker"): n["node"] for n in cvmm.nodes()}
+            rows = _latency_rows(cvmm, models, args, labels)
+            loss = _node_loss(cvmm, nodes[1], labels, models["affine (one op)"][0], args.clients, args.loss_s)
     finally:
         ray.shutdown()
-        cluster.shutdown()
+        for node in reversed(nodes):
+            node.stop()
 
-    print(f"# aivmm cluster benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"ray {ray.__version__}, onnxruntime {ort.__version__}")
-    print(f"# latency: median of {args.calls} sequential calls; throughput: {args.concurrency} in flight, "
-          f"{args.duration:g} s")
-    print("| model | raw ms | direct ms | 1 node ms | routing overhead ms (1 node − direct) | direct req/s | "
-          "1 node req/s | 2 nodes req/s | 2 nodes / 1 node |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        f"# aivmm cluster benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"ray {ray.__version__}, onnxruntime {ort.__version__}; `ray start` head 127.0.0.2 + worker 127.0.0.3"
+    )
+    print(
+        f"# latency: batch 1, median of {args.calls} sequential calls; throughput: {args.concurrency} in flight, "
+        f"{args.duration:g} s"
+    )
+    print(
+        "| model | raw ms | direct ms (this process) | in worker agent ms | routed to worker ms | "
+        "routing overhead ms | routed to head ms | as Ray actor call ms | direct req/s | routed req/s |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['model']} | {r['raw_ms']:.3f} | {r['direct_ms']:.3f} | {r['1node_ms']:.3f} | "
-              f"{r['1node_ms'] - r['direct_ms']:.3f} | {r['direct_rps']:.0f} | {r['1node_rps']:.0f} | "
-              f"{r['2nodes_rps']:.0f} | {r['2nodes_rps'] / r['1node_rps']:.2f} |")
+        print(
+            f"| {r['model']} | {r['raw_ms']:.3f} | {r['direct_ms']:.3f} | {r['in_agent_ms']:.3f} "
+            f"| {r['worker_ms']:.3f} | {r['overhead_ms']:.3f} | {r['head_ms']:.3f} | {r['actor_ms']:.3f} "
+            f"| {r['direct_rps']:.0f} | {r['worker_rps']:.0f} |"
+        )
+    print(f"# node loss (raylet SIGKILL, {args.clients} client threads): {json.dumps(loss)}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps({"latency": rows, "node_loss": loss}, indent=2))
     return 0
 
 

@@ -1,11 +1,12 @@
 """A real Ray cluster as users start it: ``ray start --head`` on 127.0.0.2, a worker on 127.0.0.3.
 
-Started once per session (about 15 s) by ``ray start --block`` processes (``_raystart``), with
-free ports, a private ``--temp-dir`` per node (nothing in /tmp/ray) and fast node-death detection
-(health checks every 300 ms); each node is stopped by its pids when the last test of this
-directory ends (or the session fails), and checked to leave no process behind. The worker
-simulates an H100 (its own ``AIVMM_SIMULATE``); each node has its own aivmm cache, as separate
-machines would.
+Token authentication is on (``RAY_AUTH_MODE=token``, a token file of its own), as a careful user
+runs a cluster. Started once per session (about 25 s on 2 busy cores) by ``ray start --block``
+processes (``_raystart``), with free ports, a private ``--temp-dir`` per node (nothing in
+/tmp/ray) and fast node-death detection (health checks every 300 ms); each node is stopped by its
+pids when the last test of this directory ends (or the session fails), and checked to leave no
+process behind. The worker simulates an H100 (its own ``AIVMM_SIMULATE``); each node has its own
+aivmm cache, as separate machines would.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -60,22 +62,32 @@ class RayCluster:
     root: pathlib.Path
     head: RayNode
     nodes: list[RayNode]  # the head first
+    token: pathlib.Path
 
     @property
     def address(self) -> str:
         return self.head.address
 
-    def add_worker(self, ip: str, name: str, env: dict[str, str] | None = None) -> RayNode:
-        node = start_worker(
-            self.head, ip, self.root / name, env={"AIVMM_CACHE_DIR": str(self.root / f"cache-{name}"), **(env or {})}
-        )
-        self.nodes.append(node)
-        return node
-
 
 # Finalizers, run last-in first-out exactly once: when the last test of this directory ends (so
 # the rest of the suite does not share the machine with Ray) or, failing that, at session end.
 _OPEN: list[Callable[[], Any]] = []
+
+
+def _use_token(path: pathlib.Path | None) -> None:
+    """Point this process's Ray at the cluster's token (None: back to no authentication), as
+    RAY_AUTH_MODE / RAY_AUTH_TOKEN_PATH in the environment would at start."""
+    import os
+
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    if path is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+    else:
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(path))
+    Config.initialize("")  # Ray reads the mode into its config once; re-read it, as ray.init does
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _close_all() -> None:
@@ -101,9 +113,14 @@ def ray_cluster() -> Iterator[RayCluster]:
     # Short: Ray's socket paths under the temp dir must fit in 107 bytes.
     root = pathlib.Path(tempfile.mkdtemp(prefix="aivmm-ray-"))
     nodes: list[RayNode] = []
+    # Token authentication on, as a careful user runs a cluster: every node and client needs the token.
+    token = root / "token"
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
     def shutdown() -> None:
         ray.shutdown()
+        _use_token(None)
         for node in reversed(nodes):  # workers first, the head (GCS) last
             node.stop()
         leftover = [p.pid for node in nodes for p in node.processes()]
@@ -116,14 +133,13 @@ def ray_cluster() -> Iterator[RayCluster]:
             HEAD_IP,
             root / "head",
             system_config=FAST_FAILURE_DETECTION,
-            env={"AIVMM_CACHE_DIR": str(root / "cache-head")},
+            env={**auth, "AIVMM_CACHE_DIR": str(root / "cache-head")},
         )
         nodes.append(head)
-        cluster = RayCluster(root, head, nodes)
-        worker = start_worker(
-            head, WORKER_IP, root / "w1", env={"AIVMM_SIMULATE": str(H100), "AIVMM_CACHE_DIR": str(root / "cache-w1")}
-        )
-        nodes.append(worker)
+        cluster = RayCluster(root, head, nodes, token)
+        worker_env = {**auth, "AIVMM_SIMULATE": str(H100), "AIVMM_CACHE_DIR": str(root / "cache-w1")}
+        nodes.append(start_worker(head, WORKER_IP, root / "w1", env=worker_env))
+        _use_token(token)  # this process, and the servers and clients it starts
         connect(head.address, node_ip_address=None, namespace="aivmm")
         yield cluster
     finally:

@@ -171,3 +171,27 @@ def test_a_second_client_in_another_process_sees_and_routes_to_the_same_model(
         assert "affine-shared" in cluster_vmm.models()  # the other client's exit released nothing of ours
     finally:
         cluster_vmm.unload("affine-shared")
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    return subprocess.run(
+        [sys.executable, "-m", "aivmm", *args], capture_output=True, text=True, timeout=120, env={**clean, **env}
+    )
+
+
+def test_joining_without_the_token_or_with_a_wrong_one_says_so_at_once(ray_cluster: Any) -> None:
+    address = ray_cluster.address
+    none = _cli(["cluster", "status", "--ray", address], {})
+    assert none.returncode != 0
+    assert "requires token authentication and this process sent no token" in none.stderr, none.stderr[-2000:]
+    wrong = _cli(["cluster", "status", "--ray", address], {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64})
+    assert wrong.returncode != 0 and "rejected this process's token" in wrong.stderr, wrong.stderr[-2000:]
+    ok = _cli(
+        ["cluster", "status", "--ray", address, "--json"],
+        {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(ray_cluster.token)},
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    import json
+
+    assert len(json.loads(ok.stdout)["nodes"]) == 2

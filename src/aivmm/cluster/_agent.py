@@ -121,6 +121,19 @@ class NodeAgent:
             raise ModelNotFoundError(f"model {name!r} is not loaded on {device} of node {self.node_id[:8]}")
         return model.execute(feeds, priority=priority, deadline_ms=deadline_ms)
 
+    def time_local(self, name: str, device: str, feeds: Mapping[str, Any], calls: int) -> float:
+        """Median ms of ``calls`` sequential requests run here, without the channel: the baseline
+        against which the routing overhead is measured (benchmarks/cluster.py)."""
+        import statistics
+        import time
+
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            self.infer(name, device, feeds)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
     def unload(self, name: str, device: str, drain: bool = True) -> bool:
         key = _key(name, device)
         if self._models.pop(key, None) is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,17 @@ log = logging.getLogger(__name__)
 # How often a waiting request looks whether its node was declared lost (so it never waits out
 # the whole call timeout on a dead machine that sent no reset).
 _POLL_S = 0.25
+
+
+def _no_delay(conn: Connection) -> Connection:
+    """Turn Nagle's algorithm off: Connection writes a large message as header then body, and the
+    body would wait for the header's delayed ACK (48 ms per 48 KB request measured on loopback)."""
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    finally:
+        sock.detach()  # the Connection keeps owning the descriptor
+    return conn
 
 
 class ChannelLost(ConnectionError):
@@ -67,7 +79,7 @@ class ChannelServer:
                     return
                 log.warning("channel: refused a connection: %s", exc)
                 continue
-            threading.Thread(target=self._serve, args=(conn,), name="aivmm-channel", daemon=True).start()
+            threading.Thread(target=self._serve, args=(_no_delay(conn),), name="aivmm-channel", daemon=True).start()
 
     def _serve(self, conn: Connection) -> None:
         with conn:
@@ -134,7 +146,7 @@ class ChannelPool:
             if self._idle:
                 return self._idle.pop()
         try:
-            return Client(self.address, authkey=self._authkey)
+            return _no_delay(Client(self.address, authkey=self._authkey))
         except AuthenticationError as exc:  # not a lost node: this client holds another registry's key
             raise errors.ClusterAuthError(f"the agent at {self.address} refused this client's key: {exc}") from None
         except (OSError, EOFError) as exc:
