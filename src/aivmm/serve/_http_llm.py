@@ -18,10 +18,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from aivmm.errors import AivmmError
+from aivmm.errors import AivmmError, DeadlineExceededError
 from aivmm.serve import _generate, _openai, _sse
 from aivmm.serve import _http_codec as codec
 from aivmm.serve._errors import message_for, status_for
+from aivmm.serve._host import within
 from aivmm.serve._textgen import GenRequest, Prompt, TextGen
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class LLMRoutes:
         if not req.stream:
 
             async def answer() -> None:
-                gens = await all_of([self.textgen.generate(entry, c) for c in req.choices])
+                gens = await self._bounded(all_of([self.textgen.generate(entry, c) for c in req.choices]), req.model)
                 doc = _openai.response(
                     req,
                     rid,
@@ -154,7 +155,7 @@ class LLMRoutes:
         if not stream:
 
             async def answer() -> None:
-                gen = await self.textgen.generate(entry, gen_req)
+                gen = await self._bounded(self.textgen.generate(entry, gen_req), model)
                 await send_json(send, 200, _generate.response(model, v, rid, gen))
 
             await _sse.cancel_on_disconnect(receive, answer())
@@ -169,6 +170,18 @@ class LLMRoutes:
         await _sse.cancel_on_disconnect(
             receive, self._stream(send, entry, (gen_req,), lambda i: b"", encode, lambda n: b"", error)
         )
+
+    async def _bounded(self, work: Coroutine[Any, Any, T], model: str) -> T:
+        """A whole (non-streamed) answer within the server's request timeout; streams are not cut:
+        their client sees every token as it comes."""
+        limit = self.textgen.plane.limits.request_timeout_s
+        try:
+            return await within(work, limit)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise DeadlineExceededError(
+                f"model {model!r}: the generation did not finish within the request timeout of {limit:g} s "
+                "(stream it, or ask for fewer tokens)"
+            ) from None
 
     # -- streaming --------------------------------------------------------------------------------
     async def _stream(
