@@ -25,8 +25,9 @@ import numpy as np
 
 from realzoo import _cache
 from realzoo._catalog import CATALOG, Entry, Feed
+from realzoo._hand import HAND, Hand
 
-__all__ = ["Entry", "Feed", "entries", "get", "meta", "path", "sample_inputs", "shapes"]
+__all__ = ["Entry", "Feed", "Hand", "entries", "get", "hand", "meta", "path", "sample_inputs", "shapes"]
 
 
 def entries(fast: bool | None = None) -> list[Entry]:
@@ -66,3 +67,8 @@ def sample_inputs(name: str, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs the model accepts: the recommended shapes, ids inside their tables, fixed values where one is needed."""
     rng = np.random.default_rng(seed)
     return {f.name: f.sample(rng) for f in get(name).inputs}
+
+
+def hand(name: str) -> Hand:
+    """The hand count (weights, MACs, how they were worked out) for ``shapes(name)``."""
+    return HAND[get(name).name](meta(name))

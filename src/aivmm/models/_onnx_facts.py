@@ -25,6 +25,7 @@ POOLING = frozenset({"ReduceSum", "ReduceMean", "ReduceMax"})
 _INTEGER = frozenset({2, 3, 4, 5, 6, 7, 12, 13})
 _FLOAT = frozenset({1, 10, 11, 16})
 _WEIGHT_USERS = MATMUL_OPS | CONV_OPS | LAYER_NORMS | {"Gather", "BatchNormalization", "LSTM", "GRU", "RNN"}
+_ANY = frozenset({"Unsqueeze", "Reshape", "Cast", "Expand", "Add", "Sub", "Slice", "Squeeze", "Identity"})
 _MAX_MASK_ELEMENTS = 1 << 22  # read at most a 2048 x 2048 mask
 
 
@@ -58,7 +59,10 @@ def collect(model: Any, histogram: dict[str, int]) -> Facts:
     _triangular_constants(index, f)
     _inputs(graph, index, f)
     _embeddings_and_dense(index, f)
+    _embedding_bag_loops(index, f)
+    _dft_bases(index, f)
     _unrolled(index, f)
+    _workload(model, index, f)
     return f
 
 
@@ -80,12 +84,48 @@ def _attention(index: GraphIndex, f: Facts) -> None:
         if not any(n.op_type in MATMUL_OPS - {"Gemm"} for n in index.downstream(node.output[0], max_depth=4)):
             continue
         f.attention_blocks += 1
-        for where in (n for n in before if n.op_type == "Where" and n.input):
+        for where in (n for n in before if n.op_type == "Where" and len(n.input) == 3):
+            # A mask selects between scores and a fill value; a Where among shape arithmetic
+            # (Expand's "-1 means keep" idiom in BERT's mask broadcast) is no mask.
+            if not any(_score_or_fill(index, i) for i in where.input[1:]):
+                continue
             _, constant = index.roots(where.input[0])
             if constant:
                 sentence = "Where applies a constant mask to the attention scores (causal)"
                 if sentence not in f.causal_evidence:
                     f.causal_evidence.append(sentence)
+            elif _position_comparison(index, where.input[0]):
+                sentence = "the attention mask compares query and key positions (kv <= q: causal)"
+                if sentence not in f.causal_evidence:
+                    f.causal_evidence.append(sentence)
+
+
+_ORDER = frozenset({"LessOrEqual", "GreaterOrEqual", "Less", "Greater"})
+
+
+def _position_comparison(index: GraphIndex, mask: str) -> bool:
+    """A mask built from ``kv_idx <= q_idx`` over two position ranges (transformers' sdpa_mask)."""
+    seen: set[str] = set()
+    frontier = [(mask, 0)]
+    while frontier:
+        name, depth = frontier.pop()
+        node = index.producer.get(name)
+        if node is None or name in seen or depth > 12:
+            continue
+        seen.add(name)
+        ranged = [any(n.op_type == "Range" for n in index.upstream(i, 5, _ANY)) for i in node.input]
+        if node.op_type in _ORDER and len(ranged) == 2 and all(ranged):
+            return True
+        frontier.extend((i, depth + 1) for i in node.input if i)
+    return False
+
+
+def _score_or_fill(index: GraphIndex, name: str) -> bool:
+    """Attention scores (a MatMul upstream) or a floating fill value (0, -inf, the dtype's min)."""
+    t = index.constant_tensor(name)
+    if t is not None:
+        return t.data_type in _FLOAT
+    return any(n.op_type in MATMUL_OPS - {"Gemm"} for n in index.upstream(name, max_depth=3))
 
 
 def _triangular_constants(index: GraphIndex, f: Facts) -> None:
@@ -140,7 +180,14 @@ def _weight_like(index: GraphIndex, name: str) -> bool:
 
 def _embeddings_and_dense(index: GraphIndex, f: Facts) -> None:
     for node in index.nodes:
-        if node.op_type == "Gather" and len(node.input) == 2 and index.is_constant(node.input[0]):
+        if node.op_type == "EmbedLayerNormalization" and len(node.input) > 2 and index.is_constant(node.input[2]):
+            # ORT's fused BERT embedding: (input_ids, segment_ids, word_embedding, position_embedding, ...)
+            table = index.constant_tensor(node.input[2])
+            roots, _ = index.roots(node.input[0])
+            if table is not None and len(table.dims) == 2 and roots:
+                f.embedding_tables[node.input[2]] = int(table.dims[0])
+                f.index_inputs.update(roots)
+        elif node.op_type == "Gather" and len(node.input) == 2 and index.is_constant(node.input[0]):
             table = index.constant_tensor(node.input[0])
             if table is None or len(table.dims) != 2 or table.dims[0] < 16:
                 continue
@@ -169,3 +216,133 @@ def _unrolled(index: GraphIndex, f: Facts) -> None:
         users = [n for n in index.consumers.get(name, ()) if n.op_type in DENSE_OPS]
         if len(users) >= 3:
             f.unrolled_recurrences += 1
+
+
+def _embedding_bag_loops(index: GraphIndex, f: Facts) -> None:
+    """torch.onnx exports ``nn.EmbeddingBag`` as a Loop over bags: Gather rows, ReduceSum/Mean them."""
+    for node in index.nodes:
+        if node.op_type not in ("Loop", "Scan"):
+            continue
+        for body in subgraphs(node):
+            inner = GraphIndex.of(body)
+            for gather in inner.nodes:
+                if gather.op_type != "Gather" or not index.is_constant(gather.input[0]):
+                    continue
+                table = index.constant_tensor(gather.input[0])
+                if table is None or len(table.dims) != 2 or table.dims[0] < 16:
+                    continue
+                pooled = any(n.op_type in POOLING for n in inner.downstream(gather.output[0], max_depth=3))
+                outer = {i for n in walk_nodes(body) for i in n.input if i and i not in inner.producer}
+                roots: set[str] = set()
+                for name in outer & set(index.producer) | outer & set(index.graph_inputs):
+                    found, _ = index.roots(name)
+                    roots |= {r for r in found if _is_integer_input(index, r)}
+                if not roots or not pooled:
+                    continue
+                f.embedding_tables[gather.input[0]] = int(table.dims[0])
+                f.index_inputs.update(roots)
+                f.embedding_bags += 1
+
+
+def _is_integer_input(index: GraphIndex, name: str) -> bool:
+    return name in index.integer_inputs
+
+
+def _dft_bases(index: GraphIndex, f: Facts) -> None:
+    """A MatMul with a constant cos/sin matrix: a (truncated) Fourier transform written as a product."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    for node in index.nodes:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        t = index.constant_tensor(node.input[1])
+        if t is None or len(t.dims) != 2 or t.data_location == 1 or min(t.dims) < 2 or max(t.dims) < 8:
+            continue
+        a = numpy_helper.to_array(t).astype(np.float64)
+        if _is_dft_basis(a) or _is_dft_basis(a.T):
+            f.spectral_ops["DFT-basis MatMul"] = f.spectral_ops.get("DFT-basis MatMul", 0) + 1
+
+
+def _is_dft_basis(a: Any) -> bool:
+    import numpy as np
+
+    n, k = a.shape  # samples x modes
+    if n < 8:
+        return False
+    grid = 2 * np.pi * np.arange(n) / n
+    for mode in range(1, min(k, 4)):
+        col = a[:, mode]
+        norm = np.linalg.norm(col)
+        if norm == 0:
+            return False
+        best = max(abs(col @ np.cos(mode * grid)), abs(col @ np.sin(mode * grid))) / norm
+        if best < 0.999 * np.sqrt(n / 2):
+            return False
+    return True
+
+
+def _workload(model: Any, index: GraphIndex, f: Facts) -> None:
+    """What the model serves, from its inputs, outputs, metadata and first layers: detector, OCR, audio."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("task") == "detect" and "stride" in meta:
+        what = f"model metadata task=detect, stride={meta['stride']}, imgsz={meta.get('imgsz')}"
+        f.workload.append(("detector", what))
+    for value in model.graph.output:
+        dims = _dims(value)
+        if len(dims) == 3 and isinstance(dims[1], int) and 5 <= dims[1] <= 300 and not isinstance(dims[2], int):
+            producer = index.producer.get(value.name)
+            known = any(w == "detector" for w, _ in f.workload)
+            if producer is not None and producer.op_type == "Concat" and not known:
+                what = f"output {value.name} [batch, {dims[1]}, anchors]: boxes + class scores"
+                f.workload.append(("detector", what))
+        if len(dims) == 3 and isinstance(dims[2], int) and dims[2] >= 1000 and f.convolutions:
+            producer = index.producer.get(value.name)
+            if producer is not None and producer.op_type == "Softmax":
+                f.workload.append((
+                    "ocr-recognizer",
+                    f"output {value.name} [batch, time, {dims[2]}]: per-step softmax over characters (CTC)",
+                ))
+        if len(dims) == 4 and dims[1] == 1 and f.convolutions:
+            producer = index.producer.get(value.name)
+            if producer is not None and producer.op_type == "Sigmoid":
+                f.workload.append((
+                    "segmentation",
+                    f"output {value.name} [batch, 1, H, W] through Sigmoid: a per-pixel probability map",
+                ))
+    for graph in _graphs(model.graph):
+        where = GraphIndex.of(graph)
+        conv = next((n for n in where.nodes if _stft_conv(where, n)), None)
+        if conv is not None:
+            w = where.constant_tensor(conv.input[1])
+            f.workload.append((
+                "audio", f"Conv1d {conv.input[1]} {list(w.dims)} over one channel: an STFT of raw audio"
+            ))
+            break
+    for value in model.graph.input:
+        dims = _dims(value)
+        frames = len(dims) == 3 and not (isinstance(dims[2], int) and dims[2] < 16)
+        mel = value.type.tensor_type.elem_type in _FLOAT and frames and dims[1] in (40, 64, 80, 128)
+        if mel and (f.convolutions or f.attention_blocks):
+            f.workload.append(("audio", f"input {value.name} [batch, {dims[1]}, frames]: a mel spectrogram"))
+            break
+
+
+def _graphs(graph: Any) -> list[Any]:
+    out = [graph]
+    for node in walk_nodes(graph):
+        out.extend(subgraphs(node))
+    return out
+
+
+def _stft_conv(index: GraphIndex, node: Any) -> bool:
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return False
+    w = index.constant_tensor(node.input[1])
+    return w is not None and len(w.dims) == 3 and w.dims[1] == 1 and w.dims[2] >= 64
+
+
+def _dims(value: Any) -> list[Any]:
+    if not value.type.HasField("tensor_type"):
+        return []
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value.type.tensor_type.shape.dim]

@@ -5,8 +5,8 @@ same figures as one loaded whole.
 
 What counts as a parameter: every initializer, Constant value and constant-shaped
 ConstantOfShape output, except bookkeeping tensors — rank-0 scalars (hyper-parameters such as a
-scale or an epsilon) and 1-D int64 tensors (ONNX's index type: shapes, axes, pads, position ids,
-gather indices).
+scale or an epsilon) and int64 tensors of any rank (ONNX's index type: shapes, axes, pads, position
+ids such as BERT's [1, 512] buffer, gather indices; no runtime quantises a weight to int64).
 A one-element bias of shape [1] is a weight and counts.
 
 Each weight counts once, however often the file stores it. Exporters write a tied weight twice:
@@ -46,7 +46,7 @@ class ParameterCount:
 
 
 def is_bookkeeping(dims: tuple[int, ...] | list[int], elem_type: int) -> bool:
-    return len(dims) == 0 or (len(dims) == 1 and elem_type == _INT64)
+    return len(dims) == 0 or elem_type == _INT64
 
 
 def _tensor_bytes(t: Any) -> tuple[int, bool]:

@@ -163,6 +163,7 @@ def infer(sk: Any, strict: bool) -> dict[str, tuple[int, tuple[Dim, ...]]]:
     """
     import onnx
 
+    sk = _with_standins(sk)
     inferred = onnx.shape_inference.infer_shapes(sk, check_type=False, strict_mode=strict, data_prop=True)
     table: dict[str, tuple[int, tuple[Dim, ...]]] = {}
     _collect(inferred.graph, table)
@@ -170,6 +171,45 @@ def infer(sk: Any, strict: bool) -> dict[str, tuple[int, tuple[Dim, ...]]]:
         _refine(sk, table)
     _refine_subgraphs(sk, sk.graph, table, {})
     return table
+
+
+# ONNX Runtime's quantised contrib ops have no ONNX shape inference, so every size after the
+# first QLinearAdd is unknown (and ORT's symbolic pass gives up on them). For inference only, each
+# is replaced by the standard op with the same shape rule: op -> (standard op, operand indices).
+_STANDINS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "QLinearAdd": ("Add", (0, 3)),
+    "QLinearMul": ("Mul", (0, 3)),
+    "QLinearSigmoid": ("Identity", (0,)),
+    "QLinearLeakyRelu": ("Identity", (0,)),
+    "QLinearSoftmax": ("Identity", (0,)),
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", (0,)),
+    "QLinearAveragePool": ("AveragePool", (0,)),
+    "QGemm": ("Gemm", (0, 3)),
+    "DynamicQuantizeMatMul": ("MatMul", (0, 1)),
+    "MatMulIntegerToFloat": ("MatMul", (0, 1)),
+}
+
+
+def _with_standins(sk: Any) -> Any:
+    from onnx import helper
+
+    if not any(n.op_type in _STANDINS and n.domain == "com.microsoft" for n in sk.graph.node):
+        return sk
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(sk)
+    del out.graph.node[:]
+    for node in sk.graph.node:
+        if node.op_type in _STANDINS and node.domain == "com.microsoft":
+            op, operands = _STANDINS[node.op_type]
+            keep = {"transA", "transB"} if op == "Gemm" else {"kernel_shape", "strides", "pads", "ceil_mode"}
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in keep}
+            inputs = [node.input[i] for i in operands if i < len(node.input)]
+            out.graph.node.append(helper.make_node(op, inputs, list(node.output)[:1], node.name, **attrs))
+        else:
+            out.graph.node.append(node)
+    return out
 
 
 def _concrete(dims: tuple[Dim, ...]) -> bool:
