@@ -221,11 +221,17 @@ def _refine(sk: Any, table: dict[str, tuple[int, tuple[Dim, ...]]]) -> None:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError:
         return
+    # SymbolicShapeInference.infer_shapes() is these steps, but on an incomplete pass it saves
+    # "sym_shape_infer_temp.onnx" (+ a .data file) into the working directory and raises, dropping
+    # the sizes it did find. Running the steps here keeps the partial result and writes nothing.
     try:
-        inferred = SymbolicShapeInference.infer_shapes(sk, int_max=2**31 - 1, auto_merge=True, guess_output_rank=False)
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(sk)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        inferred = inference.out_mp_
     except Exception:  # it asserts on graphs it cannot follow; ONNX's figures stand then
-        return
-    if inferred is None:
         return
     _collect(inferred.graph, table)
 
