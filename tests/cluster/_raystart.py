@@ -67,6 +67,17 @@ class RayNode:
         assert self.gcs_port is not None, "not a head node"
         return f"{self.ip}:{self.gcs_port}"
 
+    def wait_started(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Until ``ray start`` says the node runs; RuntimeError with its log if it exits or times out."""
+        deadline = time.monotonic() + timeout_s
+        while "Ray runtime started" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"ray start on {self.ip} failed (exit {self.proc.poll()}): {self.log.read_text()[-3000:]}"
+                )
+            time.sleep(0.2)
+
     def processes(self) -> list[Any]:
         """This node's processes (the ``ray start`` process last), by the process tree."""
         import psutil
@@ -134,7 +145,9 @@ def _wait_gone(procs: list[Any], timeout_s: float) -> list[Any]:
         time.sleep(0.1)
 
 
-def _ray_start(args: list[str], ip: str, temp_dir: pathlib.Path, env: Mapping[str, str] | None) -> RayNode:
+def _ray_start(
+    args: list[str], ip: str, temp_dir: pathlib.Path, env: Mapping[str, str] | None, wait: bool = True
+) -> RayNode:
     temp_dir.mkdir(parents=True, exist_ok=True)
     low, high = _free_range(ip, _WORKER_PORTS)
     cmd = [
@@ -167,12 +180,8 @@ def _ray_start(args: list[str], ip: str, temp_dir: pathlib.Path, env: Mapping[st
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
     node = RayNode(ip, temp_dir, proc, log)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while "Ray runtime started" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            node.stop()
-            raise RuntimeError(f"ray start on {ip} failed (exit {proc.poll()}): {log.read_text()[-3000:]}")
-        time.sleep(0.2)
+    if wait:
+        node.wait_started()
     return node
 
 
@@ -183,6 +192,7 @@ def start_head(
     env: Mapping[str, str] | None = None,
     system_config: Mapping[str, Any] | None = None,
     resources: Mapping[str, float] | None = None,
+    wait: bool = True,
 ) -> RayNode:
     port = free_port(ip)
     args = [
@@ -198,8 +208,10 @@ def start_head(
         args += ["--system-config", json.dumps(dict(system_config))]
     if resources:
         args += ["--resources", json.dumps(dict(resources))]
-    node = _ray_start(args, ip, temp_dir, env)
+    node = _ray_start(args, ip, temp_dir, env, wait=False)
     node.gcs_port = port
+    if wait:
+        node.wait_started()
     return node
 
 
@@ -210,11 +222,13 @@ def start_worker(
     *,
     env: Mapping[str, str] | None = None,
     resources: Mapping[str, float] | None = None,
+    wait: bool = True,
 ) -> RayNode:
+    """A worker joining ``head`` (which may still be starting: ``ray start --address`` waits for its GCS)."""
     args = ["--address", head.address]
     if resources:
         args += ["--resources", json.dumps(dict(resources))]
-    return _ray_start(args, ip, temp_dir, env)
+    return _ray_start(args, ip, temp_dir, env, wait=wait)
 
 
 def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.2) -> Any:

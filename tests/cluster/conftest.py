@@ -11,6 +11,7 @@ aivmm cache, as separate machines would.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import pathlib
@@ -90,6 +91,20 @@ def _use_token(path: pathlib.Path | None) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def _declared(simulate: pathlib.Path) -> dict[str, float]:
+    """What ``aivmm cluster resources`` prints for a node simulating ``simulate`` (run in-process)."""
+    import contextlib
+    import io
+    import json
+
+    from aivmm.cli import cluster
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cluster.run(argparse.Namespace(action="resources", simulate=str(simulate)))
+    return dict(json.loads(out.getvalue()))
+
+
 def _close_all() -> None:
     while _OPEN:
         fin = _OPEN.pop()
@@ -134,11 +149,16 @@ def ray_cluster() -> Iterator[RayCluster]:
             root / "head",
             system_config=FAST_FAILURE_DETECTION,
             env={**auth, "AIVMM_CACHE_DIR": str(root / "cache-head")},
+            wait=False,
         )
         nodes.append(head)
         cluster = RayCluster(root, head, nodes, token)
+        # The worker declares its devices as users do (ray start --resources "$(aivmm cluster
+        # resources)"); the head's are published by the registry when it joins: both paths run.
         worker_env = {**auth, "AIVMM_SIMULATE": str(H100), "AIVMM_CACHE_DIR": str(root / "cache-w1")}
-        nodes.append(start_worker(head, WORKER_IP, root / "w1", env=worker_env))
+        nodes.append(start_worker(head, WORKER_IP, root / "w1", env=worker_env, resources=_declared(H100), wait=False))
+        for node in nodes:  # started side by side: the worker's ray start waits for the head's GCS
+            node.wait_started()
         _use_token(token)  # this process, and the servers and clients it starts
         connect(head.address, node_ip_address=None, namespace="aivmm")
         yield cluster

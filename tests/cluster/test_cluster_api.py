@@ -38,7 +38,10 @@ def test_each_node_reports_its_devices_and_publishes_them_as_ray_resources(clust
     # Published when each node joined; Ray's cluster view catches up within its resource-report period.
     total = wait_for(lambda: (r := ray.cluster_resources()).get("aivmm/cpu") == 2.0 and r, 30, "aivmm resources")
     assert total.get("aivmm/nvidia_gpu") == 1.0 and total.get("aivmm/device/nvidia:0") == 1.0
-    assert {n["resources"] for n in cluster_vmm.nodes()} == {"published"}
+    # The worker declared them at `ray start --resources "$(aivmm cluster resources)"`; the head's were published.
+    assert {n["node"]: n["resources"] for n in cluster_vmm.nodes()} == {
+        n["node"]: ("declared" if n["endpoint"][0] == WORKER_IP else "published") for n in cluster_vmm.nodes()
+    }
     for node in cluster_vmm.nodes():  # each agent runs on the node it describes, its channel on that node's IP
         agent = ray.get_actor(f"aivmm-agent-{node['node_id']}", namespace="aivmm")
         info = ray.get(agent.describe.remote(), timeout=30)
@@ -153,10 +156,13 @@ def test_a_second_client_in_another_process_sees_and_routes_to_the_same_model(
         code = textwrap.dedent("""
             import json, numpy as np
             from aivmm.cluster import ClusterVMM
-            with ClusterVMM("auto") as vmm:  # RAY_ADDRESS, as Ray users set it
+            import ray
+            # RAY_ADDRESS, as Ray users set it; attached to the worker's raylet, as a client on that machine
+            with ClusterVMM("auto", node_ip_address="127.0.0.3") as vmm:
                 m = vmm.get("affine-shared")
                 y = m.execute({"x": np.full((1, 4), 5, np.float32)})["y"]
                 print(json.dumps({"y": y.tolist(), "models": vmm.models(),
+                                  "node": ray.get_runtime_context().get_node_id(),
                                   "targets": sorted(t.device for t in m.router.targets())}))
         """)
         env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
@@ -166,6 +172,7 @@ def test_a_second_client_in_another_process_sees_and_routes_to_the_same_model(
 
         doc = json.loads(out.stdout.strip().splitlines()[-1])
         assert doc["y"] == [[11.0] * 4]
+        assert doc["node"] == ray_cluster.nodes[1].node_id()  # it joined through the worker node
         assert "affine-shared" in doc["models"]
         assert doc["targets"] == sorted(t.device for t in model.router.targets())
         assert "affine-shared" in cluster_vmm.models()  # the other client's exit released nothing of ours

@@ -79,7 +79,11 @@ def _split(address: str) -> tuple[str, int]:
 
 def _token() -> tuple[str | None, str]:
     """The token Ray would send (only in token mode) and where it comes from, as Ray looks it up."""
-    from ray._raylet import AuthenticationMode, AuthenticationTokenLoader, get_authentication_mode
+    from ray._raylet import (  # type: ignore[attr-defined]  # Ray's token loader, compiled
+        AuthenticationMode,
+        AuthenticationTokenLoader,
+        get_authentication_mode,
+    )
 
     loader = AuthenticationTokenLoader.instance()
     source = (
@@ -98,13 +102,14 @@ def _token() -> tuple[str | None, str]:
 
 def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
     """One GCS call: the cluster's metadata (Ray and Python versions), or the aivmm error for why not."""
-    import grpc
+    import grpc  # type: ignore[import-untyped]
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
     host, port = _split(address)
     token, source = _token()
     metadata = [("authorization", f"Bearer {token}")] if token else []
-    request = gcs_service_pb2.InternalKVGetRequest(key=_METADATA_KEY, namespace=_METADATA_NAMESPACE)
+    kv_get: Any = getattr(gcs_service_pb2, "InternalKVGetRequest")  # noqa: B009  (generated protobuf: no stubs)
+    request = kv_get(key=_METADATA_KEY, namespace=_METADATA_NAMESPACE)
     with grpc.insecure_channel(f"{host}:{port}") as channel:
         try:
             reply = gcs_service_pb2_grpc.InternalKVGcsServiceStub(channel).InternalKVGet(
@@ -211,7 +216,7 @@ def _keep_loopback() -> Iterator[None]:
     loopback IP); it is switched only for the duration of the call, and only when the caller
     named such an address.
     """
-    constants = importlib.import_module("ray._private.ray_constants")
+    constants: Any = importlib.import_module("ray._private.ray_constants")
     before = constants.ENABLE_RAY_CLUSTER
     constants.ENABLE_RAY_CLUSTER = False
     try:

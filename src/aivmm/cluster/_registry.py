@@ -207,7 +207,7 @@ class Registry:
         fresh = sorted(set(alive) - known - set(self._skipped))
         if not fresh:
             return
-        actor = self._ray.remote(NodeAgent)
+        actor: Any = self._ray.remote(NodeAgent)
         pending = {}
         for node_id in fresh:
             simulate = self._simulate.get(node_label(node_id)) or self._simulate.get(node_id)
@@ -255,7 +255,8 @@ class Registry:
             return "declared"
         # Ray's GCS resizes a live raylet's resources (what its autoscaler uses); the public way is
         # `ray start --resources "$(aivmm cluster resources)"`, which makes this a no-op.
-        gcs = self._ray._private.worker.global_worker.gcs_client
+        worker: Any = self._ray._private.worker.global_worker
+        gcs = worker.gcs_client
         try:
             gcs.resize_raylet_resource_instances(node_id, todo)
         except Exception as exc:
