@@ -66,5 +66,30 @@ def test_backend_pin(vmm: aivmm.VMM, tiny_llama_dir: pathlib.Path, llama: Any) -
         assert m.generate("Hello", max_new_tokens=8).token_ids == llama.generate("Hello", max_new_tokens=8).token_ids
     finally:
         m.close()
-    with pytest.raises(FallbackError, match="no generation runner"):
+    with pytest.raises(FallbackError, match="no generation runner for backend"):
         vmm.deploy(tiny_llama_dir, name="x", backend="tensorrt", strict=True)
+
+
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+def test_hf_directory_through_pytorch(
+    which: str, vmm: aivmm.VMM, request: pytest.FixtureRequest, hf_reference: Any
+) -> None:
+    import concurrent.futures
+
+    folder = request.getfixturevalue(f"tiny_{which}_dir") / "hf"
+    m = vmm.deploy(folder, name=f"hf-{which}")
+    try:
+        assert isinstance(m, aivmm.DeployedLLM) and m.generation_plan.chosen.backend == "torch"
+        assert m.info.kv.style is KVStyle.TRANSFORMERS and m.info.kv.layers == 2
+        ids = m.tokenize("Hello world")
+        assert list(m.generate(ids, max_new_tokens=12).token_ids) == hf_reference(which, ids, 12)
+        prompts = ["Hello", "The quick brown fox", "one two three four five"]
+        solo = [m.generate(p, max_new_tokens=10, ignore_eos=True).token_ids for p in prompts]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(lambda p: m.generate(p, max_new_tokens=10, ignore_eos=True).token_ids, prompts))
+        assert got == solo
+        assert any(e.key.startswith(f"llm:hf-{which}/weights") and e.nbytes > 0 for e in vmm.engine.ledger.entries())
+        with pytest.raises(aivmm.errors.UnsupportedModelError, match="generates only"):
+            m.execute({})
+    finally:
+        m.close()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aivmm.errors import ConfigError, ContextLengthError, FallbackError, InputError
 from aivmm.llm._blocks import BlockPool, PrefixCache
 from aivmm.llm._layout import model_file, require
-from aivmm.llm._plan import GenerationPlan, plan_generation
+from aivmm.llm._plan import DEFAULT_BACKENDS, GenerationPlan, plan_generation
 from aivmm.llm._sampling import Sampler
 from aivmm.llm._scheduler import Request, Scheduler
 from aivmm.llm._text import GenerationDefaults, TextCodec
@@ -93,9 +93,8 @@ class DeployedLLM(DeployedModel):
         cap = min(cap, max(0, ledger.free(device) // 2) // bpt)  # leave room for weights and others
         self._weights_key = f"llm:{name}/weights"
         self._ledger = ledger
-        ledger.reserve(
-            self._weights_key, device, _file_bytes(model_file(folder if spec is None else pathlib.Path(spec.source)))
-        )
+        src = pathlib.Path(spec.source)
+        ledger.reserve(self._weights_key, device, spec.size_bytes if src.is_dir() else _file_bytes(src))
         pool = BlockPool(ledger, device, f"llm:{name}/kv", bpt, cap, bs)
         prefix = PrefixCache(ledger, device, f"llm:{name}/prefix", bpt * bs, int(options["prefix_cache_blocks"]), bs)
         tok = self.codec.tokenizer if self.codec is not None else None
@@ -372,9 +371,20 @@ def deploy_llm(
             raise ConfigError(f"unknown LLM batching option(s) {unknown}; known: {sorted(OPTIONS)}")
         options.update(batching)
     path = pathlib.Path(model)
-    file = model_file(path)
-    folder = file.parent
-    layout = require(file)
+    from aivmm.llm._torch_runner import hf_layout, is_hf_dir, weights_bytes
+
+    hf = is_hf_dir(path) and not any(path.glob("*.onnx"))
+    if hf:
+        file, folder, layout = path, path, hf_layout(path)
+        if backend not in (None, "torch"):
+            msg = f"{path} is an HF directory (no ONNX file): it runs on torch, not {backend}"
+            if strict:
+                raise FallbackError(msg)
+        backend = "torch"
+    else:
+        file = model_file(path)
+        folder = file.parent
+        layout = require(file)
     cpu = next((d for d in vmm.devices if d.kind.value == "cpu"), None)
     if cpu is None:
         raise ConfigError("LLM generation needs a CPU device in this VMM")
@@ -386,7 +396,19 @@ def deploy_llm(
         notes.append(msg)
     from aivmm.models import load
 
-    spec = load(file)
+    if hf:
+        from aivmm.models._spec import ModelFormat, ModelSpec
+
+        spec = ModelSpec(
+            name=path.name,
+            format=ModelFormat.TORCH_MODULE,
+            inputs=(),
+            outputs=(),
+            source=str(path),
+            size_bytes=weights_bytes(path),
+        )
+    else:
+        spec = load(file)
     name = name or (path.name if path.is_dir() else spec.name)
     gplan, runner = plan_generation(
         file,
@@ -394,8 +416,9 @@ def deploy_llm(
         device=cpu.id,
         backend=backend,
         strict=strict,
-        do_measure=measure,
+        do_measure=measure and not hf,  # one candidate: nothing to choose between
         batch=int(options["max_batch_size"]),
+        backends=("torch",) if hf else DEFAULT_BACKENDS,
     )
     plan = _as_plan(spec, gplan, notes)
     deployed = DeployedLLM(vmm, name, spec, plan, gplan, runner, layout, folder, options, cpu.id)

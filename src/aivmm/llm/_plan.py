@@ -206,8 +206,8 @@ def plan_generation(
     reasons: list[str] = []
     names = list(backends)
     if backend is not None:
-        if backend not in RUNNERS:
-            msg = f"no generation runner for backend {backend!r}; generation runs on {sorted(RUNNERS)}"
+        if backend not in backends:
+            msg = f"no generation runner for backend {backend!r} with this model; it generates on {list(backends)}"
             if strict:
                 raise FallbackError(msg)
             reasons.append(msg + ": choosing among them instead")

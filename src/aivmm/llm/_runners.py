@@ -192,4 +192,10 @@ class OpenVinoRunner:
         return {out.get_any_name(): np.array(res[out]) for out in self._compiled.outputs}
 
 
-RUNNERS = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner}
+def _torch_runner(path: pathlib.Path, layout: KVLayout, *, threads: int | None = None) -> Any:
+    from aivmm.llm._torch_runner import TorchRunner
+
+    return TorchRunner(path, layout, threads=threads)
+
+
+RUNNERS: dict[str, Any] = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "torch": _torch_runner}

@@ -23,6 +23,7 @@ class KVStyle(enum.Enum):
     OPTIMUM_WITH_PAST = "optimum-with-past"  # past_key_values.N.key/value in, present.N.key/value out
     OPTIMUM_MERGED = "optimum-merged"  # the same plus a use_cache_branch boolean input
     GENAI = "onnxruntime-genai"  # names read from genai_config.json
+    TRANSFORMERS = "transformers"  # an HF directory run through PyTorch (a DynamicCache over aivmm's buffers)
 
 
 @dataclasses.dataclass(frozen=True)
