@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 CLIENTS_PER_SERVER = 2
 TRAFFIC_BEFORE_S = 1.5
-TRAFFIC_AFTER_S = 4.0
+TRAFFIC_AFTER_S = 3.0
 
 
 def _repository(root: pathlib.Path, instances: int) -> pathlib.Path:

@@ -157,6 +157,10 @@ class Registry:
         self._models: dict[str, Entry] = {}
         self._pending: dict[str, threading.Event] = {}
         self._claims: dict[str, Any] = {}  # cluster device id -> placement group
+        # Claims are made one at a time (two deploys must not both reserve the same device), and a
+        # claim whose first copy is still loading is not idle: devices -> loads in progress.
+        self._claim_lock = threading.Lock()
+        self._loading: collections.Counter[str] = collections.Counter()
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=256)
         self._replacer = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="aivmm-replace")
         self._stop = threading.Event()
@@ -333,9 +337,12 @@ class Registry:
             return
         if entry.closed:  # unloaded meanwhile: give the fresh copies back
             self._unload_copies(entry.name, copies)
+            self._registered([c.device for c in copies])
+            self._release_unused_claims()
             return
         with self._lock:
             entry.copies.extend(copies)
+            self._registered([c.device for c in copies])
             entry.failure = ""
             record = {
                 "lost": lost,
@@ -415,6 +422,7 @@ class Registry:
             entry.copies = self._load(entry, ranked, classes, replicas)
             with self._lock:
                 self._models[name] = entry
+                self._registered([c.device for c in entry.copies])
             self._event("deployed", model=name, devices=[c.device for c in entry.copies])
             return entry.to_json()
         finally:
@@ -457,6 +465,10 @@ class Registry:
 
     def _claim(self, node: Node, device: Device) -> None:
         """Hold ``device`` in Ray's scheduler (once, while aivmm has models on it)."""
+        with self._claim_lock:
+            self._claim_locked(node, device)
+
+    def _claim_locked(self, node: Node, device: Device) -> None:
         with self._lock:
             if device.id in self._claims:
                 return
@@ -492,8 +504,8 @@ class Registry:
             log.debug("removing a claim: %s", exc)
 
     def _release_unused_claims(self) -> None:
-        used = set(self._copies_per_device())
-        with self._lock:
+        with self._claim_lock, self._lock:
+            used = set(self._copies_per_device()) | {d for d, n in self._loading.items() if n > 0}
             idle = [d for d in self._claims if d not in used]
             pgs = [self._claims.pop(d) for d in idle]
         for pg in pgs:
@@ -518,14 +530,27 @@ class Registry:
         with self._lock:
             nodes = dict(self._nodes)
             by_id = {d.id: d for n in nodes.values() for d in n.devices}
-        calls = []
-        args = entry.args
+        targets = []
         for dev, cands in groups.items():
             label, local = split(dev)
             node = nodes.get(label)
             if node is None:
                 raise PlanningError(f"node {label} left the cluster while {entry.name!r} was being placed")
-            self._claim(node, by_id[dev])
+            targets.append((dev, cands, label, local, node))
+        # Counted as loading before they are claimed, so no concurrent release takes a fresh claim
+        # away; until the caller has registered the copies (_registered).
+        with self._lock:
+            self._loading.update(dev for dev, *_ in targets)
+        try:
+            for dev, _, _, _, node in targets:
+                self._claim(node, by_id[dev])
+        except Exception:
+            self._registered([dev for dev, *_ in targets])
+            self._release_unused_claims()  # the claims this call made, which no copy uses
+            raise
+        calls = []
+        args = entry.args
+        for dev, cands, label, local, node in targets:
             ref = node.agent.deploy.remote(
                 entry.name,
                 entry.path,
@@ -551,11 +576,19 @@ class Registry:
                 failure = failure or unwrap(exc)
         if failure is not None:
             self._unload_copies(entry.name, loaded)
+            self._registered([c.device for c, _ in calls])
             self._release_unused_claims()
             if isinstance(failure, AivmmError):
                 raise failure
             raise PlanningError(f"model {entry.name!r} could not be loaded on the cluster: {failure!r}")
         return loaded
+
+    def _registered(self, devices: Sequence[str]) -> None:
+        """Loads on ``devices`` are now copies in a model's entry (or given up): their claims count by copies."""
+        with self._lock:
+            self._loading.subtract(devices)
+            for dev in [d for d, n in self._loading.items() if n <= 0]:
+                del self._loading[dev]
 
     def _unload_copies(self, name: str, copies: Sequence[Copy], drain: bool = True) -> None:
         with self._lock:
