@@ -11,9 +11,6 @@ import pytest
 import realzoo
 from aivmm.models import ModelSpec, load
 
-# The '?' dims of the PP-OCR classifier are each their own unknown only once the inputs work of
-# issue 15 item 2 lands; until then load() refuses the model, which this marks (not skips).
-_PENDING_ANONYMOUS_DIMS = {"ppocr-cls"}
 # CI analyses the fast entries (its time budget); AIVMM_REALZOO_ALL=1 takes every entry, as
 # benchmarks/realzoo_report.py does (it fails on a ratio outside 5% too).
 NAMES = [e.name for e in realzoo.entries(fast=None if os.environ.get("AIVMM_REALZOO_ALL") == "1" else True)]
@@ -30,17 +27,8 @@ def _spec(specs: dict[str, ModelSpec], name: str) -> ModelSpec:
     return specs[name]
 
 
-def _maybe_pending(name: str) -> None:
-    if name in _PENDING_ANONYMOUS_DIMS:
-        try:
-            load(realzoo.path(name), shapes=realzoo.shapes(name))
-        except Exception as exc:  # the refusal this waits on, named in the reason
-            pytest.xfail(f"'?' dims shared as one symbol: {exc}")
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_weights_and_macs_within_5_percent_of_the_hand_count(specs: dict[str, ModelSpec], name: str) -> None:
-    _maybe_pending(name)
     spec, hand = _spec(specs, name), realzoo.hand(name)
     assert spec.parameters == pytest.approx(hand.parameters, rel=0.05), hand.how
     assert spec.macs == pytest.approx(hand.macs, rel=0.05), hand.how
@@ -50,7 +38,6 @@ def test_weights_and_macs_within_5_percent_of_the_hand_count(specs: dict[str, Mo
 
 @pytest.mark.parametrize("name", NAMES)
 def test_categories_have_evidence(specs: dict[str, ModelSpec], name: str) -> None:
-    _maybe_pending(name)
     entry, spec = realzoo.get(name), _spec(specs, name)
     found = [c.category.value for c in spec.categories]
     assert found[0] == entry.categories[0], spec.categories

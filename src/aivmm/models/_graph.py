@@ -131,6 +131,25 @@ class GraphIndex:
         return inputs, not inputs
 
 
+def tensor_array(t: Any) -> Any:
+    """A TensorProto's values as a numpy array, read-only, without the conversion copy
+    ``numpy_helper.to_array`` makes of raw data; None for external or unreadable data."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    if t.data_location == 1:
+        return None
+    try:
+        if t.raw_data and t.data_type in _PLAIN:
+            return np.frombuffer(t.raw_data, dtype=helper.tensor_dtype_to_np_dtype(t.data_type)).reshape(tuple(t.dims))
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError):
+        return None
+
+
+_PLAIN = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13})  # numeric types stored as plain little-endian
+
+
 def subgraphs(node: Any) -> Iterator[Any]:
     """The subgraphs held by a node's attributes (If branches, Loop and Scan bodies)."""
     for attr in node.attribute:

@@ -6,7 +6,7 @@ import collections
 from typing import Any
 
 from aivmm.models._categorize import Facts
-from aivmm.models._graph import GraphIndex, subgraphs, walk_nodes
+from aivmm.models._graph import GraphIndex, subgraphs, tensor_array, walk_nodes
 
 CONV_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "NhwcConv", "FusedConv"})
 MATMUL_OPS = frozenset({"MatMul", "Einsum", "FusedMatMul", "QLinearMatMul", "MatMulInteger", "Gemm"})
@@ -26,7 +26,8 @@ _INTEGER = frozenset({2, 3, 4, 5, 6, 7, 12, 13})
 _FLOAT = frozenset({1, 10, 11, 16})
 _WEIGHT_USERS = MATMUL_OPS | CONV_OPS | LAYER_NORMS | {"Gather", "BatchNormalization", "LSTM", "GRU", "RNN"}
 _ANY = frozenset({"Unsqueeze", "Reshape", "Cast", "Expand", "Add", "Sub", "Slice", "Squeeze", "Identity"})
-_MAX_MASK_ELEMENTS = 1 << 22  # read at most a 2048 x 2048 mask
+_MAX_MASK_ELEMENTS = 1 << 22
+_MAX_BASIS_ELEMENTS = 1 << 20  # read at most a 2048 x 2048 mask
 
 
 def collect(model: Any, histogram: dict[str, int]) -> Facts:
@@ -251,17 +252,29 @@ def _is_integer_input(index: GraphIndex, name: str) -> bool:
 def _dft_bases(index: GraphIndex, f: Facts) -> None:
     """A MatMul with a constant cos/sin matrix: a (truncated) Fourier transform written as a product."""
     import numpy as np
-    from onnx import numpy_helper
 
     for node in index.nodes:
         if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
             continue
         t = index.constant_tensor(node.input[1])
-        if t is None or len(t.dims) != 2 or t.data_location == 1 or min(t.dims) < 2 or max(t.dims) < 8:
+        # samples x kept modes (at most N/2 + 1 of a real transform), a few MB at most: square
+        # and large matrices are layers, and reading each would cost a pass over the weights
+        if t is None or len(t.dims) != 2 or min(t.dims) < 2 or max(t.dims) < 8:
             continue
-        a = numpy_helper.to_array(t).astype(np.float64)
+        if min(t.dims) > max(t.dims) // 2 + 1 or t.dims[0] * t.dims[1] > _MAX_BASIS_ELEMENTS:
+            continue
+        a = tensor_array(t)
+        # A basis has a constant first row (cos 0 = 1 for every mode) or first column (its
+        # inverse): one look rules out ordinary weights before any arithmetic.
+        if a is None or a.dtype.kind != "f" or not (_constant(a[0]) or _constant(a[:, 0])):
+            continue
+        a = a.astype(np.float64)
         if _is_dft_basis(a) or _is_dft_basis(a.T):
             f.spectral_ops["DFT-basis MatMul"] = f.spectral_ops.get("DFT-basis MatMul", 0) + 1
+
+
+def _constant(v: Any) -> bool:
+    return bool(abs(v - v[0]).max() <= 1e-6 * max(abs(float(v[0])), 1e-12)) if v.size else False
 
 
 def _is_dft_basis(a: Any) -> bool:

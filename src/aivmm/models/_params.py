@@ -14,8 +14,9 @@ GPT-2's LM head is ``wte`` transposed, saved as a second initializer (the 124M m
 as 163M). Tensors of one type and size are compared by content (and 2-D ones also transposed);
 a copy is not counted again. A tensor whose elements are all equal (zero biases, unit
 LayerNorm scales of a freshly initialised model) is never taken for a copy of another: equal
-constants are not a tie. This reads the data of same-sized tensors only, and never external
-data (a tie across external files is counted twice, as before).
+constants are not a tie. Only tensors of equal type and size are compared, and only where at most
+four share that size (more are a stack of layers), by a row-and-column signature first; external
+data is never read (a tie across external files counts twice).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
-from aivmm.models._graph import GraphIndex, subgraphs
+from aivmm.models._graph import GraphIndex, subgraphs, tensor_array
 from aivmm.models._onnx_types import itemsize
 
 _INT64 = 7
@@ -103,26 +104,33 @@ def _add(out: ParameterCount, t: Any) -> None:
 
 
 _TIE_MIN = 64  # elements: smaller tensors are not worth reading to find ties
+# Ties join a few tensors (an embedding and its LM head; T5's shared, encoder and decoder
+# embeddings); a dozen same-sized tensors are a stack of layers, not copies, and reading them all
+# would cost a pass over most of the weights.
+_TIE_GROUP_MAX = 4
 
 
 def _drop_copies(out: ParameterCount) -> None:
-    from onnx import numpy_helper
+    """Remove copies: tensors whose content equals (or, 2-D, is the transpose of) an earlier one.
 
+    A cheap signature first (the digests of the first row and the first column, an unordered pair,
+    so a matrix and its transpose share it; the first 4096 elements otherwise), then an exact
+    comparison only where signatures meet: a model of distinct weights costs a row and a column
+    read per tensor, not a pass over every byte.
+    """
     for group in out._seen.values():
-        if len(group) < 2:
+        if not 2 <= len(group) <= _TIE_GROUP_MAX:
             continue
-        digests: set[bytes] = set()
+        kept: dict[Any, list[Any]] = defaultdict(list)
         for t in group:
-            try:
-                a = numpy_helper.to_array(t)
-            except (ValueError, TypeError):
+            a = tensor_array(t)
+            if a is None:
                 continue
-            if a.size == 0 or (a.reshape(-1)[0] == a).all():
-                continue
-            own = {hashlib.sha256(a.tobytes()).digest()}
-            if a.ndim == 2:
-                own.add(hashlib.sha256(a.T.copy().tobytes()).digest())
-            if own & digests:
+            flat = a.reshape(-1)
+            if flat.size == 0 or ((flat[: min(flat.size, 64)] == flat[0]).all() and (flat == flat[0]).all()):
+                continue  # equal constants are not a tie
+            sig = _signature(a)
+            if any(_same(a, b) for b in kept[sig]):
                 size, _ = _tensor_bytes(t)
                 out.parameters -= a.size
                 out.parameter_bytes -= size
@@ -130,8 +138,25 @@ def _drop_copies(out: ParameterCount) -> None:
                 out.shared_tensors += 1
                 out.shared_parameters += a.size
                 continue
-            digests |= own
+            kept[sig].append(a)
     out._seen.clear()
+
+
+def _signature(a: Any) -> Any:
+    def digest(x: Any) -> bytes:
+        return hashlib.blake2b(x.tobytes(), digest_size=16).digest()
+
+    if a.ndim == 2:
+        return frozenset((digest(a[0]), digest(a[:, 0].copy())))
+    return digest(a.reshape(-1)[:4096])
+
+
+def _same(a: Any, b: Any) -> bool:
+    import numpy as np
+
+    if a.shape == b.shape and np.array_equal(a, b):
+        return True
+    return a.ndim == 2 and a.shape == b.shape[::-1] and np.array_equal(a, b.T)
 
 
 def _add_constant_node(out: ParameterCount, node: Any) -> None:
