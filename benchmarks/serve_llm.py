@@ -4,7 +4,9 @@
    ``stream=true`` (a lean SSE reader on http.client, and the official openai client) over the
    same figure from ``DeployedLLM.stream`` in this process. Goal: <= 1.5x.
 2. ``--concurrency`` (16) streams at once: aggregate generated tokens/s through the server over
-   the same number of concurrent in-process streams (threads). Goal: >= 0.8x.
+   the same number of concurrent in-process streams (threads). Goal: >= 0.8x. Also CPU seconds
+   per token (server process + this client against the in-process run): on a machine shared
+   with other work wall-clock ratios swing with the load, CPU time much less.
 
 The server's copy and the in-process copy are deployed from the same export directory. Rounds
 alternate in-process / server so machine noise hits both alike; the ratios are the medians of
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -41,6 +44,21 @@ def _tpot(stamps: list[float], tokens: int | None = None) -> float:
     """Mean time per output token after the first (the usual TPOT; robust to bursty delivery).
     ``tokens``: how many the stamps stand for when some tokens sent no event of their own."""
     return (stamps[-1] - stamps[0]) / ((tokens or len(stamps)) - 1)
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's children so far: the server subprocess."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    me = str(os.getpid())
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me:  # ppid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _completion_tokens(body: bytes) -> int:
@@ -248,10 +266,13 @@ def main() -> int:
                     loc.append(_tpot(local_stream(llm, args.tokens)))
                     srv.append(_tpot(*sse_stream(host, port, body)))
                     oai.append(openai_stream(client, body))
+                c0 = time.process_time()
                 loc_tps, n_loc = aggregate(lambda: local_stream(llm, args.tokens), args.concurrency)
-                t0 = time.perf_counter()
+                loc_cpu = (time.process_time() - c0) / n_loc
+                c0, s0, t0 = time.process_time(), _children_cpu(), time.perf_counter()
                 n_srv = raw_streams(host, port, body, args.concurrency)
                 srv_tps = n_srv / (time.perf_counter() - t0)
+                srv_cpu = (time.process_time() - c0 + _children_cpu() - s0) / n_srv
                 row = {
                     "round": r,
                     "local_tpot_ms": statistics.median(loc) * 1e3,
@@ -260,7 +281,11 @@ def main() -> int:
                     "local_tokens_per_s": loc_tps,
                     "server_tokens_per_s": srv_tps,
                     "tokens": [n_loc, n_srv],
+                    "local_cpu_ms_per_token": loc_cpu * 1e3,
+                    "server_cpu_ms_per_token": srv_cpu * 1e3,
+                    "load_average": os.getloadavg()[0],
                 }
+                row["cpu_ratio"] = srv_cpu / loc_cpu
                 row["tpot_ratio"] = row["server_tpot_ms"] / row["local_tpot_ms"]
                 row["openai_tpot_ratio"] = row["openai_client_tpot_ms"] / row["local_tpot_ms"]
                 row["throughput_ratio"] = srv_tps / loc_tps
@@ -276,6 +301,8 @@ def main() -> int:
         "median_throughput_ratio": statistics.median(r["throughput_ratio"] for r in rows),
         "median_local_tpot_ms": statistics.median(r["local_tpot_ms"] for r in rows),
         "median_server_tpot_ms": statistics.median(r["server_tpot_ms"] for r in rows),
+        "median_cpu_ratio": statistics.median(r["cpu_ratio"] for r in rows),
+        "median_load_average": statistics.median(r["load_average"] for r in rows),
         "median_local_tokens_per_s": statistics.median(r["local_tokens_per_s"] for r in rows),
         "median_server_tokens_per_s": statistics.median(r["server_tokens_per_s"] for r in rows),
         "rounds": rows,
@@ -284,7 +311,8 @@ def main() -> int:
     print(
         f"one stream, per-token latency server/in-process: {summary['median_tpot_ratio']:.3f} (goal <= 1.5); "
         f"{args.concurrency} streams, tokens/s server/in-process: {summary['median_throughput_ratio']:.3f} "
-        "(goal >= 0.8)"
+        f"(goal >= 0.8); CPU per token server+client/in-process: {summary['median_cpu_ratio']:.3f}; "
+        f"load average {summary['median_load_average']:.1f} on {os.cpu_count()} cores"
     )
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(summary, indent=1))

@@ -16,8 +16,8 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from aivmm.errors import InputError, ModelNotReadyError, OverloadedError
 
@@ -136,8 +136,8 @@ def finish_name(reason: Any) -> str | None:
 
 
 # -- the service -----------------------------------------------------------------------------
-class LLMObserver:
-    """Metric hooks for generations (the exporter implements them; the default does nothing)."""
+class LLMObserver(Protocol):
+    """Metric hooks for generations (the Prometheus exporter implements them)."""
 
     def generation(
         self,
@@ -148,6 +148,11 @@ class LLMObserver:
         completion_tokens: int,
         finish: str,
     ) -> None: ...
+
+
+class _NoMetrics:
+    def generation(self, *args: Any) -> None:
+        return None
 
 
 @dataclasses.dataclass
@@ -174,7 +179,7 @@ class TextGen:
         self, plane: Any, observer: LLMObserver | None = None, clock: Callable[[], float] = time.perf_counter
     ) -> None:
         self.plane = plane
-        self.observer = observer or LLMObserver()
+        self.observer: LLMObserver = observer or _NoMetrics()
         self._clock = clock
         self._figures: dict[str, _Figures] = {}
 
@@ -215,7 +220,7 @@ class TextGen:
         if entry.inflight == 0:
             entry.idle.set()
 
-    async def stream(self, entry: Any, req: GenRequest) -> AsyncIterator[Any]:
+    async def stream(self, entry: Any, req: GenRequest) -> AsyncGenerator[Any, None]:
         """The model's TokenEvents. Closing this generator (or cancelling its consumer) cancels
         the generation and frees its KV blocks at once."""
         self._enter(entry)
