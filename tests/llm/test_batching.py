@@ -147,3 +147,26 @@ def test_prefix_reuse(vmm: aivmm.VMM, tiny_llama_dir: pathlib.Path) -> None:
         llm.close()
         off.close()
     assert not [e for e in vmm.engine.ledger.entries() if e.key.startswith(("llm:prefix/", "llm:noprefix/"))]
+
+
+def test_a_failed_step_fails_its_requests_and_the_model_keeps_serving(llama: Any) -> None:
+    from aivmm.errors import ExecutionError
+
+    runner = llama._scheduler.runner
+    real = runner.run
+    calls = {"n": 0}
+
+    def flaky(*args: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second decode step of the request below
+            raise ExecutionError("injected failure")
+        real(*args)
+
+    runner.run = flaky
+    try:
+        with pytest.raises(ExecutionError, match="injected"):
+            llama.generate("Hello", max_new_tokens=10, ignore_eos=True)
+    finally:
+        del runner.run
+    assert llama.stats().kv_tokens_used == 0 and llama.stats().running == 0
+    assert llama.generate("Hello", max_new_tokens=4, ignore_eos=True).completion_tokens == 4
