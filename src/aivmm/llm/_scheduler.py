@@ -38,6 +38,7 @@ class Request:
         "decoder",
         "done",
         "emitted",
+        "fast",
         "lps",
         "max_new",
         "max_stop",
@@ -78,6 +79,7 @@ class Request:
         self.on_done = on_done  # called once with the Generation or the exception
         self.decoder = decoder  # a tokenizers DecodeStream when text is needed per token, else None
         self.need_text = decoder is not None
+        self.fast = sampler.plain and decoder is None and on_event is None
         self.tokens: list[int] = []
         self.lps: list[float] | None = [] if sampler.logprobs is not None else None
         self.top_lps: list[tuple[tuple[int, float], ...]] | None = [] if sampler.logprobs else None
@@ -123,6 +125,7 @@ class Scheduler:
         self._ones = np.ones(context + 1, dtype=np.int64)
         self._arange = np.arange(context + 1, dtype=np.int64)
         self.rows: list[Request] = []
+        self._all_fast = True
         self.waiting: collections.deque[Request] = collections.deque()
         self._incoming: list[Request] = []
         self._cv = threading.Condition()
@@ -196,6 +199,7 @@ class Scheduler:
                     self._fail(r, err)
                 self.rows = []
                 self.batch.keep([])
+                self._membership_changed()
         closed = ModelClosedError(f"model {self.name!r} was closed")
         with self._cv:
             left = [*self.rows, *self.waiting, *self._incoming]
@@ -271,6 +275,7 @@ class Scheduler:
         if not self._accept(req, tok, lp, tops):
             self.batch.add(present, p, tok)
             self.rows.append(req)
+            self._membership_changed()
 
     def _decode(self) -> None:
         batch = self.batch
@@ -281,22 +286,43 @@ class Scheduler:
         batch.advance()
         logits = self._logits[: b * self.vocab].reshape(b, self.vocab)
         rows = self.rows
-        greedy = logits.argmax(axis=1) if any(r.sampler.plain for r in rows) else None
-        done: list[int] | None = None
-        next_ids = batch.ids
-        for i, r in enumerate(rows):
-            if r.sampler.plain:
-                tok, lp, tops = int(greedy[i]), None, None  # type: ignore[index]
-            else:
-                tok, lp, tops = r.sampler.pick(logits[i])
-            if self._accept(r, tok, lp, tops):
-                if done is None:
-                    done = []
-                done.append(i)
-            else:
-                next_ids[i] = tok
+        done: list[int] = []
+        if self._all_fast:
+            # every row is greedy, untexted, unstreamed (generate() without stops): one argmax, one
+            # vector store of the next inputs, and a minimal per-row check
+            toks = logits.argmax(axis=1)
+            batch.ids[:b] = toks
+            self.tokens_total += b
+            for i, (r, tok) in enumerate(zip(rows, toks.tolist(), strict=True)):
+                tokens = r.tokens
+                tokens.append(tok)
+                if tok in r.stop_ids or len(tokens) >= r.max_new or r.cancelled:
+                    done.append(i)
+                    reason = (
+                        FinishReason.CANCELLED
+                        if r.cancelled
+                        else FinishReason.STOP
+                        if tok in r.stop_ids
+                        else FinishReason.LENGTH
+                    )
+                    self._finish(r, reason)
+        else:
+            greedy = logits.argmax(axis=1) if any(r.sampler.plain for r in rows) else None
+            next_ids = batch.ids
+            for i, r in enumerate(rows):
+                if r.sampler.plain:
+                    tok, lp, tops = int(greedy[i]), None, None  # type: ignore[index]
+                else:
+                    tok, lp, tops = r.sampler.pick(logits[i])
+                if self._accept(r, tok, lp, tops):
+                    done.append(i)
+                else:
+                    next_ids[i] = tok
         if done:
             self._drop(done)
+
+    def _membership_changed(self) -> None:
+        self._all_fast = all(r.fast for r in self.rows)
 
     def _drop(self, gone: list[int]) -> None:
         drop = set(gone)
@@ -307,6 +333,7 @@ class Scheduler:
                 self._finish(r, FinishReason.CANCELLED)
         self.batch.keep(keep)
         self.rows = [self.rows[i] for i in keep]
+        self._membership_changed()
 
     def _accept(self, r: Request, tok: int, lp: float | None, tops: Any) -> bool:
         """Record one generated token; True when the request is finished."""
