@@ -42,6 +42,8 @@ def repo(
     root = tmp_path_factory.mktemp("llm-repo")
     _copy_export(tiny_llama_dir, root / "llama")  # the export as it is: DIR/<model>/model.onnx
     _copy_export(tiny_gpt2_dir, root / "gpt2" / "1")  # versioned: DIR/<model>/<version>/model.onnx
+    # aivmm's own config next to the versions; batching keys are the generator's
+    (root / "gpt2" / "config.json").write_text(json.dumps({"batching": {"max_batch_size": 4, "max_waiting": 64}}))
     _serve_models.scale(root / "double.onnx", 2.0)  # not an LLM
     return root
 
@@ -138,6 +140,7 @@ def test_llms_are_ready_and_listed(server: RunningServer, client: Any) -> None:
     assert states == {"llama": "READY", "gpt2": "READY", "double": "READY"}, index
     assert sorted(m.id for m in client.models.list()) == ["gpt2", "llama"]  # only generators
     assert client.models.retrieve("llama").id == "llama"
+    assert llm_status(server, "gpt2")["max_batch"] == 4  # from gpt2/config.json
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("ghost")
 

@@ -172,7 +172,8 @@ class DataPlane:
                     from aivmm.serve._model_config import merge_mapping
 
                     source = dataclasses.replace(
-                        source, config=merge_mapping(source.config, dict(overrides), source="load parameters")
+                        source, config=merge_mapping(source.config, dict(overrides), source="load parameters",
+                                                     llm=source.llm)
                     )
                 fresh = {}
                 try:
@@ -216,7 +217,8 @@ class DataPlane:
             backend=cfg.backend,
             strict=cfg.strict or device is not None,
             name=vmm_name,
-            batching=batching_config(cfg.batching),
+            # An LLM export directory takes the generator's own batching keys (max_waiting, KV size).
+            batching=dict(cfg.batching) if path.is_dir() and cfg.batching else batching_config(cfg.batching),
             replicas=cfg.instances,
             measure=self.measure,
         )

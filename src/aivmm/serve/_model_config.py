@@ -86,16 +86,17 @@ class ModelConfig:
         }
 
 
-def read(model_dir: pathlib.Path, name: str, *, aivmm_json: bool = True) -> ModelConfig:
+def read(model_dir: pathlib.Path, name: str, *, aivmm_json: bool = True, llm: bool = False) -> ModelConfig:
     """The config of a Triton-style model directory (defaults when it has none). ``aivmm_json``
-    False: the directory's config.json belongs to someone else (a transformers export)."""
+    False: the directory's config.json belongs to someone else (a transformers export). ``llm``:
+    the versions are LLM exports, whose ``batching`` keys are the generator's (checked at deploy)."""
     cfg = ModelConfig(name=name)
     pbtxt = model_dir / "config.pbtxt"
     if pbtxt.is_file():
         cfg = from_pbtxt(pbtxt.read_text(errors="replace"), name, source=str(pbtxt))
     js = model_dir / "config.json"
     if aivmm_json and js.is_file():
-        cfg = merge_json(cfg, js.read_text(errors="replace"), source=str(js))
+        cfg = merge_json(cfg, js.read_text(errors="replace"), source=str(js), llm=llm)
     return cfg
 
 
@@ -163,15 +164,15 @@ def from_pbtxt(text: str, name: str, *, source: str = "config.pbtxt") -> ModelCo
     )
 
 
-def merge_json(base: ModelConfig, text: str, *, source: str = "config.json") -> ModelConfig:
+def merge_json(base: ModelConfig, text: str, *, source: str = "config.json", llm: bool = False) -> ModelConfig:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{source}: not valid JSON: {exc}") from None
-    return merge_mapping(base, data, source=source)
+    return merge_mapping(base, data, source=source, llm=llm)
 
 
-def merge_mapping(base: ModelConfig, data: Any, *, source: str) -> ModelConfig:
+def merge_mapping(base: ModelConfig, data: Any, *, source: str, llm: bool = False) -> ModelConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
     unknown = sorted(set(data) - _JSON_KEYS)
@@ -192,7 +193,7 @@ def merge_mapping(base: ModelConfig, data: Any, *, source: str) -> ModelConfig:
         b = data["batching"]
         if b is not None and not isinstance(b, dict):
             raise ConfigError(f"{source}: 'batching' must be an object or null")
-        if b is not None:
+        if b is not None and not llm:
             from aivmm.serve._dataplane import batching_config
 
             try:

@@ -49,6 +49,11 @@ class ModelSource:
             f"model {self.name!r} has no version {version}; versions: {[v for v, _ in self.versions]}"
         )
 
+    @property
+    def llm(self) -> bool:
+        """Its versions are LLM export directories (deployed as DeployedLLM)."""
+        return any(path.is_dir() for _, path in self.versions)
+
     def selected(self) -> list[int]:
         """The versions the config's version policy serves."""
         return self.config.versions.select([v for v, _ in self.versions])
@@ -101,7 +106,8 @@ class Repository:
             if is_export(model_dir):
                 config = _model_config.read(model_dir, name, aivmm_json=False)
                 return ModelSource(name, ((1, self._inside(model_dir, name)),), config)
-            config = _model_config.read(model_dir, name)
+            llm = any(is_export(e) for e in model_dir.iterdir() if e.is_dir() and e.name.isdigit())
+            config = _model_config.read(model_dir, name, llm=llm)
             versions = []
             for entry in model_dir.iterdir():
                 if entry.is_dir() and entry.name.isdigit() and int(entry.name) > 0:
