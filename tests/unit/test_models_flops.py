@@ -220,6 +220,83 @@ def test_loop_multiplies_the_body_by_a_constant_trip_count(tmp_path: pathlib.Pat
     assert spec.has_category(__import__("aivmm.models", fromlist=["Category"]).Category.RNN)
 
 
+def _rank_if(x: str, then_op: str, else_op: str) -> list:
+    """``if x.dim() == 2: then_op(x, x) else: else_op(x)``, the form torch exports shape checks in."""
+    then_inputs = [x, x] if then_op in ("MatMul", "Add") else [x]
+    else_inputs = [x, x] if else_op in ("MatMul", "Add") else [x]
+    then = helper.make_graph([helper.make_node(then_op, then_inputs, ["t"])], "then", [], [_vi("t", ["n", 4])])
+    other = helper.make_graph([helper.make_node(else_op, else_inputs, ["e"])], "else", [], [_vi("e", ["n", 4])])
+    two = numpy_helper.from_array(np.array(2, np.int64), "two")
+    return [
+        helper.make_node("Shape", [x], ["shape"]),
+        helper.make_node("Size", ["shape"], ["rank"]),
+        helper.make_node("Constant", [], ["two"], value=two),
+        helper.make_node("Equal", ["rank", "two"], ["cond"]),
+        helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other),
+    ]
+
+
+def test_if_decided_by_input_shapes_counts_the_taken_branch(tmp_path: pathlib.Path) -> None:
+    # rank 2 is known from the bound shape: the cheap Relu branch is never taken, the MatMul is.
+    path = _save(tmp_path, _rank_if("x", "MatMul", "Relu"), [_vi("x", ["n", 4])], [_vi("y", ["n", 4])])
+    spec = load(path, shapes={"x": (4, 4)})
+    assert spec.macs == 64
+    assert any("taken one counted" in w for w in spec.warnings)
+    swapped = load(_save(tmp_path, _rank_if("x", "Add", "MatMul"), [_vi("x", ["n", 4])], [_vi("y", ["n", 4])],
+                         name="swapped"), shapes={"x": (4, 4)})
+    assert swapped.macs == 0 and swapped.flops == 16 + 1  # the taken Add (and the Equal), not the MatMul
+
+
+def test_if_on_an_input_value_is_an_upper_bound_and_says_so(tmp_path: pathlib.Path) -> None:
+    cheap = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [], [_vi("t", [4, 4])])
+    costly = helper.make_graph([helper.make_node("MatMul", ["x", "x"], ["e"])], "else", [], [_vi("e", [4, 4])])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=cheap, else_branch=costly)
+    spec = _one(tmp_path, node, [_vi("c", [], TensorProto.BOOL), _vi("x", [4, 4])], [_vi("y", [4, 4])])
+    assert any("upper bound" in w for w in spec.warnings)
+
+
+def test_loop_trip_count_read_from_an_input_shape(tmp_path: pathlib.Path) -> None:
+    # for t in range(x.shape[0]): h = tanh(h @ w) -- torch.jit.script's export of a time loop
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "w"], ["h2"]), helper.make_node("Tanh", ["h2"], ["h3"]),
+         helper.make_node("Identity", ["cond"], ["cond_out"])],
+        "body",
+        [_vi("i", [], TensorProto.INT64), _vi("cond", [], TensorProto.BOOL), _vi("h", [1, 8])],
+        [_vi("cond_out", [], TensorProto.BOOL), _vi("h3", [1, 8])],
+    )
+    zero = numpy_helper.from_array(np.array(0, np.int64), "zero")
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Gather", ["xs", "zero"], ["steps"]),
+        helper.make_node("Loop", ["steps", "", "h0"], ["h_final"], body=body),
+    ]
+    path = _save(tmp_path, nodes, [_vi("x", ["time", 8]), _vi("h0", [1, 8])], [_vi("h_final", [1, 8])],
+                 [zero, _w("w", (8, 8))])
+    spec = load(path, shapes={"x": (7, 8)})
+    assert spec.macs == 7 * 64
+    assert not any(w.startswith("Loop:") for w in spec.warnings)
+
+
+def test_tied_weight_stored_transposed_counts_once_equal_constants_do_not(tmp_path: pathlib.Path) -> None:
+    rng = np.random.default_rng(0)
+    wte = rng.standard_normal((100, 16)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["wte", "ids"], ["h"]),
+        helper.make_node("Add", ["h", "zeros_a"], ["h1"]),
+        helper.make_node("Add", ["h1", "zeros_b"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "head"], ["logits"]),
+    ]
+    inits = [
+        numpy_helper.from_array(wte, "wte"),
+        numpy_helper.from_array(np.ascontiguousarray(wte.T), "head"),  # the LM head, tied: wte transposed
+        numpy_helper.from_array(np.zeros(16, np.float32), "zeros_a"),
+        numpy_helper.from_array(np.zeros(16, np.float32), "zeros_b"),
+    ]
+    path = _save(tmp_path, nodes, [_vi("ids", [1, 4], TensorProto.INT64)], [_vi("logits", [1, 4, 100])], inits)
+    spec = load(path)
+    assert spec.parameters == 100 * 16 + 16 + 16  # the head once; two zero biases are two tensors
+
+
 def test_unknown_custom_op_is_reported_not_guessed(tmp_path: pathlib.Path) -> None:
     nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
              helper.make_node("FancyOp", ["a"], ["y"], domain="com.example")]
