@@ -16,6 +16,7 @@ registry and the lifecycle (close / context manager).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -118,6 +119,9 @@ class DeployedModel:
         from aivmm.backends.tensors import validate_feeds
 
         self._validate = validate_feeds
+        self._replan_args: dict[str, Any] = {}  # set by VMM.deploy: how to plan this model again
+        self._replan_first = False  # deploy(replan_on_first_request=True): re-plan on the first real inputs
+        self._replanning: concurrent.futures.Future[Plan] | None = None  # the background re-plan, if any
 
     def __repr__(self) -> str:
         chosen = self.plan.chosen.config.label() if self.plan.chosen else "?"
@@ -149,6 +153,8 @@ class DeployedModel:
     ) -> dict[str, Any]:
         """Run the model. ``inputs``: a dict of name → array, or one array for a one-input model."""
         feeds = self._feeds(inputs)
+        if self._replan_first:
+            self._first_request(feeds)
         return self._handle.infer(
             feeds, priority=priority, deadline_ms=deadline_ms, reject_late=reject_late, output=output
         )
@@ -163,9 +169,48 @@ class DeployedModel:
         reject_late: bool = False,
     ) -> dict[str, Any]:
         feeds = self._feeds(inputs)
+        if self._replan_first:
+            self._first_request(feeds)
         return await self._handle.infer_async(
             feeds, priority=priority, deadline_ms=deadline_ms, reject_late=reject_late, output=output
         )
+
+    def replan(self, sample_inputs: Any, *, wait: bool = True) -> concurrent.futures.Future[Plan]:
+        """Plan again, measuring on ``sample_inputs`` (real requests: a server passes its first ones,
+        whose shapes generated inputs can only guess), and move to the new choice without dropping
+        requests, as a fast-start upgrade does. Returns a Future of the new plan, done once the
+        switch is; ``wait=False`` plans in the background (one planning thread per process)."""
+        import numpy as np
+
+        from aivmm.backends.tensors import to_numpy
+        from aivmm.planner import plan as make_plan
+        from aivmm.planner._planner import _upgrade_executor
+
+        feeds = {k: np.array(to_numpy(v)) for k, v in self._feeds(sample_inputs).items()}
+        args = {**self._replan_args, "measure": True}  # measuring on real shapes is the point
+        replicas, batching = args.pop("replicas", 1), args.pop("batching", None)
+        isolation = args.pop("isolation", False)
+
+        def work() -> Plan:
+            return make_plan(self.spec, self._vmm.devices, sample_inputs=feeds, **args)
+
+        if not wait:
+            future = _upgrade_executor().submit(work)
+            future.add_done_callback(lambda f: self._vmm._upgrade(self, f, replicas, batching, isolation))
+            self._replanning = future
+            return future
+        future = concurrent.futures.Future()
+        try:
+            future.set_result(work())
+        except Exception as exc:  # the Future carries it; the current placement keeps serving
+            future.set_exception(exc)
+        self._vmm._upgrade(self, future, replicas, batching, isolation)
+        return future
+
+    def _first_request(self, feeds: Mapping[str, Any]) -> None:
+        self._replan_first = False  # once: later requests go straight to the engine
+        log.info("model %r: re-planning on the shapes of its first request in the background", self.name)
+        self.replan(feeds, wait=False)
 
     def stats(self) -> dict[str, Any]:
         return self._handle.stats()
@@ -251,6 +296,7 @@ class VMM:
         example_inputs: Any = None,
         measure: bool = True,
         fast_start: bool = False,
+        replan_on_first_request: bool = False,
     ) -> DeployedModel:
         """Analyse, plan and load a model; returns a handle whose ``plan`` says where and why.
 
@@ -258,6 +304,8 @@ class VMM:
         the fallback (and logs it) or, with ``strict=True``, a FallbackError is raised.
         ``fast_start=True`` serves at once from a ready candidate chosen by prediction and switches,
         without dropping requests, to the measured choice when its measurement ends.
+        ``replan_on_first_request=True`` (planned on generated inputs) plans again, in the background,
+        on the first request's real inputs and switches the same way (see ``DeployedModel.replan``).
         """
         if self._closed:
             raise ModelClosedError("this VMM was closed")
@@ -294,6 +342,10 @@ class VMM:
             log.warning("model %r: %s", name, note)
         handle = self._add_to_engine(name, plan, replicas, batching, isolation)
         deployed = DeployedModel(self, name, spec, plan, handle)
+        deployed._replan_args = {"constraints": cons, "device": device, "backend": backend, "strict": strict,
+                                 "measure": measure, "replicas": replicas, "batching": batching,
+                                 "isolation": isolation}
+        deployed._replan_first = replan_on_first_request and sample_inputs is None
         with self._lock:
             self._models[name] = deployed
         if plan.upgrade is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ def test_inputs_no_candidate_accepts_give_one_line_per_candidate_and_no_log_spil
         "sr": np.array(16000, np.int64),
     }
     with pytest.raises(InfeasibleError) as info:
-        plan(silero, discover(), sample_inputs=bad, cache=False, top_k=4, budget_s=0.4)
+        plan(silero, discover(), sample_inputs=bad, cache=False, top_k=3, budget_s=0.3)
     text = str(info.value)
     assert "the given sample_inputs (input: float32[1x8]" in text
     lines = [ln for ln in text.splitlines() if ln.startswith("  - ")]
@@ -53,3 +54,27 @@ def test_the_chosen_candidate_was_measured_and_unmeasured_ones_rank_after(silero
     assert int(p.chosen.measurement.runs) > 0
     assert any("sr 16000" in n for n in p.notes)  # the generated inputs are in the plan
     assert not any(r.reason is RejectReason.NOT_MEASURED for c in p.rejected for r in c.rejections)
+
+
+def test_replan_on_real_inputs_switches_without_dropping_the_model(silero):
+    import aivmm
+
+    real = {
+        "input": np.zeros((1, 512), np.float32),
+        "state": np.zeros((2, 1, 128), np.float32),
+        "sr": np.array(16000, np.int64),
+    }
+    with aivmm.VMM() as vmm:
+        m = vmm.deploy(silero, backend="onnxruntime", strict=True, measure=False, replan_on_first_request=True)
+        assert not m.plan.measured
+        before = m.execute(real)  # the first request: planned again, in the background, on its inputs
+        new = m._replanning.result(timeout=120)
+        for _ in range(100):  # the switch follows the plan's completion (a done-callback)
+            if m.plan is new:
+                break
+            time.sleep(0.05)
+        assert new.measured and m.plan is new and new.chosen.measurement is not None
+        assert not any("generated inputs" in n for n in new.notes)  # the request's inputs were measured
+        after = m.execute(real)
+        assert np.allclose(before["output"], after["output"], atol=1e-5)
+        assert m.replan(real).result().measured  # and on demand, waiting for the switch

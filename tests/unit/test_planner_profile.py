@@ -71,12 +71,28 @@ def test_bad_budget(kwargs):
 
 
 def test_race_interleaves_finalists_one_at_a_time(tmp_path):
-    from aivmm.planner.profile import race
+    from aivmm.planner.profile import race_rounds
 
     spec = load(mlp(tmp_path / "m.onnx"))
     ort = registry.get("onnxruntime")
     entries = [(ort, spec, cpu(), Config("onnxruntime", "cpu:0", options={"graph_optimization_level": level}))
                for level in ("all", "basic")]
-    times = race(entries, sample_inputs(spec), Budget(seconds=10.0, warmup_runs=1, min_runs=2, max_runs=6), block=3)
-    assert [len(t) for t in times] == [6, 6]  # the same number of runs each, in turns of 3, bounded
-    assert all(t > 0 for ts in times for t in ts)
+    budget = Budget(seconds=1e-3, warmup_runs=1, min_runs=2, max_runs=8)
+    r = race_rounds(entries, sample_inputs(spec), budget, block=4, max_extensions=0)
+    assert [len(x) for x in r.rounds] == [2, 2]  # min_runs rounds each, bounded by the budget
+    assert [len(c) for c in r.calls] == [6, 6]  # per round: one warm-up call, three timed
+    assert [len(w) for w in r.warmup] == [3, 3]  # the session warm-up and each turn's first call
+    assert all(t > 0 for ts in r.calls for t in ts) and r.extended == 0
+
+
+def test_race_goes_on_while_the_leaders_are_within_the_noise_margin(tmp_path):
+    from aivmm.planner.profile import race_rounds
+
+    spec = load(mlp(tmp_path / "m.onnx"))
+    ort = registry.get("onnxruntime")
+    same = Config("onnxruntime", "cpu:0", options={"graph_optimization_level": "all"})
+    budget = Budget(seconds=1e-3, warmup_runs=1, min_runs=2, max_runs=8)
+    # The same configuration twice: medians within any margin, so the race is lengthened to its cap.
+    r = race_rounds([(ort, spec, cpu(), same)] * 2, sample_inputs(spec), budget, block=4, margin=10.0,
+                    max_extensions=2)
+    assert r.extended == 2 and len(r.rounds[0]) > 2

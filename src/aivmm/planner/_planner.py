@@ -40,7 +40,7 @@ from aivmm.planner._figures import Capability, capability
 from aivmm.planner._plan import Plan
 from aivmm.planner._values import Candidate, RejectReason
 from aivmm.planner.constraints import Constraints, Objective, coerce_constraints
-from aivmm.planner.profile import Budget, profile, race
+from aivmm.planner.profile import NOISE_MARGIN, Budget, profile, race_rounds
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,16 @@ DEFAULT_TOP_K = 8
 # Measured one after another, a candidate timed while another process was busy can look several
 # times slower than it is (seen at 4x on a shared 2-core machine), so the race is not limited to
 # near-equals: the FINALISTS best by screening are all re-timed side by side.
-FINALISTS = 4
+FINALISTS = 5
+RACE_MIN_ROUNDS = 6
+# When every measured candidate failed, this many more (best predicted first) are tried before the
+# plan gives up: enough to reach a runtime the top-k missed, bounded because failures cost loads.
+RETRY_AFTER_FAILURES = 3
+# A candidate screened this many times slower than the best is not raced: a slow finalist takes
+# most of the race's time. Screening noise on a busy 2-core machine reaches ~5x (seen: ORT 1.1 ms
+# then 22 ms in one plan), so the best of each backend is raced up to a wider factor.
+RACE_FACTOR = 5.0
+RACE_FACTOR_BACKEND = 20.0
 DEFAULT_SECONDS_PER_CANDIDATE = 0.5
 # Candidates predicted to take longer than this to load (compilation) are not measured while
 # planning unless budget_s is larger; they stay as predicted alternatives, ranked after measured ones.
@@ -463,7 +472,7 @@ class _Evaluator:
         if not measured:
             # Every measured one failed: the next-best predicted ones get their turn before the
             # plan gives up (an unmeasured candidate never wins while measuring is asked for).
-            more = [c for c in order if c not in picked and c not in slow][: self.req.top_k]
+            more = [c for c in order if c not in picked and c not in slow][:RETRY_AFTER_FAILURES]
             for c in more:
                 out = [o for o in out if o.config != c.config or o.transform != c.transform]
                 m = self.measure(c)
@@ -472,6 +481,18 @@ class _Evaluator:
                     break
         return out + self._race(measured)
 
+    def _finalists(self, ok: list[Candidate]) -> list[Candidate]:
+        """The best of each backend first (screening alone can be off by 4x on a busy machine, so a
+        runtime is never left out on it), then the next best, FINALISTS in all."""
+        best = self.latency(ok[0])
+        picked: list[Candidate] = []
+        for c in ok:
+            if (c.config.backend not in {p.config.backend for p in picked} and len(picked) < FINALISTS
+                    and self.latency(c) <= RACE_FACTOR_BACKEND * best):
+                picked.append(c)
+        picked.extend(c for c in ok if c not in picked and self.latency(c) <= RACE_FACTOR * best)
+        return sorted(picked[:FINALISTS], key=ok.index)
+
     def _race(self, measured: list[Candidate]) -> list[Candidate]:
         """Re-time the leading candidates interleaved; their measurements take the raced latencies."""
         if self.req.cons.objective is Objective.ENERGY:
@@ -479,24 +500,30 @@ class _Evaluator:
         ok = sorted((c for c in measured if not self.violations(c)), key=self.rank_key)
         if len(ok) < 2:
             return measured
-        finalists = ok[:FINALISTS]
+        finalists = self._finalists(ok)
+        if len(finalists) < 2:
+            return measured
         entries = [(registry.get(c.config.backend), c.model, self.devices[c.config.device], c.config)
                    for c in finalists]
         try:
             with _quiet.captured("the finalist race"):
-                times = race(entries, self.req.feeds or {},
-                             Budget(seconds=self.req.seconds_per_candidate * len(finalists), warmup_runs=2,
-                                    min_runs=10, max_runs=400))
+                result = race_rounds(entries, self.req.feeds or {},
+                                     Budget(seconds=self.req.seconds_per_candidate * len(finalists), warmup_runs=2,
+                                            min_runs=RACE_MIN_ROUNDS, max_runs=400))
         except Exception as exc:  # the screening figures stand; the race is a refinement
             log.warning("finalist race failed (%r); keeping the individual measurements", exc)
             return measured
         raced = {}
-        for c, ts in zip(finalists, times):
-            arr = np.asarray(ts) * 1e3
-            m = dataclasses.replace(c.measurement, p50_ms=float(np.percentile(arr, 50)),
-                                    p99_ms=float(np.percentile(arr, 99)), mean_ms=float(arr.mean()), runs=len(ts))
-            raced[id(c)] = c.with_(measurement=m, notes=(*c.notes, f"raced against {len(finalists) - 1} finalist(s), "
-                                                                   f"{len(ts)} interleaved runs"))
+        for c, rounds, calls, warm in zip(finalists, result.rounds, result.calls, result.warmup):
+            arr = np.asarray(calls) * 1e3
+            m = dataclasses.replace(c.measurement, p50_ms=float(np.median(rounds)) * 1e3,
+                                    p99_ms=float(np.percentile(arr, 99)), mean_ms=float(arr.mean()), runs=len(calls),
+                                    warmup_runs=c.measurement.warmup_runs + len(warm))
+            note = (f"raced against {len(finalists) - 1} finalist(s): median of {len(rounds)} interleaved rounds "
+                    f"({len(calls)} timed calls, {len(warm)} warm-up calls apart)")
+            if result.extended:
+                note += f"; lengthened {result.extended}x as the leaders were within {NOISE_MARGIN:.0%}"
+            raced[id(c)] = c.with_(measurement=m, notes=(*c.notes, note))
         return [raced.get(id(c), c) for c in measured]
 
 

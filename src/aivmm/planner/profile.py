@@ -146,33 +146,76 @@ def profile(backend: Backend, model: ModelSpec, device: Device, config: Config, 
         gc.collect()
 
 
-def race(entries: list[tuple[Backend, ModelSpec, Device, Config]], feeds: Mapping[str, Any], budget: Budget,
-         *, block: int = 5) -> list[list[float]]:
-    """Time finalists against each other: all loaded, run strictly one after another (never
-    concurrently) in turns of ``block`` calls, alternating the order, until the budget. Drift on a
-    shared machine (another process waking up, frequency changes) then hits every finalist alike,
-    which separate measurements cannot ensure. Turns of several calls, rather than single calls,
-    keep a runtime's idle-spinning worker threads (ONNX Runtime spins after each run) from taxing
-    every call of the next finalist. Returns per-call seconds for each entry, in order."""
+@dataclasses.dataclass(frozen=True)
+class RaceResult:
+    """Per finalist: the median of each round (seconds), every timed call, and the warm-up calls."""
+
+    rounds: list[list[float]]
+    calls: list[list[float]]
+    warmup: list[list[float]]
+    extended: int  # how many times the race was lengthened because the leaders were within the margin
+
+    def medians(self) -> list[float]:
+        return [float(np.median(r)) if r else float("inf") for r in self.rounds]
+
+
+# Two finalists whose medians of rounds are closer than this (relative) are raced longer: on a
+# shared machine, drift between rounds is a few percent, so a closer gap is not yet a ranking.
+NOISE_MARGIN = 0.03
+MAX_EXTENSIONS = 2
+
+
+def _leaders_close(rounds: list[list[float]], margin: float) -> bool:
+    meds = sorted(float(np.median(r)) for r in rounds if r)
+    return len(meds) >= 2 and meds[1] - meds[0] < margin * meds[0]
+
+
+def race_rounds(entries: list[tuple[Backend, ModelSpec, Device, Config]], feeds: Mapping[str, Any], budget: Budget,
+                *, block: int = 5, margin: float = NOISE_MARGIN, max_extensions: int = MAX_EXTENSIONS) -> RaceResult:
+    """Time finalists against each other, interleaved: all loaded, run strictly one after another
+    (never concurrently) in rounds; in each round every finalist runs ``block`` calls, in an order
+    that alternates between rounds. The first call of each turn is a warm-up (the previous
+    finalist's idle-spinning threads and evicted caches tax it) and counted separately; the round's
+    figure is the median of the rest. Drift on a shared machine then hits every finalist alike.
+    When the two best medians of rounds are within ``margin``, the race goes on for another budget
+    (``max_extensions`` times at most) before it ends."""
     sessions: list[Session] = []
+    block = max(2, block)
     try:
         for backend, model, device, config in entries:
             sessions.append(backend.load(model, device, config))
-        for s in sessions:
+        warmup: list[list[float]] = [[] for _ in sessions]
+        for i, s in enumerate(sessions):
             for _ in range(max(1, budget.warmup_runs)):
+                t0 = time.perf_counter()
                 s.run(feeds)
-        times: list[list[float]] = [[] for _ in sessions]
+                warmup[i].append(time.perf_counter() - t0)
+        rounds: list[list[float]] = [[] for _ in sessions]
+        calls: list[list[float]] = [[] for _ in sessions]
         deadline = time.perf_counter() + budget.seconds
-        rounds = 0
-        while rounds < budget.max_runs and (rounds < budget.min_runs or time.perf_counter() < deadline):
-            order = range(len(sessions)) if rounds % 2 == 0 else reversed(range(len(sessions)))
+        n = extended = 0
+        max_rounds = max(budget.min_runs, budget.max_runs // block)
+        while True:
+            if n >= budget.min_runs and (n >= max_rounds or time.perf_counter() >= deadline):
+                if extended < max_extensions and n < max_rounds * (1 + max_extensions) and _leaders_close(
+                        rounds, margin):
+                    extended += 1
+                    deadline = time.perf_counter() + budget.seconds
+                    max_rounds += max(budget.min_runs, budget.max_runs // block)
+                else:
+                    break
+            order = range(len(sessions)) if n % 2 == 0 else reversed(range(len(sessions)))
             for i in order:
+                turn = []
                 for _ in range(block):
                     t0 = time.perf_counter()
                     sessions[i].run(feeds)
-                    times[i].append(time.perf_counter() - t0)
-            rounds += block
-        return times
+                    turn.append(time.perf_counter() - t0)
+                warmup[i].append(turn[0])
+                calls[i].extend(turn[1:])
+                rounds[i].append(float(np.median(turn[1:])))
+            n += 1
+        return RaceResult(rounds, calls, warmup, extended)
     finally:
         for s in sessions:
             s.close()

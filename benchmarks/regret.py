@@ -1,0 +1,254 @@
+"""Regret of aivmm's choice over the real-model zoo: chosen latency / the best configuration found by hand.
+
+    python benchmarks/regret.py                          # every realzoo model, the authors' sample inputs
+    python benchmarks/regret.py --fast --inputs generated --out /tmp/regret.json
+    python benchmarks/regret.py --models yolov8n-nudenet,silero-vad --rounds 20
+
+For each model, in one process:
+1. ``plan()`` (defaults, fresh cache) with the model's recommended inputs (``realzoo.sample_inputs``)
+   or, with ``--inputs generated``, with none (aivmm generates them) -> every candidate's measured
+   latency and aivmm's choice;
+2. the oracle set, run by hand with each runtime's own API and an accurate fp32 setting: ONNX
+   Runtime ``InferenceSession`` at the ALL / EXTENDED / BASIC optimisation levels, OpenVINO
+   ``compile_model`` with ``INFERENCE_PRECISION_HINT=f32`` under the LATENCY and THROUGHPUT hints,
+   and the torch backend in eager mode (torch has no ONNX runtime of its own; aivmm's lowering is
+   the only way to run these files on torch). Each is checked against the fp32 reference
+   (ORT, optimisations off) at the fp32 tolerance; an inaccurate one is not an oracle;
+3. the chosen one (through aivmm's backend, as deployed) and every accurate hand configuration
+   within ``--screen`` x of the best screening time are timed interleaved: ``--rounds`` rounds, each
+   running every configuration for ``--calls`` calls (the first of each turn a warm-up), order
+   alternating between rounds; each configuration's figure is the median of its round medians.
+regret = chosen / min(oracle). Summary: geometric mean and worst over the models that planned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
+
+import realzoo
+
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def _ort(path: pathlib.Path, level: str) -> Runner:
+    import onnxruntime as ort
+
+    from aivmm.backends._ort_providers import physical_cores
+    from aivmm.devices import discover
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    }[level]
+    so.intra_op_num_threads = physical_cores(next(d for d in discover() if d.id == "cpu:0"))
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return lambda feeds: [np.asarray(o) for o in sess.run(None, feeds)]
+
+
+def _ov(path: pathlib.Path, hint: str) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_PRECISION_HINT": "f32"})
+    req = compiled.create_infer_request()
+    names = [o.get_any_name() for o in compiled.outputs]
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        res = req.infer(feeds)
+        return [np.asarray(res[compiled.output(n)]) for n in names]
+
+    return run
+
+
+def _aivmm(spec: Any, config: Any) -> tuple[Runner, Any]:
+    from aivmm.backends import registry
+    from aivmm.devices import discover
+
+    dev = next(d for d in discover() if d.id == config.device)
+    session = registry.get(config.backend).load(spec, dev, config)
+    return (lambda feeds: list(session.run(feeds).values())), session
+
+
+def _accurate(outputs: list[np.ndarray], ref: list[np.ndarray]) -> tuple[bool, float]:
+    from aivmm.dtypes import Precision
+    from aivmm.optimize import compare, tolerance_for
+
+    tol = tolerance_for(Precision.FP32, ref, None)
+    report = compare(outputs, ref, [str(i) for i in range(len(ref))], tol)
+    return report.ok, report.max_abs_error
+
+
+def _interleave(runners: dict[str, Runner], feeds: dict[str, np.ndarray], rounds: int, calls: int) -> dict[str, float]:
+    names = list(runners)
+    meds: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else reversed(names):
+            turn = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                runners[n](feeds)
+                turn.append(time.perf_counter() - t0)
+            meds[n].append(float(np.median(turn[1:])) * 1e3)
+    return {n: float(np.median(v)) for n, v in meds.items()}
+
+
+def _screen(run: Runner, feeds: dict[str, np.ndarray], n: int = 3) -> float:
+    run(feeds)
+    t = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        run(feeds)
+        t.append(time.perf_counter() - t0)
+    return float(np.median(t)) * 1e3
+
+
+def one(name: str, args: argparse.Namespace, devices: Any) -> dict[str, Any]:
+    from aivmm.backends._base import Config
+    from aivmm.errors import AivmmError
+    from aivmm.models import load
+    from aivmm.optimize import reference_outputs
+    from aivmm.planner import plan
+
+    path = realzoo.path(name)
+    spec = load(path)
+    feeds = realzoo.sample_inputs(name)
+    row: dict[str, Any] = {"model": name, "inputs": args.inputs}
+    t0 = time.perf_counter()
+    try:
+        p = plan(spec, devices, cache=False, sample_inputs=feeds if args.inputs == "sample" else None)
+    except AivmmError as exc:
+        row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        return row
+    row["planning_s"] = round(time.perf_counter() - t0, 2)
+    chosen = p.chosen
+    row["chosen"] = chosen.label
+    row["candidates"] = {
+        c.label: round(c.measurement.p50_ms, 4) for c in (*p.ranked(), *p.rejected) if c.measurement is not None
+    }
+    row["failed"] = {
+        c.label: str(c.rejections[0])[:160]
+        for c in p.rejected
+        if c.rejections and c.rejections[0].reason.value in ("failed", "accuracy", "not-measured")
+    }
+    if args.inputs == "generated":
+        # The oracle is timed on the same inputs the plan measured with.
+        from aivmm.optimize._probe import generate
+
+        feeds = generate(spec, model_path=path).feeds
+    ref = reference_outputs(path, feeds)
+    hand: dict[str, Runner] = {}
+    keep: list[Any] = []
+    oracle_info: dict[str, Any] = {}
+    makers: list[tuple[str, Callable[[], Runner]]] = [
+        ("ort[all]", lambda: _ort(path, "all")),
+        ("ort[extended]", lambda: _ort(path, "extended")),
+        ("ort[basic]", lambda: _ort(path, "basic")),
+        ("openvino[LATENCY,f32]", lambda: _ov(path, "LATENCY")),
+        ("openvino[THROUGHPUT,f32]", lambda: _ov(path, "THROUGHPUT")),
+    ]
+
+    def torch_eager() -> Runner:
+        run, session = _aivmm(spec, Config("torch", "cpu:0", options={"compile": None}))
+        keep.append(session)
+        return run
+
+    makers.append(("torch[eager]", torch_eager))
+    screen: dict[str, float] = {}
+    for label, make in makers:
+        try:
+            run = make()
+            ok, err = _accurate(run(feeds), ref)
+        except Exception as exc:  # a runtime that cannot run this model is no oracle
+            oracle_info[label] = f"cannot run: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            continue
+        if not ok:
+            oracle_info[label] = f"inaccurate (max abs error {err:.3g})"
+            continue
+        hand[label] = run
+        screen[label] = _screen(run, feeds)
+    chosen_run, chosen_session = _aivmm(chosen.model, chosen.config)
+    screen["aivmm"] = _screen(chosen_run, feeds)
+    best = min(screen.values())
+    racers = {"aivmm": chosen_run, **{k: v for k, v in hand.items() if screen[k] <= args.screen * best}}
+    row["oracle_excluded"] = oracle_info | {
+        k: f"screened {screen[k]:.3f} ms > {args.screen}x best" for k in hand if k not in racers
+    }
+    timed = _interleave(racers, feeds, args.rounds, args.calls)
+    chosen_session.close()
+    for s in keep:
+        s.close()
+    oracle_label = min((k for k in timed if k != "aivmm"), key=lambda k: timed[k], default=None)
+    row["timed_ms"] = {k: round(v, 4) for k, v in timed.items()}
+    row["chosen_ms"] = round(timed["aivmm"], 4)
+    if oracle_label is not None:
+        row["oracle"] = oracle_label
+        row["oracle_ms"] = round(timed[oracle_label], 4)
+        row["regret"] = round(timed["aivmm"] / timed[oracle_label], 4)
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", help="comma-separated realzoo names (default: all)")
+    ap.add_argument("--fast", action="store_true", help="only the CI subset of the real zoo")
+    ap.add_argument("--inputs", choices=("sample", "generated"), default="sample")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--calls", type=int, default=6, help="calls per turn (the first is a warm-up)")
+    ap.add_argument("--screen", type=float, default=3.0, help="race hand configs within this factor of the best")
+    ap.add_argument("--out", type=pathlib.Path, help="write the rows as JSON")
+    args = ap.parse_args()
+    os.environ.setdefault("AIVMM_CACHE_DIR", "/tmp/aivmm-regret-cache")
+    from aivmm.devices import discover
+
+    devices = discover()
+    subset = realzoo.entries(fast=True if args.fast else None)
+    names = args.models.split(",") if args.models else [e.name for e in subset]
+    rows = []
+    for name in names:
+        row = one(name, args, devices)
+        rows.append(row)
+        if "regret" in row:
+            print(
+                f"{name:24s} chosen {row['chosen']:70s} {row['chosen_ms']:9.3f} ms | oracle {row['oracle']:24s} "
+                f"{row['oracle_ms']:9.3f} ms | regret {row['regret']:.3f}",
+                flush=True,
+            )
+        else:
+            print(f"{name:24s} {row.get('error', 'no oracle ran')}", flush=True)
+    regrets = [r["regret"] for r in rows if "regret" in r]
+    summary = {
+        "models": len(rows),
+        "planned": len(regrets),
+        "geomean": round(math.exp(sum(math.log(x) for x in regrets) / len(regrets)), 4) if regrets else None,
+        "worst": max(regrets) if regrets else None,
+        "worst_model": max((r for r in rows if "regret" in r), key=lambda r: r["regret"])["model"] if regrets else None,
+        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "command": "python " + " ".join(sys.argv),
+    }
+    print(json.dumps(summary))
+    if args.out:
+        args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
