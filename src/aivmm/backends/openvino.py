@@ -250,7 +250,10 @@ class OpenVinoBackend(Backend):
         else:
             properties.update(per_device)
         if options.get("cache", True):
-            root = cache_dir()
+            # One cache folder per precision hint: OpenVINO 2026.4 keys its blobs without the hint, so a
+            # bf16 compile after an f32 one of the same model in one Core read the f32 blob and
+            # returned NaN everywhere (zoo bert-base/gpt2 on an AMX CPU).
+            root = cache_dir() / precision_hint
             root.mkdir(parents=True, exist_ok=True)
             properties["CACHE_DIR"] = str(root)
         path = _source_path(model)
