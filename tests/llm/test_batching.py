@@ -170,3 +170,11 @@ def test_a_failed_step_fails_its_requests_and_the_model_keeps_serving(llama: Any
         del runner.run
     assert llama.stats().kv_tokens_used == 0 and llama.stats().running == 0
     assert llama.generate("Hello", max_new_tokens=4, ignore_eos=True).completion_tokens == 4
+
+
+def test_bad_llm_options(vmm: aivmm.VMM, tiny_llama_dir: pathlib.Path) -> None:
+    from aivmm.errors import ConfigError
+
+    for opts in ({"max_batch_size": 0}, {"block_size": "16"}, {"max_queue_delay_ms": 2}):
+        with pytest.raises(ConfigError, match=r"max_batch_size|block_size|unknown LLM batching"):
+            vmm.deploy(tiny_llama_dir, name="bad", measure=False, batching=opts)

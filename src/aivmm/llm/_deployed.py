@@ -362,7 +362,7 @@ def deploy_llm(
     measure: bool,
 ) -> DeployedLLM:
     """Plan generation for a decoder and start its scheduler (what VMM.deploy does for an LLM)."""
-    options = dict(OPTIONS)
+    options: dict[str, Any] = dict(OPTIONS)
     if batching is not None:
         if not isinstance(batching, Mapping):
             raise ConfigError("an LLM takes batching options as a mapping: " + ", ".join(sorted(OPTIONS)))
@@ -370,6 +370,18 @@ def deploy_llm(
         if unknown:
             raise ConfigError(f"unknown LLM batching option(s) {unknown}; known: {sorted(OPTIONS)}")
         options.update(batching)
+    for key, low in (
+        ("max_batch_size", 1),
+        ("max_waiting", 1),
+        ("block_size", 1),
+        ("prefix_cache_blocks", 0),
+        ("kv_cache_tokens", 1),
+    ):
+        v = options[key]
+        if v is None and key == "kv_cache_tokens":
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"LLM option {key} must be an integer >= {low}, got {v!r}")
     path = pathlib.Path(model)
     from aivmm.llm._torch_runner import hf_layout, is_hf_dir, weights_bytes
 
@@ -417,7 +429,7 @@ def deploy_llm(
         backend=backend,
         strict=strict,
         do_measure=measure and not hf,  # one candidate: nothing to choose between
-        batch=int(options["max_batch_size"]),
+        batch=int(options["max_batch_size"] or 1),
         backends=("torch",) if hf else DEFAULT_BACKENDS,
     )
     plan = _as_plan(spec, gplan, notes)

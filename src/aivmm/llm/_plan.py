@@ -260,7 +260,8 @@ def plan_generation(
         got = samples[i]
         prefill = statistics.median(g[0] for g in got)
         decode = tuple((past, statistics.median(g[1][j][1] for g in got)) for j, past in enumerate(past_lengths))
-        step_n = None if got[0][2] is None else statistics.median(g[2] for g in got)  # type: ignore[misc]
+        steps = [g[2] for g in got if g[2] is not None]
+        step_n = statistics.median(steps) if steps else None
         cost = generation_cost(prefill, decode, prompt_tokens, new_tokens)
         per_seq = None if step_n is None else prefill + (new_tokens - 1) * step_n / batch
         batched = None if step_n is None else (batch, step_n)
