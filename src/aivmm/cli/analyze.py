@@ -33,12 +33,16 @@ def run(args: argparse.Namespace) -> int:
     shapes = dict(parse_shape_arg(text) for text in args.shape)
     path, name = _resolve(args.model, args.size)
     kv = None
-    if path.is_dir() or path.suffix == ".onnx":  # a decoder directory or file: name its KV-cache layout
-        from aivmm.llm._layout import detect, model_file
+    if path.is_dir():
+        from aivmm.llm._layout import model_file
 
-        path = model_file(path) if path.is_dir() else path
-        kv = detect(path) if path.is_file() else None
+        path = model_file(path)
+    # Loading first: a corrupt or missing file gets the loader's one-line error, not the KV probe's.
     spec = load(path, shapes=shapes or None, name=name)
+    if path.suffix == ".onnx":  # a decoder file: name its KV-cache layout
+        from aivmm.llm._layout import detect
+
+        kv = detect(path)
     hints = category_hints(spec)
     if args.json:
         data = spec.to_json()
