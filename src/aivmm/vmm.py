@@ -51,15 +51,9 @@ _FILE_CHECK_INTERVAL_S = 1.0
 def _coerce_batching(batching: Any) -> Any:
     if batching is None or not isinstance(batching, Mapping):
         return batching  # None or a BatchingConfig (the engine checks the type)
-    import dataclasses as dc
-
     from aivmm.runtime import BatchingConfig
 
-    known = {f.name for f in dc.fields(BatchingConfig)}
-    unknown = sorted(set(batching) - known)
-    if unknown:
-        raise ConfigError(f"unknown batching option(s) {unknown}; known: {sorted(known)}")
-    return BatchingConfig(**batching)
+    return BatchingConfig.from_mapping(batching)
 
 
 @dataclasses.dataclass

@@ -45,6 +45,17 @@ def test_bad_batching_config_is_refused(kwargs):
         BatchingConfig(**kwargs)
 
 
+def test_from_mapping_is_the_one_way_from_plain_data():
+    cfg = BatchingConfig.from_mapping({"max_batch_size": 8, "preferred_sizes": [4, 2]})
+    assert cfg == BatchingConfig(max_batch_size=8, preferred_sizes=(2, 4))
+    with pytest.raises(ConfigError, match=r"unknown batching key\(s\) \['max_batch'\]"):
+        BatchingConfig.from_mapping({"max_batch": 3})
+    with pytest.raises(ConfigError, match="preferred_sizes must be a list"):
+        BatchingConfig.from_mapping({"preferred_sizes": "4"})
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        BatchingConfig.from_mapping([("max_batch_size", 2)])
+
+
 def test_padded_size_and_sorting():
     cfg = BatchingConfig(max_batch_size=8, preferred_sizes=(8, 2, 4))
     assert cfg.preferred_sizes == (2, 4, 8)

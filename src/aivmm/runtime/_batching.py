@@ -62,6 +62,23 @@ class BatchingConfig:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> BatchingConfig:
+        """A config from a plain mapping (API keyword, config file, CLI): unknown keys are an error."""
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(f"batching must be a mapping or a BatchingConfig, got {type(mapping).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise ConfigError(f"unknown batching key(s) {unknown}; known: {sorted(known)}")
+        values = dict(mapping)
+        if "preferred_sizes" in values:
+            sizes = values["preferred_sizes"]
+            if isinstance(sizes, str | bytes) or not isinstance(sizes, Sequence):
+                raise ConfigError(f"BatchingConfig.preferred_sizes must be a list of ints, got {sizes!r}")
+            values["preferred_sizes"] = tuple(sizes)
+        return cls(**values)
+
 
 def items_in(feeds: Mapping[str, Any], batch_dim: int) -> int:
     """The batch size of one request (all inputs must agree)."""

@@ -479,22 +479,12 @@ def _release(entry: Version, work: asyncio.Future[Any]) -> None:
 
 
 def batching_config(mapping: Mapping[str, Any] | None) -> Any:
-    """The runtime's BatchingConfig from a config file's mapping (unknown keys are an error)."""
+    """The runtime's BatchingConfig from a config file's mapping (None: the model's default)."""
     if mapping is None:
         return None
     from aivmm.runtime import BatchingConfig
 
-    known = {f.name for f in dataclasses.fields(BatchingConfig)}
-    unknown = sorted(set(mapping) - known)
-    if unknown:
-        raise ConfigError(f"unknown batching key(s) {unknown}; known: {sorted(known)}")
-    values = dict(mapping)
-    if "preferred_sizes" in values:
-        values["preferred_sizes"] = tuple(values["preferred_sizes"])
-    try:
-        return BatchingConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(f"bad batching config {dict(mapping)}: {exc}") from None
+    return BatchingConfig.from_mapping(mapping)
 
 
 def _placement(handle: Any) -> str:
