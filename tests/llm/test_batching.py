@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import pathlib
+import threading
 import time
 from typing import Any
 
@@ -178,3 +179,41 @@ def test_bad_llm_options(vmm: aivmm.VMM, tiny_llama_dir: pathlib.Path) -> None:
     for opts in ({"max_batch_size": 0}, {"block_size": "16"}, {"max_queue_delay_ms": 2}):
         with pytest.raises(ConfigError, match=r"max_batch_size|block_size|unknown LLM batching"):
             vmm.deploy(tiny_llama_dir, name="bad", measure=False, batching=opts)
+
+
+def test_mixed_concurrent_load_leaves_nothing_behind(vmm: aivmm.VMM, gpt2: Any) -> None:
+    import random
+
+    errors: list[BaseException] = []
+
+    def client(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            for _ in range(6):
+                kind = rnd.choice(["generate", "stream", "close", "sample"])
+                prompt = [rnd.randrange(3, 500) for _ in range(rnd.randrange(1, 40))]
+                n = rnd.randrange(1, 30)
+                if kind == "generate":
+                    assert gpt2.generate(prompt, max_new_tokens=n, ignore_eos=True).completion_tokens == n
+                elif kind == "sample":
+                    g = gpt2.generate(prompt, max_new_tokens=n, temperature=0.9, top_p=0.8, seed=seed, logprobs=1)
+                    assert g.completion_tokens <= n and g.logprobs is not None
+                elif kind == "stream":
+                    assert len(list(gpt2.stream(prompt, max_new_tokens=n, ignore_eos=True))) == n
+                else:
+                    s = gpt2.stream(prompt, max_new_tokens=50, ignore_eos=True)
+                    next(s)
+                    s.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    _wait_idle(gpt2)
+    st = gpt2.stats()
+    assert st.running == 0 and st.waiting == 0 and st.kv_tokens_used == 0
+    assert _kv_entries(vmm, "gpt2") == []
