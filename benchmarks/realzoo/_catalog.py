@@ -111,6 +111,7 @@ def _image(name: str, size: int, batch: int = 1, channels: int = 3) -> Feed:
 
 _RAPIDOCR = ("rapidocr-onnxruntime", "1.4.4")
 _SILERO = ("silero-vad", "6.2.3")
+_DDDDOCR = ("ddddocr", "1.6.1")  # a 76 MB wheel: not in the CI subset
 _SILERO_STATE = Feed("state", (2, 1, 128), value=0.0)
 _BERT_FEEDS = (
     Feed("input_ids", (1, 16), "int64", 0, 30522),
@@ -185,6 +186,37 @@ _ENTRIES = [
         "silero_vad/data/silero_vad_op18_ifless.onnx",
         False,
         (Feed("input", (1, 512), low=-1.0, high=1.0), Feed("sr", (), "int64", value=16000), _SILERO_STATE),
+    ),
+    _wheel(
+        "ddddocr-crnn",
+        "ddddocr CRNN captcha/text recogniser (convs, LSTM, 8210-way CTC head)",
+        ("cnn", "rnn"),
+        *_DDDDOCR,
+        "ddddocr/common.onnx",
+        False,
+        (Feed("input1", (1, 1, 64, 160), low=-1.0, high=1.0),),
+        height=64,
+    ),
+    _wheel(
+        "ddddocr-crnn-int8",
+        "ddddocr's older CRNN, dynamically quantised (ConvInteger, MatMulInteger, DynamicQuantizeLSTM)",
+        ("cnn", "rnn"),
+        *_DDDDOCR,
+        "ddddocr/common_old.onnx",
+        False,
+        (Feed("input1", (1, 1, 64, 160), low=-1.0, high=1.0),),
+        height=64,
+    ),
+    _wheel(
+        "ddddocr-det",
+        "ddddocr text/character detector (YOLOX-style, 416 x 416, [1, 3549, 6] boxes)",
+        ("cnn",),
+        *_DDDDOCR,
+        "ddddocr/common_det.onnx",
+        False,
+        (_image("images", 416),),
+        subtype="detector",
+        imgsz=(416, 416),
     ),
     # --- transformers architectures, random weights, exported by Optimum ------------------------
     Entry(

@@ -154,6 +154,14 @@ HAND: dict[str, Callable[[dict[str, Any]], Hand]] = {
         "taken at sr=16000 is 563,968 MACs",
     ),
     "silero-vad-ifless": _literal(545_670, 594_432, "reference_macs with sr=8000 (the costlier branch)"),
+    "ddddocr-crnn": _literal(13_520_259, 569_118_720, "distinct_weights and runtime_macs at 1x1x64x160"),
+    "ddddocr-crnn-int8": _literal(
+        13_520_265,
+        569_118_720,
+        "distinct_weights; runtime_macs (ConvInteger, MatMulInteger, DynamicQuantizeLSTM with its W [D, I, 4H]): "
+        "the same MACs as the fp32 ddddocr-crnn",
+    ),
+    "ddddocr-det": _literal(5_024_206, 3_179_352_384, "distinct_weights and runtime_macs at 416 x 416"),
     "bert": _bert,
     "gpt2": _gpt2,
     "vit": _vit,

@@ -16,23 +16,26 @@ from typing import Any
 
 import numpy as np
 
-_COUNTED = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU")
+_COUNTED = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "ConvInteger", "MatMulInteger")
+_RUNTIME_ONLY = ("DynamicQuantizeLSTM",)  # com.microsoft: counted from ORT runs, not onnx.reference
 
 
 def _macs(op: str, ins: list[Any], out: Any, attrs: dict[str, Any]) -> int:
-    if op == "Conv":
+    if op in ("Conv", "ConvInteger"):
         return int(out.size * math.prod(ins[1].shape[1:]))
     if op == "ConvTranspose":  # every input element scatters into Cout/group x kernel outputs
         return int(ins[0].size * math.prod(ins[1].shape[1:]))
-    if op == "MatMul":
+    if op in ("MatMul", "MatMulInteger"):
         return int(out.size * ins[0].shape[-1])
     if op == "Gemm":
         return int(out.size * (ins[0].shape[0] if attrs.get("transA") else ins[0].shape[-1]))
-    if op in ("LSTM", "GRU"):
-        gates = 4 if op == "LSTM" else 3
+    if op in ("LSTM", "GRU", "DynamicQuantizeLSTM"):
+        gates = 3 if op == "GRU" else 4
         x, w, r = ins[0], ins[1], ins[2]
         seq, batch = (x.shape[1], x.shape[0]) if attrs.get("layout") else (x.shape[0], x.shape[1])
-        return int(seq * batch * w.shape[0] * gates * r.shape[-1] * (w.shape[-1] + r.shape[-1]))
+        # ORT's quantised LSTM stores W [dirs, I, 4H] and R [dirs, H, 4H]
+        hidden, inputs = (r.shape[1], w.shape[1]) if op == "DynamicQuantizeLSTM" else (r.shape[-1], w.shape[-1])
+        return int(seq * batch * w.shape[0] * gates * hidden * (inputs + hidden))
     return 0
 
 
@@ -44,7 +47,7 @@ def runtime_macs(path: pathlib.Path, feeds: dict[str, np.ndarray]) -> int:
 
     model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type in _COUNTED]
+    nodes = [n for n in model.graph.node if n.op_type in _COUNTED + _RUNTIME_ONLY]
     present = {o.name for o in model.graph.output} | set(feeds)
     wanted = sorted({t for n in nodes for t in [*n.input, n.output[0]] if t and t not in inits} - present)
     for name in wanted:

@@ -297,6 +297,29 @@ def test_tied_weight_stored_transposed_counts_once_equal_constants_do_not(tmp_pa
     assert spec.parameters == 100 * 16 + 16 + 16  # the head once; two zero biases are two tensors
 
 
+def test_dynamic_quantize_lstm_reads_its_transposed_weights(tmp_path: pathlib.Path) -> None:
+    # ORT's quantised LSTM stores W [dirs, I, 4H] and R [dirs, H, 4H] (LSTM: [dirs, 4H, I], [dirs, 4H, H]);
+    # its output's size comes from a stand-in LSTM, so the MatMul after it is counted too.
+    seq, i, h = 10, 32, 16
+    w = numpy_helper.from_array(np.ones((1, i, 4 * h), np.int8), "w")
+    r = numpy_helper.from_array(np.ones((1, h, 4 * h), np.int8), "r")
+    scale = numpy_helper.from_array(np.ones((1,), np.float32), "scale")
+    zero = numpy_helper.from_array(np.zeros((1,), np.int8), "zero")
+    head = _w("head", (h, 5))
+    lstm = helper.make_node(
+        "DynamicQuantizeLSTM", ["x", "w", "r", "", "", "", "", "", "scale", "zero", "scale", "zero"], ["y"],
+        domain="com.microsoft", hidden_size=h,
+    )
+    squeeze = helper.make_node("Squeeze", ["y", "axis"], ["ys"])
+    nodes = [lstm, squeeze, helper.make_node("MatMul", ["ys", "head"], ["o"])]
+    axis = numpy_helper.from_array(np.array([1], np.int64), "axis")
+    path = _save(tmp_path, nodes, [_vi("x", [seq, 1, i])], [_vi("o", [seq, 1, 5])], [w, r, scale, zero, head, axis],
+                 extra_opsets=[helper.make_opsetid("com.microsoft", 1)])
+    spec = load(path)
+    assert spec.per_operator_flops["DynamicQuantizeLSTM"] >= 2 * seq * 4 * h * (i + h)
+    assert spec.macs == seq * 4 * h * (i + h) + seq * h * 5
+
+
 def test_unknown_custom_op_is_reported_not_guessed(tmp_path: pathlib.Path) -> None:
     nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
              helper.make_node("FancyOp", ["a"], ["y"], domain="com.example")]

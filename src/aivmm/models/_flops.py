@@ -119,15 +119,18 @@ def _einsum(node: Any, shape_of: ShapeOf) -> Count:
     return 2 * macs, macs
 
 
-def _recurrent(gates: int) -> Callable[[Any, ShapeOf], Count]:
+def _recurrent(gates: int, transposed: bool = False) -> Callable[[Any, ShapeOf], Count]:
+    """LSTM / GRU / RNN: W [dirs, gates*H, I], R [dirs, gates*H, H]; ``transposed`` for ORT's
+    DynamicQuantizeLSTM, which stores W [dirs, I, 4H] and R [dirs, H, 4H]."""
+
     def count(node: Any, shape_of: ShapeOf) -> Count:
         x, w, r = _in(node, shape_of, 0), _in(node, shape_of, 1), _in(node, shape_of, 2)
         _need(x, w, r)
         assert x is not None and w is not None and r is not None
         layout = attr(node, "layout", 0)
         seq, batch = (x[1], x[0]) if layout else (x[0], x[1])
-        directions, hidden = w[0], r[-1]
-        input_size = w[-1]
+        directions = w[0]
+        hidden, input_size = (r[1], w[1]) if transposed else (r[-1], w[-1])
         # Per step and direction: gates x hidden x (input + hidden) MACs, plus the gate
         # nonlinearities and state updates (a few elementwise ops per hidden unit).
         macs = seq * batch * directions * gates * hidden * (input_size + hidden)
@@ -292,7 +295,7 @@ COUNTERS: dict[str, Callable[[Any, ShapeOf], Count]] = {
     "MultiHeadAttention": _attention_fused,
     "GroupQueryAttention": _gqa,
     "QAttention": _attention_fused,
-    "DynamicQuantizeLSTM": _recurrent(4),
+    "DynamicQuantizeLSTM": _recurrent(4, transposed=True),
     "QGemm": lambda n, s: _gemm(n, s, bias_index=6),
     "DynamicQuantizeMatMul": _matmul,
     "MatMulIntegerToFloat": _matmul,

@@ -303,12 +303,13 @@ def _workload(model: Any, index: GraphIndex, f: Facts) -> None:
         f.workload.append(("detector", what))
     for value in model.graph.output:
         dims = _dims(value)
-        if len(dims) == 3 and isinstance(dims[1], int) and 5 <= dims[1] <= 300 and not isinstance(dims[2], int):
+        boxes = _box_layout(dims)
+        if boxes and f.convolutions and not any(w == "detector" for w, _ in f.workload):
             producer = index.producer.get(value.name)
-            known = any(w == "detector" for w, _ in f.workload)
-            if producer is not None and producer.op_type == "Concat" and not known:
-                what = f"output {value.name} [batch, {dims[1]}, anchors]: boxes + class scores"
-                f.workload.append(("detector", what))
+            if producer is not None and producer.op_type == "Transpose" and producer.input:
+                producer = index.producer.get(producer.input[0])  # YOLOX: [batch, anchors, 5 + classes]
+            if producer is not None and producer.op_type == "Concat":
+                f.workload.append(("detector", f"output {value.name} {boxes}: boxes + scores per anchor, concatenated"))
         if len(dims) == 3 and isinstance(dims[2], int) and dims[2] >= 1000 and f.convolutions:
             producer = index.producer.get(value.name)
             if producer is not None and producer.op_type == "Softmax":
@@ -339,6 +340,18 @@ def _workload(model: Any, index: GraphIndex, f: Facts) -> None:
         if mel and (f.convolutions or f.attention_blocks):
             f.workload.append(("audio", f"input {value.name} [batch, {dims[1]}, frames]: a mel spectrogram"))
             break
+
+
+def _box_layout(dims: list[Any]) -> str:
+    """``[batch, 4 + classes, anchors]`` (Ultralytics) or ``[batch, anchors, 5 + classes]`` (YOLOX)."""
+    if len(dims) != 3:
+        return ""
+    per, anchors = dims[1], dims[2]
+    if isinstance(per, int) and 5 <= per <= 300 and (not isinstance(anchors, int) or anchors >= 100):
+        return f"[batch, {per}, anchors]"
+    if isinstance(anchors, int) and 5 <= anchors <= 300 and isinstance(per, int) and per >= 100:
+        return f"[batch, {per} anchors, {anchors}]"
+    return ""
 
 
 def _graphs(graph: Any) -> list[Any]:

@@ -187,6 +187,14 @@ _STANDINS: dict[str, tuple[str, tuple[int, ...]]] = {
     "QGemm": ("Gemm", (0, 3)),
     "DynamicQuantizeMatMul": ("MatMul", (0, 1)),
     "MatMulIntegerToFloat": ("MatMul", (0, 1)),
+    "DynamicQuantizeLSTM": ("LSTM", (0, 1, 2)),  # sizes from hidden_size and direction, as LSTM's
+}
+
+
+_STANDIN_ATTRIBUTES = {
+    "Gemm": frozenset({"transA", "transB"}),
+    "AveragePool": frozenset({"kernel_shape", "strides", "pads", "ceil_mode"}),
+    "LSTM": frozenset({"hidden_size", "direction", "layout"}),
 }
 
 
@@ -203,10 +211,11 @@ def _with_standins(sk: Any) -> Any:
     for node in sk.graph.node:
         if node.op_type in _STANDINS and node.domain == "com.microsoft":
             op, operands = _STANDINS[node.op_type]
-            keep = {"transA", "transB"} if op == "Gemm" else {"kernel_shape", "strides", "pads", "ceil_mode"}
+            keep = _STANDIN_ATTRIBUTES.get(op, frozenset())
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name in keep}
             inputs = [node.input[i] for i in operands if i < len(node.input)]
-            out.graph.node.append(helper.make_node(op, inputs, list(node.output)[:1], node.name, **attrs))
+            outputs = list(node.output) if op == "LSTM" else list(node.output)[:1]
+            out.graph.node.append(helper.make_node(op, inputs, outputs, node.name, **attrs))
         else:
             out.graph.node.append(node)
     return out
