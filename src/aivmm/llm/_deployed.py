@@ -87,6 +87,8 @@ class DeployedLLM(DeployedModel):
         ctx = layout.context_length
         bpt = layout.bytes_per_token
         max_batch = int(options["max_batch_size"])
+        if layout.attention_mask is None:  # rows of different lengths could not be masked: no sharing
+            max_batch = 1
         bs = int(options["block_size"])
         cap = options["kv_cache_tokens"]
         cap = max_batch * ctx if cap is None else int(cap)
