@@ -48,6 +48,7 @@ class OrtRunner:
         # capture checks on every call: about a tenth of a tiny model's step. The pybind objects they
         # wrap take the same arguments, so the step uses those when this onnxruntime has them.
         self._bind_in, self._bind_out, self._run = self._fast_calls()
+        self._bound: tuple[Any, ...] = ()
         self._past = [n for pair in zip(layout.past_key_names, layout.past_value_names, strict=True) for n in pair]
         self._present = [
             n for pair in zip(layout.present_key_names, layout.present_value_names, strict=True) for n in pair
@@ -89,20 +90,25 @@ class OrtRunner:
         bind_in, bind_out = self._bind_in, self._bind_out
         lay = self.layout
         dt = self.kv_dtype
-        bind_in(lay.input_ids, np.int64, (batch, seq), ids.ctypes.data)
-        if lay.position_ids is not None and pos is not None:
-            bind_in(lay.position_ids, np.int64, (batch, seq), pos.ctypes.data)
+        # ids, positions and logits keep their buffers and shapes from one decode step to the next
+        # (the runtime reads the memory at run time): they are bound again only when they change
+        key = (batch, seq, ids.ctypes.data, None if pos is None else pos.ctypes.data, logits.ctypes.data)
+        if key != self._bound:
+            bind_in(lay.input_ids, np.int64, (batch, seq), key[2])
+            if lay.position_ids is not None and pos is not None:
+                bind_in(lay.position_ids, np.int64, (batch, seq), key[3])
+            if lay.use_cache_branch is not None:
+                bind_in(lay.use_cache_branch, np.bool_, (1,), self._branch_ptr)
+            bind_out(lay.logits, self.logits_dtype, (batch, seq, lay.vocab_size), key[4])
+            self._bound = key
         if lay.attention_mask is not None and mask is not None:
             bind_in(lay.attention_mask, np.int64, (batch, past_len + seq), mask.ctypes.data)
-        if lay.use_cache_branch is not None:
-            bind_in(lay.use_cache_branch, np.bool_, (1,), self._branch_ptr)
         ps = (batch, lay.kv_heads, past_len, lay.head_dim)
         qs = (batch, lay.kv_heads, past_len + seq, lay.head_dim)
         for name, ptr in zip(self._past, past_ptrs, strict=True):
             bind_in(name, dt, ps, ptr)
         for name, ptr in zip(self._present, present_ptrs, strict=True):
             bind_out(name, dt, qs, ptr)
-        bind_out(lay.logits, self.logits_dtype, (batch, seq, lay.vocab_size), logits.ctypes.data)
         try:
             self._run()
         except Exception as exc:
