@@ -45,11 +45,11 @@ def main() -> int:
         for _ in range(args.rounds):
             raw.append(_timed(lambda p=path: onnx.load(str(p))))
             ours.append(_timed(lambda p=path, s=shapes: load(p, shapes=s)))
-        primary = spec.categories[0] if spec.categories else None
+        primary = spec.categories[0]  # load() always gives at least "other"
         row = {
             "model": name,
             "source": entry.source,
-            "category": f"{primary.category.value}{'/' + primary.subtype if primary and primary.subtype else ''}",
+            "category": primary.category.value + (f"/{primary.subtype}" if primary.subtype else ""),
             "categories": [c.category.value for c in spec.categories],
             "parameters": spec.parameters,
             "hand_parameters": hand.parameters,

@@ -152,6 +152,11 @@ def fno1d(out: pathlib.Path) -> dict[str, object]:
             self.register_buffer("icos", (torch.cos(angle) * gain).T.contiguous())  # [k, n]
             self.register_buffer("isin", (torch.sin(angle) * gain).T.contiguous())
 
+        cos: torch.Tensor
+        sin: torch.Tensor
+        icos: torch.Tensor
+        isin: torch.Tensor
+
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [b, width, points]
             re, im = x @ self.cos, -(x @ self.sin)  # [b, width, modes]
             out_re = torch.einsum("bix,iox->box", re, self.w_re) - torch.einsum("bix,iox->box", im, self.w_im)
