@@ -43,7 +43,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (run on the device machine)")
     for item in items:
-        if "gpu" in item.keywords or "multigpu" in item.keywords:
+        # Markers, not keywords: keywords also hold directory names (a checkout in a folder named gpu).
+        if item.get_closest_marker("gpu") or item.get_closest_marker("multigpu"):
             item.add_marker(skip)
 
 

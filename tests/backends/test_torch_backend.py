@@ -119,7 +119,7 @@ def test_npu_is_not_driven(backend):
 
 def test_info_lists_the_planner_options(backend):
     info = backend.info()
-    assert set(info.options) == {"compile", "cuda_graphs", "channels_last"}
+    assert set(info.options) == {"compile", "cuda_graphs", "channels_last", "tf32"}
     assert "reduce-overhead" in info.options["compile"] and None in info.options["compile"]
     assert {Precision.FP32, Precision.FP16, Precision.BF16} <= info.precisions
     assert {ModelFormat.ONNX, ModelFormat.TORCH_MODULE, ModelFormat.TORCH_EXPORTED} <= info.formats
@@ -487,3 +487,102 @@ def test_inputs_are_passed_by_name_whatever_the_signature_order(backend, cpu, tm
     stale = ModelSpec(spec.name, spec.format, (TensorSpec("z", DType.FLOAT32, (2,)),), spec.outputs, source=spec.source)
     with pytest.raises(ModelLoadError, match="signature"):
         backend.load(stale, cpu, Config("torch", cpu.id))
+
+
+# -- GPU candidates, TF32, compile caches, capture-safe lowering (checked here without a GPU) -----
+
+def _cuda_device(**props) -> Device:
+    return Device("nvidia:0", DeviceKind.GPU, Vendor.NVIDIA, "NVIDIA H200", 141 << 30, 140 << 30,
+                  properties={"compute_capability": "9.0", "driver_version": "580.159.04", **props})
+
+
+def test_gpu_candidates_cover_graphs_compile_layout_and_tf32(backend, conv_model, identity_model):
+    gpu = _cuda_device()
+    conv = spec_of(conv_model)
+    fp32 = backend.candidate_options(conv, gpu, Precision.FP32)
+    bf16 = backend.candidate_options(conv, gpu, Precision.BF16)
+    assert fp32[0] == {}  # eager first: the cheapest to load
+    for runner in ({"cuda_graphs": True}, {"compile": "reduce-overhead"}):
+        assert {**runner, "channels_last": True} in bf16 and runner in bf16
+        assert {**runner, "tf32": True} in fp32 and {**runner, "channels_last": True, "tf32": True} in fp32
+    assert not any("tf32" in o for o in bf16)
+    assert not any("channels_last" in o for o in backend.candidate_options(spec_of(identity_model), gpu,
+                                                                            Precision.FP16))
+
+
+def test_cpu_candidates_are_the_option_product_without_gpu_modes(backend, cpu, conv_model):
+    options = backend.candidate_options(spec_of(conv_model), cpu, Precision.FP32)
+    assert len(options) == 12 and options[0] == {"channels_last": False, "compile": None, "cuda_graphs": False}
+    assert not any("tf32" in o for o in options)
+
+
+@pytest.mark.parametrize("precision", [Precision.FP16, Precision.FP32])
+def test_tf32_is_refused_outside_fp32_on_cuda(backend, cpu, conv_model, precision):
+    support = backend.check(spec_of(conv_model), cpu, Config("torch", cpu.id, precision, options={"tf32": True}))
+    assert not support and any("tf32 is an fp32 mode of CUDA GPUs" in r for r in support.reasons)
+
+
+def test_compile_cache_folder_is_keyed_by_the_whole_stack(monkeypatch, tmp_path):
+    from aivmm.backends.torch import _compile_cache as cc
+
+    monkeypatch.setenv("AIVMM_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(cc.INDUCTOR_ENV, raising=False)
+    base = cc.stack_versions(_cuda_device(), torch)
+    assert base["driver"] == "580.159.04" and base["torch"] == torch.__version__
+    keys = {cc.stack_key(base)} | {cc.stack_key({**base, k: "changed"}) for k in base}
+    assert len(keys) == len(base) + 1  # any change of device, driver or library starts a new folder
+    root = cc.use_compile_cache(_cuda_device(), torch)
+    assert root is not None and root.parent.parent == tmp_path / "torch-compile"
+    assert str(root) == __import__("os").environ[cc.INDUCTOR_ENV]
+    assert (root.parent / "stack.json").is_file()
+    other = cc.use_compile_cache(_cuda_device(driver_version="590.1"), torch)  # a new driver: a new folder
+    assert other != root
+    monkeypatch.setenv(cc.INDUCTOR_ENV, str(tmp_path / "mine"))  # the user's own choice is kept
+    assert cc.use_compile_cache(_cuda_device(), torch) is None
+    assert __import__("os").environ[cc.INDUCTOR_ENV] == str(tmp_path / "mine")
+
+
+def test_embedding_tables_and_position_ids_move_to_the_device(tmp_path):
+    # BERT's embeddings as exporters write them: position ids sliced to the sequence length (a Shape
+    # result) index a table. Both are data: buffers that move with the module, or every run would copy
+    # them to the device (and CUDA-graph capture fails). The shape arithmetic stays on the host.
+    r = np.random.default_rng(0)
+    pos = numpy_helper.from_array(np.arange(512, dtype=np.int64)[None], "pos")
+    table = numpy_helper.from_array(r.standard_normal((512, 8)).astype(np.float32), "table")
+    one = numpy_helper.from_array(np.array([1], np.int64), "one")
+    zero = numpy_helper.from_array(np.array([0], np.int64), "zero")
+    path = _save(tmp_path / "emb.onnx",
+                 [helper.make_node("Shape", ["x"], ["s"], start=1, end=2),
+                  helper.make_node("Slice", ["pos", "zero", "s", "one"], ["ids"]),
+                  helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+                  helper.make_node("ConstantOfShape", ["s"], ["ones"],
+                                   value=numpy_helper.from_array(np.array([1], np.int64))),
+                  helper.make_node("Add", ["x", "e"], ["y"]),
+                  helper.make_node("Identity", ["ones"], ["n"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 8])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 8]),
+                  helper.make_tensor_value_info("n", TensorProto.INT64, ["S"])], [pos, table, one, zero])
+    gm = lower(onnx.load(str(path)))
+    buffers = {tuple(t.shape) for t in gm.buffers()}
+    assert (1, 512) in buffers and (512, 8) in buffers
+    host = [v for v in vars(gm).values() if isinstance(v, torch.Tensor)]
+    assert all(t.numel() <= 64 for t in host)
+    x = torch.zeros(2, 5, 8)
+    y, n = gm(x)
+    torch.testing.assert_close(y, torch.from_numpy(numpy_helper.to_array(table)[:5]).expand(2, 5, 8))
+    assert n.tolist() == [1] * 5 and "anchor" not in dict(gm.named_buffers())  # an integer fill: host
+
+
+def test_shared_zero_biases_behind_identity_still_fuse_to_linear(tmp_path):
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
+    path = _save(tmp_path / "shared.onnx",
+                 [helper.make_node("Identity", ["b"], ["b1"]), helper.make_node("Identity", ["b"], ["b2"]),
+                  helper.make_node("MatMul", ["x", "w"], ["m1"]), helper.make_node("Add", ["b1", "m1"], ["h"]),
+                  helper.make_node("MatMul", ["h", "w"], ["m2"]), helper.make_node("Add", ["m2", "b2"], ["y"])],
+                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w, b])
+    gm = lower(onnx.load(str(path)))
+    assert gm.fused.get("Linear") == 2
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(gm(x)[0], x)

@@ -114,10 +114,16 @@ def _device_candidates(spec: ModelSpec, dev: Device, backend: Backend, info: Bac
                        constraints: Constraints) -> list[Candidate]:
     out: list[Candidate] = []
     variants = option_variants(info)
+    # A backend that knows which of its option combinations are worth measuring on this device and
+    # precision lists them itself (the product of every value is too large on GPUs, and capped).
+    curated = getattr(backend, "candidate_options", None)
     for effective, passed, p in _precision_routes(info, spec):
         model = provisional(spec, p)
         transform = p.value if p else None
-        opts_list = [{}] if p is Pass.GRAPH_EXTENDED else variants
+        if p is Pass.GRAPH_EXTENDED:
+            opts_list: list[dict[str, Any]] = [{}]
+        else:
+            opts_list = curated(model, dev, passed) if curated is not None else variants
         # Reasons that hold for the whole route (policy, exclusion, precision) are given once;
         # check() runs per option variant, since an option can be what a device refuses.
         route = _route_rejections(Candidate(Config(backend.name, dev.id, passed, dict(opts_list[0])), model,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from aivmm.backends import registry
-from aivmm.devices._types import Device
+from aivmm.devices._types import Device, DeviceKind
 from aivmm.dtypes import Precision
 from aivmm.errors import (
     AivmmError,
@@ -33,13 +33,13 @@ from aivmm.errors import (
 from aivmm.models._spec import ModelSpec
 from aivmm.optimize import _accuracy, _inputs, _passes, _probe
 from aivmm.optimize._cache import file_sha256
-from aivmm.planner import _cache, _calibration, _quiet
+from aivmm.planner import _cache, _calibration, _isolation, _quiet
 from aivmm.planner._cost import predict
 from aivmm.planner._enumerate import analysed, enumerate_candidates, onnx_path, variant_key
 from aivmm.planner._figures import Capability, capability
 from aivmm.planner._plan import Plan
 from aivmm.planner._values import Candidate, RejectReason
-from aivmm.planner.constraints import Constraints, Objective, coerce_constraints
+from aivmm.planner.constraints import Constraints, Objective, PrecisionPolicy, coerce_constraints
 from aivmm.planner.profile import NOISE_MARGIN, Budget, profile, race_rounds
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,11 @@ DEFAULT_SECONDS_PER_CANDIDATE = 0.5
 # Candidates predicted to take longer than this to load (compilation) are not measured while
 # planning unless budget_s is larger; they stay as predicted alternatives, ranked after measured ones.
 MAX_LOAD_S = 10.0
+# Devices whose first run of a model happens in a worker process (a failed GPU kernel assertion
+# breaks the CUDA context of the process it runs in).
+ISOLATED_KINDS = frozenset({DeviceKind.GPU})
+# Compiled forms of the leading measured candidates are measured when predicted to load within this.
+COMPILE_STAGE_LOAD_S = 120.0
 # Min-max calibration clips whatever it did not see: 16 batches of 4 generated rows cover the
 # generated distribution well enough for the accuracy check to judge the result fairly.
 CALIBRATION_SAMPLES = 16
@@ -235,6 +240,8 @@ class _Evaluator:
         self._reference: list[np.ndarray] | None = None
         self._reference_error: str = ""
         self._reference_done = False
+        self._isolated_ok: set[str] = set()
+        self._device_faults: dict[str, str] = {}  # device id -> the candidate whose worker faulted there
         self.notes: list[str] = list(req.generated.notes) if req.generated is not None else []
 
     def _group(self, c: Candidate) -> str:
@@ -305,6 +312,29 @@ class _Evaluator:
             return c.reject(RejectReason.UNSUPPORTED, "; ".join(support.reasons))
         return c
 
+    def _isolate(self, c: Candidate) -> str | None:
+        """Why ``c`` failed its first run in a worker process, if it is the first on its accelerator
+        (None: it passed, or needs no isolation). Once one candidate passed on a device, the rest
+        are measured in this process."""
+        dev = self.devices[c.config.device]
+        if dev.kind not in ISOLATED_KINDS or dev.simulated or dev.id in self._isolated_ok:
+            return None
+        if dev.id in self._device_faults:  # the device itself faulted on these inputs: no second worker
+            return (f"not run: the first run on {dev.id} faulted on the device with these inputs "
+                    f"({self._device_faults[dev.id]})")
+        if _isolation.model_file(c.model) is None:
+            return None  # nothing a worker could load: measured here, as before
+        assert self.req.feeds is not None
+        why = _isolation.first_run_in_worker(c.model, dev, c.config, self.req.feeds)
+        if why is None:
+            self._isolated_ok.add(dev.id)
+            self.notes.append(f"first run on {dev.id} isolated in a worker process: {c.label} passed")
+            return None
+        if _isolation.is_device_fault(why):
+            self._device_faults[dev.id] = c.label
+        return (f"failed its first run in an isolated worker process (not run in this one, so a device-side "
+                f"error cannot break this process's {dev.id} context): {why}")
+
     def measure(self, c: Candidate) -> Candidate:
         assert self.req.feeds is not None
         with _quiet.captured(c.label):
@@ -316,6 +346,9 @@ class _Evaluator:
             c = self._materialise(c)
             if c.rejected:
                 return c
+            why = self._isolate(c)
+            if why is not None:
+                return c.reject(RejectReason.FAILED, why)
             backend = registry.get(c.config.backend)
             m, outputs = profile(backend, c.model, self.devices[c.config.device], c.config, self.req.feeds,
                                  Budget(seconds=self.req.seconds_per_candidate),
@@ -440,9 +473,48 @@ class _Evaluator:
         order = sorted((c for c in pool if c not in slow),
                        key=lambda c: (self.req.cons.preference_rank(self.devices[c.config.device]),
                                       *self.objective_key(c)))
+        picked = self._pick(order)
+        if self.req.cons.precision is not PrecisionPolicy.EXACT:
+            # Precision policy: a wider policy measures every candidate the fp32-only policy would
+            # (same pool, same picking), so its measured best can never be slower than that choice.
+            picked += [c for c in self._pick([c for c in order if _plain_fp32(c)]) if c not in picked]
+        # fp32 without a pass first: for non-ONNX models the first of them becomes the reference
+        picked.sort(key=lambda c: not _plain_fp32(c))
+        measured = []
+        for c in picked:
+            m = self.measure(c)
+            (rejected if m.rejected else measured).append(m)
+        if not measured:
+            # Every measured one failed: the next-best predicted ones get their turn before the
+            # plan gives up (an unmeasured candidate never wins while measuring is asked for).
+            for c in [c for c in order if c not in picked][:RETRY_AFTER_FAILURES]:
+                picked.append(c)
+                m = self.measure(c)
+                (rejected if m.rejected else measured).append(m)
+                if not m.rejected:
+                    break
+        late = self._measure_compiled(slow, measured, rejected)
+        out: list[Candidate] = []
+        for c in pool:
+            if c in picked or c in late:
+                continue
+            if c.transform or c.precision is not Precision.FP32:
+                rejected.append(c.reject(RejectReason.ACCURACY, "not measured (outside the top-k or the load "
+                                         "budget), so its accuracy against fp32 is unverified"))
+            elif c in slow:
+                out.append(c.with_(notes=(*c.notes, f"not measured: predicted load {c.prediction.load_s:.0f} s "
+                                                    f"exceeds the planning load budget {self.req.max_load_s:.0f} s "
+                                                    "(raise budget_s to measure it)")))
+            else:
+                out.append(c.with_(notes=(*c.notes, "not measured: predicted slower than the measured ones")))
+        return out + self._race(measured, compiled=late)
+
+    def _pick(self, order: list[Candidate]) -> list[Candidate]:
+        """The top-k to measure: first the best-predicted of every group, so each runtime gets a fair
+        hearing, then the best-predicted of the rest."""
         picked: list[Candidate] = []
         seen: set[tuple[str, ...]] = set()
-        for c in order:  # first the best-predicted of every group, so each runtime gets a fair hearing
+        for c in order:
             g = variant_key(c)
             if g not in seen and len(picked) < self.req.top_k:
                 seen.add(g)
@@ -452,34 +524,29 @@ class _Evaluator:
                 break
             if c not in picked:
                 picked.append(c)
-        # fp32 without a pass first: for non-ONNX models the first of them becomes the reference
-        picked.sort(key=lambda c: (bool(c.transform) or c.config.precision is not Precision.FP32))
-        out: list[Candidate] = []
-        for c in pool:
-            if c not in picked and (c.transform or c.precision is not Precision.FP32):
-                rejected.append(c.reject(RejectReason.ACCURACY, "not measured (outside the top-k or the load "
-                                         "budget), so its accuracy against fp32 is unverified"))
-            elif c in slow:
-                out.append(c.with_(notes=(*c.notes, f"not measured: predicted load {c.prediction.load_s:.0f} s "
-                                                    f"exceeds the planning load budget {self.req.max_load_s:.0f} s "
-                                                    "(raise budget_s to measure it)")))
-            elif c not in picked:
-                out.append(c.with_(notes=(*c.notes, "not measured: predicted slower than the measured ones")))
-        measured = []
-        for c in picked:
-            m = self.measure(c)
+        return picked
+
+    def _measure_compiled(self, slow: list[Candidate], measured: list[Candidate],
+                          rejected: list[Candidate]) -> list[Candidate]:
+        """Compiled candidates (too slow to load to measure them all) are measured only where they can
+        win: the compiled form of the best measured candidate (same backend, device, precision, pass
+        and options but for the runner), and of the best fp32 one, so a wider precision policy still
+        covers what the fp32-only policy would measure. Returns the ones measured (or failed)."""
+        # On GPUs only: there a compiled graph (fused kernels, one graph launch) is often the fastest
+        # form; on CPUs compiling rarely pays for its minutes of load.
+        ok = sorted((c for c in measured if not self.violations(c)
+                     and self.devices[c.config.device].kind is DeviceKind.GPU), key=self.rank_key)
+        leaders = ok[:1] + [c for c in ok if _plain_fp32(c)][:1]
+        late: list[Candidate] = []
+        for leader in leaders:
+            partner = next((c for c in slow if c not in late and _same_but_runner(c, leader)
+                            and c.prediction is not None and c.prediction.load_s <= COMPILE_STAGE_LOAD_S), None)
+            if partner is None:
+                continue
+            late.append(partner)
+            m = self.measure(partner.with_(notes=(*partner.notes, f"measured as the compiled form of {leader.label}")))
             (rejected if m.rejected else measured).append(m)
-        if not measured:
-            # Every measured one failed: the next-best predicted ones get their turn before the
-            # plan gives up (an unmeasured candidate never wins while measuring is asked for).
-            more = [c for c in order if c not in picked and c not in slow][:RETRY_AFTER_FAILURES]
-            for c in more:
-                out = [o for o in out if o.config != c.config or o.transform != c.transform]
-                m = self.measure(c)
-                (rejected if m.rejected else measured).append(m)
-                if not m.rejected:
-                    break
-        return out + self._race(measured)
+        return late
 
     def _finalists(self, ok: list[Candidate]) -> list[Candidate]:
         """The best of each backend first (screening alone can be off by 4x on a busy machine, so a
@@ -493,11 +560,13 @@ class _Evaluator:
         picked.extend(c for c in ok if c not in picked and self.latency(c) <= RACE_FACTOR * best)
         return sorted(picked[:FINALISTS], key=ok.index)
 
-    def _race(self, measured: list[Candidate]) -> list[Candidate]:
+    def _race(self, measured: list[Candidate], compiled: Sequence[Candidate] = ()) -> list[Candidate]:
         """Re-time the leading candidates interleaved; their measurements take the raced latencies."""
         if self.req.cons.objective is Objective.ENERGY:
             return measured  # energy needs each candidate alone on the counter
-        ok = sorted((c for c in measured if not self.violations(c)), key=self.rank_key)
+        # Compiled candidates keep their own figures: loading them again would compile again.
+        skip = {_identity(c) for c in compiled}
+        ok = sorted((c for c in measured if not self.violations(c) and _identity(c) not in skip), key=self.rank_key)
         if len(ok) < 2:
             return measured
         finalists = self._finalists(ok)
@@ -525,6 +594,26 @@ class _Evaluator:
                 note += f"; lengthened {result.extended}x as the leaders were within {NOISE_MARGIN:.0%}"
             raced[id(c)] = c.with_(measurement=m, notes=(*c.notes, note))
         return [raced.get(id(c), c) for c in measured]
+
+
+def _identity(c: Candidate) -> tuple[Any, ...]:
+    return (c.config, c.transform)
+
+
+def _plain_fp32(c: Candidate) -> bool:
+    return not c.transform and c.config.precision is Precision.FP32
+
+
+# Options that choose how a candidate's graph is run (compiled, replayed) rather than what it computes.
+_RUNNER_OPTIONS = ("compile", "cuda_graphs")
+
+
+def _same_but_runner(c: Candidate, other: Candidate) -> bool:
+    def rest(x: Candidate) -> tuple[Any, ...]:
+        opts = {k: v for k, v in x.config.options.items() if k not in _RUNNER_OPTIONS and v}
+        return (x.config.backend, x.config.device, x.config.precision, x.transform, sorted(opts.items()))
+
+    return rest(c) == rest(other)
 
 
 def _run(req: _Request, t0: float, model_hash: str) -> Plan:

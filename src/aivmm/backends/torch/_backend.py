@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import importlib.util
 import inspect
+import itertools
 import os
 import pathlib
 import shutil
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from aivmm.backends._base import Backend, BackendInfo, Config, Session, Support
+from aivmm.backends.torch._devices import is_cuda
 from aivmm.devices._types import Device, DeviceKind
 from aivmm.dtypes import Precision
 from aivmm.errors import (
@@ -34,7 +36,11 @@ OPTIONS: dict[str, tuple[Any, ...]] = {
     "compile": COMPILE_MODES,
     "cuda_graphs": (False, True),
     "channels_last": (False, True),
+    # fp32 on a CUDA GPU through TF32 tensor cores (10-bit mantissa): only where the plan's fp32
+    # accuracy check passes, and named in the plan's label.
+    "tf32": (False, True),
 }
+_CONV_OPERATORS = frozenset({"Conv", "ConvTranspose", "QLinearConv", "ConvInteger"})
 # Operators whose result decides what runs next on the host: a captured CUDA graph cannot hold them.
 _DATA_DEPENDENT = ("If", "Loop", "Scan", "NonZero", "Compress")
 _PRECISION_DTYPES = {Precision.FP32: "float32", Precision.FP16: "float16", Precision.BF16: "bfloat16"}
@@ -83,6 +89,27 @@ class TorchBackend(Backend):
 
         return check_device(torch, device)
 
+    def candidate_options(self, model: ModelSpec, device: Device, precision: Precision) -> list[dict[str, Any]]:
+        """The option sets worth measuring for ``model`` on ``device`` in ``precision``, cheapest to
+        load first (the planner measures these instead of the product of every option's values).
+
+        On a CUDA GPU: eager; replayed from CUDA graphs (aivmm's runner, a capture per shape); and
+        torch.compile with CUDA graphs (``reduce-overhead``) — each in NCHW and, when the model has
+        convolutions, channels-last, and in fp32 each also with TF32. Elsewhere the first
+        combinations of the option values, as for any backend.
+        """
+        if not is_cuda(device):
+            names = ("channels_last", "compile", "cuda_graphs")
+            combos = itertools.product(*(OPTIONS[k] for k in names))
+            return [dict(zip(names, c)) for c in itertools.islice(combos, 12)]
+        convs = model.format is not ModelFormat.ONNX or bool(_CONV_OPERATORS & set(model.operators))
+        layouts = ({}, {"channels_last": True}) if convs else ({},)
+        maths = ({}, {"tf32": True}) if precision is Precision.FP32 else ({},)
+        out: list[dict[str, Any]] = [{}]
+        for runner in ({"cuda_graphs": True}, {"compile": "reduce-overhead"}):
+            out += [{**runner, **layout, **math} for math in maths for layout in layouts]
+        return out
+
     # -- check -----------------------------------------------------------------------------
     def _requirements(self, model: ModelSpec, device: Device,
                       config: Config) -> Iterator[tuple[Support, type[AivmmError]]]:
@@ -94,8 +121,6 @@ class TorchBackend(Backend):
                 return
         yield _options_support(config), ConfigError
         graphs = bool(config.options.get("cuda_graphs"))
-        from aivmm.backends.torch._devices import is_cuda
-
         if graphs and not is_cuda(device):
             yield Support.no(f"cuda_graphs needs a CUDA or ROCm GPU, not {device.id}"), ConfigError
         if graphs and config.options.get("compile") == "reduce-overhead":
@@ -103,8 +128,11 @@ class TorchBackend(Backend):
                              "cuda_graphs"), ConfigError
         if config.options.get("compile"):
             yield _compile_support(device), BackendUnavailableError
+        if config.options.get("tf32") and (config.precision is not Precision.FP32 or not is_cuda(device)):
+            yield Support.no(f"tf32 is an fp32 mode of CUDA GPUs, not of {config.precision.value} on "
+                             f"{device.id}"), ConfigError
         if config.options.get("channels_last") and model.format is ModelFormat.ONNX and not (
-                {"Conv", "ConvTranspose", "QLinearConv", "ConvInteger"} & set(model.operators)):
+                _CONV_OPERATORS & set(model.operators)):
             yield Support.no("channels_last only changes 2-D convolutions, and this model has none"), ConfigError
         if model.format is ModelFormat.ONNX:
             yield from self._check_onnx(model, graphs)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,35 +19,44 @@ from aivmm.models._spec import ModelSpec, TensorSpec
 OUTPUT_KINDS = ("numpy", "native", "torch")
 
 
-class _IeeeFp32:
-    """Turns TF32 off (cuDNN convolutions use it by default) while any fp32 session runs on a GPU.
+class _Fp32Math:
+    """Holds torch's process-wide TF32 switches (cuDNN convolutions and cuBLAS matmuls) at what the
+    running fp32 sessions asked for, and restores the user's setting when the last one leaves.
 
-    fp32 in aivmm means IEEE fp32: TF32 keeps 10 mantissa bits, which breaks fp32 tolerances.
-    The switch is process-wide in torch, so the first session in sets it and the last one out
-    restores what the user had.
+    fp32 in aivmm means IEEE fp32 unless the plan chose the ``tf32`` option (TF32 keeps 10 mantissa
+    bits, which breaks fp32 tolerances on some models: the planner's accuracy check decides). The
+    switches are global in torch, so sessions wanting the other mode wait until the current mode's
+    runs have left; sessions wanting the same mode run concurrently.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._depth = 0
+        self._mode = False
         self._saved = (True, False)
 
-    def __enter__(self) -> None:
-        with self._lock:
+    @contextlib.contextmanager
+    def __call__(self, tf32: bool) -> Iterator[None]:
+        with self._cond:
+            while self._depth and self._mode != tf32:
+                self._cond.wait()
             if self._depth == 0:
                 self._saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-                torch.backends.cudnn.allow_tf32 = False
-                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cudnn.allow_tf32 = tf32
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+                self._mode = tf32
             self._depth += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._depth -= 1
+                if self._depth == 0:
+                    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._saved
+                    self._cond.notify_all()
 
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._saved
 
-
-_IEEE_FP32 = _IeeeFp32()
+_FP32_MATH = _Fp32Math()
 # Distinct input shapes kept as captured CUDA graphs (each holds its own static buffers).
 MAX_CAPTURED_SHAPES = 8
 _WARMUP_RUNS = 3
@@ -107,11 +117,20 @@ class TorchSession(Session):
         self.float_dtype = float_dtype
         self.channels_last = bool(config.options.get("channels_last", False))
         self.notes = notes
-        self._ieee = float_dtype == torch.float32 and torch_device.type == "cuda"
+        # fp32 on a GPU runs under the TF32 switches the config asks for (IEEE unless tf32=True).
+        self._fp32_math = (bool(config.options.get("tf32", False))
+                           if float_dtype == torch.float32 and torch_device.type == "cuda" else None)
         call: Callable[..., Any] = module
         mode = config.options.get("compile")
         if mode:
-            call = torch.compile(module, mode=None if mode == "default" else mode)
+            if torch_device.type == "cuda":
+                from aivmm.backends.torch._compile_cache import use_compile_cache
+
+                use_compile_cache(device, torch)
+            # dynamic=False: one static specialisation per input shape (the planner plans per batch
+            # size, the batcher pads to preferred sizes); dynamic-shape kernels are slower and cannot
+            # be captured as CUDA graphs per size.
+            call = torch.compile(module, mode=None if mode == "default" else mode, dynamic=False)
         self._call = call
         # torch.compile's "reduce-overhead" replays CUDA graphs of its own: their outputs are overwritten
         # by the next run and its graph trees are not thread-safe, so runs are serialised and outputs copied.
@@ -127,8 +146,8 @@ class TorchSession(Session):
         return self._forward_unlocked(*inputs)
 
     def _forward_unlocked(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
-        if self._ieee:
-            with _IEEE_FP32, torch.inference_mode():
+        if self._fp32_math is not None:
+            with _FP32_MATH(self._fp32_math), torch.inference_mode():
                 return _as_list(self._call(*inputs), self.model.outputs)
         with torch.inference_mode():
             return _as_list(self._call(*inputs), self.model.outputs)

@@ -23,6 +23,9 @@ from aivmm.backends.torch.lowering._node import FLOAT_TYPES, NodeContext, Value,
 from aivmm.backends.torch.lowering._registry import lookup
 from aivmm.errors import LoweringError
 
+# Shape arithmetic reads shape vectors, axes and scalars: constants of a few elements.
+MAX_HOST_CONSTANT = 64
+
 
 class GraphBuilder:
     """Lowers one ONNX graph into one fx graph owned by ``root``."""
@@ -107,8 +110,11 @@ class GraphBuilder:
         if not runtime:
             with torch.inference_mode():
                 return fn(*args, **kwargs)  # folded: every argument is known now
-        # A node whose run-time inputs are all host values computes shapes: it and its constants stay on the CPU.
-        host = all(n in self.host_nodes for n in runtime)
+        # A node whose run-time inputs are all host values computes shapes: it and its constants stay on
+        # the CPU. One that reads a large constant (an embedding table, a position-id buffer sliced to
+        # the sequence length) computes data: it runs on the device, or every run would copy it there.
+        host = all(n in self.host_nodes for n in runtime) and all(
+            t.numel() <= MAX_HOST_CONSTANT for t in _tensors_in((args, kwargs)))
         node = self.graph.call_function(fn, self._to_graph(args, host), self._to_graph(kwargs, host))
         if host or getattr(fn, "host_result", False):
             self.host_nodes.add(node)
@@ -213,6 +219,16 @@ def _ident(name: str) -> str:
     if not out or out[0].isdigit():
         out = "v_" + out
     return out
+
+
+def _tensors_in(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, list | tuple):
+        return [t for o in obj for t in _tensors_in(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors_in(o)]
+    return []
 
 
 def _nodes_in(obj: Any) -> list[fx.Node]:

@@ -46,6 +46,9 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input and node.input[0] in consts:
+            # Exporters share equal initializers (a zero bias of every layer) through Identity nodes.
+            consts[node.output[0]] = consts[node.input[0]]
     return consts
 
 

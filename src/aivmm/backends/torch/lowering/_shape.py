@@ -329,11 +329,16 @@ def _lower_pad(n: NodeContext) -> Value:
     return n.call(_pad, n.input(0), n.ints(1), value, axes, mode)
 
 
-def _constant_of_shape(shape: object, value: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    dims = as_ints(shape)  # type: ignore[arg-type]
-    # Float and bool fills (masks) go to the model's device; integer fills are shape arithmetic: host.
-    device = anchor.device if value.is_floating_point() or value.dtype == torch.bool else torch.device("cpu")
-    return torch.full(dims, value.reshape(-1)[0].item(), dtype=value.dtype, device=device)
+def _constant_of_shape(shape: object, fill: float | int | bool, dtype: torch.dtype,
+                       anchor: torch.Tensor) -> torch.Tensor:
+    return torch.full(as_ints(shape), fill, dtype=dtype, device=anchor.device)  # type: ignore[arg-type]
+
+
+def _host_constant_of_shape(shape: object, fill: float | int | bool, dtype: torch.dtype) -> torch.Tensor:
+    return torch.full(as_ints(shape), fill, dtype=dtype)  # type: ignore[arg-type]
+
+
+_host_constant_of_shape.host_result = True  # type: ignore[attr-defined]
 
 
 @op("ConstantOfShape", since=9)
@@ -343,11 +348,16 @@ def _lower_constant_of_shape(n: NodeContext) -> Value:
         value = torch.zeros(1, dtype=torch.float32)
     if value.is_floating_point():
         value = value.to(target_dtype(n, 1))  # 1 == TensorProto.FLOAT: the configured float type
+    # The fill is an attribute: read it now, so no run reads a device scalar back (a sync that breaks
+    # CUDA-graph capture).
+    fill = value.reshape(-1)[0].item()
     shape = n.ints(0)
     if isinstance(shape, tuple):
-        return torch.full(shape, value.reshape(-1)[0].item(), dtype=value.dtype)
-    assert n.builder is not None
-    return n.call(_constant_of_shape, shape, value, n.builder.anchor())
+        return torch.full(shape, fill, dtype=value.dtype)
+    if value.is_floating_point() or value.dtype == torch.bool:  # masks and fills: the model's device
+        assert n.builder is not None
+        return n.call(_constant_of_shape, shape, fill, value.dtype, n.builder.anchor())
+    return n.call(_host_constant_of_shape, shape, fill, value.dtype)  # integer fills are shape arithmetic
 
 
 def _range(start: object, limit: object, delta: object, like: torch.Tensor) -> torch.Tensor:
