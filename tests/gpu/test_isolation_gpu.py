@@ -32,7 +32,12 @@ def test_device_side_assert_is_caught_in_a_worker(tmp_path, monkeypatch):
     free, total = torch.cuda.mem_get_info(0)
     gpu = Device("nvidia:0", DeviceKind.GPU, Vendor.NVIDIA, torch.cuda.get_device_name(0), total, free, index=0)
     bad = {"ids": np.array([[1, 2, 1000]], dtype=np.int64)}
-    with pytest.raises(InfeasibleError, match="isolated worker process") as info:
-        plan(load(str(tmp_path / "gather.onnx")), [gpu], backends=["torch"], sample_inputs=bad, top_k=3)
-    print(str(info.value)[:600])
+    try:
+        p = plan(load(str(tmp_path / "gather.onnx")), [gpu], backends=["torch"], sample_inputs=bad, top_k=3)
+        reasons = [str(r) for c in p.rejected for r in c.rejections]
+    except InfeasibleError as exc:  # every candidate rejected
+        reasons = [str(exc)]
+    isolated = [r for r in reasons if "isolated worker process" in r]
+    print(isolated[:2])
+    assert isolated, reasons
     assert torch.ones(4, device="cuda").sum().item() == 4.0  # the context here is fine

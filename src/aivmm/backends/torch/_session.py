@@ -12,6 +12,7 @@ import torch
 
 from aivmm.backends._base import Config, Session
 from aivmm.backends.torch._interop import to_output, to_tensor
+from aivmm.backends.torch.lowering._node import keeping_host_copies
 from aivmm.devices._types import Device
 from aivmm.errors import ConfigError, ExecutionError, InputError, OutOfMemoryError
 from aivmm.models._spec import ModelSpec, TensorSpec
@@ -62,15 +63,17 @@ MAX_CAPTURED_SHAPES = 8
 _WARMUP_RUNS = 3
 
 
+# A captured graph, its static inputs and outputs, and the pinned host buffers its replays copy from.
+_Captured = tuple[Any, list[torch.Tensor], Sequence[torch.Tensor], list[torch.Tensor]]
+
+
 class _CudaGraphRunner:
     """Captures the module once per input signature and replays it; one lock guards the buffers."""
 
     def __init__(self, fn: Callable[..., Sequence[torch.Tensor]], device: torch.device) -> None:
         self._fn = fn
         self._device = device
-        self._graphs: collections.OrderedDict[tuple, tuple[Any, list[torch.Tensor], Sequence[torch.Tensor]]] = (
-            collections.OrderedDict()
-        )
+        self._graphs: collections.OrderedDict[tuple, _Captured] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
@@ -84,14 +87,14 @@ class _CudaGraphRunner:
                     self._graphs.popitem(last=False)
             else:
                 self._graphs.move_to_end(key)
-            graph, static_in, static_out = entry
+            graph, static_in, static_out, _ = entry
             for dst, src in zip(static_in, inputs):
                 dst.copy_(src)
             graph.replay()
             # The next replay overwrites the static outputs: hand out copies.
             return [o.clone() for o in static_out]
 
-    def _capture(self, inputs: Sequence[torch.Tensor]) -> tuple[Any, list[torch.Tensor], Sequence[torch.Tensor]]:
+    def _capture(self, inputs: Sequence[torch.Tensor]) -> _Captured:
         static_in = [t.clone() for t in inputs]
         stream = torch.cuda.Stream(device=self._device)
         stream.wait_stream(torch.cuda.current_stream(self._device))
@@ -100,9 +103,9 @@ class _CudaGraphRunner:
                 self._fn(*static_in)
         torch.cuda.current_stream(self._device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph), keeping_host_copies() as host_copies:
             static_out = self._fn(*static_in)
-        return graph, static_in, static_out
+        return graph, static_in, static_out, host_copies  # host_copies: the pinned buffers replays copy from
 
 
 class TorchSession(Session):

@@ -8,7 +8,9 @@ reaches the graph; otherwise it adds a ``call_function`` node.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import onnx
@@ -189,6 +191,24 @@ def as_ints(v: Sequence[int] | torch.Tensor | None) -> list[int]:
     return [int(x) for x in v]
 
 
+_CAPTURE_KEEP: contextvars.ContextVar[list[torch.Tensor] | None] = contextvars.ContextVar("aivmm_capture_keep",
+                                                                                          default=None)
+
+
+@contextlib.contextmanager
+def keeping_host_copies() -> Iterator[list[torch.Tensor]]:
+    """While a CUDA graph is captured: host values that meet device tensors are copied from pinned
+    buffers (a pageable copy cannot be captured), kept alive in the yielded list for the graph's
+    replays. Host values come from shape arithmetic alone, and a graph is captured per input shape,
+    so every replay needs the very values computed at capture."""
+    keep: list[torch.Tensor] = []
+    token = _CAPTURE_KEEP.set(keep)
+    try:
+        yield keep
+    finally:
+        _CAPTURE_KEEP.reset(token)
+
+
 def same_device(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     """Move host-side helper tensors (shape arithmetic lives on the host) next to device tensors."""
     device = None
@@ -198,4 +218,15 @@ def same_device(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
             break
     if device is None:
         return list(tensors)
-    return [t.to(device) if t is not None and t.device != device else t for t in tensors]
+    keep = _CAPTURE_KEEP.get()
+    out: list[torch.Tensor | None] = []
+    for t in tensors:
+        if t is not None and t.device != device:
+            if keep is not None and t.device.type == "cpu":
+                t = t.pin_memory()
+                keep.append(t)
+                t = t.to(device, non_blocking=True)
+            else:
+                t = t.to(device)
+        out.append(t)
+    return out
