@@ -6,7 +6,7 @@ before the planner measures candidates on a GPU in its own process, it runs one 
 a worker process on the same device with the same inputs; only when that worker succeeds does
 measuring go on in-process. A candidate whose worker fails is rejected with the worker's error.
 
-The worker is a fresh interpreter (``python -m aivmm.planner._isolation REQUEST.json``): a forked
+The worker is a fresh interpreter (``_worker(REQUEST.json)`` in ``python -c``): a forked
 child would inherit the parent's CUDA state, which CUDA does not support. It reads the model from
 its file, so only file-backed models can be isolated; others are measured in-process as before
 and the plan's candidate says so.
@@ -36,6 +36,8 @@ FAULT_ENV = "AIVMM_ISOLATION_FAULT"
 # A worker imports the runtime, loads the model and runs once; compiling runners are not probed.
 TIMEOUT_S = 300.0
 _MAX_ERROR_CHARS = 600
+# Run through -c, not -m: the package imports this module first, and runpy would warn about it.
+_WORKER_MAIN = "import sys; from aivmm.planner._isolation import _worker; raise SystemExit(_worker(sys.argv[1]))"
 
 
 # What a kernel fault on the device looks like in the runtimes' error text (CUDA, HIP): inputs that
@@ -71,7 +73,7 @@ def first_run_in_worker(spec: ModelSpec, device: Device, config: Config, feeds: 
         request.write_text(json.dumps({"model": str(path), "name": spec.name, "device": device.to_json(),
                                        "config": config.to_json(), "feeds": str(inputs)}))
         try:
-            done = subprocess.run([sys.executable, "-m", "aivmm.planner._isolation", str(request)],
+            done = subprocess.run([sys.executable, "-c", _WORKER_MAIN, str(request)],
                                   capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy())
         except subprocess.TimeoutExpired:
             return f"the isolated first run did not finish within {timeout_s:.0f} s"
@@ -107,7 +109,3 @@ def _worker(request_path: str) -> int:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_worker(sys.argv[1]))
