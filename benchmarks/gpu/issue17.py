@@ -47,6 +47,7 @@ SEQ = 128
 
 # -- models ---------------------------------------------------------------------------------------
 
+
 def build_resnet(size: str) -> torch.nn.Module:
     try:
         from torchvision.models import resnet18, resnet50
@@ -65,8 +66,11 @@ class BertEncoder(torch.nn.Module):
         super().__init__()
         from transformers import BertConfig, BertModel
 
-        cfg = BertConfig() if size == "full" else BertConfig(hidden_size=64, num_hidden_layers=2,
-                                                            num_attention_heads=2, intermediate_size=128)
+        cfg = (
+            BertConfig()
+            if size == "full"
+            else BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+        )
         cfg._attn_implementation = attention
         self.bert = BertModel(cfg).eval()
 
@@ -81,7 +85,7 @@ def inputs_for(name: str, batch: int, device: torch.device, vocab: int = 30522) 
         return [torch.randn(batch, 3, 224, 224, generator=g).to(device)]
     ids = torch.randint(0, vocab, (batch, SEQ), generator=g)
     mask = torch.ones(batch, SEQ, dtype=torch.int64)
-    mask[:, SEQ * 3 // 4:] = 0  # a padded quarter: the mask matters
+    mask[:, SEQ * 3 // 4 :] = 0  # a padded quarter: the mask matters
     return [ids.to(device), mask.to(device)]
 
 
@@ -95,8 +99,16 @@ def export(name: str, module: torch.nn.Module, work: pathlib.Path) -> tuple[path
     axes = {n: {0: "batch"} for n in ins + outs}
     if not path.is_file():
         t0 = time.perf_counter()
-        torch.onnx.export(copy.deepcopy(module).cpu(), tuple(example), str(path), input_names=ins, output_names=outs,
-                          dynamic_axes=axes, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            copy.deepcopy(module).cpu(),
+            tuple(example),
+            str(path),
+            input_names=ins,
+            output_names=outs,
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
         log(f"exported {name} to ONNX in {time.perf_counter() - t0:.1f} s ({path.stat().st_size / 2**20:.0f} MiB)")
     return path, ins
 
@@ -117,6 +129,7 @@ def describe_graph(path: pathlib.Path, dest: pathlib.Path) -> None:
 
 
 # -- timing ---------------------------------------------------------------------------------------
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -156,6 +169,7 @@ def log(text: str) -> None:
 
 # -- aivmm ----------------------------------------------------------------------------------------
 
+
 def aivmm_deploy(vmm: Any, path: pathlib.Path, policy: str, batch: int, device_id: str, tag: str) -> tuple[Any, float]:
     cons = {"precision": policy, "batch_size": batch, "objective": "latency" if batch == 1 else "throughput"}
     t0 = time.perf_counter()
@@ -167,16 +181,35 @@ def plan_rows(plan: Any) -> list[dict[str, Any]]:
     rows = []
     for c in (*plan.ranked(), *plan.rejected):
         m = c.measurement
-        rows.append({"label": c.label, "p50_ms": None if m is None else round(m.p50_ms, 4),
-                     "load_s": None if m is None else round(m.load_seconds, 2),
-                     "rejected": [str(r) for r in c.rejections][:2]})
+        rows.append(
+            {
+                "label": c.label,
+                "p50_ms": None if m is None else round(m.p50_ms, 4),
+                "load_s": None if m is None else round(m.load_seconds, 2),
+                "rejected": [str(r) for r in c.rejections][:2],
+            }
+        )
     return rows
 
 
 def second_deploy(args: argparse.Namespace, name: str, policy: str, batch: int) -> dict[str, Any]:
     """The same deploy in a fresh process (caches on disk only); returns its timings."""
-    cmd = [sys.executable, __file__, "--out", str(args.out), "--models", name, "--size", args.size,
-           "--device", args.device, "--deploy-only", f"{policy}:{batch}", "--started", repr(time.time())]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--out",
+        str(args.out),
+        "--models",
+        name,
+        "--size",
+        args.size,
+        "--device",
+        args.device,
+        "--deploy-only",
+        f"{policy}:{batch}",
+        "--started",
+        repr(time.time()),
+    ]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ.copy())
     wall = time.perf_counter() - t0
@@ -208,14 +241,23 @@ def deploy_only(args: argparse.Namespace, device: torch.device, device_id: str) 
     marks["process_start_to_first_result_s"] = time.time() - args.started
     root = pathlib.Path(os.environ.get("AIVMM_CACHE_DIR", "~/.cache/aivmm")).expanduser() / "torch-compile"
     files = [f for f in root.rglob("*") if f.is_file()] if root.is_dir() else []
-    print(json.dumps({**{k: round(v, 2) for k, v in marks.items()}, "cache_hit": model.plan.cache_hit,
-                      "chosen": model.plan.chosen.label, "compile_cache_files": len(files),
-                      "compile_cache_dirs": sorted({str(f.relative_to(root)).split("/")[0] for f in files})}))
+    print(
+        json.dumps(
+            {
+                **{k: round(v, 2) for k, v in marks.items()},
+                "cache_hit": model.plan.cache_hit,
+                "chosen": model.plan.chosen.label,
+                "compile_cache_files": len(files),
+                "compile_cache_dirs": sorted({str(f.relative_to(root)).split("/")[0] for f in files}),
+            }
+        )
+    )
     vmm.close()
     return 0
 
 
 # -- one model ------------------------------------------------------------------------------------
+
 
 def run_model(name: str, args: argparse.Namespace, device: torch.device, device_id: str, out: dict) -> None:
     import aivmm
@@ -265,8 +307,15 @@ class Case:
     out: dict
 
     def add(self, variant: str, ms: float, err: float | None, **extra: Any) -> None:
-        row = {"model": self.name, "batch": self.batch, "variant": variant, "latency_ms": round(ms, 4),
-               "throughput_per_s": round(self.batch / ms * 1e3, 1), "rel_error_vs_hand_fp32": err, **extra}
+        row = {
+            "model": self.name,
+            "batch": self.batch,
+            "variant": variant,
+            "latency_ms": round(ms, 4),
+            "throughput_per_s": round(self.batch / ms * 1e3, 1),
+            "rel_error_vs_hand_fp32": err,
+            **extra,
+        }
         self.out.setdefault("rows", []).append(row)
         log(f"{self.name} b{self.batch} {variant:28s} {ms:9.3f} ms {row['throughput_per_s']:10.1f}/s err {err}")
         save(self.args, self.out)
@@ -316,23 +365,29 @@ def measure_batch(case: Case) -> None:
         case.out.setdefault("plans", {})[f"{case.name}-{policy}-b{case.batch}"] = plan_rows(model.plan)
         got = first(model.execute(feeds, output="native"))
         ms = case.time(lambda m=model: m.execute(feeds, output="native"))
-        case.add(f"aivmm auto {policy}", ms, rel_error(got, want), chosen=model.plan.chosen.label,
-                 deploy_s=round(seconds, 1))
+        case.add(
+            f"aivmm auto {policy}", ms, rel_error(got, want), chosen=model.plan.chosen.label, deploy_s=round(seconds, 1)
+        )
         model.close()
 
 
 def markdown(out: dict) -> str:
-    lines = ["| model | batch | variant | latency ms | items/s | vs hand best | rel. error | aivmm choice | deploy s |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
-    best = {(r["model"], r["batch"]): r["latency_ms"] for r in out.get("rows", [])
-            if r["variant"].startswith("hand best")}
+    lines = [
+        "| model | batch | variant | latency ms | items/s | vs hand best | rel. error | aivmm choice | deploy s |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    best = {
+        (r["model"], r["batch"]): r["latency_ms"] for r in out.get("rows", []) if r["variant"].startswith("hand best")
+    }
     for r in out.get("rows", []):
         ref = best.get((r["model"], r["batch"]))
         ratio = f"{ref / r['latency_ms']:.2f}x" if ref and r["latency_ms"] == r["latency_ms"] else ""
         err = r.get("rel_error_vs_hand_fp32")
-        lines.append(f"| {r['model']} | {r['batch']} | {r['variant']} | {r['latency_ms']:.3f} | "
-                     f"{r['throughput_per_s']:.0f} | {ratio} | {'' if err is None else f'{err:.1e}'} | "
-                     f"{r.get('chosen', r.get('error', ''))} | {r.get('deploy_s', r.get('compile_s', ''))} |")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['variant']} | {r['latency_ms']:.3f} | "
+            f"{r['throughput_per_s']:.0f} | {ratio} | {'' if err is None else f'{err:.1e}'} | "
+            f"{r.get('chosen', r.get('error', ''))} | {r.get('deploy_s', r.get('compile_s', ''))} |"
+        )
     for s in out.get("second_deploy", []):
         lines.append(f"\nsecond deploy in a new process: {s}")
     return "\n".join(lines)
@@ -368,7 +423,9 @@ def main() -> int:
         "command": " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
         "commit": os.environ.get("AIVMM_COMMIT", ""),
     }
     for name in args.models:

@@ -23,9 +23,13 @@ pytestmark = pytest.mark.gpu
 def test_device_side_assert_is_caught_in_a_worker(tmp_path, monkeypatch):
     monkeypatch.setenv("AIVMM_CACHE_DIR", str(tmp_path / "cache"))
     table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
-    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"], axis=0)], "gather",
-                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4])], [table])
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["y"], axis=0)],
+        "gather",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4])],
+        [table],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(tmp_path / "gather.onnx"))

@@ -42,8 +42,13 @@ _WORKER_MAIN = "import sys; from aivmm.planner._isolation import _worker; raise 
 
 # What a kernel fault on the device looks like in the runtimes' error text (CUDA, HIP): inputs that
 # fault one candidate fault the others too, so the planner stops sending workers to that device.
-_DEVICE_FAULTS = ("device-side assert", "illegal memory access", "misaligned address", "unspecified launch failure",
-                  "hipErrorIllegalAddress")
+_DEVICE_FAULTS = (
+    "device-side assert",
+    "illegal memory access",
+    "misaligned address",
+    "unspecified launch failure",
+    "hipErrorIllegalAddress",
+)
 
 
 def is_device_fault(error: str) -> bool:
@@ -57,8 +62,9 @@ def model_file(spec: ModelSpec) -> pathlib.Path | None:
     return None
 
 
-def first_run_in_worker(spec: ModelSpec, device: Device, config: Config, feeds: Mapping[str, Any],
-                        *, timeout_s: float = TIMEOUT_S) -> str | None:
+def first_run_in_worker(
+    spec: ModelSpec, device: Device, config: Config, feeds: Mapping[str, Any], *, timeout_s: float = TIMEOUT_S
+) -> str | None:
     """Load ``spec`` with ``config`` on ``device`` in a worker process and run ``feeds`` once.
 
     Returns None when the run succeeded, else why it failed (the worker's error, or how it died).
@@ -70,11 +76,25 @@ def first_run_in_worker(spec: ModelSpec, device: Device, config: Config, feeds: 
         inputs = pathlib.Path(tmp) / "feeds.npz"
         np.savez(inputs, **{name: np.asarray(value) for name, value in feeds.items()})
         request = pathlib.Path(tmp) / "request.json"
-        request.write_text(json.dumps({"model": str(path), "name": spec.name, "device": device.to_json(),
-                                       "config": config.to_json(), "feeds": str(inputs)}))
+        request.write_text(
+            json.dumps(
+                {
+                    "model": str(path),
+                    "name": spec.name,
+                    "device": device.to_json(),
+                    "config": config.to_json(),
+                    "feeds": str(inputs),
+                }
+            )
+        )
         try:
-            done = subprocess.run([sys.executable, "-c", _WORKER_MAIN, str(request)],
-                                  capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy())
+            done = subprocess.run(
+                [sys.executable, "-c", _WORKER_MAIN, str(request)],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                env=os.environ.copy(),
+            )
         except subprocess.TimeoutExpired:
             return f"the isolated first run did not finish within {timeout_s:.0f} s"
     if done.returncode == 0:
