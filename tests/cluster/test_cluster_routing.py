@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -138,7 +139,7 @@ def test_channel_answers_requests_and_errors_and_reports_a_dead_end() -> None:
 
     import numpy as np
 
-    from aivmm.cluster._channel import ChannelLost, ChannelPool, ChannelServer
+    from aivmm.cluster._channel import ChannelLost, ChannelPool, ChannelServer, answers
     from aivmm.errors import ClusterAuthError, InputError
 
     def handler(name: str, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -168,11 +169,15 @@ def test_channel_answers_requests_and_errors_and_reports_a_dead_end() -> None:
             pool.call(("bad", np.zeros(1)), 10)
         with pytest.raises(ClusterAuthError):  # a wrong key is refused by the handshake
             ChannelPool(server.address, b"x" * 32).call(("ok", np.zeros(1)), 5)
+        assert answers(server.address, key, 10) and not answers(server.address, b"x" * 32, 10)
     finally:
         server.close()
         pool.close()
     with pytest.raises(ChannelLost):
         pool.call(("ok", np.zeros(1)), 5)
+    start = time.monotonic()
+    assert not answers(server.address, key, 10)  # a closed agent is known dead at once, not after the timeout
+    assert time.monotonic() - start < 5
 
 
 class _Cand:

@@ -10,15 +10,23 @@ in the engine, so the engine's dynamic batching can group them; control calls ar
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import socket
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from aivmm._storage import cache_dir, file_sha256
 from aivmm.cluster._channel import ChannelServer
 from aivmm.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+# How often an agent looks whether its raylet still lives.
+_RAYLET_POLL_S = 0.1
 
 
 def _key(name: str, device: str) -> str:
@@ -57,6 +65,23 @@ class NodeAgent:
         self._models: dict[str, Any] = {}
         # The channel listens on the node's own Ray address (its --node-ip-address), nowhere else.
         self._channel = ChannelServer(ray.util.get_node_ip_address(), authkey, self.infer)
+        threading.Thread(
+            target=self._watch_raylet, args=(os.getppid(),), name="aivmm-raylet-watch", daemon=True
+        ).start()
+
+    def _watch_raylet(self, raylet_pid: int) -> None:
+        """End this agent as soon as its raylet (the parent of every Ray worker) is gone.
+
+        Without its raylet the node is dead to Ray, but the worker process lingers for seconds
+        (until Ray's own checks notice) and keeps answering on its channel meanwhile; ending at
+        once breaks the channel's connections, so clients fail over in ~0.1 s whatever Ray's
+        health-check settings are.
+        """
+        while os.getppid() == raylet_pid:
+            time.sleep(_RAYLET_POLL_S)
+        log.error("node agent %s: raylet %d is gone; exiting", self.node_id[:8], raylet_pid)
+        self._channel.close()
+        os._exit(1)  # no clean-up: the raylet that would run it is dead
 
     def describe(self) -> dict[str, Any]:
         import ray

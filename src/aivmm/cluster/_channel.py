@@ -68,6 +68,8 @@ class ChannelServer:
         self.address: tuple[str, int] = self._listener.address  # type: ignore[assignment]
         self._handler = handler
         self._closed = False
+        self._lock = threading.Lock()
+        self._conns: set[Connection] = set()
         threading.Thread(target=self._accept, name="aivmm-channel-accept", daemon=True).start()
 
     def _accept(self) -> None:
@@ -82,27 +84,49 @@ class ChannelServer:
             threading.Thread(target=self._serve, args=(_no_delay(conn),), name="aivmm-channel", daemon=True).start()
 
     def _serve(self, conn: Connection) -> None:
-        with conn:
-            while True:
-                try:
-                    message = conn.recv()
-                except (EOFError, OSError):
+        with self._lock:
+            self._conns.add(conn)
+        try:
+            with conn:
+                self._answer(conn)
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+
+    def _answer(self, conn: Connection) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                reply: tuple[Any, ...] = ("ok", self._handler(*message))
+            except Exception as exc:  # every request gets an answer: the error travels back
+                reply = ("err", *_encode_error(exc))
+            try:
+                conn.send(reply)
+            except Exception as exc:
+                if isinstance(exc, OSError | EOFError):
                     return
-                try:
-                    reply: tuple[Any, ...] = ("ok", self._handler(*message))
-                except Exception as exc:  # every request gets an answer: the error travels back
-                    reply = ("err", *_encode_error(exc))
-                try:
-                    conn.send(reply)
-                except Exception as exc:
-                    if isinstance(exc, OSError | EOFError):
-                        return
-                    conn.send(("err", *_encode_error(errors.ServingError(f"cannot send the answer: {exc!r}"))))
+                conn.send(("err", *_encode_error(errors.ServingError(f"cannot send the answer: {exc!r}"))))
 
     def close(self) -> None:
         self._closed = True
         with contextlib.suppress(Exception):
             self._listener.close()
+        # On Linux an accept() blocked in another thread keeps the socket listening after close();
+        # one connection wakes it (its handshake fails, the loop sees _closed and ends).
+        with contextlib.suppress(OSError):
+            socket.create_connection(self.address, timeout=1.0).close()
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for conn in conns:  # peers waiting for an answer learn at once that none will come
+            with contextlib.suppress(Exception):
+                sock = socket.socket(fileno=conn.fileno())
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                finally:
+                    sock.detach()
 
 
 class ChannelPool:
@@ -167,3 +191,24 @@ class ChannelPool:
         for conn in idle:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def answers(address: tuple[str, int], authkey: bytes, timeout_s: float) -> bool:
+    """Whether the agent at ``address`` completes a handshake within ``timeout_s``: proof that its
+    process serves (a bare TCP connect is not: the kernel accepts into the backlog of a listener
+    whose process is already dying). The handshake has no timeout of its own, so it runs in a
+    daemon thread that a dead peer's closing socket ends later."""
+    done = threading.Event()
+    ok: list[bool] = []
+
+    def shake() -> None:
+        try:
+            Client(address, authkey=authkey).close()
+            ok.append(True)
+        except Exception:  # refused, reset or a wrong key: not serving
+            ok.append(False)
+        finally:
+            done.set()
+
+    threading.Thread(target=shake, name="aivmm-channel-probe", daemon=True).start()
+    return done.wait(timeout_s) and ok == [True]
