@@ -217,3 +217,25 @@ def test_mixed_concurrent_load_leaves_nothing_behind(vmm: aivmm.VMM, gpt2: Any) 
     st = gpt2.stats()
     assert st.running == 0 and st.waiting == 0 and st.kv_tokens_used == 0
     assert _kv_entries(vmm, "gpt2") == []
+
+
+async def test_prompts_admitted_together_share_one_prefill(llama: Any) -> None:
+    sched = llama._scheduler
+    real = sched._prefill_batch
+    sizes: list[int] = []
+
+    def counting(reqs: list[Any]) -> None:
+        sizes.append(len(reqs))
+        real(reqs)
+
+    sched._prefill_batch = counting
+    try:
+        solo = [llama.generate(p, max_new_tokens=8, ignore_eos=True).token_ids for p in PROMPTS]
+        for _ in range(5):  # admission together depends on the scheduler thread's timing
+            got = await asyncio.gather(*(llama.agenerate(p, max_new_tokens=8, ignore_eos=True) for p in PROMPTS))
+            assert [g.token_ids for g in got] == solo
+            if sizes:
+                break
+    finally:
+        del sched._prefill_batch
+    assert sizes and max(sizes) > 1

@@ -125,6 +125,7 @@ class Scheduler:
         self._ones = np.ones(context + 1, dtype=np.int64)
         self._arange = np.arange(context + 1, dtype=np.int64)
         self.rows: list[Request] = []
+        self._group: _GroupPrefill | None = None
         self._all_fast = True
         self.waiting: collections.deque[Request] = collections.deque()
         self._incoming: list[Request] = []
@@ -221,8 +222,16 @@ class Scheduler:
             self._decode()
 
     def _admit(self) -> None:
+        ready: list[Request] = []
+        try:
+            self._take_ready(ready)
+        finally:
+            if ready:
+                self._prefill_group(ready)
+
+    def _take_ready(self, ready: list[Request]) -> None:
         waiting, batch = self.waiting, self.batch
-        while waiting and len(self.rows) < batch.max_batch:
+        while waiting and len(self.rows) + len(ready) < batch.max_batch:
             req = waiting[0]
             if req.cancelled:
                 waiting.popleft()
@@ -240,7 +249,7 @@ class Scheduler:
                 )
                 continue
             if not self.pool.try_take(req.rid, need):
-                if not self.rows:  # nothing of ours will free blocks: the device itself is full
+                if not self.rows and not ready:  # nothing of ours will free blocks: the device itself is full
                     waiting.popleft()
                     self._fail(
                         req,
@@ -256,13 +265,60 @@ class Scheduler:
                 self.pool.give_back(req.rid)
                 self._finish(req, FinishReason.CANCELLED)
                 continue
-            self._prefill(req)
+            ready.append(req)
 
-    def _prefill(self, req: Request) -> None:
+    def _prefill_group(self, reqs: list[Request]) -> None:
+        """Prompts admitted together run as one padded prefill; a reused prefix runs on its own."""
+        plain = []
+        for req in reqs:
+            blocks = self.prefix.lookup(req.prompt)
+            if blocks or len(reqs) == 1:
+                self._prefill(req, blocks)
+            else:
+                plain.append(req)
+        if len(plain) == 1:
+            self._prefill(plain[0], [])
+        elif plain:
+            self._prefill_batch(plain)
+
+    def _prefill_batch(self, reqs: list[Request]) -> None:
+        k = len(reqs)
+        p = max(len(r.prompt) for r in reqs)
+        if self._group is None:
+            self._group = _GroupPrefill(
+                self.layout,
+                self.batch.max_batch,
+                self.context,
+                getattr(self.runner, "register", None),
+                self.runner.logits_dtype,
+            )
+        g = self._group
+        ids = np.zeros((k, p), dtype=np.int64)
+        pos = np.zeros((k, p), dtype=np.int64)
+        mask = np.zeros((k, p), dtype=np.int64)
+        for i, r in enumerate(reqs):
+            n = len(r.prompt)
+            ids[i, p - n :] = r.prompt  # left padding, masked out
+            pos[i, p - n :] = self._arange[:n]
+            mask[i, p - n :] = 1
+        self.runner.run(k, 0, p, ids, pos, mask, g.kv.ptrs[0], g.kv.ptrs[1], g.logits)
+        present = [g.kv.view(1, j, k, p) for j in range(len(g.kv.bufs[1]))]
+        logits = g.logits[: k * p * self.vocab].reshape(k, p, self.vocab)
+        for i, r in enumerate(reqs):
+            off = p - len(r.prompt)
+            mine = [x[i : i + 1, :, off:] for x in present]
+            self.prefix.insert(r.prompt, mine)
+            tok, lp, tops = r.sampler.pick(logits[i, p - 1])
+            if not self._accept(r, tok, lp, tops):
+                self.batch.add(mine, len(r.prompt), tok)
+                self.rows.append(r)
+        self._membership_changed()
+
+    def _prefill(self, req: Request, blocks: list[np.ndarray]) -> None:
         prompt = req.prompt
         p = len(prompt)
         pre = self.pre
-        k = pre.load_prefix(self.prefix.lookup(prompt))
+        k = pre.load_prefix(blocks)
         n = p - k
         ids = np.asarray(prompt[k:], dtype=np.int64).reshape(1, n)
         pos = self._arange[k:p].reshape(1, n)
@@ -418,6 +474,16 @@ class Scheduler:
         if r.on_event is not None:
             r.on_event(err)
         r.on_done(err)
+
+
+class _GroupPrefill:
+    """Buffers for prompts prefilled together: KV of up to ``rows`` prompts and their logits."""
+
+    def __init__(self, layout: KVLayout, rows: int, ctx: int, register: Any, logits_dtype: Any) -> None:
+        from aivmm.llm._kvstore import _Sides
+
+        self.kv = _Sides(layout, rows, ctx, register)
+        self.logits = np.empty(rows * ctx * layout.vocab_size, dtype=logits_dtype)
 
 
 def _holdback(text: str, stops: tuple[str, ...]) -> int:
