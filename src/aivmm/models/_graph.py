@@ -286,8 +286,8 @@ def _evaluate(node: Any, args: list[Any]) -> Any:
         n = int(max(np.ceil((args[1] - args[0]) / args[2]), 0))
         return None if n > _FOLD_LIMIT else np.arange(args[0], args[1], args[2])
     if op == "Expand":
-        out = args[0] * np.ones([int(d) for d in args[1]], dtype=args[0].dtype)
-        return None if out.size > _FOLD_LIMIT else out
+        shape = np.broadcast_shapes(args[0].shape, tuple(int(d) for d in args[1]))
+        return None if math.prod(shape) > _FOLD_LIMIT else np.broadcast_to(args[0], shape).copy()
     if op == "Where":
         return np.where(args[0], args[1], args[2])
     if op in ("Neg", "Abs"):
