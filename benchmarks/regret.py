@@ -205,6 +205,39 @@ def one(name: str, args: argparse.Namespace, devices: Any) -> dict[str, Any]:
     return row
 
 
+def markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The table for BENCHMARKS.md / benchmarks/results/regret.md: one row per model, then every
+    candidate's planning measurement."""
+    out = [
+        f"`{summary['command']}` — {summary['when']}, {summary['machine']}",
+        "",
+        "| model | aivmm's choice | chosen ms | oracle (by hand) | oracle ms | regret |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
+    ]
+    for r in rows:
+        if "regret" in r:
+            out.append(
+                f"| {r['model']} | {r['chosen']} | {r['chosen_ms']:.3f} | {r['oracle']} | {r['oracle_ms']:.3f} "
+                f"| {r['regret']:.3f} |"
+            )
+        else:
+            out.append(f"| {r['model']} | {r.get('error', 'no oracle ran')} | | | | |")
+    out += [
+        "",
+        f"geomean **{summary['geomean']}**, worst **{summary['worst']}** ({summary['worst_model']}), "
+        f"{summary['planned']} of {summary['models']} models planned",
+        "",
+        "Every candidate's latency as the planner measured it (ms; screening, or the race for finalists):",
+        "",
+    ]
+    for r in rows:
+        cands = ", ".join(f"{k} {v:g}" for k, v in sorted(r.get("candidates", {}).items(), key=lambda kv: kv[1]))
+        out.append(
+            f"- **{r['model']}**: {cands or '-'}" + (f"; failed: {', '.join(r['failed'])}" if r.get("failed") else "")
+        )
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", help="comma-separated realzoo names (default: all)")
@@ -214,6 +247,7 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=6, help="calls per turn (the first is a warm-up)")
     ap.add_argument("--screen", type=float, default=3.0, help="race hand configs within this factor of the best")
     ap.add_argument("--out", type=pathlib.Path, help="write the rows as JSON")
+    ap.add_argument("--markdown", type=pathlib.Path, help="write the tables as Markdown")
     args = ap.parse_args()
     os.environ.setdefault("AIVMM_CACHE_DIR", "/tmp/aivmm-regret-cache")
     from aivmm.devices import discover
@@ -247,6 +281,8 @@ def main() -> int:
     print(json.dumps(summary))
     if args.out:
         args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1, default=str))
+    if args.markdown:
+        args.markdown.write_text(markdown(summary, rows))
     return 0
 
 

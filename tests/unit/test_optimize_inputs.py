@@ -94,3 +94,18 @@ def test_run_input_npz_wins_over_generated_inputs(tmp_path, cls_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["inputs_from"] == "--input" and report["inputs"]["x"]["shape"] == [2, 3, 48, 192]
     assert report["outputs"][0]["shape"] == [2, 2]
+
+
+def test_probe_retries_the_next_multiple_of_32_then_64_then_grows():
+    from aivmm.optimize._inputs import Assignment
+
+    side = _dims.Role(200, "an image side of the usual size", free=True)
+    base = Assignment(
+        {"height": 200, "batch": 1}, {"height": side, "batch": _dims.Role(1, "the batch size", False)}, {}
+    )
+    tries = _probe._attempts(base)
+    whys = [w for w, _ in tries]
+    assert whys[:2] == ["sizes rounded up to a multiple of 32", "sizes rounded up to a multiple of 64"]
+    assert [a.sizes["height"] for _, a in tries[:2]] == [224, 256]
+    assert all(a.sizes["batch"] == 1 for _, a in tries)  # the batch is never a guess to change
+    assert "an image height of 48" in whys and whys[-1].startswith("sizes grown")

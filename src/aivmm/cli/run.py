@@ -76,23 +76,17 @@ def _parse_inputs(items: list[str], spec: Any = None) -> dict[str, np.ndarray]:
 
 
 def random_inputs(spec: Any, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs shaped by the signature; symbolic dims become 1, integer inputs stay small (ids, indices)."""
+    """Inputs generated as the planner generates them (sizes from dim names, metadata and probing;
+    ids inside their tables; compared-with constants): see :mod:`aivmm.optimize._probe`."""
     from aivmm.dtypes import DType
+    from aivmm.optimize._probe import generate
 
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
     for t in spec.inputs:
-        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in t.shape)
-        np_dtype = t.dtype.to_numpy()
-        if t.dtype.is_float:
-            feeds[t.name] = rng.standard_normal(shape).astype(np_dtype)
-        elif t.dtype is DType.BOOL:
-            feeds[t.name] = rng.integers(0, 2, shape).astype(bool)
-        elif t.dtype is DType.STRING:
+        if t.dtype is DType.STRING:
             raise InputError(f"input {t.name!r} is a string tensor: pass it with --input")
-        else:
-            feeds[t.name] = rng.integers(0, 2, shape).astype(np_dtype)
-    return feeds
+    src = spec.source
+    path = src if isinstance(src, str | pathlib.Path) and str(src).endswith(".onnx") else None
+    return generate(spec, seed=seed, model_path=path).feeds
 
 
 def _summary(array: Any) -> dict[str, Any]:
