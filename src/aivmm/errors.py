@@ -18,7 +18,7 @@ an HTTP and gRPC status in one table (``aivmm.serve._errors``), so the class cho
     │   ├── DeviceNotFoundError      unknown device id
     │   └── DeviceUnhealthyError     a device that failed and was taken out of service
     ├── ModelError
-    │   ├── ModelLoadError           not a model, truncated protobuf, missing external data
+    │   ├── ModelLoadError           not a model, truncated, missing external data, self-contradicting graph
     │   ├── UnsupportedModelError    unknown opset or domain, an operator no backend can run
     │   └── ModelChangedError        the file changed on disk after deploy
     ├── InputError                   wrong input name, dtype, rank or shape; shows the signature
@@ -96,7 +96,8 @@ class ModelError(AivmmError):
 
 
 class ModelLoadError(ModelError):
-    """The file is not a model, is truncated, or misses external data."""
+    """The file is not a model, is truncated, misses external data, or contradicts itself (weights
+    whose data does not fit their dims, operators whose types or shapes cannot agree)."""
 
 
 class UnsupportedModelError(ModelError):

@@ -324,3 +324,75 @@ def test_input_without_a_declared_shape(tmp_path: pathlib.Path) -> None:
     onnx.save(model, path)
     with pytest.raises(ModelLoadError, match=r"'shape'.*required"):  # the checker requires input shapes
         load(path)
+
+
+def _save(model: onnx.ModelProto, path: pathlib.Path) -> pathlib.Path:
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_weight_with_more_data_than_its_dims(tmp_path: pathlib.Path) -> None:
+    # onnx.checker only asks that data be not too short; every runtime fails to reshape the rest.
+    vi = helper.make_tensor_value_info
+    w = numpy_helper.from_array(np.ones((200, 64), np.float32), "w")
+    w.dims[0] = 100  # 51200 bytes of data, dims claim 25600
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm", [vi("x", F, ["batch", 100])],
+                              [vi("y", F, ["batch", 64])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelLoadError, match=r"'w' holds more: 51200 bytes.*\[100, 64\] need 25600"):
+        load(_save(model, tmp_path / "long.onnx"))
+
+
+def test_constant_inside_a_subgraph_is_checked_too(tmp_path: pathlib.Path) -> None:
+    vi = helper.make_tensor_value_info
+    value = numpy_helper.from_array(np.ones((64, 64), np.float32), "c")
+    value.dims[0] = 65
+    branch = helper.make_graph([helper.make_node("Constant", [], ["k"], value=value)], "b", [], [vi("k", F, [65, 64])])
+    node = helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)
+    graph = helper.make_graph([node], "if", [vi("cond", TensorProto.BOOL, [])], [vi("y", F, [65, 64])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelLoadError, match=r"'c' holds 16384 bytes"):
+        load(_save(model, tmp_path / "if.onnx"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        ("weight-type", r"node 'mm' \(MatMul\): .*type"),  # float activations times int32 weights
+        ("weight-shape", r"node 'mm' \(MatMul\): Incompatible dimensions"),
+        ("axis", r"node 'sm' \(Softmax\): 'axis' must be in"),
+        ("output-type", r"Inferred elem type differs"),
+    ],
+)
+def test_operators_that_contradict_each_other(tmp_path: pathlib.Path, edit: str, says: str) -> None:
+    vi = helper.make_tensor_value_info
+    w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Softmax", ["h"], ["y"], name="sm", axis=-1)]
+    out = vi("y", TensorProto.INT64 if edit == "output-type" else F, ["batch", 4])
+    if edit == "weight-type":
+        w = numpy_helper.from_array(np.ones((8, 4), np.int32), "w")
+    elif edit == "weight-shape":
+        w = numpy_helper.from_array(np.ones((4, 8), np.float32), "w")
+    elif edit == "axis":
+        nodes[1] = helper.make_node("Softmax", ["h"], ["y"], name="sm", axis=5)
+    graph = helper.make_graph(nodes, "g", [vi("x", F, ["batch", 8])], [out], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ModelLoadError, match=says):
+        load(_save(model, tmp_path / f"{edit}.onnx"))
+
+
+def test_a_model_of_ai_onnx_ml_operators_only_loads(tmp_path: pathlib.Path) -> None:
+    # scikit-learn exports import only ai.onnx.ml: no default opset is needed for them.
+    vi = helper.make_tensor_value_info
+    node = helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", threshold=0.5)
+    graph = helper.make_graph([node], "bin", [vi("x", F, ["batch", 3])], [vi("y", F, ["batch", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    spec = load(_save(model, tmp_path / "ml.onnx"))
+    assert spec.opsets == {"ai.onnx.ml": 1}
+    # A default-domain node in such a model is still refused, by name.
+    model.graph.node.append(helper.make_node("Relu", ["y"], ["z"]))
+    model.graph.output[0].name = "z"
+    with pytest.raises(UnsupportedModelError, match=r"domain ''.*does not import"):
+        load(_save(model, tmp_path / "ml-relu.onnx"))

@@ -98,20 +98,22 @@ def hash_external(digest: Any, files: Sequence[pathlib.Path]) -> bool:
     return not whole
 
 
-def _all_tensors(graph: Any) -> Any:
+def all_tensors(graph: Any) -> Any:
+    """Every TensorProto of a graph: initializers and tensor attributes, subgraphs included."""
     yield from graph.initializer
     for node in graph.node:
         for a in node.attribute:
             if a.HasField("t"):
                 yield a.t
+            yield from a.tensors
         for sub in subgraphs(node):
-            yield from _all_tensors(sub)
+            yield from all_tensors(sub)
 
 
 def _external_files(model: Any, path: pathlib.Path) -> list[pathlib.Path]:
     base = path.parent.resolve()
     files: dict[pathlib.Path, int] = {}
-    for t in _all_tensors(model.graph):
+    for t in all_tensors(model.graph):
         if t.data_location != 1:
             continue
         entries = {e.key: e.value for e in t.external_data}

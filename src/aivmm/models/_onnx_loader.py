@@ -13,7 +13,7 @@ from aivmm.errors import InputError, ModelLoadError, UnsupportedModelError
 from aivmm.models import _flops, _memory, _params, _shapes
 from aivmm.models._categorize import categorize
 from aivmm.models._graph import GraphIndex, walk_nodes
-from aivmm.models._onnx_checks import check_opsets, check_structure
+from aivmm.models._onnx_checks import check_consistency, check_opsets, check_structure
 from aivmm.models._onnx_facts import collect
 from aivmm.models._onnx_file import FULL_HASH_LIMIT, ReadModel, read
 from aivmm.models._onnx_types import itemsize, to_dtype
@@ -98,7 +98,8 @@ def load_onnx(path: str | os.PathLike[str], *, shapes: Mapping[str, Sequence[int
     loaded = read(path)
     try:
         opsets, custom = check_opsets(loaded.model, where)
-        check_structure(loaded.model, path, loaded.size_bytes)
+        check_structure(loaded.model, path)
+        check_consistency(loaded.model, where)
         return analyse(loaded, path=path, shapes=shapes, name=name, opsets=opsets, custom=custom)
     except UnicodeDecodeError as exc:
         # protobuf parses string fields lazily: a corrupt name surfaces only when read.

@@ -1,0 +1,148 @@
+"""Broken real models get one clear line at deploy, never a crash or a traceback later.
+
+The corpus (``_bad_models``) is made from real models of the real-model zoo: BERT exported by
+Optimum from a transformers architecture with random weights, and Silero VAD (If, LSTM) and the
+PP-OCR direction classifier (CNN) as their PyPI wheels ship them. Each is truncated, bit-flipped,
+edited wrongly (dims, weights, dangling inputs, types, node order), given an unknown opset or
+operator, or separated from its external weights, then goes through ``VMM.deploy`` (and, when it
+deploys, ``execute``); a few go through the ``aivmm`` CLI.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+_HERE = pathlib.Path(__file__).resolve().parent
+for _extra in (str(_HERE.parents[1] / "benchmarks"), str(_HERE)):  # realzoo, and the corpus beside this file
+    if _extra not in sys.path:
+        sys.path.insert(0, _extra)
+
+import _bad_models  # noqa: E402
+
+import realzoo  # noqa: E402
+from aivmm.errors import AivmmError  # noqa: E402
+from aivmm.vmm import VMM  # noqa: E402
+
+SOURCES = ("bert", "silero-vad", "ppocr-cls")
+NAMES = [
+    f"{label}-{m}"
+    for label in SOURCES
+    for m in (
+        *(f"truncated-{f:g}" for f in _bad_models.TRUNCATIONS),
+        *(f"bitflip-{s}" for s in _bad_models.BIT_FLIP_SEEDS),
+        *_bad_models.STRUCTURAL,
+        "external-missing",
+        "external-short",
+        "external-escape",
+        "external-absolute",
+    )
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, _bad_models.Mutant]:
+    root = tmp_path_factory.mktemp("bad-models")
+    out: dict[str, _bad_models.Mutant] = {}
+    for label in SOURCES:
+        for mutant in _bad_models.build(realzoo.path(label), root / label, label):
+            out[mutant.name] = mutant
+    return out
+
+
+@pytest.fixture(scope="module")
+def vmm() -> Iterator[VMM]:
+    v = VMM()
+    try:
+        yield v
+    finally:
+        v.close()
+
+
+def _one_clear_line(exc: AivmmError, says: str) -> None:
+    text = str(exc)
+    assert text.strip(), f"{type(exc).__name__} with an empty message"
+    assert "\n" not in text, f"{type(exc).__name__} message spans {len(text.splitlines())} lines:\n{text[:2000]}"
+    assert "Traceback" not in text
+    if says:
+        assert re.search(says, text), f"{type(exc).__name__}: {text[:500]!r} does not say {says!r}"
+
+
+def test_corpus_is_deterministic_and_complete(corpus: dict[str, _bad_models.Mutant], tmp_path: pathlib.Path) -> None:
+    assert sorted(corpus) == sorted(NAMES)
+    again = {m.name: m.path.read_bytes() for m in _bad_models.build(realzoo.path("silero-vad"), tmp_path, "silero-vad")}
+    assert all(corpus[n].path.read_bytes() == data for n, data in again.items())
+    assert len(set(again.values())) == len(again)  # every mutation changed something
+
+
+# Valid ONNX whose Conv weights no longer fit its input channels: only a run shows it, every measured
+# candidate fails, and until the planner refuses to fall back to an unmeasured candidate (issue 15,
+# item 3) an unmeasured torch.compile one is deployed and fails at the first request. Not run
+# meanwhile: the compile alone costs ~15 s of CI.
+_UNMEASURED_WINS = {"ppocr-cls-reverse-dims"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n, marks=pytest.mark.xfail(reason="planner deploys an unmeasured candidate (issue 15 item 3)", run=False)
+        )
+        if n in _UNMEASURED_WINS
+        else n
+        for n in NAMES
+    ],
+)
+def test_deploy_says_what_is_wrong(name: str, corpus: dict[str, _bad_models.Mutant], vmm: VMM) -> None:
+    mutant = corpus[name]
+    label = next(s for s in SOURCES if name.startswith(f"{s}-"))
+    try:
+        # A model expected to deploy (a flip inside weight bytes) is not measured: it is valid ONNX,
+        # and its run below is the check; measuring it would only time garbage numbers.
+        deployed = vmm.deploy(mutant.path, name=name, measure=bool(mutant.expected))
+    except AivmmError as exc:
+        if mutant.expected:
+            assert isinstance(exc, mutant.expected), f"{name}: {type(exc).__name__}: {exc}"
+        else:
+            assert isinstance(exc, _bad_models.DEPLOY_ERRORS), f"{name}: {type(exc).__name__}: {exc}"
+        _one_clear_line(exc, mutant.says)
+        return
+    assert not mutant.expected, (
+        f"{name} deployed on {deployed.plan.chosen.config.label()}; expected {[e.__name__ for e in mutant.expected]}"
+    )
+    try:
+        with deployed:
+            out = deployed.execute(realzoo.sample_inputs(label))
+        assert out
+    except AivmmError as exc:  # a defined error is fine at run for a valid-but-altered model; nothing else
+        _one_clear_line(exc, "")
+
+
+CLI_CASES = [  # each costs a fresh interpreter importing torch: a few, one per error class
+    ("analyze", "bert-truncated-0.5", r"truncated"),
+    ("run", "silero-vad-weight-dtype", r"invalid ONNX model"),
+    ("run", "ppocr-cls-custom-op", r"com\.example\.unshipped"),
+]
+
+
+@pytest.mark.parametrize(("command", "name", "says"), CLI_CASES)
+def test_cli_exits_with_one_line(command: str, name: str, says: str, corpus: dict[str, _bad_models.Mutant]) -> None:
+    argv = [sys.executable, "-m", "aivmm", command, str(corpus[name].path)]
+    if command == "run":
+        argv.append("--random")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env, check=False)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode not in (0, 1), f"exit {proc.returncode} (1 would be an uncaught exception)"
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1, f"{len(lines)} lines on stderr:\n{proc.stderr[:3000]}"
+    assert lines[0].startswith(f"aivmm {command}: error: ") and re.search(says, lines[0]), lines[0]
