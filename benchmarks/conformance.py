@@ -48,6 +48,11 @@ def worker(runner: str, kinds: Sequence[str], device: str) -> int:
     os.dup2(2, 1)
     from aivmm import _conformance
 
+    if runner in ("auto", "torch"):
+        # Device discovery asks each backend under one deadline; importing torch inside it takes
+        # seconds on a loaded machine and can miss it, leaving torch off the device's runtimes.
+        import torch  # noqa: F401
+
     backend = _conformance.backend_for(runner)
     reps: list[Any] = []
     if runner == "auto":
@@ -211,7 +216,7 @@ def render(results: dict[str, list[Outcome]], kinds_of: dict[str, str], args: ar
         "do not edit by hand.",
         "",
         f"- command: `{args.command_line}`",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {getattr(args, 'date', None) or _now()}",
         f"- machine: {_machine()}; device {args.device}; per-case timeout {args.timeout:g} s; "
         f"{args.jobs} workers; wall time {wall_s / 60:.1f} min",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in _versions().items()),
@@ -236,7 +241,8 @@ def render(results: dict[str, list[Outcome]], kinds_of: dict[str, str], args: ar
             + f" | **{by[Status.PASS]}** | {by[Status.FAIL]} | {by[Status.ERROR]} | "
             f"{by[Status.TIMEOUT] + by[Status.CRASH]} | {by[Status.SKIP]} |"
         )
-    lines += ["", *_goal(results), *_auto_section(results), *_only_section(results), *_lowering_section(results)]
+    lines += ["", *_goal(results), *_auto_section(results), *_only_section(results), *_none_section(results, kinds_of),
+              *_lowering_section(results)]
     lines += ["", "## Failures by reason", ""]
     for r in runners:
         bad = [o for o in results[r] if o.status not in (Status.PASS,)]
@@ -254,6 +260,10 @@ def render(results: dict[str, list[Outcome]], kinds_of: dict[str, str], args: ar
             lines.append(f"| {len(outs)} | {_cell(reason)} | {examples}{more} |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _cell(text: str) -> str:
@@ -281,6 +291,14 @@ def _goal(results: dict[str, list[Outcome]]) -> list[str]:
                    f"{auto} vs {singles[best]}: **{verdict}**")
         union = set().union(*(_passed(results, r) for r in singles))
         missed = union - _passed(results, "auto")
+        verdict = "met" if not missed else "NOT met"
+        out.append(f"- auto passes every case some aivmm backend passes alone (onnxruntime, openvino, torch: "
+                   f"{len(union)} cases): **{verdict}**" + (f" ({len(missed)} missed)" if missed else ""))
+        if "ort-native" in results:
+            everyone = union | _passed(results, "ort-native")
+            lost = everyone - _passed(results, "auto")
+            out.append(f"- ... and every case onnxruntime.backend passes too ({len(everyone)} cases in the union): "
+                       + ("**met**" if not lost else f"**NOT met**, {len(lost)} missed: {_names(lost, 30)}"))
         why = collections.Counter(o.reason for o in results["auto"] if o.test in missed)
         out.append(f"- passed by at least one aivmm backend alone: {len(union)} (the most a perfect choice per model "
                    f"could reach); auto misses {len(missed)} of them"
@@ -315,6 +333,45 @@ def _only_section(results: dict[str, list[Outcome]]) -> list[str]:
              f"- pass with auto only ({len(auto - ort)}): " + _names(auto - ort),
              f"- pass with onnxruntime.backend only ({len(ort - auto)}): " + _names(ort - auto), ""]
     return lines
+
+
+# Why no runner passes a case, from the auto runner's failure (the one that tried every backend).
+_NONE_CLASSES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p, re.IGNORECASE), c) for p, c in (
+    (r"element type \w+ is not supported", "element type no aivmm backend takes at the model boundary "
+     "(float8, float4, int2/int4, e8m0)"),
+    (r"sequence_type|optional_type", "sequence or optional values at the model boundary (aivmm's model spec "
+     "is tensor-only)"),
+    (r"wrong values|wrong output shape|wrong output dtype|wrong number", "every backend that runs it answers "
+     "differently from the reference"),
+    (r"opset newer|cannot run|cannot convert|no candidate|not registered|unsupported|FallbackError|no onnxruntime "
+     r"kernel", "operator or type no aivmm backend implements"),
+    (r"ExecutionError|failed running|RuntimeError", "every backend that loads it fails while running"),
+))
+
+
+def _none_class(o: Outcome) -> str:
+    text = f"{o.status.value}: {o.reason} {o.detail}"
+    return next((c for p, c in _NONE_CLASSES if p.search(text)), f"other: {o.reason}")
+
+
+def _none_section(results: dict[str, list[Outcome]], kinds_of: dict[str, str]) -> list[str]:
+    """Node cases that no runner passes, each with the class of reason (from auto's failure)."""
+    if "auto" not in results:
+        return []
+    passed = set().union(*(_passed(results, r) for r in results))
+    failing = [o for o in results["auto"] if o.test not in passed and kinds_of.get(o.test) == "node"]
+    if not failing:
+        return []
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for o in failing:
+        groups[_none_class(o)].append(o.test.removeprefix("test_").removesuffix("_cpu"))
+    lines = ["## Node cases no runner passes", "",
+             f"{len(failing)} node cases pass with no runner here (auto, each aivmm backend alone, "
+             "onnxruntime.backend). Reason classes from the auto runner's failure, which tried every backend:", "",
+             "| reason class | count | cases |", "| --- | ---: | --- |"]
+    for cls, names in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        lines.append(f"| {_cell(cls)} | {len(names)} | {', '.join(f'`{n}`' for n in sorted(names))} |")
+    return [*lines, ""]
 
 
 _NO_LOWERING = re.compile(r"operator (\w+) \(domain '([^']*)'")
@@ -356,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write-expected", metavar="DIR",
                    help="write expected_pass_<runner>.txt (the cases each runner passed) into DIR")
     p.add_argument("--log", help="where the workers' stderr goes (default: a file in the temp directory)")
+    p.add_argument("--render", metavar="JSON", help="write the report from an earlier run's --json file; run nothing")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k]
@@ -372,10 +430,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from aivmm import _conformance
 
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        loaded = {r: [Outcome.from_json(o) for o in v] for r, v in saved["results"].items()}
+        args.command_line = saved.get("command", args.command_line)
+        args.date = saved.get("date")
+        report = render(loaded, saved["kinds"], args, float(saved.get("wall_s", 0.0)))
+        with open(args.out, "w") if args.out else contextlib.nullcontext(sys.stdout) as f:
+            f.write(report)
+        return 0
     if args.write_subset:
         subset = _conformance.select_subset()
-        header = (f"# CI subset of the ONNX backend suite: the first node case of each operator, and the simple\n"
-                  f"# models. Written by `{args.command_line}`; onnx {_versions()['onnx']}.\n")
+        header = (f"# CI subset of the ONNX backend suite: the first node case of each operator, the simple\n"
+                  f"# models, and the cases auto placement won back (aivmm._conformance.WON_BACK).\n"
+                  f"# Written by `{args.command_line}`; onnx {_versions()['onnx']}.\n")
         with open(args.write_subset, "w") as f:
             f.write(header + "\n".join(subset) + "\n")
         print(f"{len(subset)} cases -> {args.write_subset}", file=sys.stderr)
@@ -418,8 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{r:12s} " + " ".join(f"{k}={v}" for k, v in sorted(c.items())), file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"kinds": kinds_of, "results": {r: [o.to_json() for o in v] for r, v in results.items()}},
-                      f, indent=1)
+            json.dump({"command": args.command_line, "date": _now(), "wall_s": wall, "kinds": kinds_of,
+                       "results": {r: [o.to_json() for o in v] for r, v in results.items()}}, f, indent=1)
     if args.write_expected:
         for r in runners:
             path = os.path.join(args.write_expected, f"expected_pass_{r.replace('-', '_')}.txt")

@@ -15,7 +15,11 @@ Two modes:
   ``VMM.deploy`` on the asked device, so the planner picks a backend that can run it. When the
   chosen configuration then fails on the model (load or run), the next backend that drives the
   device is deployed instead; every attempt is recorded in :attr:`AivmmBackendRep.attempts` and
-  logged, never silent.
+  logged, never silent. A backend can also run and be wrong: on the first run the outputs are
+  checked against the ONNX reference evaluator (the spec's own implementation, see
+  :mod:`aivmm._onnx_reference`), and on a mismatch the other backends of the device are tried in
+  order and the first that matches serves (recorded as ``validate`` attempts; ``validate=False``
+  turns the check off).
 * **one backend** (``with_backend("onnxruntime" | "openvino" | "torch")``): straight through the
   registry (``models.load`` then ``registry.get(name).load`` on the device), no planner, no retry.
 
@@ -74,12 +78,15 @@ class BackendOptions:
 
     ``backend`` is ``None`` for auto placement or the name of one aivmm backend. ``measure`` lets
     the planner time candidates on the model (slower to prepare, better choices); ``retry`` lets
-    auto mode deploy the next backend when the chosen one fails on the model.
+    auto mode deploy the next backend when the chosen one fails on the model; ``validate`` (auto
+    mode) checks the first outputs against the ONNX reference evaluator and moves to the next
+    backend when they differ (see :mod:`aivmm._onnx_reference`).
     """
 
     backend: str | None = None
     measure: bool = False
     retry: bool = True
+    validate: bool = True
 
     def __post_init__(self) -> None:
         if self.backend is not None and (not isinstance(self.backend, str) or not self.backend.strip()):
@@ -96,7 +103,7 @@ class Attempt:
 
     config: str  # Config.label(), or "backend@device" when the failure came before a plan
     ok: bool
-    stage: str  # "load" or "run"
+    stage: str  # "load", "run", or "validate" (outputs checked against the ONNX reference)
     error: str = ""
 
     def to_json(self) -> dict[str, Any]:
@@ -215,6 +222,8 @@ class AivmmBackendRep(onnx.backend.base.BackendRep):
         # Save through onnx so models carrying tensors too large for one protobuf get external data.
         onnx.save_model(model, os.fspath(self.path))
         self._attempts: list[Attempt] = []
+        self._proto = model
+        self._validated = not (options.backend is None and options.validate and options.retry)
         self._lock = threading.Lock()
         self._switch = threading.Lock()  # one thread at a time moves the model to the next backend
         self._closed = False
@@ -369,11 +378,16 @@ class AivmmBackendRep(onnx.backend.base.BackendRep):
         if kwargs:
             raise ConfigError(f"unsupported run option(s) {sorted(kwargs)}")
         feeds = _feeds(self._names, inputs)
+        out = self._run_retrying(feeds)
+        if not self._validated:
+            out = self._validate(feeds, out)
+        return tuple(out[name] for name in self._outputs)
+
+    def _run_retrying(self, feeds: dict[str, Any]) -> dict[str, Any]:
         while True:
             run_fn, config = self._run_fn, self.config
             try:
-                out = run_fn(feeds)
-                break
+                return run_fn(feeds)
             except _RETRYABLE as exc:
                 if self.options.backend is not None or not self.options.retry:
                     self._attempts.append(Attempt(config, False, "run", _first_line(exc)))
@@ -384,7 +398,63 @@ class AivmmBackendRep(onnx.backend.base.BackendRep):
                         self._closers[0]()
                         self._set_closer(lambda: None)
                         self._open_next(exc)
-        return tuple(out[name] for name in self._outputs)
+
+    def _validate(self, feeds: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+        """First run in auto mode: keep the serving backend if its outputs match the ONNX reference;
+        else serve from the first other backend of the device (planner's order, default
+        configuration) whose outputs do, each try recorded in ``attempts`` and logged. When none
+        matches, or the reference cannot run the model, the planner's choice keeps serving."""
+        from aivmm import _onnx_reference
+
+        with self._switch:
+            if self._validated:
+                return self._run_fn(feeds)  # another thread validated (and maybe moved) meanwhile
+            self._validated = True
+            ref = _onnx_reference.evaluate(self._proto, feeds, flops=self._spec.flops)
+            if ref.outputs is None:
+                log.debug("model %s: outputs not validated: %s", self.path.name, ref.unavailable)
+                return out
+            diff = _onnx_reference.mismatch(out, ref.outputs, self._outputs)
+            if diff is None:
+                return out
+            first = (self._run_fn, self.config, self._closers[0])
+            self._attempts.append(Attempt(self.config, False, "validate", diff))
+            others = [b for b in self._order if b not in self._tried]
+            log.warning("model %s: %s: %s; trying %s", self.path.name, first[1], diff, ", ".join(others) or "nothing")
+            for backend in others:
+                loaded = False
+                self._tried.add(backend)
+                try:
+                    # The backend's default configuration straight from the registry, as in
+                    # one-backend mode: a check on one input is no reason to compile a graph.
+                    self._open_one(backend)  # records its own failure to load
+                    loaded = True
+                    candidate = self._run_fn(feeds)
+                except AivmmError as exc:  # any failure of a try only rules that backend out
+                    if loaded:
+                        self._attempts.append(Attempt(self.config, False, "run", _first_line(exc)))
+                    self._close_unless(first[2])
+                    continue
+                other = _onnx_reference.mismatch(candidate, ref.outputs, self._outputs)
+                if other is None:
+                    self._attempts.append(Attempt(self.config, True, "validate"))
+                    log.warning("model %s: %s matches the ONNX reference and serves it", self.path.name, self.config)
+                    first[2]()
+                    return candidate
+                self._attempts.append(Attempt(self.config, False, "validate", other))
+                self._close_unless(first[2])
+            # No backend agrees with the reference: the planner's choice serves, as before the check.
+            log.warning("model %s: no backend matches the ONNX reference; %s keeps serving", self.path.name,
+                        first[1])
+            self._run_fn, self.config = first[0], first[1]
+            self._set_closer(first[2])
+            return out
+
+    def _close_unless(self, keep: Callable[[], None]) -> None:
+        """Unload what a failed validation try loaded (never the configuration kept in reserve)."""
+        if self._closers[0] is not keep:
+            self._closers[0]()
+        self._set_closer(keep)
 
 
 def _backend_order(plan: Any, device: Device) -> list[str]:
@@ -506,13 +576,15 @@ def _node_model(
     return model
 
 
-def with_backend(name: str | None, *, measure: bool = False, retry: bool = True) -> type[AivmmBackend]:
+def with_backend(
+    name: str | None, *, measure: bool = False, retry: bool = True, validate: bool = True
+) -> type[AivmmBackend]:
     """An :class:`AivmmBackend` class bound to one backend (``None`` = auto placement).
 
     >>> ov = with_backend("openvino")      # doctest: +SKIP
     >>> onnx.backend.test.BackendTest(ov, __name__)  # doctest: +SKIP
     """
-    options = BackendOptions(backend=name, measure=measure, retry=retry)
+    options = BackendOptions(backend=name, measure=measure, retry=retry, validate=validate)
     if name is not None:
         from aivmm.backends import registry
 

@@ -191,3 +191,59 @@ def test_module_level_api_is_auto_mode() -> None:
     (y,) = onnx_backend.run_model(_add_mul(), [A, B])
     np.testing.assert_allclose(y, (A + B) * 2)
     assert onnx_backend.supports_device("CPU")
+
+
+def _resize_align_corners() -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+    """Linear Resize with align_corners, downsampling (the ONNX suite's
+    test_resize_downsample_scales_linear_align_corners): ONNX Runtime 1.32 and OpenVINO 2026.4 both
+    run it and answer differently from the spec. Expected output from onnx's reference evaluator."""
+    from onnx.reference import ReferenceEvaluator
+
+    node = helper.make_node("Resize", ["X", "", "scales"], ["Y"], mode="linear",
+                            coordinate_transformation_mode="align_corners")
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, 0.6, 0.6])
+    graph = helper.make_graph(
+        [node], "resize", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 2, 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1, 1, 2])], initializer=[scales],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    x = np.arange(1, 9, dtype=np.float32).reshape(1, 1, 2, 4)
+    (expected,) = ReferenceEvaluator(model).run(None, {"X": x})
+    return model, x, expected
+
+
+def test_auto_mode_checks_outputs_against_the_onnx_reference(caplog: pytest.LogCaptureFixture) -> None:
+    model, x, expected = _resize_align_corners()
+    (alone,) = with_backend("onnxruntime").run_model(model, [x])
+    ort_wrong = alone.shape != expected.shape or not np.allclose(alone, expected, rtol=1e-3, atol=1e-7)
+    with caplog.at_level("WARNING", logger="aivmm.onnx_backend"), AivmmBackend.prepare(model) as rep:
+        (y,) = rep.run([x])
+        (again,) = rep.run([x])  # checked once: the second run is served as it is
+    np.testing.assert_allclose(y, expected, rtol=1e-3, atol=1e-7)
+    np.testing.assert_array_equal(y, again)
+    validated = [a for a in rep.attempts if a.stage == "validate"]
+    if ort_wrong and rep.attempts[0].config.startswith("onnxruntime"):
+        assert not validated[0].ok and "differ from the ONNX reference" in validated[0].error
+        assert validated[-1].ok and validated[-1].config == rep.config and not rep.config.startswith("onnxruntime")
+        assert "ONNX reference" in caplog.text
+    # Off when asked: the planner's choice answers, right or wrong.
+    with with_backend(None, validate=False).prepare(model) as unchecked:
+        unchecked.run([x])
+        assert not [a for a in unchecked.attempts if a.stage == "validate"]
+
+
+def test_reference_mismatch_says_what_differs() -> None:
+    from aivmm import _onnx_reference as ref
+
+    want = {"y": np.array([1.0, 2.0, 3.0], np.float32), "i": np.array([1, 2], np.int64)}
+    assert ref.mismatch({"y": want["y"] + 1e-6, "i": want["i"]}, want, ["y", "i"]) is None
+    assert "2 of 3 values" in (ref.mismatch({"y": np.array([1.0, 2.5, 4.0], np.float32)}, want, ["y"]) or "")
+    assert "shape [1, 3]" in (ref.mismatch({"y": want["y"][None]}, want, ["y"]) or "")
+    assert "dtype float64" in (ref.mismatch({"y": want["y"].astype(np.float64)}, want, ["y"]) or "")
+    assert "1 of 2 values" in (ref.mismatch({"i": np.array([1, 3], np.int64)}, want, ["i"]) or "")
+    words = {"s": np.array(["a", "bc"])}
+    assert ref.mismatch({"s": np.array(["a", "bc"], dtype=object)}, words, ["s"]) is None  # ORT gives objects
+    assert "strings differ" in (ref.mismatch({"s": np.array(["a", "b"], dtype=object)}, words, ["s"]) or "")
+    nan = np.array([np.nan], np.float32)
+    assert ref.mismatch({"y": nan}, {"y": nan}, ["y"]) is None  # NaN where the spec says NaN is right
+    assert ref.evaluate(_add_mul(), {"a": A, "b": B}, flops=10**12).outputs is None  # too big to check

@@ -51,3 +51,10 @@ def test_still_passes(runner: str, name: str) -> None:
 def test_auto_passes_at_least_what_onnxruntime_alone_passes() -> None:
     # The point of auto placement: it never does worse than its best single backend on the subset.
     assert set(EXPECTED["onnxruntime"]) <= set(EXPECTED["auto"])
+
+
+def test_cases_won_back_stay_in_ci() -> None:
+    # Cases auto once lost although one of its backends passed them (a backend that answers wrong,
+    # ai.onnx.ml-only models): each must stay in the subset and on the auto expected-pass list.
+    assert set(_conformance.WON_BACK) <= set(SUBSET)
+    assert set(_conformance.WON_BACK) <= set(EXPECTED["auto"])
