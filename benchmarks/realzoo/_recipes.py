@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import shutil
 from collections.abc import Callable
 
 import numpy as np
@@ -144,7 +143,3 @@ def scan_rnn(out: pathlib.Path) -> dict[str, object]:
     onnx.checker.check_model(model)
     onnx.save(model, out / "model.onnx")
     return {"architecture": "Elman RNN as ONNX Scan", "feat": feat, "hidden": hidden, "classes": classes}
-
-
-def copy_of(src: pathlib.Path, out: pathlib.Path) -> None:
-    shutil.copyfile(src, out / "model.onnx")

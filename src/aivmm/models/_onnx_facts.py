@@ -237,16 +237,12 @@ def _embedding_bag_loops(index: GraphIndex, f: Facts) -> None:
                 roots: set[str] = set()
                 for name in outer & set(index.producer) | outer & set(index.graph_inputs):
                     found, _ = index.roots(name)
-                    roots |= {r for r in found if _is_integer_input(index, r)}
+                    roots |= found & index.integer_inputs
                 if not roots or not pooled:
                     continue
                 f.embedding_tables[gather.input[0]] = int(table.dims[0])
                 f.index_inputs.update(roots)
                 f.embedding_bags += 1
-
-
-def _is_integer_input(index: GraphIndex, name: str) -> bool:
-    return name in index.integer_inputs
 
 
 def _dft_bases(index: GraphIndex, f: Facts) -> None:
