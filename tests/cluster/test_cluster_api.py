@@ -86,6 +86,20 @@ def test_bad_requests_get_aivmm_errors(cluster_vmm: Any, affine: pathlib.Path) -
         cluster_vmm.unload("affine-bad")
 
 
+def test_concurrent_deploys_of_one_name_make_one_placement(cluster_vmm: Any, affine: pathlib.Path) -> None:
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(cluster_vmm.deploy, str(affine), name="affine-twice", measure=False) for _ in range(2)]
+        models = [f.result(timeout=120) for f in futures]
+    try:
+        assert models[0] is models[1]  # one handle, one placement: the second waited for the first
+        (entry,) = [e for n, e in cluster_vmm.status()["models"].items() if n == "affine-twice"]
+        assert len(entry["copies"]) == 1
+    finally:
+        cluster_vmm.unload("affine-twice")
+
+
 def test_a_device_in_use_is_held_in_ray_and_other_work_holding_one_keeps_aivmm_off(
     cluster_vmm: Any, affine: pathlib.Path
 ) -> None:
