@@ -239,3 +239,21 @@ async def test_prompts_admitted_together_share_one_prefill(llama: Any) -> None:
     finally:
         del sched._prefill_batch
     assert sizes and max(sizes) > 1
+
+
+def test_close_fails_requests_in_flight_and_frees_everything(vmm: aivmm.VMM, tiny_gpt2_dir: pathlib.Path) -> None:
+    from aivmm.errors import ModelClosedError
+
+    m = vmm.deploy(tiny_gpt2_dir, name="closing", measure=False, batching={"max_batch_size": 1})
+    running = m.stream([5] * 8, max_new_tokens=200, ignore_eos=True)
+    next(running)
+    queued = m.stream([6] * 8, max_new_tokens=10, ignore_eos=True)
+    m.close()
+    with pytest.raises(ModelClosedError):
+        list(running)
+    with pytest.raises(ModelClosedError):
+        list(queued)
+    with pytest.raises(ModelClosedError):
+        m.generate([5], max_new_tokens=2)
+    assert "closing" not in vmm.models()
+    assert not [e for e in vmm.engine.ledger.entries() if e.key.startswith("llm:closing/")]
