@@ -400,6 +400,17 @@ _ENTRIES = [
         subtype="encoder-llm",
     ),
     Entry(
+        "bert-int8-qop",
+        "bert, quantize_static QOperator (QLinearMatMul, QGemm, QLinearAdd)",
+        ("transformer",),
+        "onnxruntime.quantization quantize_static(QOperator) of bert",
+        False,
+        _recipes.quantized("bert", "qoperator"),
+        _BERT_FEEDS,
+        _HF + _QUANT,
+        subtype="encoder-llm",
+    ),
+    Entry(
         "bert-ort-fused",
         "bert through onnxruntime.transformers.optimizer (Attention, SkipLayerNormalization, BiasGelu)",
         ("transformer",),

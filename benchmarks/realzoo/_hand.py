@@ -182,6 +182,7 @@ for _derived, _base in {
     "resnet-int8-qdq": "resnet",
     "mobilenet-v2-int8-qop": "mobilenet-v2",
     "bert-int8-dynamic": "bert",
+    "bert-int8-qop": "bert",
     "resnet-int8-dynamic": "resnet",
     "bert-ort-fused": "bert",
 }.items():

@@ -72,6 +72,7 @@ def test_quantized_ops_are_counted(specs: dict[str, ModelSpec]) -> None:
         "mobilenet-v2-int8-qop": {"QLinearConv", "QGemm"},
         "resnet-int8-dynamic": {"ConvInteger"},
         "ddddocr-crnn-int8": {"ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM"},
+        "bert-int8-qop": {"QLinearMatMul", "QLinearAdd", "QLinearSoftmax"},
     }
     for name, ops in ((n, o) for n, o in expected.items() if n in NAMES):
         spec = _spec(specs, name)

@@ -320,6 +320,26 @@ def test_dynamic_quantize_lstm_reads_its_transposed_weights(tmp_path: pathlib.Pa
     assert spec.macs == seq * 4 * h * (i + h) + seq * h * 5
 
 
+def test_group_query_attention_attends_over_past_and_new_positions(tmp_path: pathlib.Path) -> None:
+    # ORT GenAI's decoder op: 8 query heads share 2 KV heads; 12 cached + 4 new positions
+    b, s_new, hq, hkv, d, past = 1, 4, 8, 2, 16, 12
+    node = helper.make_node(
+        "GroupQueryAttention",
+        ["q", "k", "v", "past_k", "past_v", "seqlens", "total"],
+        ["o", "present_k", "present_v"],
+        domain="com.microsoft", num_heads=hq, kv_num_heads=hkv,
+    )
+    inputs = [
+        _vi("q", [b, s_new, hq * d]), _vi("k", [b, s_new, hkv * d]), _vi("v", [b, s_new, hkv * d]),
+        _vi("past_k", [b, hkv, past, d]), _vi("past_v", [b, hkv, past, d]),
+        _vi("seqlens", [b], TensorProto.INT32), _vi("total", [], TensorProto.INT32),
+    ]
+    path = _save(tmp_path, [node], inputs, [_vi("o", [b, s_new, hq * d])],
+                 extra_opsets=[helper.make_opsetid("com.microsoft", 1)])
+    spec = load(path)
+    assert spec.macs == 2 * b * hq * s_new * (past + s_new) * d  # QK^T and AV per query head
+
+
 def test_unknown_custom_op_is_reported_not_guessed(tmp_path: pathlib.Path) -> None:
     nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
              helper.make_node("FancyOp", ["a"], ["y"], domain="com.example")]

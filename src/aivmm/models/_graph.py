@@ -22,6 +22,8 @@ PASS_THROUGH = frozenset({
     "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Max", "Min", "Clip", "Concat", "Split",
     "Gather", "Pow", "Softplus", "ScatterND", "Tile", "Abs", "CastLike", "Trilu", "Shape", "Range",
     "ConstantOfShape", "Mod", "Floor", "Ceil", "Round", "Sign", "Erf", "Sigmoid", "Tanh", "Relu",
+    # quantised graphs: (de)quantisation and ORT's quantised elementwise ops keep a tensor's role
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul",
 })
 # fmt: on
 

@@ -77,7 +77,7 @@ def _recurrent_body(node: Any) -> bool:
 
 def _attention(index: GraphIndex, f: Facts) -> None:
     for node in index.nodes:
-        if node.op_type != "Softmax" or not node.input:
+        if node.op_type not in ("Softmax", "QLinearSoftmax") or not node.input:
             continue
         before = list(index.upstream(node.input[0], max_depth=6))
         if not any(n.op_type in MATMUL_OPS - {"Gemm"} for n in before):
@@ -188,14 +188,14 @@ def _embeddings_and_dense(index: GraphIndex, f: Facts) -> None:
             if table is not None and len(table.dims) == 2 and roots:
                 f.embedding_tables[node.input[2]] = int(table.dims[0])
                 f.index_inputs.update(roots)
-        elif node.op_type == "Gather" and len(node.input) == 2 and index.is_constant(node.input[0]):
-            table = index.constant_tensor(node.input[0])
+        elif node.op_type == "Gather" and len(node.input) == 2 and _table(index, node.input[0]) is not None:
+            table = _table(index, node.input[0])
             if table is None or len(table.dims) != 2 or table.dims[0] < 16:
                 continue
             roots, _ = index.roots(node.input[1])
             if not roots:
                 continue
-            f.embedding_tables[node.input[0]] = int(table.dims[0])
+            f.embedding_tables[table.name or node.input[0]] = int(table.dims[0])
             f.index_inputs.update(roots)
             if any(n.op_type in POOLING for n in index.downstream(node.output[0], max_depth=2)):
                 f.embedding_bags += 1
@@ -217,6 +217,16 @@ def _unrolled(index: GraphIndex, f: Facts) -> None:
         users = [n for n in index.consumers.get(name, ()) if n.op_type in DENSE_OPS]
         if len(users) >= 3:
             f.unrolled_recurrences += 1
+
+
+def _table(index: GraphIndex, name: str) -> Any:
+    """A constant embedding table, or the constant an int8 table is dequantised from."""
+    if index.is_constant(name):
+        return index.constant_tensor(name)
+    producer = index.producer.get(name)
+    if producer is not None and producer.op_type == "DequantizeLinear" and index.is_constant(producer.input[0]):
+        return index.constant_tensor(producer.input[0])
+    return None
 
 
 def _embedding_bag_loops(index: GraphIndex, f: Facts) -> None:
