@@ -15,7 +15,8 @@ Latency (batch 1, median of ``--calls`` sequential calls, all on this machine's 
   ``actor``    the same worker agent called as a Ray actor method (what the channel replaces)
   ``in agent`` the worker agent's own median for the same model, timed inside the agent process
 Routing overhead = ``worker`` − ``in agent``: the same model on the same node, served directly
-there or routed from this process. Throughput: ``--concurrency`` requests in flight.
+there or routed from this process. Over HTTP (``--http-s``): ``aivmm serve`` against
+``aivmm serve --ray`` with the same repository and one client (p50). Throughput: ``--concurrency`` requests in flight.
 
 Node loss (``--loss-s``): two models under closed-loop traffic from ``--clients`` threads, one with
 a copy on each node, one only on the worker; the worker's raylet is SIGKILLed; reported: requests
@@ -30,6 +31,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import sys
@@ -132,6 +134,36 @@ def _latency_rows(cvmm: Any, models: dict[str, Any], args: argparse.Namespace, l
     return rows
 
 
+def _http_rows(address: str, models: dict[str, Any], duration: float, root: Path) -> list[dict[str, Any]]:
+    """``aivmm serve`` against ``aivmm serve --ray`` (same repository, same load generator), one
+    client: p50 per request over HTTP, A-B-A so drift shows."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import serve_common
+    from aivmm.serve import _loadgen as lg
+
+    rows = []
+    for label, (path, feeds) in models.items():
+        name = "m" + str(len(rows))
+        repo = serve_common.repository_with(root / f"repo-{name}", name, path, {"backend": "onnxruntime"})
+        p50: dict[str, list[float]] = {"direct": [], "ray": []}
+        for mode in ("direct", "ray", "direct"):
+            extra = ["--no-measure", "--grpc-port", "-1"] + (["--ray", address] if mode == "ray" else [])
+            with serve_common.server(repo, *extra, log=root / f"serve-{name}-{mode}.log") as ready:
+                url = f"127.0.0.1:{ready['http_port']}"
+                r = lg.closed_loop(lg.http_target(url, name, feeds), 1, duration, warmup_s=1.0, label=mode)
+                p50[mode].append(r.percentile(50) * 1e3)
+        row = {
+            "model": label,
+            "http_direct_p50_ms": statistics.mean(p50["direct"]),
+            "http_ray_p50_ms": p50["ray"][0],
+            "direct_runs": p50["direct"],
+        }
+        row["http_overhead_ms"] = row["http_ray_p50_ms"] - row["http_direct_p50_ms"]
+        rows.append(row)
+        print(f"http {label}: {json.dumps(row)}", file=sys.stderr)
+    return rows
+
+
 def _node_loss(cvmm: Any, worker: Any, labels: dict[str, str], path: Path, clients: int, loss_s: float) -> dict:
     """Kill the worker's raylet under traffic; every request's outcome and timing is recorded."""
     spread = cvmm.deploy(str(path), name="loss-spread", replicas=2, measure=False)
@@ -208,6 +240,8 @@ def main() -> int:
         help="keep Ray's default node health checks (else 300 ms x 3, as the tests use)",
     )
     ap.add_argument("--no-latency", action="store_true", help="only the node-loss part")
+    ap.add_argument("--no-http", action="store_true", help="skip aivmm serve vs aivmm serve --ray")
+    ap.add_argument("--http-s", type=float, default=5.0, help="seconds per HTTP latency figure")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
 
@@ -231,11 +265,13 @@ def main() -> int:
         with ClusterVMM(head.address) as cvmm:
             labels = {("head" if n["endpoint"][0] == "127.0.0.2" else "worker"): n["node"] for n in cvmm.nodes()}
             rows = [] if args.no_latency else _latency_rows(cvmm, models, args, labels)
+            http = [] if args.no_latency or args.no_http else _http_rows(head.address, models, args.http_s, root)
             loss = _node_loss(cvmm, nodes[1], labels, models["affine (one op)"][0], args.clients, args.loss_s)
     finally:
         ray.shutdown()
         for node in reversed(nodes):
             node.stop()
+    shutil.rmtree(root, ignore_errors=True)  # kept when the run failed: the nodes' logs are there
 
     print(
         f"# aivmm cluster benchmark, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
@@ -257,10 +293,19 @@ def main() -> int:
             f"| {r['worker_ms']:.3f} | {r['overhead_ms']:.3f} | {r['head_ms']:.3f} | {r['actor_ms']:.3f} "
             f"| {r['direct_rps']:.0f} | {r['worker_rps']:.0f} |"
         )
+    if http:
+        print("# HTTP, one client: `aivmm serve` vs `aivmm serve --ray` (same repository, p50; direct = mean of A-B-A)")
+        print("| model | aivmm serve p50 ms | aivmm serve --ray p50 ms | overhead ms |")
+        print("| --- | ---: | ---: | ---: |")
+        for h in http:
+            print(
+                f"| {h['model']} | {h['http_direct_p50_ms']:.3f} | {h['http_ray_p50_ms']:.3f} "
+                f"| {h['http_overhead_ms']:.3f} |"
+            )
     checks = "Ray's default health checks" if args.default_health_checks else "health checks 300 ms x 3"
     print(f"# node loss (raylet SIGKILL, {args.clients} client threads, {checks}): {json.dumps(loss)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"latency": rows, "node_loss": loss}, indent=2))
+        Path(args.json).write_text(json.dumps({"latency": rows, "http": http, "node_loss": loss}, indent=2))
     return 0
 
 
