@@ -141,6 +141,8 @@ def test_llms_are_ready_and_listed(server: RunningServer, client: Any) -> None:
     assert sorted(m.id for m in client.models.list()) == ["gpt2", "llama"]  # only generators
     assert client.models.retrieve("llama").id == "llama"
     assert llm_status(server, "gpt2")["max_batch"] == 4  # from gpt2/config.json
+    for route in ("", "/ready", "/config", "/plan"):  # the KServe routes answer for an LLM too
+        assert raw(server, "GET", f"/v2/models/llama{route}")[0] == 200, route
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("ghost")
 

@@ -211,7 +211,8 @@ class LLMRoutes:
                         chunk = encode(0, ev)
                         if chunk:
                             await _sse.write(send, chunk)
-                except AivmmError as exc:
+                except Exception as exc:  # headers are out: the error travels in the stream
+                    _log_unexpected(exc)
                     await _sse.finish(send, error(exc))
                     return
                 await _sse.finish(send, closing(tokens))
@@ -224,6 +225,11 @@ class LLMRoutes:
             for s in streams:
                 with contextlib.suppress(Exception):
                     await s.aclose()
+
+
+def _log_unexpected(exc: BaseException) -> None:
+    if not isinstance(exc, AivmmError):  # a bug of ours: the client gets "internal error", the log the trace
+        log.error("generation stream failed", exc_info=exc)
 
 
 async def _first(stream: AsyncIterator[Any]) -> Any:
@@ -244,7 +250,8 @@ async def _merge(
         try:
             async for ev in s:
                 queue.put_nowait((i, ev, None))
-        except AivmmError as exc:
+        except Exception as exc:
+            _log_unexpected(exc)
             queue.put_nowait((i, _end, exc))
             return
         queue.put_nowait((i, _end, None))
