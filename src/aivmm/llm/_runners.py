@@ -194,7 +194,11 @@ class OpenVinoRunner:
         np.copyto(logits[: batch * seq * lay.vocab_size].reshape(batch, seq, lay.vocab_size), res[lay.logits])
 
     def execute(self, feeds: dict[str, Any]) -> dict[str, Any]:
-        res = self._req.infer(feeds)
+        # its own request: the scheduler thread may be inside the generation request right now
+        try:
+            res = self._compiled.create_infer_request().infer(feeds)
+        except Exception as exc:
+            raise ExecutionError(f"OpenVINO failed: {exc}") from exc
         return {out.get_any_name(): np.array(res[out]) for out in self._compiled.outputs}
 
 
