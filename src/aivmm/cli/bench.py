@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="in-process: pin a device id")
     parser.add_argument("--prompt-tokens", type=int, default=16, help="LLM mode: prompt length (default 16)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="LLM mode: tokens per request (default 64)")
+    parser.add_argument("--llm", action="store_true",
+                        help="LLM mode against a server URL (OpenAI /v1/completions, streamed; needs --model)")
 
 
 def _levels(text: str, kind: type, flag: str) -> list[Any]:
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to run: give --concurrency and/or --rate levels")
     if not 0 < args.duration <= 600 or not 0 <= args.warmup <= 60 or args.batch < 1:
         raise ConfigError("--duration must be in (0, 600], --warmup in [0, 60], --batch >= 1")
-    if not _is_url(args.target) and _is_llm(args.target):
+    if (args.llm and _is_url(args.target)) or (not _is_url(args.target) and _is_llm(args.target)):
         return _run_llm(args, concurrency)
     label, factory, resource = _target(args)
     results = []
@@ -194,15 +196,22 @@ def _run_llm(args: argparse.Namespace, concurrency: list[int]) -> int:
 
     if not concurrency:
         raise ConfigError("LLM mode needs --concurrency levels (open-loop rates are not supported for LLMs)")
-    with VMM() as vmm:
-        llm = vmm.deploy(args.target, device=args.device, measure=not args.no_measure,
-                         batching={"max_batch_size": max(concurrency)})
-        c = llm.generation_plan.chosen
-        label = f"{args.target} in-process on {c.label}"
-        closed_loop(llm, 1, min(args.warmup, args.duration), prompt_tokens=args.prompt_tokens,
-                    new_tokens=args.max_new_tokens)
-        results = [closed_loop(llm, n, args.duration, prompt_tokens=args.prompt_tokens,
-                               new_tokens=args.max_new_tokens) for n in concurrency]
+    kw = {"prompt_tokens": args.prompt_tokens, "new_tokens": args.max_new_tokens}
+    if _is_url(args.target):
+        from aivmm.llm._bench import closed_loop_openai
+
+        if args.model is None:
+            raise ConfigError("--model is needed with --llm against a server")
+        label = f"{args.model} via {args.target} (OpenAI completions, streamed)"
+        closed_loop_openai(args.target, args.model, 1, min(args.warmup, args.duration), **kw)
+        results = [closed_loop_openai(args.target, args.model, n, args.duration, **kw) for n in concurrency]
+    else:
+        with VMM() as vmm:
+            llm = vmm.deploy(args.target, device=args.device, measure=not args.no_measure,
+                             batching={"max_batch_size": max(concurrency)})
+            label = f"{args.target} in-process on {llm.generation_plan.chosen.label}"
+            closed_loop(llm, 1, min(args.warmup, args.duration), **kw)
+            results = [closed_loop(llm, n, args.duration, **kw) for n in concurrency]
     if args.json:
         print(json.dumps({"target": label, "mode": "llm", "results": [r.to_json() for r in results]}, indent=2))
         return 0 if all(r.requests for r in results) else 1

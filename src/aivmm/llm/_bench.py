@@ -86,3 +86,85 @@ def closed_loop(
         tuple(tpot),
         counts["errors"],
     )
+
+
+def closed_loop_openai(
+    base_url: str,
+    model: str,
+    concurrency: int,
+    duration_s: float,
+    *,
+    prompt_tokens: int = 16,
+    new_tokens: int = 64,
+    vocab: int = 256,
+    seed: int = 0,
+) -> LLMBenchResult:
+    """The same closed loop against a server's OpenAI ``/v1/completions`` with the ``openai`` client.
+
+    Each request streams (TTFT = the first chunk); the completion tokens come from the final usage
+    chunk (``stream_options.include_usage``), the prompts are token ids below ``vocab``.
+    """
+    try:
+        import openai
+    except ImportError as exc:
+        from aivmm.errors import missing_extra
+
+        raise missing_extra("openai", "dev") from exc
+    client = openai.OpenAI(base_url=base_url.rstrip("/") + "/v1", api_key="unused", max_retries=0, timeout=120)
+    rng = np.random.default_rng(seed)
+    prompts = [[int(t) for t in rng.integers(3, vocab, prompt_tokens)] for _ in range(64)]
+    lock = threading.Lock()
+    ttft: list[float] = []
+    tpot: list[float] = []
+    counts = {"tokens": 0, "requests": 0, "errors": 0}
+    stop_at = time.perf_counter() + duration_s
+
+    def worker(i: int) -> None:
+        k = i
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            first = 0.0
+            used = 0
+            try:
+                stream = client.completions.create(
+                    model=model,
+                    prompt=prompts[k % len(prompts)],
+                    max_tokens=new_tokens,
+                    temperature=0,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body={"ignore_eos": True},
+                )
+                for chunk in stream:
+                    if not first and chunk.choices:
+                        first = time.perf_counter() - t0
+                    if chunk.usage is not None:
+                        used = chunk.usage.completion_tokens
+            except Exception:
+                with lock:
+                    counts["errors"] += 1
+                continue
+            total = time.perf_counter() - t0
+            k += concurrency
+            with lock:
+                counts["tokens"] += used
+                counts["requests"] += 1
+                ttft.append(first)
+                if used > 1:
+                    tpot.append((total - first) / (used - 1))
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration_s + 180)
+    return LLMBenchResult(
+        concurrency,
+        counts["requests"],
+        counts["tokens"],
+        time.perf_counter() - t0,
+        tuple(ttft),
+        tuple(tpot),
+        counts["errors"],
+    )
