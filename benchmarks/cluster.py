@@ -244,6 +244,9 @@ def main() -> int:
     ap.add_argument("--http-s", type=float, default=5.0, help="seconds per HTTP latency figure")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
+    # Explicit, so a token another program left in ~/.ray/auth_token does not switch the nodes'
+    # authentication on behind this benchmark's back (Ray enables it when it finds one).
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     import onnxruntime as ort
     import ray

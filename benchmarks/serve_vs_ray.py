@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import socket
 import sys
@@ -104,6 +105,10 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--no-repeat", action="store_true", help="skip the second aivmm run (drift check)")
     args = ap.parse_args()
+    # A new local ray.init() turns token authentication on and writes ~/.ray/auth_token unless told
+    # otherwise; that file then switches on authentication for every later `ray start` on this
+    # machine. The benchmark needs none: say so instead of leaving that behind.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     levels = [int(v) for v in args.concurrency.split(",")]
     path = zoo.build(args.model, args.size)
     feeds = zoo.sample_inputs(args.model, args.size, batch=1)

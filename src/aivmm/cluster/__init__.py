@@ -1,11 +1,12 @@
-"""aivmm on a Ray cluster: a node agent per node, one planner over all nodes' devices, routing.
+"""aivmm on a Ray cluster: one registry for the whole cluster, a node agent per node, routing.
 
     from aivmm.cluster import ClusterVMM
-    with ClusterVMM(address="127.0.0.1:6379") as vmm:
+    with ClusterVMM("auto") as vmm:                  # $RAY_ADDRESS, or HOST:PORT of `ray start --head`
         model = vmm.deploy("model.onnx", {"max_latency_ms": 20}, replicas=2)
-        outputs = model.execute(x)
+        outputs = model.execute(x)                  # any other client sees it: vmm.get(name)
 
-``aivmm serve --ray ADDRESS`` runs the KServe v2 server on it. See docs/cluster.md.
+``aivmm serve --ray [ADDRESS]`` runs the KServe v2 server on it; ``aivmm cluster resources`` prints
+a node's devices for ``ray start --resources``. See docs/cluster.md.
 Importing this package does not import Ray; constructing a ClusterVMM does.
 """
 
