@@ -93,3 +93,14 @@ def test_hf_directory_through_pytorch(
             m.execute({})
     finally:
         m.close()
+
+
+def test_state_follows_the_lifecycle(vmm: aivmm.VMM, tiny_gpt2_dir: pathlib.Path) -> None:
+    from aivmm.llm._deployed import is_llm_source
+
+    assert is_llm_source(tiny_gpt2_dir) and is_llm_source(tiny_gpt2_dir / "hf")
+    assert not is_llm_source(tiny_gpt2_dir / "tokenizer.json")
+    m = vmm.deploy(tiny_gpt2_dir, name="lifecycle", measure=False)
+    assert m.state.value == "ready"
+    m.close()
+    assert m.state.value == "unloaded" and m.closed

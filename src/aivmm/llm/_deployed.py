@@ -41,12 +41,13 @@ class _Handle:
         self._runner = runner
         self._scheduler = scheduler
         self._lock = threading.Lock()
+        self.unloaded = False
 
     @property
     def state(self) -> Any:
         from aivmm.runtime._states import ModelState
 
-        return ModelState.READY
+        return ModelState.UNLOADED if self.unloaded else ModelState.READY
 
     def infer(self, feeds: dict[str, Any], **_: Any) -> dict[str, Any]:
         with self._lock:
@@ -302,6 +303,7 @@ class DeployedLLM(DeployedModel):
         """Stop the scheduler and give every byte back to the ledger (called by VMM._forget)."""
         self._scheduler.close()
         self._ledger.release(self._weights_key)
+        self._handle.unloaded = True
 
     def close(self) -> None:
         if self._closed:
@@ -339,6 +341,10 @@ def is_llm_source(model: Any) -> bool:
         return False
     p = pathlib.Path(model)
     try:
+        from aivmm.llm._torch_runner import is_hf_dir
+
+        if is_hf_dir(p):
+            return True
         if p.is_dir():
             file = model_file(p)
         elif p.suffix == ".onnx" and p.is_file():
