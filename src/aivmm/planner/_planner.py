@@ -546,6 +546,8 @@ class _Evaluator:
             late.append(partner)
             m = self.measure(partner.with_(notes=(*partner.notes, f"measured as the compiled form of {leader.label}")))
             (rejected if m.rejected else measured).append(m)
+            if any(r.reason is RejectReason.FAILED for r in m.rejections):
+                break  # the model does not compile here: a second attempt would fail as slowly
         return late
 
     def _finalists(self, ok: list[Candidate]) -> list[Candidate]:
