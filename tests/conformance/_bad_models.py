@@ -74,7 +74,10 @@ def _double_dim(m: onnx.ModelProto) -> str:
 
 
 def _reverse_dims(m: onnx.ModelProto) -> str:
-    t = next(w[0] for w in _weights(m) if len(w[0].dims) >= 2 and w[0].dims[0] != w[0].dims[-1])
+    # A MatMul/Gemm weight where there is one: ONNX inference proves those dims wrong at load.
+    matmul = {i for g in _graphs(m.graph) for n in g.node if n.op_type in ("MatMul", "Gemm") for i in n.input}
+    fits = [w[0] for w in _weights(m) if len(w[0].dims) >= 2 and w[0].dims[0] != w[0].dims[-1]]
+    t = next((t for t in fits if t.name in matmul), fits[0])
     _set_dims(t, list(t.dims)[::-1])  # same byte count: only the graph's shapes disagree
     # ONNX inference proves some of these wrong (MatMul); others (Conv channels) only a run finds.
     return r"invalid ONNX model: node |no candidate"
@@ -95,6 +98,13 @@ def _dangling_input(m: onnx.ModelProto) -> str:
     node = _middle(_body(m), lambda n: len(n.input) > 0 and bool(n.input[0]))
     node.input[0] = "tensor_nobody_produces"
     return r"tensor_nobody_produces"
+
+
+def _input_rank(m: onnx.ModelProto) -> str:
+    m.graph.input[0].type.tensor_type.shape.dim.add().dim_value = 3
+    # Inference cannot always prove it (a clash with a declared shape is merged leniently, as ONNX
+    # Runtime does): then every candidate fails on the inputs and the planner says so.
+    return r"invalid ONNX model|no candidate ran"
 
 
 def _opset(version: int) -> Callable[[onnx.ModelProto], str]:
@@ -151,6 +161,7 @@ STRUCTURAL: dict[str, tuple[Callable[[onnx.ModelProto], str], tuple[type[Excepti
     "reverse-dims": (_reverse_dims, (ModelLoadError, InfeasibleError)),
     "drop-weight": (_drop_weight, (ModelLoadError,)),
     "dangling-input": (_dangling_input, (ModelLoadError,)),
+    "input-rank": (_input_rank, (ModelLoadError, InfeasibleError)),
     "opset-99": (_opset(99), (UnsupportedModelError,)),
     "opset-1": (_opset(1), (ModelLoadError, UnsupportedModelError)),
     "unknown-op": (_unknown_op, (UnsupportedModelError,)),
@@ -160,8 +171,12 @@ STRUCTURAL: dict[str, tuple[Callable[[onnx.ModelProto], str], tuple[type[Excepti
     "unsorted-nodes": (_unsorted, (ModelLoadError,)),
     "duplicate-output": (_duplicate_output, (ModelLoadError,)),
 }
+# Mutations made only of some sources. The extra input dim on BERT and reversed MatMul weights on
+# PP-OCR (whose "?" dims hide the clash from inference) reach the planner, which measures every
+# candidate before it can refuse: ~10-40 s of CI each. One such case (bert-input-rank) is enough.
+ONLY_FOR: dict[str, tuple[str, ...]] = {"input-rank": ("bert", "silero-vad"), "reverse-dims": ("bert", "silero-vad")}
 TRUNCATIONS = (0.0, 0.05, 0.5, 0.9, 0.999)
-BIT_FLIP_SEEDS = range(2)
+BIT_FLIP_SEEDS = range(1)
 
 
 def build(source: pathlib.Path, directory: pathlib.Path, label: str) -> Iterator[Mutant]:
@@ -183,6 +198,8 @@ def build(source: pathlib.Path, directory: pathlib.Path, label: str) -> Iterator
         # Flips in weight bytes leave a valid model with other numbers: it may deploy.
         yield Mutant(path.stem, path, ())
     for name, (mutate, expected) in STRUCTURAL.items():
+        if label not in ONLY_FOR.get(name, (label,)):
+            continue
         model = copy.deepcopy(base)
         says = mutate(model)
         path = directory / f"{label}-{name}.onnx"
