@@ -196,6 +196,7 @@ _ENTRIES = [
         False,
         (Feed("input1", (1, 1, 64, 160), low=-1.0, high=1.0),),
         height=64,
+        subtype="ocr-recognizer",
     ),
     _wheel(
         "ddddocr-crnn-int8",
@@ -206,6 +207,7 @@ _ENTRIES = [
         False,
         (Feed("input1", (1, 1, 64, 160), low=-1.0, high=1.0),),
         height=64,
+        subtype="ocr-recognizer",
     ),
     _wheel(
         "ddddocr-det",

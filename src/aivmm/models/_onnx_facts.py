@@ -330,6 +330,14 @@ def _workload(model: Any, index: GraphIndex, f: Facts) -> None:
                     "segmentation",
                     f"output {value.name} [batch, 1, H, W] through Sigmoid: a per-pixel probability map",
                 ))
+    if f.convolutions and f.recurrent_ops and not any(w == "ocr-recognizer" for w, _ in f.workload):
+        classes = _character_head(index, model.graph)
+        if classes:
+            f.workload.append((
+                "ocr-recognizer",
+                f"convolutions, then {'/'.join(sorted(f.recurrent_ops))}, then a {classes}-way per-step classifier "
+                f"(a CRNN: CTC over characters)",
+            ))
     for graph in _graphs(model.graph):
         where = GraphIndex.of(graph)
         conv = next((n for n in where.nodes if _stft_conv(where, n)), None)
@@ -346,6 +354,25 @@ def _workload(model: Any, index: GraphIndex, f: Facts) -> None:
         if mel and (f.convolutions or f.attention_blocks):
             f.workload.append(("audio", f"input {value.name} [batch, {dims[1]}, frames]: a mel spectrogram"))
             break
+
+
+def _character_head(index: GraphIndex, graph: Any) -> int:
+    """Classes of a Gemm/MatMul with >= 1000 outputs that feeds a graph output (through reshapes)."""
+    for value in graph.output:
+        for node in index.upstream(value.name, 5, _HEAD_PATH):
+            if node.op_type in _HEADS and len(node.input) > 1 and index.is_constant(node.input[1]):
+                w = index.constant_tensor(node.input[1])
+                transposed = any(a.name == "transB" and a.i for a in node.attribute)
+                classes = int(w.dims[0] if transposed else w.dims[-1]) if w is not None and len(w.dims) == 2 else 0
+                if classes >= 1000:
+                    return classes
+    return 0
+
+
+_HEADS = frozenset({"Gemm", "MatMul", "MatMulInteger"})
+_HEAD_PATH = frozenset({
+    "Reshape", "Transpose", "Softmax", "LogSoftmax", "Squeeze", "Unsqueeze", "Identity", "Add", "Mul", "Cast",
+})
 
 
 def _box_layout(dims: list[Any]) -> str:
