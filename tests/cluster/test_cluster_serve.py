@@ -137,3 +137,22 @@ def test_two_servers_share_models_and_survive_a_worker_raylet_killed_under_traff
         pinned.execute({"x": np.ones((1, 4), np.float32)})
     assert time.monotonic() - start < 5
     cluster_vmm.unload("affine-strict")
+
+
+def test_a_new_registry_takes_over_when_the_old_one_dies(cluster_vmm: Any, affine: pathlib.Path) -> None:
+    import ray
+
+    before = cluster_vmm.deploy(str(affine), name="affine-before", measure=False)
+    claims = cluster_vmm.status()["claims"]
+    assert claims
+    ray.kill(ray.get_actor("aivmm-registry", namespace="aivmm"), no_restart=True)
+    # The client notices at its next refresh and finds (or starts) a new registry, which starts
+    # empty: the old model's handle closes, the old claims and the agents' old key are gone.
+    wait_for(lambda: before.closed, 60, "the old registry's model to close")
+    after = cluster_vmm.deploy(str(affine), name="affine-after", measure=False)
+    try:
+        np.testing.assert_array_equal(after.execute({"x": np.ones((1, 4), np.float32)})["y"], np.full((1, 4), 3.0))
+        assert cluster_vmm.models() == ["affine-after"]
+        assert cluster_vmm.status()["claims"] == [t.device for t in after.router.targets()]
+    finally:
+        cluster_vmm.unload("affine-after")

@@ -64,6 +64,7 @@ class NodeAgent:
         self._vmm = VMM(simulate=simulate)
         self._models: dict[str, Any] = {}
         # The channel listens on the node's own Ray address (its --node-ip-address), nowhere else.
+        self._authkey = authkey
         self._channel = ChannelServer(ray.util.get_node_ip_address(), authkey, self.infer)
         threading.Thread(
             target=self._watch_raylet, args=(os.getppid(),), name="aivmm-raylet-watch", daemon=True
@@ -82,6 +83,20 @@ class NodeAgent:
         log.error("node agent %s: raylet %d is gone; exiting", self.node_id[:8], raylet_pid)
         self._channel.close()
         os._exit(1)  # no clean-up: the raylet that would run it is dead
+
+    def adopt(self, authkey: bytes) -> dict[str, Any]:
+        """A registry takes this agent over (a fresh agent's own, or a new registry after the old
+        one died): models it does not know are unloaded, and requests need its key from now on."""
+        import ray
+
+        for key in list(self._models):
+            name, _, device = key.rpartition("@")
+            self.unload(name, device, drain=False)
+        if authkey != self._authkey:
+            old, self._authkey = self._channel, authkey
+            self._channel = ChannelServer(ray.util.get_node_ip_address(), authkey, self.infer)
+            old.close()
+        return self.describe()
 
     def describe(self) -> dict[str, Any]:
         import ray

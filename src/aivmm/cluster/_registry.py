@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 REGISTRY_NAME = "aivmm-registry"
 AGENT_PREFIX = "aivmm-agent-"
+CLAIM_PREFIX = "aivmm-claim-"
 # Control calls an agent runs at once (deploys, unloads, status); requests use its channel.
 AGENT_THREADS = 16
 # How long Ray may take to reserve a device's claim before the device counts as held by others.
@@ -165,6 +166,9 @@ class Registry:
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=256)
         self._replacer = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="aivmm-replace")
         self._stop = threading.Event()
+        # Claims are named per namespace: registries of other namespaces keep theirs.
+        self._claim_prefix = f"{CLAIM_PREFIX}{ray.get_runtime_context().namespace}/"
+        self._remove_stale_claims()
         self._attach_nodes()
         threading.Thread(target=self._watch, args=(monitor_interval_s,), name="aivmm-monitor", daemon=True).start()
 
@@ -226,7 +230,7 @@ class Registry:
                 # soft=False: an agent must never run anywhere but its node, or it would report the wrong devices.
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             ).remote(node_id, self._authkey, simulate)
-            pending[node_id] = (handle, handle.describe.remote())
+            pending[node_id] = (handle, handle.adopt.remote(self._authkey))
         for node_id, (handle, ref) in pending.items():
             try:
                 info = self._ray.get(ref, timeout=self.start_timeout_s)
@@ -485,7 +489,7 @@ class Registry:
             [bundle],
             strategy="STRICT_PACK",
             lifetime="detached",
-            name=f"aivmm-claim-{device.id}",
+            name=f"{self._claim_prefix}{device.id}",
             bundle_label_selector=[{"ray.io/node-id": node.node_id}],
         )
         try:
@@ -498,6 +502,17 @@ class Registry:
             ) from None
         with self._lock:
             self._claims[device.id] = pg
+
+    def _remove_stale_claims(self) -> None:
+        """Claims a registry that died left behind (detached, so they outlive it) would hold their
+        devices against this one: a starting registry owns no claim yet, so every aivmm claim goes."""
+        from ray._raylet import PlacementGroupID  # type: ignore[attr-defined]
+        from ray.util.placement_group import PlacementGroup, placement_group_table
+
+        for pg_id, info in placement_group_table().items():
+            if str(info.get("name", "")).startswith(self._claim_prefix) and info.get("state") != "REMOVED":
+                self._remove_claim(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+                log.warning("removed claim %s left by an earlier registry", info.get("name"))
 
     def _remove_claim(self, pg: Any) -> None:
         from ray.util.placement_group import remove_placement_group

@@ -76,27 +76,19 @@ class ClusterVMM:
         self._snapshot: dict[str, Any] = {"version": -1, "models": {}, "devices": [], "nodes": []}
         self._closed = False
         self.executor = concurrent.futures.ThreadPoolExecutor(CLIENT_THREADS, thread_name_prefix="aivmm-cluster")
-        # The registry is pinned to the head node (it must outlive any worker) and detached (it
-        # must outlive this process); get_if_exists makes every client find the same one.
-        self.registry = (
-            self._ray.remote(Registry)
-            .options(
-                name=REGISTRY_NAME,
-                namespace=namespace,
-                get_if_exists=True,
-                lifetime="detached",
-                num_cpus=0,
-                max_concurrency=32,
-                resources={"node:__internal_head__": 0.001},
-            )
-            .remote(dict(simulate or {}), monitor_interval_s, start_timeout_s, call_timeout_s, claim_timeout_s)
+        self._registry_args = (
+            dict(simulate or {}),
+            monitor_interval_s,
+            start_timeout_s,
+            call_timeout_s,
+            claim_timeout_s,
         )
+        self.start_timeout_s = start_timeout_s
         try:
-            hello = self._ray.get(self.registry.hello.remote(), timeout=start_timeout_s)
-        except Exception as exc:
+            self._connect_registry()
+        except Exception:
             self.close()
-            raise ConfigError(f"the aivmm registry did not start on the cluster: {unwrap(exc)}") from exc
-        self._authkey: bytes = hello["authkey"]
+            raise
         self.refresh(force=True)
         self._stop = threading.Event()
         self._refresher = threading.Thread(
@@ -105,11 +97,44 @@ class ClusterVMM:
         self._refresher.start()
 
     # -- the registry's view -----------------------------------------------------------------------
+    def _connect_registry(self) -> None:
+        """Find the cluster's registry, or create it (pinned to the head node: it must outlive any
+        worker; detached: it must outlive this process; get_if_exists: every client finds the same)."""
+        self.registry = (
+            self._ray.remote(Registry)
+            .options(
+                name=REGISTRY_NAME,
+                namespace=self.namespace,
+                get_if_exists=True,
+                lifetime="detached",
+                num_cpus=0,
+                max_concurrency=32,
+                resources={"node:__internal_head__": 0.001},
+            )
+            .remote(*self._registry_args)
+        )
+        try:
+            hello = self._ray.get(self.registry.hello.remote(), timeout=self.start_timeout_s)
+        except Exception as exc:
+            raise ConfigError(f"the aivmm registry did not start on the cluster: {unwrap(exc)}") from exc
+        with self._lock:
+            self._authkey = hello["authkey"]
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:  # a new registry has new agents' keys: old connections are useless
+            pool.close()
+
     def refresh(self, force: bool = False) -> None:
-        """Take the registry's latest view (models, copies, devices) if it changed."""
+        """Take the registry's latest view (models, copies, devices) if it changed. A registry that
+        died is replaced (a new one starts empty: the models it had are gone, their handles closed)."""
+        from ray.exceptions import RayActorError
+
         since = -1 if force else self._snapshot["version"]
         try:
             snap = self._ray.get(self.registry.snapshot.remote(since), timeout=self.call_timeout_s)
+        except RayActorError:
+            log.warning("the aivmm registry died; starting or finding a new one")
+            self._connect_registry()
+            snap = self._ray.get(self.registry.snapshot.remote(-1), timeout=self.call_timeout_s)
         except Exception as exc:
             raise unwrap(exc) from exc
         if snap is None:
