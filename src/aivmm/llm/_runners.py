@@ -49,6 +49,8 @@ class OrtRunner:
         # wrap take the same arguments, so the step uses those when this onnxruntime has them.
         self._bind_in, self._bind_out, self._run = self._fast_calls()
         self._bound: tuple[Any, ...] = ()
+        self._bound_kv: tuple[Any, ...] = ()
+        self._last: tuple[Any, ...] = (None,) * 6
         self._past = [n for pair in zip(layout.past_key_names, layout.past_value_names, strict=True) for n in pair]
         self._present = [
             n for pair in zip(layout.present_key_names, layout.present_value_names, strict=True) for n in pair
@@ -87,11 +89,24 @@ class OrtRunner:
         present_ptrs: Sequence[int],
         logits: np.ndarray,
     ) -> None:
+        if (
+            ids is self._last[0]
+            and pos is self._last[1]
+            and mask is self._last[2]
+            and past_ptrs is self._last[3]
+            and present_ptrs is self._last[4]
+            and logits is self._last[5]
+        ):
+            # the same buffer objects as the last step (a static past): every binding still holds
+            self._run_checked(batch, past_len, seq)
+            return
+        self._last = (ids, pos, mask, past_ptrs, present_ptrs, logits)
         bind_in, bind_out = self._bind_in, self._bind_out
         lay = self.layout
         dt = self.kv_dtype
-        # ids, positions and logits keep their buffers and shapes from one decode step to the next
-        # (the runtime reads the memory at run time): they are bound again only when they change
+        # With a static past (StaticBatchKV) every input and output keeps its buffer and shape from
+        # one decode step to the next (the runtime reads and writes the memory at run time): then
+        # nothing is bound again. Ids, positions and logits keep theirs in the ping-pong layout too.
         key = (batch, seq, ids.ctypes.data, None if pos is None else pos.ctypes.data, logits.ctypes.data)
         if key != self._bound:
             bind_in(lay.input_ids, np.int64, (batch, seq), key[2])
@@ -101,17 +116,24 @@ class OrtRunner:
                 bind_in(lay.use_cache_branch, np.bool_, (1,), self._branch_ptr)
             bind_out(lay.logits, self.logits_dtype, (batch, seq, lay.vocab_size), key[4])
             self._bound = key
-        if lay.attention_mask is not None and mask is not None:
-            bind_in(lay.attention_mask, np.int64, (batch, past_len + seq), mask.ctypes.data)
-        ps = (batch, lay.kv_heads, past_len, lay.head_dim)
-        qs = (batch, lay.kv_heads, past_len + seq, lay.head_dim)
-        for name, ptr in zip(self._past, past_ptrs, strict=True):
-            bind_in(name, dt, ps, ptr)
-        for name, ptr in zip(self._present, present_ptrs, strict=True):
-            bind_out(name, dt, qs, ptr)
+        kv_key = (batch, past_len, seq, None if mask is None else mask.ctypes.data, past_ptrs, present_ptrs)
+        if kv_key != self._bound_kv:
+            if lay.attention_mask is not None and mask is not None:
+                bind_in(lay.attention_mask, np.int64, (batch, past_len + seq), kv_key[3])
+            ps = (batch, lay.kv_heads, past_len, lay.head_dim)
+            qs = (batch, lay.kv_heads, past_len + seq, lay.head_dim)
+            for name, ptr in zip(self._past, past_ptrs, strict=True):
+                bind_in(name, dt, ps, ptr)
+            for name, ptr in zip(self._present, present_ptrs, strict=True):
+                bind_out(name, dt, qs, ptr)
+            self._bound_kv = kv_key
+        self._run_checked(batch, past_len, seq)
+
+    def _run_checked(self, batch: int, past_len: int, seq: int) -> None:
         try:
             self._run()
         except Exception as exc:
+            self._last = (None,) * 6  # bind everything again next time
             raise ExecutionError(
                 f"onnxruntime failed in a generation step (batch {batch}, past {past_len}, new {seq}): {exc}"
             ) from exc

@@ -22,7 +22,7 @@ import numpy as np
 
 from aivmm.errors import AivmmError, ExecutionError, ModelClosedError, OutOfMemoryError, OverloadedError
 from aivmm.llm._blocks import BlockPool, PrefixCache
-from aivmm.llm._kvstore import BatchKV, PrefillKV
+from aivmm.llm._kvstore import BatchKV, PrefillKV, StaticBatchKV
 from aivmm.llm._sampling import Sampler
 from aivmm.llm._types import FinishReason, Generation, KVLayout, LLMStats, TokenEvent
 
@@ -117,7 +117,11 @@ class Scheduler:
         self._tokenizer = tokenizer
         self._decode_text = decode_text
         register = getattr(runner, "register", None)
-        self.batch = BatchKV(layout, max_batch, context, register)
+        # a static past (same bindings every step) needs the mask to hide unused slots
+        static = layout.attention_mask is not None
+        self.batch: BatchKV | StaticBatchKV = (StaticBatchKV if static else BatchKV)(
+            layout, max_batch, context, register
+        )
         self.pre = PrefillKV(layout, context, register)
         ldt = runner.logits_dtype
         self._logits = np.empty(max_batch * self.vocab, dtype=ldt)
@@ -336,9 +340,8 @@ class Scheduler:
     def _decode(self) -> None:
         batch = self.batch
         b = batch.rows
-        kv = batch.kv
         ids, pos, mask = batch.step_inputs()
-        self.runner.run(b, batch.length, 1, ids, pos, mask, kv.ptrs[kv.cur], kv.ptrs[kv.cur ^ 1], self._logits)
+        self.runner.run(b, batch.length, 1, ids, pos, mask, batch.past_ptrs, batch.present_ptrs, self._logits)
         batch.advance()
         logits = self._logits[: b * self.vocab].reshape(b, self.vocab)
         rows = self.rows
