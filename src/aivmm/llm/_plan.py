@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from aivmm.errors import AivmmError, FallbackError, InfeasibleError
-from aivmm.llm._kvstore import _Sides
+from aivmm.llm._kvstore import BUCKET, _Sides
 from aivmm.llm._runners import RUNNERS
 from aivmm.llm._types import KVLayout
 
@@ -150,7 +150,7 @@ def measure(
 ) -> tuple[float, tuple[tuple[int, float], ...], float | None]:
     """Median prefill ms at ``prompt_tokens``, median decode ms per step at each past length, and
     (``batch`` > 1) the decode step of ``batch`` rows at the middle past length."""
-    ctx = max(prompt_tokens, *past_lengths) + 1
+    ctx = max(prompt_tokens, *past_lengths) + BUCKET + 1
     sides = _Sides(layout, batch, ctx, getattr(runner, "register", None))
     for side in sides.bufs:
         for b in side:
@@ -167,17 +167,28 @@ def measure(
         runner.run(rows, past, seq, ids, pos, mask, sides.ptrs[0], sides.ptrs[1], logits)
         return (time.perf_counter() - t) * 1e3
 
+    def decode_steps(past: int, rows: int, n: int) -> float:
+        # as the scheduler decodes: a bucketed static past, the same buffers every step
+        m = -(-(past + 1) // BUCKET) * BUCKET
+        ids = np.ones((rows, 1), dtype=np.int64)
+        pos = np.full((rows, 1), past, dtype=np.int64)
+        mask = np.zeros((rows, m + 1), dtype=np.int64)
+        mask[:, :past] = 1
+        mask[:, m] = 1
+        past_ptrs, present_ptrs = tuple(sides.ptrs[0]), tuple(sides.ptrs[1])
+        times = []
+        for _ in range(n + 1):
+            t = time.perf_counter()
+            runner.run(rows, m, 1, ids, pos, mask, past_ptrs, present_ptrs, logits)
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times[1:])
+
     once(0, prompt_tokens)
     prefill = statistics.median(once(0, prompt_tokens) for _ in range(max(3, repeats // 5)))
-    decode = []
-    for past in past_lengths:
-        once(past, 1)
-        decode.append((past, statistics.median(once(past, 1) for _ in range(repeats))))
+    decode = [(past, decode_steps(past, 1, repeats)) for past in past_lengths]
     batched = None
     if batch > 1:
-        mid = past_lengths[len(past_lengths) // 2]
-        once(mid, 1, batch)
-        batched = statistics.median(once(mid, 1, batch) for _ in range(max(5, repeats // 2)))
+        batched = decode_steps(past_lengths[len(past_lengths) // 2], batch, max(5, repeats // 2))
     return prefill, tuple(decode), batched
 
 
