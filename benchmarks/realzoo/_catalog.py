@@ -424,6 +424,17 @@ _ENTRIES = [
         subtype="encoder-llm",
     ),
     Entry(
+        "bert-ort-mha",
+        "bert through the ORT optimiser with MultiHeadAttention (Q, K, V projected outside the op)",
+        ("transformer",),
+        "onnxruntime.transformers optimize_model(bert, use_multi_head_attention) of bert",
+        True,
+        _recipes.ort_fused("bert", "bert", 2, 128, multi_head=True),
+        _BERT_FEEDS,
+        _HF + _QUANT,
+        subtype="encoder-llm",
+    ),
+    Entry(
         "resnet-int8-dynamic",
         "resnet, quantize_dynamic (ConvInteger + MatMulInteger)",
         ("cnn",),

@@ -185,6 +185,7 @@ for _derived, _base in {
     "bert-int8-qop": "bert",
     "resnet-int8-dynamic": "resnet",
     "bert-ort-fused": "bert",
+    "bert-ort-mha": "bert",
 }.items():
     HAND[_derived] = (lambda base: lambda meta: HAND[base](meta["base_meta"]))(_base)
 

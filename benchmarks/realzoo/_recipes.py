@@ -56,20 +56,30 @@ def quantized(base: str, fmt: str) -> Callable[[pathlib.Path], dict[str, object]
     return build
 
 
-def ort_fused(base: str, model_type: str, heads: int, hidden: int) -> Callable[[pathlib.Path], dict[str, object]]:
+def ort_fused(
+    base: str, model_type: str, heads: int, hidden: int, multi_head: bool = False
+) -> Callable[[pathlib.Path], dict[str, object]]:
     """``base`` through ONNX Runtime's transformer optimiser: fused Attention, SkipLayerNormalization,
     BiasGelu / FastGelu (com.microsoft), the form ORT's own tools ship BERT and GPT-2 in."""
 
     def build(out: pathlib.Path) -> dict[str, object]:
+        from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.optimizer import optimize_model
 
         import realzoo
 
+        options = FusionOptions(model_type)
+        options.use_multi_head_attention = multi_head  # MultiHeadAttention (Q, K, V given) instead of Attention
         optimized = optimize_model(
-            str(realzoo.path(base)), model_type=model_type, num_heads=heads, hidden_size=hidden, opt_level=0
+            str(realzoo.path(base)),
+            model_type=model_type,
+            num_heads=heads,
+            hidden_size=hidden,
+            opt_level=0,
+            optimization_options=options,
         )
         optimized.save_model_to_file(str(out / "model.onnx"))
-        return {"base": base, "fused": model_type, "base_meta": realzoo.meta(base)}
+        return {"base": base, "fused": model_type, "multi_head": multi_head, "base_meta": realzoo.meta(base)}
 
     return build
 
