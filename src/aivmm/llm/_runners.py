@@ -33,8 +33,11 @@ class OrtRunner:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             so.intra_op_num_threads = threads
-        if threads == 1:  # no pool to keep warm: spinning would only steal a core from other work
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spinning pool threads would take the cores from the threads that consume the tokens (a
+        # server's event loop forwarding every token ran 3-4x slower with them, measured by
+        # benchmarks/serve_llm.py); a decode step is too short for the saved wake-up to matter.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as exc:
