@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 import re
@@ -159,7 +160,24 @@ def _facts_uncached(path: str) -> GraphFacts:
                     frontier.extend(node.output)
         if best is not None:
             bounds[inp.name] = int(best)
+    vocab = _vocabulary(pathlib.Path(path))
+    if vocab:
+        for inp in graph.input:
+            if "input_ids" in inp.name and inp.name not in bounds:
+                bounds[inp.name] = vocab
     return GraphFacts(bounds, compared, frozenset(conditions), _metadata(model))
+
+
+def _vocabulary(path: pathlib.Path) -> int | None:
+    """``vocab_size`` of the transformers config.json an exporter (Optimum) writes beside the model:
+    a bound for token ids when no Gather table in the graph gives one (a custom embedding op)."""
+    config = path.parent / "config.json"
+    try:
+        data = json.loads(config.read_text()) if config.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    size = data.get("vocab_size") if isinstance(data, dict) else None
+    return int(size) if isinstance(size, int) and size > 1 else None
 
 
 @functools.lru_cache(maxsize=32)

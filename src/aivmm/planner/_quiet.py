@@ -61,8 +61,13 @@ def captured(label: str) -> Iterator[Captured]:
             warnings.simplefilter("always")
             with contextlib.suppress(AttributeError, ValueError):
                 sys.stderr.flush()
-            old_fd = os.dup(2)
-            os.dup2(buf.fileno(), 2)
+            # Descriptor 2 is the whole process's: a server's own log handlers write there too, so it
+            # is redirected only when planning runs on the main thread (a CLI, a deploy call), not
+            # in a background re-plan while requests are served. Python-level capture still applies.
+            redirect = threading.current_thread() is threading.main_thread()
+            old_fd = os.dup(2) if redirect else -1
+            if redirect:
+                os.dup2(buf.fileno(), 2)
             # sys.stderr may not write to descriptor 2 (a test runner's capture, an IDE): swap it too.
             py_err = io.StringIO()
             old_stderr, sys.stderr = sys.stderr, py_err
@@ -70,8 +75,9 @@ def captured(label: str) -> Iterator[Captured]:
                 yield out
             finally:
                 sys.stderr = old_stderr
-                os.dup2(old_fd, 2)
-                os.close(old_fd)
+                if redirect:
+                    os.dup2(old_fd, 2)
+                    os.close(old_fd)
                 buf.seek(0)
                 parts = [buf.read().decode("utf-8", "replace"), py_err.getvalue()]
                 parts.extend(f"{r.name}: {r.getMessage()}" for r in handler_records)
