@@ -191,7 +191,12 @@ def one(name: str, args: argparse.Namespace, devices: Any) -> dict[str, Any]:
     row["oracle_excluded"] = oracle_info | {
         k: f"screened {screen[k]:.3f} ms > {args.screen}x best" for k in hand if k not in racers
     }
-    timed = _interleave(racers, feeds, args.rounds, args.calls)
+    # Sub-millisecond models need many rounds before drift averages out: at least --min-seconds of
+    # timed calls per configuration.
+    per_round_s = max(1e-6, args.calls * max(screen[k] for k in racers) / 1e3)
+    rounds = max(args.rounds, min(2000, math.ceil(args.min_seconds / per_round_s)))
+    row["rounds"] = rounds
+    timed = _interleave(racers, feeds, rounds, args.calls)
     chosen_session.close()
     for s in keep:
         s.close()
@@ -245,6 +250,12 @@ def main() -> int:
     ap.add_argument("--inputs", choices=("sample", "generated"), default="sample")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=6, help="calls per turn (the first is a warm-up)")
+    ap.add_argument(
+        "--min-seconds",
+        type=float,
+        default=0.0,
+        help="at least this many seconds of calls per configuration (more rounds for fast models)",
+    )
     ap.add_argument("--screen", type=float, default=3.0, help="race hand configs within this factor of the best")
     ap.add_argument("--out", type=pathlib.Path, help="write the rows as JSON")
     ap.add_argument("--markdown", type=pathlib.Path, help="write the tables as Markdown")
