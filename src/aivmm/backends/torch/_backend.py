@@ -62,7 +62,7 @@ class TorchBackend(Backend):
 
     @functools.cache  # noqa: B019 - one instance per process (the registry's)
     def info(self) -> BackendInfo:
-        versions = {}
+        versions: dict[str, str] = {}
         if self.available():
             import torch
 
@@ -212,8 +212,9 @@ class TorchBackend(Backend):
             module = lower(proto, float_dtype=float_dtype)
             nodes = sum(1 for n in module.graph.nodes if n.op in ("call_function", "call_module"))
             notes.append(f"lowered {len(proto.graph.node)} ONNX nodes to {nodes} torch.fx calls")
-            if module.fused:
-                notes.append("fused " + ", ".join(f"{k} x{v}" for k, v in sorted(module.fused.items())))
+            fused: dict[str, int] = getattr(module, "fused", {})  # set by lower()
+            if fused:
+                notes.append("fused " + ", ".join(f"{k} x{v}" for k, v in sorted(fused.items())))
         else:
             module = _native_module(model)
             if float_dtype != torch.float32:
@@ -221,7 +222,8 @@ class TorchBackend(Backend):
         if model.format is not ModelFormat.TORCH_EXPORTED:  # an exported program is traced in eval mode already
             module.eval()
         if config.options.get("channels_last"):
-            module = module.to(memory_format=torch.channels_last)
+            # Module.to takes memory_format (documented); its stubs list only device and dtype.
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         try:
             if target.type == "cuda":
                 # One reused pinned staging buffer with chunked async copies: a plain module.to("cuda")

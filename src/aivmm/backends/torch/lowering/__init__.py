@@ -120,5 +120,6 @@ def lower(model: onnx.ModelProto, *, float_dtype: torch.dtype = torch.float32, f
     builder.lower_nodes(model.graph.node)
     gm = builder.finish([o.name for o in model.graph.output])
     gm.eval()
-    gm.fused = fused
+    # nn.Module.__setattr__ is typed for tensors and modules only; any attribute works.
+    gm.fused = fused  # type: ignore[assignment]
     return gm

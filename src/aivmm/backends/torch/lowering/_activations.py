@@ -114,7 +114,8 @@ def _clip(x: torch.Tensor, lo: torch.Tensor | float | None, hi: torch.Tensor | f
         hi = same_device(x, hi)[1]
     if lo is None and hi is None:
         return x
-    return torch.clamp(x, lo, hi)
+    # torch.clamp takes a number or a tensor for each bound; its stubs want both bounds alike.
+    return torch.clamp(x, lo, hi)  # type: ignore[arg-type]
 
 
 @op("Clip", since=6)

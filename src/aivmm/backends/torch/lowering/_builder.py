@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import onnx
 import torch
@@ -126,8 +126,8 @@ class GraphBuilder:
             items = [self.graph.call_function(operator.getitem, (out, i)) for i in range(n)]
             if out in self.host_nodes:
                 self.host_nodes.update(items)
-            return items
-        return list(out)
+            return list[Value](items)
+        return list(cast("Iterable[Value]", out))  # folded: fn returned its n results as a sequence
 
     def call_module(self, module: nn.Module, args: tuple[Any, ...], n: int, prefix: str) -> list[Value]:
         name = self._fresh(prefix)

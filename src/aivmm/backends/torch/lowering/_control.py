@@ -7,6 +7,7 @@ passed after the operator's own inputs.
 
 from __future__ import annotations
 
+import onnx
 import torch
 from torch import fx, nn
 
@@ -113,16 +114,16 @@ def _lower_if(n: NodeContext) -> list[Value]:
     return n.builder.call_module(IfModule(then_gm, else_gm, len(then_caps)), args, n.n_outputs, "if_")
 
 
-def _inline_branch(n: NodeContext, graph: object) -> list[Value]:
+def _inline_branch(n: NodeContext, graph: onnx.GraphProto) -> list[Value]:
     assert n.builder is not None
     b = n.builder
     saved = dict(b.env)
-    for init in graph.initializer:  # type: ignore[attr-defined]
+    for init in graph.initializer:
         from aivmm.backends.torch.lowering._node import tensor_from_proto
 
         b.env[init.name] = tensor_from_proto(init)
-    b.lower_nodes(graph.node)  # type: ignore[attr-defined]
-    outs = [b.env[o.name] for o in graph.output]  # type: ignore[attr-defined]
+    b.lower_nodes(graph.node)
+    outs = [b.env[o.name] for o in graph.output]
     # Names local to the branch must not leak into the enclosing scope.
     b.env.clear()
     b.env.update(saved)

@@ -53,7 +53,7 @@ def _pow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out if out.dtype == a.dtype else out.to(a.dtype)  # ONNX: the result has the base's type
 
 
-_BINARY = {
+_BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": _div, "Pow": _pow,
     "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge,
     "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor,

@@ -123,7 +123,9 @@ def _linear(nodes: list, consts: dict, pinned: set, counts: dict) -> list:
         if j is None or nodes[j].op_type != "Add" or not _is_default(nodes[j]) or j in drop:
             continue
         bias_name = _other(nodes[j], mm.output[0])
-        b = consts.get(bias_name) if bias_name else None
+        if not bias_name:
+            continue
+        b = consts.get(bias_name)
         if b is None or b.ndim != 1 or b.shape[0] != w.shape[1] or b.dtype != w.dtype:
             continue
         drop |= {i, j}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import onnx
 import torch
@@ -21,9 +21,16 @@ from torch import fx
 from aivmm.errors import LoweringError
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeVarTuple, Unpack
+
     from aivmm.backends.torch.lowering._builder import GraphBuilder
 
+    # same_device keeps each argument's type (a Tensor stays a Tensor, an optional stays optional).
+    _Ts = TypeVarTuple("_Ts")
+
 Value = fx.Node | torch.Tensor | None
+# An integer vector (shape, axes, pads) as a lowering-time tuple or a run-time tensor.
+Ints = Sequence[int] | torch.Tensor
 
 
 def _has_node(obj: Any) -> bool:
@@ -209,18 +216,19 @@ def keeping_host_copies() -> Iterator[list[torch.Tensor]]:
         _CAPTURE_KEEP.reset(token)
 
 
-def same_device(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+def same_device(*tensors: Unpack[_Ts]) -> tuple[Unpack[_Ts]]:
     """Move host-side helper tensors (shape arithmetic lives on the host) next to device tensors."""
+    given = cast("tuple[torch.Tensor | None, ...]", tensors)
     device = None
-    for t in tensors:
+    for t in given:
         if t is not None and t.device.type != "cpu":
             device = t.device
             break
     if device is None:
-        return list(tensors)
+        return tensors
     keep = _CAPTURE_KEEP.get()
     out: list[torch.Tensor | None] = []
-    for t in tensors:
+    for t in given:
         if t is not None and t.device != device:
             if keep is not None and t.device.type == "cpu":
                 t = t.pin_memory()
@@ -229,4 +237,4 @@ def same_device(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
             else:
                 t = t.to(device)
         out.append(t)
-    return out
+    return cast("tuple[Unpack[_Ts]]", tuple(out))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +13,9 @@ from aivmm.backends.torch.lowering._nn import resolve_pads, torch_pads
 from aivmm.backends.torch.lowering._node import NodeContext, Value
 from aivmm.backends.torch.lowering._registry import op
 
-_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+# By rank; called positionally with the arguments all three ranks take.
+_MAX: dict[int, Callable[..., Any]] = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG: dict[int, Callable[..., torch.Tensor]] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 def _ints_attr(n: NodeContext, name: str) -> list[int] | None:

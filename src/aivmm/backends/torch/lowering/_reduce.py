@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from aivmm.backends.torch.lowering._node import NodeContext, Value, as_ints, norm_axis
+from aivmm.backends.torch.lowering._node import Ints, NodeContext, Value, as_ints, norm_axis
 from aivmm.backends.torch.lowering._registry import op
 
 # Opset from which each reduction takes its axes as an input rather than an attribute.
@@ -22,8 +22,8 @@ _EMPTY = {
 }
 
 
-def _reduce(x: torch.Tensor, axes: object, keepdims: bool, noop: bool, kind: str) -> torch.Tensor:
-    axes_l = as_ints(axes) if axes is not None else []  # type: ignore[arg-type]
+def _reduce(x: torch.Tensor, axes: Ints | None, keepdims: bool, noop: bool, kind: str) -> torch.Tensor:
+    axes_l = as_ints(axes) if axes is not None else []
     if not axes_l and noop:
         return x
     dims = sorted({norm_axis(a, x.dim()) for a in axes_l}) if axes_l else list(range(x.dim()))

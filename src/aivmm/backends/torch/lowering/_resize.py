@@ -10,10 +10,11 @@ coordinate transformation modes including ``tf_crop_and_resize``. Antialiasing i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
-from aivmm.backends.torch.lowering._node import NodeContext, Value, as_ints, same_device
+from aivmm.backends.torch.lowering._node import Ints, NodeContext, Value, as_ints, same_device
 from aivmm.backends.torch.lowering._registry import op
 
 _MODES = ("nearest", "linear", "cubic")
@@ -91,11 +92,11 @@ def _resize_axis(x: torch.Tensor, axis: int, out_size: int, scale: float, p: dic
         shape = [1] * x.dim()
         shape[axis] = out_size
         xf = x.to(torch.float64) if not x.is_floating_point() else x
-        out = None
-        for w, i in zip(weights, idx):
-            tap = xf.index_select(axis, i.clamp(0, last).to(torch.int64)) * w.to(xf.dtype).reshape(shape)
-            out = tap if out is None else out + tap
-        assert out is not None
+        taps = [xf.index_select(axis, i.clamp(0, last).to(torch.int64)) * w.to(xf.dtype).reshape(shape)
+                for w, i in zip(weights, idx)]
+        out = taps[0]
+        for tap in taps[1:]:
+            out = out + tap
     if p["coord"] == "tf_crop_and_resize":
         outside = ((src < 0) | (src > last)).reshape([out_size if d == axis else 1 for d in range(x.dim())])
         out = torch.where(outside, torch.tensor(p["extrapolation"], dtype=out.dtype, device=out.device), out)
@@ -104,12 +105,13 @@ def _resize_axis(x: torch.Tensor, axis: int, out_size: int, scale: float, p: dic
     return out
 
 
-def _resize(x: torch.Tensor, roi: object, scales: object, sizes: object, axes: list[int] | None,
+def _resize(x: torch.Tensor, roi: torch.Tensor | Sequence[float] | None, scales: torch.Tensor | Sequence[float] | None,
+            sizes: Ints | None, axes: list[int] | None,
             policy: str, p: dict) -> torch.Tensor:
     rank = x.dim()
     axes_l = [a + rank if a < 0 else a for a in axes] if axes else list(range(rank))
     scale_l = [float(s) for s in (scales.reshape(-1).tolist() if isinstance(scales, torch.Tensor) else scales or [])]
-    size_l = as_ints(sizes) if sizes is not None else []  # type: ignore[arg-type]
+    size_l = as_ints(sizes) if sizes is not None else []
     roi_l = [float(v) for v in (roi.reshape(-1).tolist() if isinstance(roi, torch.Tensor) else roi or [])]
     n = len(axes_l)
     p = dict(p, roi={a: (roi_l[i], roi_l[n + i]) for i, a in enumerate(axes_l)} if len(roi_l) == 2 * n else {})

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import fx
 
 from aivmm.backends.torch.lowering._node import NodeContext, Value, same_device
 from aivmm.backends.torch.lowering._registry import op
@@ -68,9 +69,13 @@ def _refuse_rnn(n: NodeContext) -> str | None:
     direction = n.attr("direction", "forward")
     if direction not in ("forward", "reverse", "bidirectional"):
         return f"unknown direction {direction!r}"
-    for name in n.attr("activations") or []:
+    names = n.attr("activations") or []
+    for name in names:
         if not any(k.lower() == name.lower() for k in _ACT_PARAMS):
             return f"unknown activation {name!r}"
+    needed = len(_DEFAULT_ACTS[n.op_type]) * (2 if direction == "bidirectional" else 1)
+    if names and len(names) != needed:
+        return f"{len(names)} activations given; {n.op_type} with direction {direction!r} needs {needed}"
     return None
 
 
@@ -103,7 +108,10 @@ def _rnn_loop(kind: str, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, b: t
     ys, hs, cs = [], [], []
     for d in range(dirs):
         reverse = direction == "reverse" or d == 1
-        f, g, h_act = [*funcs[d * per_dir:(d + 1) * per_dir], None, None][:3]
+        own = funcs[d * per_dir:(d + 1) * per_dir]  # _refuse_rnn checked there is one per gate function
+        f = own[0]
+        g = own[1] if len(own) > 1 else f  # RNN has f alone, GRU f and g, LSTM f, g and h
+        h_act = own[2] if len(own) > 2 else g
         bias = b[d] if b is not None else torch.zeros(2 * gates * hidden, dtype=x.dtype, device=x.device)
         wb, rb = bias[: gates * hidden], bias[gates * hidden:]
         h = h0[d] if h0 is not None else torch.zeros(batch, hidden, dtype=x.dtype, device=x.device)
@@ -224,9 +232,8 @@ def _lower_rnn(n: NodeContext) -> list[Value]:
         p = None  # all-zero peepholes change nothing
     default_acts = all(a[0] == d for a, d in zip(acts, _DEFAULT_ACTS[kind] * dirs))
     fusable = (kind in ("LSTM", "GRU") and default_acts and clip is None and p is None and lens is None
-               and (kind == "LSTM" or lbr) and all(isinstance(t, torch.Tensor) or t is None for t in (w, r, b))
-               and direction != "reverse")
-    if fusable:
+               and (kind == "LSTM" or lbr) and direction != "reverse")
+    if fusable and isinstance(w, torch.Tensor) and isinstance(r, torch.Tensor) and not isinstance(b, fx.Node):
         params = _torch_params(kind, w, r, b, hidden)  # folded now: the weights are constants
         outs = n.call_multi(_fused, 3, kind, x, params, h0, c0, hidden, dirs == 2, layout)
     else:

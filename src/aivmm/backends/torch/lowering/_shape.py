@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from aivmm.backends.torch.lowering._elementwise import target_dtype
-from aivmm.backends.torch.lowering._node import NodeContext, Value, as_ints, norm_axis, same_device
+from aivmm.backends.torch.lowering._node import Ints, NodeContext, Value, as_ints, norm_axis, same_device
 from aivmm.backends.torch.lowering._registry import op
 
 
@@ -133,10 +133,10 @@ def _lower_split(n: NodeContext) -> list[Value]:
     return n.call_multi(_split, n.n_outputs, n.input(0), int(n.attr("axis", 0)), sizes, count)
 
 
-def _slice(x: torch.Tensor, starts: object, ends: object, axes: object, steps: object) -> torch.Tensor:
-    starts_l, ends_l = as_ints(starts), as_ints(ends)  # type: ignore[arg-type]
-    axes_l = as_ints(axes) if axes is not None else list(range(len(starts_l)))  # type: ignore[arg-type]
-    steps_l = as_ints(steps) if steps is not None else [1] * len(starts_l)  # type: ignore[arg-type]
+def _slice(x: torch.Tensor, starts: Ints, ends: Ints, axes: Ints | None, steps: Ints | None) -> torch.Tensor:
+    starts_l, ends_l = as_ints(starts), as_ints(ends)
+    axes_l = as_ints(axes) if axes is not None else list(range(len(starts_l)))
+    steps_l = as_ints(steps) if steps is not None else [1] * len(starts_l)
     index: list[slice] = [slice(None)] * x.dim()
     reversed_axes = []
     for s, e, a, st in zip(starts_l, ends_l, axes_l, steps_l):
@@ -259,8 +259,8 @@ def _lower_scatter_elements(n: NodeContext) -> Value:
                   n.attr("reduction", "none"))
 
 
-def _expand(x: torch.Tensor, shape: object) -> torch.Tensor:
-    dims = as_ints(shape)  # type: ignore[arg-type]
+def _expand(x: torch.Tensor, shape: Ints) -> torch.Tensor:
+    dims = as_ints(shape)
     return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(dims)))
 
 
@@ -269,8 +269,8 @@ def _lower_expand(n: NodeContext) -> Value:
     return n.call(_expand, n.input(0), n.ints(1))
 
 
-def _tile(x: torch.Tensor, repeats: object) -> torch.Tensor:
-    return x.repeat(as_ints(repeats))  # type: ignore[arg-type]
+def _tile(x: torch.Tensor, repeats: Ints) -> torch.Tensor:
+    return x.repeat(as_ints(repeats))
 
 
 @op("Tile", since=6)
@@ -290,10 +290,10 @@ def _pad_index(i: torch.Tensor, dim: int, mode: str) -> torch.Tensor:
     return torch.where(j >= dim, period - j, j)
 
 
-def _pad(x: torch.Tensor, pads: object, value: object, axes: object, mode: str) -> torch.Tensor:
-    pad_l = as_ints(pads)  # type: ignore[arg-type]
+def _pad(x: torch.Tensor, pads: Ints, value: torch.Tensor | float | None, axes: Ints | None, mode: str) -> torch.Tensor:
+    pad_l = as_ints(pads)
     rank = x.dim()
-    axes_l = [norm_axis(a, rank) for a in as_ints(axes)] if axes is not None else list(range(rank))  # type: ignore[arg-type]
+    axes_l = [norm_axis(a, rank) for a in as_ints(axes)] if axes is not None else list(range(rank))
     count = len(axes_l)
     begin = dict(zip(axes_l, pad_l[:count]))
     end = dict(zip(axes_l, pad_l[count:]))
@@ -329,13 +329,13 @@ def _lower_pad(n: NodeContext) -> Value:
     return n.call(_pad, n.input(0), n.ints(1), value, axes, mode)
 
 
-def _constant_of_shape(shape: object, fill: float | int | bool, dtype: torch.dtype,
+def _constant_of_shape(shape: Ints, fill: float | int | bool, dtype: torch.dtype,
                        anchor: torch.Tensor) -> torch.Tensor:
-    return torch.full(as_ints(shape), fill, dtype=dtype, device=anchor.device)  # type: ignore[arg-type]
+    return torch.full(as_ints(shape), fill, dtype=dtype, device=anchor.device)
 
 
-def _host_constant_of_shape(shape: object, fill: float | int | bool, dtype: torch.dtype) -> torch.Tensor:
-    return torch.full(as_ints(shape), fill, dtype=dtype)  # type: ignore[arg-type]
+def _host_constant_of_shape(shape: Ints, fill: float | int | bool, dtype: torch.dtype) -> torch.Tensor:
+    return torch.full(as_ints(shape), fill, dtype=dtype)
 
 
 _host_constant_of_shape.host_result = True  # type: ignore[attr-defined]
@@ -360,7 +360,8 @@ def _lower_constant_of_shape(n: NodeContext) -> Value:
     return n.call(_host_constant_of_shape, shape, fill, value.dtype)  # integer fills are shape arithmetic
 
 
-def _range(start: object, limit: object, delta: object, like: torch.Tensor) -> torch.Tensor:
+def _range(start: torch.Tensor | float, limit: torch.Tensor | float, delta: torch.Tensor | float,
+           like: torch.Tensor) -> torch.Tensor:
     vals = [v.reshape(-1)[0].item() if isinstance(v, torch.Tensor) else v for v in (start, limit, delta)]
     s, lim, d = vals
     count = max(math.ceil((lim - s) / d), 0)
@@ -375,10 +376,10 @@ def _lower_range(n: NodeContext) -> Value:
     return n.call(_range, n.scalar(0), n.scalar(1), n.scalar(2), like)
 
 
-def _trilu(x: torch.Tensor, k: object, upper: bool) -> torch.Tensor:
+def _trilu(x: torch.Tensor, k: torch.Tensor | int, upper: bool) -> torch.Tensor:
     if isinstance(k, torch.Tensor):
         k = int(k.reshape(-1)[0].item())
-    return torch.triu(x, k) if upper else torch.tril(x, k)  # type: ignore[arg-type]
+    return torch.triu(x, k) if upper else torch.tril(x, k)
 
 
 @op("Trilu", since=14)
@@ -387,10 +388,10 @@ def _lower_trilu(n: NodeContext) -> Value:
     return n.call(_trilu, n.input(0), k, bool(n.attr("upper", 1)))
 
 
-def _cumsum(x: torch.Tensor, axis: object, exclusive: bool, reverse: bool) -> torch.Tensor:
+def _cumsum(x: torch.Tensor, axis: torch.Tensor | int, exclusive: bool, reverse: bool) -> torch.Tensor:
     if isinstance(axis, torch.Tensor):
         axis = int(axis.reshape(-1)[0].item())
-    ax = norm_axis(int(axis), x.dim())  # type: ignore[arg-type]
+    ax = norm_axis(int(axis), x.dim())
     if reverse:
         x = x.flip(ax)
     y = torch.cumsum(x, ax).to(x.dtype)
@@ -404,13 +405,13 @@ def _lower_cumsum(n: NodeContext) -> Value:
     return n.call(_cumsum, n.input(0), n.scalar(1), bool(n.attr("exclusive", 0)), bool(n.attr("reverse", 0)))
 
 
-def _topk(x: torch.Tensor, k: object, axis: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _topk(x: torch.Tensor, k: torch.Tensor | int, axis: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(k, torch.Tensor):
         k = int(k.reshape(-1)[0].item())
     axis = norm_axis(axis, x.dim())
     # A stable sort keeps the lower index first among equal values, as ONNX requires.
     values, indices = torch.sort(x, dim=axis, descending=largest, stable=True)
-    return values.narrow(axis, 0, int(k)), indices.narrow(axis, 0, int(k))  # type: ignore[arg-type]
+    return values.narrow(axis, 0, int(k)), indices.narrow(axis, 0, int(k))
 
 
 @op("TopK", since=1)
@@ -434,10 +435,10 @@ def _lower_arg(n: NodeContext) -> Value:
                   bool(n.attr("select_last_index", 0)), n.op_type == "ArgMax")
 
 
-def _one_hot(idx: torch.Tensor, depth: object, values: torch.Tensor, axis: int) -> torch.Tensor:
+def _one_hot(idx: torch.Tensor, depth: torch.Tensor | float, values: torch.Tensor, axis: int) -> torch.Tensor:
     if isinstance(depth, torch.Tensor):
         depth = depth.reshape(-1)[0].item()
-    d = int(depth)  # type: ignore[arg-type]
+    d = int(depth)
     idx, values = same_device(idx, values)
     idx = idx.to(torch.int64)
     idx = torch.where(idx < 0, idx + d, idx)
@@ -525,10 +526,10 @@ def _lower_compress(n: NodeContext) -> Value:
     return n.call(_compress, n.input(0), n.input(1), None if axis is None else int(axis))
 
 
-def _cumprod(x: torch.Tensor, axis: object, exclusive: bool, reverse: bool) -> torch.Tensor:
+def _cumprod(x: torch.Tensor, axis: torch.Tensor | int, exclusive: bool, reverse: bool) -> torch.Tensor:
     if isinstance(axis, torch.Tensor):
         axis = int(axis.reshape(-1)[0].item())
-    ax = norm_axis(int(axis), x.dim())  # type: ignore[arg-type]
+    ax = norm_axis(int(axis), x.dim())
     if reverse:
         x = x.flip(ax)
     if exclusive:  # shift in a one rather than divide: exact with zeros

@@ -12,12 +12,13 @@ from aivmm.backends.torch.lowering._node import NodeContext, Value, norm_axis
 from aivmm.backends.torch.lowering._registry import op
 
 
-def _dft(x: torch.Tensor, length: object, axis: object, inverse: bool, onesided: bool) -> torch.Tensor:
+def _dft(x: torch.Tensor, length: torch.Tensor | int | None, axis: torch.Tensor | int, inverse: bool,
+         onesided: bool) -> torch.Tensor:
     if isinstance(length, torch.Tensor):
         length = int(length.reshape(-1)[0].item())
     if isinstance(axis, torch.Tensor):
         axis = int(axis.reshape(-1)[0].item())
-    ax = norm_axis(int(axis), x.dim())  # type: ignore[arg-type]
+    ax = norm_axis(int(axis), x.dim())
     # Half-precision FFTs are limited in torch (powers of two only): compute in float32 at least, and
     # in float64 on the CPU, where it costs little and matches the float64 reference.
     wide = torch.float64 if x.device.type == "cpu" else torch.float32
@@ -27,9 +28,9 @@ def _dft(x: torch.Tensor, length: object, axis: object, inverse: bool, onesided:
     else:
         signal = torch.view_as_complex(work.contiguous())
     if inverse and onesided:  # a half spectrum back to a real signal
-        n = int(length) if length is not None else 2 * (signal.shape[ax] - 1)  # type: ignore[arg-type]
+        n = int(length) if length is not None else 2 * (signal.shape[ax] - 1)
         return torch.fft.irfft(signal, n=n, dim=ax).unsqueeze(-1).to(x.dtype)
-    n = int(length) if length is not None else signal.shape[ax]  # type: ignore[arg-type]
+    n = int(length) if length is not None else signal.shape[ax]
     y = torch.fft.ifft(signal, n=n, dim=ax) if inverse else torch.fft.fft(signal, n=n, dim=ax)
     if onesided:
         y = y.narrow(ax, 0, n // 2 + 1)
@@ -44,10 +45,10 @@ def _lower_dft(n: NodeContext) -> Value:
     return n.call(_dft, n.input(0), length, axis, bool(n.attr("inverse", 0)), bool(n.attr("onesided", 0)))
 
 
-def _window(size: object, kind: str, periodic: bool, dtype: torch.dtype) -> torch.Tensor:
+def _window(size: torch.Tensor | int, kind: str, periodic: bool, dtype: torch.dtype) -> torch.Tensor:
     if isinstance(size, torch.Tensor):
         size = int(size.reshape(-1)[0].item())
-    count = int(size)  # type: ignore[arg-type]
+    count = int(size)
     denom = count if periodic else count - 1
     k = torch.arange(count, dtype=torch.float64)
     phase = 2 * math.pi * k / denom
