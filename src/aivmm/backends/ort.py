@@ -319,7 +319,7 @@ def _fallback_nodes(sess: Any, primary: str) -> list[str]:
     getter = getattr(sess, "get_provider_graph_assignment_info", None)
     if getter is None:
         return []
-    out = []
+    out: list[str] = []
     for subgraph in getter():
         if subgraph.ep_name == primary:
             continue

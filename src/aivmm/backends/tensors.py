@@ -138,7 +138,8 @@ def _compile(spec: ModelSpec) -> _Fast:
     It answers None for anything else, which sends the call to the general path: that path is the
     specification and builds the error messages (tests/backends/test_tensors_property.py holds them equal).
     """
-    checks = []
+    # (name, dtype, rank, fixed (axis, size) pairs, symbolic (axis, name) pairs) per input
+    checks: list[tuple[str, np.dtype, int, tuple[tuple[int, int], ...], tuple[tuple[int, str], ...]]] = []
     for ts in spec.inputs:
         if ts.dtype in (DType.STRING, DType.BFLOAT16):
             checks = []  # object / bit-carrier dtypes take the general path

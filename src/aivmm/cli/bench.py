@@ -12,6 +12,7 @@ Durations are bounded; the report gives p50/p90/p99 and throughput per level.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 import sys
@@ -162,11 +163,11 @@ def run(args: argparse.Namespace) -> int:
             for c in concurrency:
                 task = progress.add_task(f"closed loop, concurrency {c}", total=1.0)
                 results.append(lg.closed_loop(factory, c, args.duration, warmup_s=args.warmup, label=label,
-                                              progress=lambda f, task=task: progress.update(task, completed=f)))
+                                              progress=functools.partial(_advance, progress, task)))
             for r in rates:
                 task = progress.add_task(f"open loop, {r:g}/s", total=1.0)
                 results.append(lg.open_loop(factory, r, args.duration, label=label,
-                                            progress=lambda f, task=task: progress.update(task, completed=f)))
+                                            progress=functools.partial(_advance, progress, task)))
     finally:
         if resource is not None:
             resource.close()
@@ -191,7 +192,9 @@ def _run_llm(args: argparse.Namespace, concurrency: list[int]) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from aivmm.errors import UnsupportedModelError
     from aivmm.llm._bench import closed_loop
+    from aivmm.llm._deployed import DeployedLLM
     from aivmm.vmm import VMM
 
     if not concurrency:
@@ -209,6 +212,8 @@ def _run_llm(args: argparse.Namespace, concurrency: list[int]) -> int:
         with VMM() as vmm:
             llm = vmm.deploy(args.target, device=args.device, measure=not args.no_measure,
                              batching={"max_batch_size": max(concurrency)})
+            if not isinstance(llm, DeployedLLM):
+                raise UnsupportedModelError(f"{args.target} is not a decoder with a KV cache")
             label = f"{args.target} in-process on {llm.generation_plan.chosen.label}"
             closed_loop(llm, 1, min(args.warmup, args.duration), **kw)
             results = [closed_loop(llm, n, args.duration, **kw) for n in concurrency]
@@ -292,3 +297,8 @@ def plot(results: list[Any], out_dir: pathlib.Path) -> list[pathlib.Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _advance(progress: Any, task: Any, fraction: float) -> None:
+    """A load generator's progress callback (fraction done) onto one rich progress bar."""
+    progress.update(task, completed=fraction)

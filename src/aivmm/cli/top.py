@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                 previous = doc
             except ServingError as exc:
                 view = Text(f"{url}: {exc} (retrying)", style="bold red")
-            if console.is_terminal:
+            if isinstance(live, Live):  # a terminal
                 live.update(view, refresh=True)
             else:
                 console.print(view)

@@ -65,7 +65,7 @@ class ChannelServer:
 
     def __init__(self, host: str, authkey: bytes, handler: Callable[..., Any]) -> None:
         self._listener = Listener((host, 0), authkey=authkey, backlog=128)
-        self.address: tuple[str, int] = self._listener.address  # type: ignore[assignment]
+        self.address: tuple[str, int] = self._listener.address
         self._handler = handler
         self._closed = False
         self._lock = threading.Lock()

@@ -90,7 +90,7 @@ class ClusterModel:
                     (self.name, target.local, feeds, priority, deadline_ms), self._owner.call_timeout_s
                 )
                 ok = True
-                return out  # type: ignore[no-any-return]
+                return out
             except ChannelLost as exc:
                 attempts = self._lost(target, exc, attempts)
             finally:

@@ -102,7 +102,7 @@ def _token() -> tuple[str | None, str]:
 
 def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
     """One GCS call: the cluster's metadata (Ray and Python versions), or the aivmm error for why not."""
-    import grpc  # type: ignore[import-untyped]
+    import grpc
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
     host, port = _split(address)

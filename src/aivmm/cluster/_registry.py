@@ -506,7 +506,7 @@ class Registry:
     def _remove_stale_claims(self) -> None:
         """Claims a registry that died left behind (detached, so they outlive it) would hold their
         devices against this one: a starting registry owns no claim yet, so every aivmm claim goes."""
-        from ray._raylet import PlacementGroupID  # type: ignore[attr-defined]
+        from ray._raylet import PlacementGroupID
         from ray.util.placement_group import PlacementGroup, placement_group_table
 
         for pg_id, info in placement_group_table().items():

@@ -111,6 +111,8 @@ def _ort(precision: str) -> Callable[[Budget], float]:
         tmp = Path(tempfile.mkdtemp(prefix="aivmm-bench-"))
 
         def make(n: int) -> Callable[[], object]:
+            a: np.ndarray
+            b: np.ndarray
             if precision == "int8":
                 b = rng.integers(-64, 64, (n, n), dtype=np.int8)
                 node = helper.make_node("MatMulInteger", ["A", "B"], ["Y"])

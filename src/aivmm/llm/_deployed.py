@@ -222,7 +222,7 @@ class DeployedLLM(DeployedModel):
             raise
         if isinstance(box[0], BaseException):
             raise box[0]
-        return box[0]  # type: ignore[no-any-return]
+        return box[0]
 
     def stream(
         self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kw: Any
@@ -259,7 +259,7 @@ class DeployedLLM(DeployedModel):
         req = self._request(prompt, params, kw, streaming=False, on_event=None, on_done=finished)
         self._scheduler.submit(req)
         try:
-            return await fut  # type: ignore[no-any-return]
+            return await fut
         except asyncio.CancelledError:
             self._scheduler.cancel(req)
             raise

@@ -288,8 +288,8 @@ def _evaluate(node: Any, args: list[Any]) -> Any:
         n = int(max(np.ceil((args[1] - args[0]) / args[2]), 0))
         return None if n > _FOLD_LIMIT else np.arange(args[0], args[1], args[2])
     if op == "Expand":
-        shape = np.broadcast_shapes(args[0].shape, tuple(int(d) for d in args[1]))
-        return None if math.prod(shape) > _FOLD_LIMIT else np.broadcast_to(args[0], shape).copy()
+        expanded = np.broadcast_shapes(args[0].shape, tuple(int(d) for d in args[1]))
+        return None if math.prod(expanded) > _FOLD_LIMIT else np.broadcast_to(args[0], expanded).copy()
     if op == "Where":
         return np.where(args[0], args[1], args[2])
     if op in ("Neg", "Abs"):

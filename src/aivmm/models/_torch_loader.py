@@ -31,6 +31,7 @@ def _dtype(t: Any, what: str) -> DType:
 def _arguments(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     import torch
 
+    args: tuple[Any, ...]
     if isinstance(example_inputs, torch.Tensor):
         args, kwargs = (example_inputs,), {}
     elif isinstance(example_inputs, Mapping):
@@ -100,7 +101,7 @@ def load_torch(obj: Any, *, shapes: Mapping[str, Sequence[int]] | None, example_
     warnings: list[str] = []
     if isinstance(obj, ExportedProgram):
         fmt = ModelFormat.TORCH_EXPORTED
-        module = obj.module()
+        module: torch.nn.Module = obj.module()
         if example_inputs is None:
             example_inputs = _program_examples(obj)
         args, kwargs = _arguments(example_inputs)

@@ -104,9 +104,9 @@ def facts(trace: Trace, module: Any, inputs: dict[str, Any], program_ops: list[s
             f.recurrent_ops[kind] = f.recurrent_ops.get(kind, 0) + structural[op]
     if isinstance(module, torch.nn.Module) and not program_ops:
         for sub in module.modules():
-            kind = _RECURRENT_MODULES.get(type(sub).__name__) if isinstance(sub, torch.nn.RNNBase) else None
-            if kind:
-                f.recurrent_ops[kind] = f.recurrent_ops.get(kind, 0) + 1
+            module_kind = _RECURRENT_MODULES.get(type(sub).__name__) if isinstance(sub, torch.nn.RNNBase) else None
+            if module_kind:
+                f.recurrent_ops[module_kind] = f.recurrent_ops.get(module_kind, 0) + 1
     f.fused_attention = sum(n for op, n in counts.items() if "scaled_dot_product" in op)
     for i, op in enumerate(trace.ops):
         if op in SOFTMAX and any(o in ATTENTION_MATMULS for o in trace.ops[max(0, i - 8):i]) and any(

@@ -9,6 +9,7 @@ cost-benefit policy and the evicted ones come back on their next request.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import pathlib
@@ -213,10 +214,10 @@ class Engine:
         replica = Replica(handle.name, index, spec, config, device, footprint, isolation=isolation)
         if handle.batching is not None:
             replica.queue = ReplicaQueue(
-                replica.key, lambda batch, r=replica: self._run_batch(handle, r, batch),
+                replica.key, functools.partial(self._run_batch, handle, replica),
                 batching=handle.batching, batch_dim=spec.batch_dim, limit=handle.batching.max_queue_size,
                 runnable=replica.resident, latency=replica.expected_latency,
-                stalled=lambda r=replica: self._prefetch(r),
+                stalled=functools.partial(self._prefetch, replica),
             )
             self._executor(device.id).register(replica.queue)
         self.residency.register(replica)
@@ -259,7 +260,7 @@ class Engine:
         pipeline.tier = Tier.DEVICE
         if handle.batching is not None:
             pipeline.queue = ReplicaQueue(
-                pipeline.key, lambda batch, r=pipeline: self._run_batch(handle, r, batch),
+                pipeline.key, functools.partial(self._run_batch, handle, pipeline),
                 batching=handle.batching, batch_dim=spec.batch_dim, limit=handle.batching.max_queue_size,
                 runnable=pipeline.resident, latency=pipeline.expected_latency,
             )
@@ -506,7 +507,7 @@ class Engine:
         fut = self.residency.prefetch(replica)
         if not getattr(fut, "aivmm_watched", False):
             fut.aivmm_watched = True  # type: ignore[attr-defined]  # one failure handler per load
-            fut.add_done_callback(lambda f, r=replica: self._prefetch_done(r, f))
+            fut.add_done_callback(functools.partial(self._prefetch_done, replica))
 
     def _expected_wait(self, replica: Replica, items: int) -> float:
         """Seconds until a request just queued on ``replica`` would finish (0 before anything was measured)."""

@@ -97,7 +97,7 @@ class ResidencyManager:
         if replica.tier is Tier.DEVICE:
             return
         with replica.load_lock:
-            if replica.tier is Tier.DEVICE:
+            if replica.resident():  # loaded by another thread while this one waited for the lock
                 return
             dev = replica.device.id
             need = replica.charged_bytes

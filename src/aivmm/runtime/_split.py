@@ -157,10 +157,11 @@ def _item_bytes(onnx: Any, type_proto: Any, batch_dim: int | None) -> int:
     dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
     if batch_dim is not None and batch_dim < len(dims):
         dims[batch_dim] = 1
-    if any(d is None for d in dims):
+    known = [d for d in dims if d is not None]
+    if len(known) < len(dims):
         return -1
     itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).itemsize
-    return int(np.prod(dims, dtype=np.int64)) * itemsize
+    return int(np.prod(known, dtype=np.int64)) * itemsize
 
 
 def _tensor_spec(onnx: Any, value_info: Any) -> TensorSpec:

@@ -171,7 +171,7 @@ def _check_size(size: str) -> None:
 
 def _resolve(ref: str) -> Callable[..., Any]:
     module, _, func = ref.partition(":")
-    return getattr(importlib.import_module(f"aivmm.models.zoo.{module}"), func)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(f"aivmm.models.zoo.{module}"), func)
 
 
 def _atomic_save(model: Any, target: pathlib.Path) -> None:

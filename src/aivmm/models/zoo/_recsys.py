@@ -72,7 +72,7 @@ def dlrm_parameters(size: str) -> int:
 
 def dlrm_inputs(size: str, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     c = DLRM[size]
-    feeds = {"dense": rng.standard_normal((batch, c.dense), dtype=np.float32)}
+    feeds: dict[str, np.ndarray] = {"dense": rng.standard_normal((batch, c.dense), dtype=np.float32)}
     for i, rows in enumerate(c.rows):
         feeds[f"cat_{i}"] = rng.integers(0, rows, (batch,), dtype=np.int64)
     return feeds
