@@ -1,6 +1,6 @@
 """Regret of aivmm's choice over the real-model zoo: chosen latency / the best configuration found by hand.
 
-    python benchmarks/regret.py                          # every realzoo model, the authors' sample inputs
+    python benchmarks/regret.py --min-seconds 1          # every realzoo model, the authors' sample inputs
     python benchmarks/regret.py --fast --inputs generated --out /tmp/regret.json
     python benchmarks/regret.py --models yolov8n-nudenet,silero-vad --rounds 20
 
@@ -15,9 +15,11 @@ For each model, in one process:
    the only way to run these files on torch). Each is checked against the fp32 reference
    (ORT, optimisations off) at the fp32 tolerance; an inaccurate one is not an oracle;
 3. the chosen one (through aivmm's backend, as deployed) and every accurate hand configuration
-   within ``--screen`` x of the best screening time are timed interleaved: ``--rounds`` rounds, each
-   running every configuration for ``--calls`` calls (the first of each turn a warm-up), order
-   alternating between rounds; each configuration's figure is the median of its round medians.
+   (torch eager only when within ``--screen`` x of the best 3-call screening) are timed
+   interleaved: ``--rounds`` rounds (more with ``--min-seconds``: at least that much calling per
+   configuration), each running every configuration for ``--calls`` calls (the first of each turn
+   a warm-up), order alternating between rounds; a configuration's figure is the median of its
+   round medians.
 regret = chosen / min(oracle). Summary: geometric mean and worst over the models that planned.
 """
 
