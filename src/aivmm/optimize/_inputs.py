@@ -136,7 +136,8 @@ def _facts_uncached(path: str) -> GraphFacts:
     for inp in graph.input:
         if inp.name in consts:  # an initializer listed as input (old exporters)
             continue
-        frontier, seen, best = [inp.name], set(), None
+        frontier, best = [inp.name], None
+        seen: set[str] = set()
         while frontier and len(seen) < _MAX_WALK:
             tensor = frontier.pop()
             if tensor in seen:

@@ -177,7 +177,8 @@ def _run_int8_static(src: pathlib.Path, dst: pathlib.Path, calibration: Sequence
             self._it = iter(calibration)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            return dict(next(self._it, None) or {}) or None
+            item = next(self._it, None)
+            return dict(item) if item else None
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = _preprocess(src, pathlib.Path(tmp))

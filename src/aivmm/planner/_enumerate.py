@@ -7,7 +7,7 @@ import dataclasses
 import itertools
 import logging
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aivmm.backends import registry
@@ -199,6 +199,7 @@ def provisional(spec: ModelSpec, p: Pass | None) -> ModelSpec:
 def analysed(spec: ModelSpec, path: pathlib.Path) -> ModelSpec:
     """The ModelSpec of a pass's output file: the models package's analysis when it is there, else
     the original's with the new source and hash."""
+    load: Callable[..., ModelSpec] | None
     try:
         from aivmm.models import load
     except ImportError:

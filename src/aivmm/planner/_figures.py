@@ -84,7 +84,7 @@ def _measured(device: Device, backend: str) -> Mapping[str, Any] | None:
     if hasattr(fig, "to_json"):
         return dict(fig.to_json())
     if dataclasses.is_dataclass(fig):
-        return dataclasses.asdict(fig)  # type: ignore[arg-type]
+        return dataclasses.asdict(fig)
     return dict(fig) if isinstance(fig, Mapping) else None
 
 

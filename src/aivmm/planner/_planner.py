@@ -401,7 +401,7 @@ class _Evaluator:
         """(constraint name, sentence) for every constraint ``c`` violates."""
         cons, f, out = self.req.cons, self.figures(c), []
         basis = "measured" if c.measurement else "predicted"
-        if cons.max_latency_ms is not None and f["latency"] > cons.max_latency_ms:
+        if cons.max_latency_ms is not None and (f["latency"] or 0.0) > cons.max_latency_ms:
             out.append(("max_latency_ms", f"p{cons.latency_percentile} {f['latency']:.3f} ms ({basis}) > "
                                           f"{cons.max_latency_ms:g} ms"))
         if cons.min_throughput is not None and (f["throughput"] or 0.0) < cons.min_throughput:
@@ -456,7 +456,7 @@ class _Evaluator:
             pool = kept
         else:
             pool = self._measure_top_k(pool, rejected)
-        feasible = []
+        feasible: list[Candidate] = []
         for c in pool:
             for name, sentence in self.violations(c):
                 c = c.reject(RejectReason.CONSTRAINT, f"{name}: {sentence}")
@@ -480,7 +480,7 @@ class _Evaluator:
             picked += [c for c in self._pick([c for c in order if _plain_fp32(c)]) if c not in picked]
         # fp32 without a pass first: for non-ONNX models the first of them becomes the reference
         picked.sort(key=lambda c: not _plain_fp32(c))
-        measured = []
+        measured: list[Candidate] = []
         for c in picked:
             m = self.measure(c)
             (rejected if m.rejected else measured).append(m)
@@ -502,6 +502,7 @@ class _Evaluator:
                 rejected.append(c.reject(RejectReason.ACCURACY, "not measured (outside the top-k or the load "
                                          "budget), so its accuracy against fp32 is unverified"))
             elif c in slow:
+                assert c.prediction is not None  # slow means predicted to load slowly
                 out.append(c.with_(notes=(*c.notes, f"not measured: predicted load {c.prediction.load_s:.0f} s "
                                                     f"exceeds the planning load budget {self.req.max_load_s:.0f} s "
                                                     "(raise budget_s to measure it)")))
@@ -587,6 +588,7 @@ class _Evaluator:
             return measured
         raced = {}
         for c, rounds, calls, warm in zip(finalists, result.rounds, result.calls, result.warmup):
+            assert c.measurement is not None  # finalists are measured candidates
             arr = np.asarray(calls) * 1e3
             m = dataclasses.replace(c.measurement, p50_ms=float(np.median(rounds)) * 1e3,
                                     p99_ms=float(np.percentile(arr, 99)), mean_ms=float(arr.mean()), runs=len(calls),
@@ -622,7 +624,8 @@ def _same_but_runner(c: Candidate, other: Candidate) -> bool:
 def _run(req: _Request, t0: float, model_hash: str) -> Plan:
     ev = _Evaluator(req)
     all_cands = enumerate_candidates(req.spec, req.devices, req.cons, req.backends)
-    clean, rejected = [], []
+    clean: list[Candidate] = []
+    rejected: list[Candidate] = []
     for c in all_cands:
         if not c.rejected:
             c = ev.predict(c)
