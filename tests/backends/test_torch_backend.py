@@ -385,6 +385,17 @@ def test_lowering_failure_names_the_node(tmp_path):
         lower(onnx.load(str(path)))
 
 
+def test_rnn_with_too_few_activations_is_refused_by_name(tmp_path):
+    # An LSTM needs three gate functions per direction; two would leave the cell's output function unset.
+    w = numpy_helper.from_array(np.ones((1, 8, 3), np.float32), "w")
+    r = numpy_helper.from_array(np.ones((1, 8, 2), np.float32), "r")
+    lstm = helper.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=2, activations=["Sigmoid", "Tanh"])
+    path = _save(tmp_path / "lstm.onnx", [lstm], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1, 3])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, r])
+    with pytest.raises(LoweringError, match="2 activations given; LSTM with direction 'forward' needs 3"):
+        lower(onnx.load(str(path)))
+
+
 def test_offload_is_refused_on_the_cpu(backend, cpu, identity_model):
     with backend.load(spec_of(identity_model), cpu, Config("torch", cpu.id)) as session:
         assert session.offload_to_host() is False

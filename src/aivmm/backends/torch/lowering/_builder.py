@@ -19,7 +19,7 @@ import onnx
 import torch
 from torch import fx, nn
 
-from aivmm.backends.torch.lowering._node import FLOAT_TYPES, NodeContext, Value, tensor_from_proto
+from aivmm.backends.torch.lowering._node import FLOAT_TYPES, HOST_RESULTS, NodeContext, Value, tensor_from_proto
 from aivmm.backends.torch.lowering._registry import lookup
 from aivmm.errors import LoweringError
 
@@ -116,7 +116,7 @@ class GraphBuilder:
         host = all(n in self.host_nodes for n in runtime) and all(
             t.numel() <= MAX_HOST_CONSTANT for t in _tensors_in((args, kwargs)))
         node = self.graph.call_function(fn, self._to_graph(args, host), self._to_graph(kwargs, host))
-        if host or getattr(fn, "host_result", False):
+        if host or fn in HOST_RESULTS:
             self.host_nodes.add(node)
         return node
 

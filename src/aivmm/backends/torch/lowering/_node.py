@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import onnx
 import torch
@@ -146,6 +146,17 @@ class NodeContext:
     def call_multi(self, fn: Callable[..., Any], n: int, *args: Any, **kwargs: Any) -> list[Value]:
         assert self.builder is not None
         return self.builder.call_multi(fn, n, args, kwargs)
+
+
+# Functions whose result is shape arithmetic even when an input lives on the device (Shape of a
+# device tensor): GraphBuilder.call keeps their nodes on the host.
+HOST_RESULTS: set[Callable[..., Any]] = set()
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def host_result(fn: _Fn) -> _Fn:
+    HOST_RESULTS.add(fn)
+    return fn
 
 
 def tensor_from_proto(proto: onnx.TensorProto) -> torch.Tensor:

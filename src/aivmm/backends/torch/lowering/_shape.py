@@ -12,15 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from aivmm.backends.torch.lowering._elementwise import target_dtype
-from aivmm.backends.torch.lowering._node import Ints, NodeContext, Value, as_ints, norm_axis, same_device
+from aivmm.backends.torch.lowering._node import Ints, NodeContext, Value, as_ints, host_result, norm_axis, same_device
 from aivmm.backends.torch.lowering._registry import op
 
 
+@host_result
 def _shape(x: torch.Tensor, start: int, end: int | None) -> torch.Tensor:
     return torch.tensor(tuple(x.shape)[start:end], dtype=torch.int64)
-
-
-_shape.host_result = True  # type: ignore[attr-defined]
 
 
 @op("Shape", since=1)
@@ -33,11 +31,9 @@ def _lower_shape(n: NodeContext) -> Value:
     return n.call(_shape, x, start, None if end is None else int(end))
 
 
+@host_result
 def _size(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(x.numel(), dtype=torch.int64)
-
-
-_size.host_result = True  # type: ignore[attr-defined]
 
 
 @op("Size", since=1)
@@ -334,11 +330,9 @@ def _constant_of_shape(shape: Ints, fill: float | int | bool, dtype: torch.dtype
     return torch.full(as_ints(shape), fill, dtype=dtype, device=anchor.device)
 
 
+@host_result
 def _host_constant_of_shape(shape: Ints, fill: float | int | bool, dtype: torch.dtype) -> torch.Tensor:
     return torch.full(as_ints(shape), fill, dtype=dtype)
-
-
-_host_constant_of_shape.host_result = True  # type: ignore[attr-defined]
 
 
 @op("ConstantOfShape", since=9)
