@@ -11,7 +11,8 @@ import dataclasses
 import os
 import pathlib
 import time
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +59,8 @@ class NvmlSampler:
                 h = nv.nvmlDeviceGetHandleByIndex(i)
                 util = nv.nvmlDeviceGetUtilizationRates(h).gpu / 100.0
                 mem = nv.nvmlDeviceGetMemoryInfo(h)
-                power = _try(lambda h=h: nv.nvmlDeviceGetPowerUsage(h) / 1000.0)
-                energy = _try(lambda h=h: nv.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0)
+                power = _try(nv.nvmlDeviceGetPowerUsage, h, per=1000.0)  # mW
+                energy = _try(nv.nvmlDeviceGetTotalEnergyConsumption, h, per=1000.0)  # mJ
                 out.append(Reading(f"nvidia:{i}", util, power, energy, int(mem.used), int(mem.total)))
             except Exception:
                 continue
@@ -209,8 +210,9 @@ def _read_float(path: pathlib.Path) -> float | None:
         return None
 
 
-def _try(fn: object) -> float | None:
+def _try(fn: Callable[..., Any], *args: Any, per: float = 1.0) -> float | None:
+    """``fn(*args) / per``, or None where the device does not report it."""
     try:
-        return float(fn())  # type: ignore[operator]
+        return float(fn(*args)) / per
     except Exception:
         return None
