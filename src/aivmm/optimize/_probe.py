@@ -25,6 +25,7 @@ GROWTH = 4  # a too-short length is grown by this factor per attempt
 MAX_GROWTH_STEPS = 3  # 8 -> 32 -> 128 -> 512
 MAX_SIZE = 4096
 TEXT_LINE_HEIGHTS = (48, 32, 64)
+SQUARE_SIDES = (96, 128, 160, 192, 256, 299, 384, 512, 32, 64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,10 @@ def _attempts(base: _inputs.Assignment) -> list[tuple[str, _inputs.Assignment]]:
         # Text-line recognisers fix the height (PP-OCR: 48) and refuse the usual square image.
         for h in TEXT_LINE_HEIGHTS:
             out.append((f"an image height of {h}", base.with_sizes({sides[0]: h})))
+        # A ViT's position table fixes the side (a 96x96 export refuses 224): the usual square sides.
+        for side in SQUARE_SIDES:
+            if any(base.sizes[k] != side for k in sides):
+                out.append((f"an image side of {side}", base.with_sizes(dict.fromkeys(sides, side))))
     grown = dict(base.sizes)
     for step in range(MAX_GROWTH_STEPS):
         changes = {k: min(MAX_SIZE, max(32, grown[k] * GROWTH)) for k in free}
