@@ -137,7 +137,7 @@ def _check_weight_size(t: Any, where: str) -> None:
         return
     expected = math.ceil(math.prod(t.dims) * itemsize(t.data_type))
     if t.HasField("raw_data"):
-        have = _raw_length(t)
+        have: float = _raw_length(t)
         if have != expected:
             have = len(t.raw_data)  # the estimate's rare failure path: read the real length (a copy)
         if have == expected:

@@ -74,7 +74,8 @@ def first_run_in_worker(
         raise ValueError(f"{spec.name!r} has no model file to load in a worker")
     with tempfile.TemporaryDirectory(prefix="aivmm-isolated-") as tmp:
         inputs = pathlib.Path(tmp) / "feeds.npz"
-        np.savez(inputs, **{name: np.asarray(value) for name, value in feeds.items()})
+        # numpy's stub lets the **arrays fill savez's allow_pickle: bool, so an array dict is refused.
+        np.savez(inputs, **{name: np.asarray(value) for name, value in feeds.items()})  # type: ignore[arg-type]
         request = pathlib.Path(tmp) / "request.json"
         request.write_text(
             json.dumps(

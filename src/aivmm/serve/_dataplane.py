@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -87,8 +87,8 @@ class _Model:
         return max(ready, key=lambda v: v.version) if ready else None
 
 
-class Observer:
-    """Hooks the metrics exporter implements; the default does nothing."""
+class Observer(Protocol):
+    """Hooks the metrics exporter implements (telemetry's ServerMetrics)."""
 
     def request(self, model: str, version: str, seconds: float, ok: bool, error: str = "") -> None: ...
 
@@ -97,6 +97,22 @@ class Observer:
     def load(self, model: str, seconds: float, ok: bool) -> None: ...
 
     def unload(self, model: str, seconds: float) -> None: ...
+
+
+class _NoObserver:
+    """The default Observer: does nothing."""
+
+    def request(self, model: str, version: str, seconds: float, ok: bool, error: str = "") -> None:
+        return None
+
+    def stage(self, model: str, stage: str, seconds: float) -> None:
+        return None
+
+    def load(self, model: str, seconds: float, ok: bool) -> None:
+        return None
+
+    def unload(self, model: str, seconds: float) -> None:
+        return None
 
 
 class DataPlane:
@@ -115,7 +131,7 @@ class DataPlane:
         self.host = host
         self.repository = repository
         self.limits = limits or Limits()
-        self.observer = observer or Observer()
+        self.observer: Observer = observer or _NoObserver()
         self.server_name = server_name
         self._clock = clock
         self.default_constraints = default_constraints

@@ -273,7 +273,8 @@ async def _send_json(send: Send, status: int, obj: Any) -> None:
     await _send(send, status, codec.dumps(obj))
 
 
-async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send(send: Send, status: int, body: bytes | memoryview,
+                headers: list[tuple[bytes, bytes]] | None = None) -> None:
     hdrs = headers if headers is not None else _JSON
     await send({"type": "http.response.start", "status": status,
                 "headers": [*hdrs, (b"content-length", str(len(body)).encode())]})

@@ -53,7 +53,7 @@ def datatype_of(array: np.ndarray) -> DType:
 
 
 # -- binary layout --------------------------------------------------------------------------------
-def from_bytes(buf: bytes | memoryview, dtype: DType, shape: tuple[int, ...], tensor: str) -> np.ndarray:
+def from_bytes(buf: bytes | bytearray | memoryview, dtype: DType, shape: tuple[int, ...], tensor: str) -> np.ndarray:
     """A tensor from its raw little-endian bytes; zero-copy for fixed-size types."""
     count = math.prod(shape)
     if dtype is DType.STRING:
@@ -75,7 +75,7 @@ def from_bytes(buf: bytes | memoryview, dtype: DType, shape: tuple[int, ...], te
     return arr.reshape(shape)
 
 
-def unpack_bytes(buf: bytes | memoryview, tensor: str) -> list[bytes]:
+def unpack_bytes(buf: bytes | bytearray | memoryview, tensor: str) -> list[bytes]:
     """Triton's BYTES layout: each element a 4-byte little-endian length, then that many bytes."""
     view = memoryview(buf)
     items: list[bytes] = []
@@ -99,7 +99,7 @@ def to_bytes(array: np.ndarray) -> bytes | memoryview:
     arr = np.ascontiguousarray(array)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("<"))
-    return memoryview(arr).cast("B") if arr.size else b""
+    return arr.data.cast("B") if arr.size else b""
 
 
 def pack_bytes(items: Iterable[Any]) -> bytes:
@@ -141,7 +141,7 @@ def from_json(data: object, dtype: DType, shape: tuple[int, ...], tensor: str) -
         raise InputError(f"tensor {tensor!r}: data is not a regular array of numbers ({exc})") from None
     if arr.size != count:
         raise InputError(f"tensor {tensor!r}: {arr.size} data elements for shape {list(shape)} ({count} expected)")
-    np_type = np.dtype(np.float32) if dtype is DType.BFLOAT16 else dtype.to_numpy()
+    np_type: np.dtype = np.dtype(np.float32) if dtype is DType.BFLOAT16 else dtype.to_numpy()
     if count and arr.dtype.kind not in _KINDS_FOR[np_type.kind]:
         raise InputError(
             f"tensor {tensor!r}: {dtype.kserve} data must be "
