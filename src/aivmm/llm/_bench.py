@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -71,21 +72,7 @@ def closed_loop(
                 if g.completion_tokens > 1:
                     tpot.append((g.total_s - g.ttft_s) / (g.completion_tokens - 1))
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(duration_s + 120)
-    return LLMBenchResult(
-        concurrency,
-        counts["requests"],
-        counts["tokens"],
-        time.perf_counter() - t0,
-        tuple(ttft),
-        tuple(tpot),
-        counts["errors"],
-    )
+    return _run_workers(worker, concurrency, duration_s + 120, counts, ttft, tpot)
 
 
 def closed_loop_openai(
@@ -153,12 +140,24 @@ def closed_loop_openai(
                 if used > 1:
                     tpot.append((total - first) / (used - 1))
 
+    return _run_workers(worker, concurrency, duration_s + 180, counts, ttft, tpot)
+
+
+def _run_workers(
+    worker: Callable[[int], None],
+    concurrency: int,
+    join_s: float,
+    counts: dict[str, int],
+    ttft: list[float],
+    tpot: list[float],
+) -> LLMBenchResult:
+    """Run ``concurrency`` closed-loop workers to the end and gather what they counted."""
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(duration_s + 180)
+        t.join(join_s)
     return LLMBenchResult(
         concurrency,
         counts["requests"],
