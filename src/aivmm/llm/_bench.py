@@ -49,30 +49,12 @@ def closed_loop(
     rng = np.random.default_rng(seed)
     vocab = llm.info.vocab_size
     prompts = [[int(t) for t in rng.integers(3, vocab, prompt_tokens)] for _ in range(64)]
-    lock = threading.Lock()
-    ttft: list[float] = []
-    tpot: list[float] = []
-    counts = {"tokens": 0, "requests": 0, "errors": 0}
-    stop_at = time.perf_counter() + duration_s
 
-    def worker(i: int) -> None:
-        k = i
-        while time.perf_counter() < stop_at:
-            try:
-                g = llm.generate(prompts[k % len(prompts)], max_new_tokens=new_tokens, ignore_eos=True)
-            except Exception:
-                with lock:
-                    counts["errors"] += 1
-                continue
-            k += concurrency
-            with lock:
-                counts["tokens"] += g.completion_tokens
-                counts["requests"] += 1
-                ttft.append(g.ttft_s)
-                if g.completion_tokens > 1:
-                    tpot.append((g.total_s - g.ttft_s) / (g.completion_tokens - 1))
+    def one(prompt: list[int]) -> tuple[int, float, float]:
+        g = llm.generate(prompt, max_new_tokens=new_tokens, ignore_eos=True)
+        return g.completion_tokens, g.ttft_s, g.total_s
 
-    return _run_workers(worker, concurrency, duration_s + 120, counts, ttft, tpot)
+    return _closed_loop(one, prompts, concurrency, duration_s, join_s=duration_s + 120)
 
 
 def closed_loop_openai(
@@ -100,6 +82,39 @@ def closed_loop_openai(
     client = openai.OpenAI(base_url=base_url.rstrip("/") + "/v1", api_key="unused", max_retries=0, timeout=120)
     rng = np.random.default_rng(seed)
     prompts = [[int(t) for t in rng.integers(3, vocab, prompt_tokens)] for _ in range(64)]
+
+    def one(prompt: list[int]) -> tuple[int, float, float]:
+        t0 = time.perf_counter()
+        first = 0.0
+        used = 0
+        stream = client.completions.create(
+            model=model,
+            prompt=prompt,
+            max_tokens=new_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+        for chunk in stream:
+            if not first and chunk.choices:
+                first = time.perf_counter() - t0
+            if chunk.usage is not None:
+                used = chunk.usage.completion_tokens
+        return used, first, time.perf_counter() - t0
+
+    return _closed_loop(one, prompts, concurrency, duration_s, join_s=duration_s + 180)
+
+
+def _closed_loop(
+    one: Callable[[list[int]], tuple[int, float, float]],
+    prompts: list[list[int]],
+    concurrency: int,
+    duration_s: float,
+    *,
+    join_s: float,
+) -> LLMBenchResult:
+    """``concurrency`` threads call ``one(prompt)`` -> (completion tokens, TTFT s, total s) back to back."""
     lock = threading.Lock()
     ttft: list[float] = []
     tpot: list[float] = []
@@ -109,29 +124,12 @@ def closed_loop_openai(
     def worker(i: int) -> None:
         k = i
         while time.perf_counter() < stop_at:
-            t0 = time.perf_counter()
-            first = 0.0
-            used = 0
             try:
-                stream = client.completions.create(
-                    model=model,
-                    prompt=prompts[k % len(prompts)],
-                    max_tokens=new_tokens,
-                    temperature=0,
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    extra_body={"ignore_eos": True},
-                )
-                for chunk in stream:
-                    if not first and chunk.choices:
-                        first = time.perf_counter() - t0
-                    if chunk.usage is not None:
-                        used = chunk.usage.completion_tokens
-            except Exception:
+                used, first, total = one(prompts[k % len(prompts)])
+            except Exception:  # a failed request is counted, the load goes on
                 with lock:
                     counts["errors"] += 1
                 continue
-            total = time.perf_counter() - t0
             k += concurrency
             with lock:
                 counts["tokens"] += used
@@ -140,18 +138,6 @@ def closed_loop_openai(
                 if used > 1:
                     tpot.append((total - first) / (used - 1))
 
-    return _run_workers(worker, concurrency, duration_s + 180, counts, ttft, tpot)
-
-
-def _run_workers(
-    worker: Callable[[int], None],
-    concurrency: int,
-    join_s: float,
-    counts: dict[str, int],
-    ttft: list[float],
-    tpot: list[float],
-) -> LLMBenchResult:
-    """Run ``concurrency`` closed-loop workers to the end and gather what they counted."""
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
     for t in threads:
