@@ -34,6 +34,7 @@ class Request:
     """One generation in flight: its prompt, rules, the tokens so far and where results go."""
 
     __slots__ = (
+        "admitted",
         "cancelled",
         "decoder",
         "done",
@@ -69,6 +70,7 @@ class Request:
         decoder: Any,
     ) -> None:
         self.rid = next(_ids)
+        self.admitted = False  # holds KV blocks and is prefilling or decoding: counted as running
         self.prompt = prompt
         self.sampler = sampler
         self.max_new = max_new
@@ -136,6 +138,9 @@ class Scheduler:
         self._cv = threading.Condition()
         self._stopping = False
         self.tokens_total = 0
+        # counted at admission, not from self.rows: a request's first token reaches its client during
+        # prefill, before its row joins the decode batch
+        self._running = 0
         self.requests_total = 0
         self._thread = threading.Thread(target=self._loop, name=f"aivmm-llm-{name}", daemon=True)
         self._thread.start()
@@ -167,7 +172,7 @@ class Scheduler:
             waiting = len(self.waiting) + len(self._incoming)
         used = self.pool.used_tokens
         return LLMStats(
-            running=len(self.rows),
+            running=self._running,
             waiting=waiting,
             kv_tokens_used=used,
             kv_tokens_capacity=self.pool.capacity_tokens,
@@ -231,7 +236,14 @@ class Scheduler:
             self._take_ready(ready)
         finally:
             if ready:
-                self._prefill_group(ready)
+                try:
+                    self._prefill_group(ready)
+                except Exception as exc:  # the loop fails self.rows; fail the admitted ones not yet in it
+                    err = exc if isinstance(exc, AivmmError) else ExecutionError(f"prefill failed: {exc}")
+                    for r in ready:
+                        if r not in self.rows:
+                            self._fail(r, err)
+                    raise
 
     def _take_ready(self, ready: list[Request]) -> None:
         waiting, batch = self.waiting, self.batch
@@ -269,6 +281,8 @@ class Scheduler:
                 self.pool.give_back(req.rid)
                 self._finish(req, FinishReason.CANCELLED)
                 continue
+            req.admitted = True
+            self._running += 1
             ready.append(req)
 
     def _prefill_group(self, reqs: list[Request]) -> None:
@@ -451,6 +465,8 @@ class Scheduler:
         if r.done:
             return
         r.done = True
+        if r.admitted:
+            self._running -= 1
         self.pool.give_back(r.rid)
         now = time.perf_counter()
         text = r.text if r.need_text or self._decode_text is None else self._decode_text(r.tokens)
@@ -473,6 +489,8 @@ class Scheduler:
         if r.done:
             return
         r.done = True
+        if r.admitted:
+            self._running -= 1
         self.pool.give_back(r.rid)
         if r.on_event is not None:
             r.on_event(err)
