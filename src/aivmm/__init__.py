@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from aivmm.devices import Device, DeviceKind, Vendor, discover
     from aivmm.dtypes import DType, Precision
     from aivmm.llm import DeployedLLM, FinishReason, Generation, SamplingParams, TokenEvent
+    from aivmm.options import DeployOptions
     from aivmm.planner.constraints import Constraints, Objective, PrecisionPolicy
     from aivmm.vmm import VMM, DeployedModel
 
@@ -29,6 +30,7 @@ _LAZY = {
     "Constraints": "aivmm.planner.constraints",
     "DType": "aivmm.dtypes",
     "DeployedLLM": "aivmm.llm",
+    "DeployOptions": "aivmm.options",
     "DeployedModel": "aivmm.vmm",
     "Device": "aivmm.devices",
     "DeviceKind": "aivmm.devices",
@@ -49,6 +51,7 @@ __all__ = [
     "VMM",
     "Constraints",
     "DType",
+    "DeployOptions",
     "DeployedLLM",
     "DeployedModel",
     "Device",

@@ -36,7 +36,8 @@ from aivmm.errors import (
     ModelNotFoundError,
 )
 from aivmm.models._spec import ModelSpec
-from aivmm.planner.constraints import Constraints, coerce_constraints
+from aivmm.options import DeployOptions, coerce_options
+from aivmm.planner.constraints import Constraints
 
 if TYPE_CHECKING:
     from aivmm.planner import Plan
@@ -48,9 +49,9 @@ log = logging.getLogger(__name__)
 _FILE_CHECK_INTERVAL_S = 1.0
 
 
-def _coerce_batching(batching: Any) -> Any:
+def _coerce_batching(batching: BatchingConfig | Mapping[str, Any] | None) -> BatchingConfig | None:
     if batching is None or not isinstance(batching, Mapping):
-        return batching  # None or a BatchingConfig (the engine checks the type)
+        return batching  # None or a BatchingConfig (DeployOptions checked the type)
     from aivmm.runtime import BatchingConfig
 
     return BatchingConfig.from_mapping(batching)
@@ -113,7 +114,7 @@ class DeployedModel:
         from aivmm.backends.tensors import validate_feeds
 
         self._validate = validate_feeds
-        self._replan_args: dict[str, Any] = {}  # set by VMM.deploy: how to plan this model again
+        self._options = DeployOptions(name=name)  # set by VMM.deploy: how to plan this model again
         self._replan_first = False  # deploy(replan_on_first_request=True): re-plan on the first real inputs
         self._replanning: concurrent.futures.Future[Plan] | None = None  # the background re-plan, if any
 
@@ -181,16 +182,15 @@ class DeployedModel:
         from aivmm.planner._planner import _upgrade_executor
 
         feeds = {k: np.array(to_numpy(v)) for k, v in self._feeds(sample_inputs).items()}
-        args = {**self._replan_args, "measure": True}  # measuring on real shapes is the point
-        replicas, batching = args.pop("replicas", 1), args.pop("batching", None)
-        isolation = args.pop("isolation", False)
+        # Measuring on real shapes is the point; the first plan's fast start is over.
+        opts = self._options.replace(measure=True, sample_inputs=feeds, fast_start=False)
 
         def work() -> Plan:
-            return make_plan(self.spec, self._vmm.devices, sample_inputs=feeds, **args)
+            return make_plan(self.spec, self._vmm.devices, options=opts)
 
         if not wait:
             future = _upgrade_executor().submit(work)
-            future.add_done_callback(lambda f: self._vmm._upgrade(self, f, replicas, batching, isolation))
+            future.add_done_callback(lambda f: self._vmm._upgrade(self, f, opts))
             self._replanning = future
             return future
         future = concurrent.futures.Future()
@@ -198,7 +198,7 @@ class DeployedModel:
             future.set_result(work())
         except Exception as exc:  # the Future carries it; the current placement keeps serving
             future.set_exception(exc)
-        self._vmm._upgrade(self, future, replicas, batching, isolation)
+        self._vmm._upgrade(self, future, opts)
         return future
 
     def _first_request(self, feeds: Mapping[str, Any]) -> None:
@@ -279,6 +279,7 @@ class VMM:
         model: str | os.PathLike[str] | ModelSpec | Any,
         constraints: Constraints | Mapping[str, Any] | None = None,
         *,
+        options: DeployOptions | None = None,
         device: str | None = None,
         backend: str | None = None,
         strict: bool = False,
@@ -294,67 +295,67 @@ class VMM:
     ) -> DeployedModel:
         """Analyse, plan and load a model; returns a handle whose ``plan`` says where and why.
 
-        ``device`` / ``backend`` pin the placement: when they cannot be honoured the plan records
-        the fallback (and logs it) or, with ``strict=True``, a FallbackError is raised.
-        ``fast_start=True`` serves at once from a ready candidate chosen by prediction and switches,
-        without dropping requests, to the measured choice when its measurement ends.
-        ``replan_on_first_request=True`` (planned on generated inputs) plans again, in the background,
-        on the first request's real inputs and switches the same way (see ``DeployedModel.replan``).
+        The options are one :class:`~aivmm.options.DeployOptions`, given as ``options=`` or as the
+        separate keywords (not both). ``device`` / ``backend`` pin the placement: when they cannot
+        be honoured the plan records the fallback (and logs it) or, with ``strict=True``, a
+        FallbackError is raised. ``fast_start=True`` serves at once from a ready candidate chosen
+        by prediction and switches, without dropping requests, to the measured choice when its
+        measurement ends. ``replan_on_first_request=True`` (planned on generated inputs) plans
+        again, in the background, on the first request's real inputs and switches the same way
+        (see ``DeployedModel.replan``).
         """
         if self._closed:
             raise ModelClosedError("this VMM was closed")
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-            raise ConfigError(f"replicas must be a positive integer, got {replicas!r}")
-        cons = coerce_constraints(constraints)
-        if device is not None:
-            self.device(device)  # unknown ids fail before any work
+        opts = coerce_options(
+            options,
+            constraints,
+            device=device,
+            backend=backend,
+            strict=strict,
+            name=name,
+            batching=batching,
+            replicas=replicas,
+            isolation=isolation,
+            sample_inputs=sample_inputs,
+            example_inputs=example_inputs,
+            measure=measure,
+            fast_start=fast_start,
+            replan_on_first_request=replan_on_first_request,
+        )
+        if opts.device is not None:
+            self.device(opts.device)  # unknown ids fail before any work
         from aivmm.models import load
         from aivmm.planner import plan as make_plan
 
         if isinstance(model, str | os.PathLike) and pathlib.Path(model).is_dir():
-            return self._deploy_llm(model, name, device, backend, strict, batching, measure)
-        spec = model if isinstance(model, ModelSpec) else load(model, example_inputs=example_inputs)
+            return self._deploy_llm(model, opts)
+        spec = model if isinstance(model, ModelSpec) else load(model, example_inputs=opts.example_inputs)
         if _has_kv_cache(spec):
-            return self._deploy_llm(spec.source, name, device, backend, strict, batching, measure)
-        name = name or spec.name
-        batching = _coerce_batching(batching)
+            return self._deploy_llm(spec.source, opts)
+        opts = opts.replace(name=opts.name or spec.name, batching=_coerce_batching(opts.batching))
+        name = opts.name
+        assert name is not None
         with self._lock:
             if name in self._models:
                 raise ConfigError(f"a model named {name!r} is already deployed; pass name= or unload it first")
-        plan = make_plan(
-            spec,
-            self._devices,
-            cons,
-            device=device,
-            backend=backend,
-            strict=strict,
-            measure=measure,
-            sample_inputs=sample_inputs,
-            fast_start=fast_start,
-        )
+        plan = make_plan(spec, self._devices, options=opts)
         for note in plan.fallbacks:
             log.warning("model %r: %s", name, note)
-        handle = self._add_to_engine(name, plan, replicas, batching, isolation)
+        handle = self._add_to_engine(name, plan, opts)
         deployed = DeployedModel(self, name, spec, plan, handle)
-        deployed._replan_args = {"constraints": cons, "device": device, "backend": backend, "strict": strict,
-                                 "measure": measure, "replicas": replicas, "batching": batching,
-                                 "isolation": isolation}
-        deployed._replan_first = replan_on_first_request and sample_inputs is None
+        deployed._options = opts
+        deployed._replan_first = opts.replan_on_first_request and opts.sample_inputs is None
         with self._lock:
             self._models[name] = deployed
         if plan.upgrade is not None:
-            plan.upgrade.add_done_callback(
-                lambda fut: self._upgrade(deployed, fut, replicas, batching, isolation)
-            )
+            plan.upgrade.add_done_callback(lambda fut: self._upgrade(deployed, fut, opts))
         return deployed
 
-    def _deploy_llm(self, model: Any, name: str | None, device: str | None, backend: str | None, strict: bool,
-                    batching: Any, measure: bool) -> DeployedModel:
+    def _deploy_llm(self, model: Any, options: DeployOptions) -> DeployedModel:
         # A decoder with a KV cache (file or model directory) generates: aivmm.llm plans and runs it.
         from aivmm.llm._deployed import deploy_llm
 
-        deployed = deploy_llm(self, model, name=name, device=device, backend=backend, strict=strict,
-                              batching=batching, measure=measure)
+        deployed = deploy_llm(self, model, options)
         with self._lock:
             if deployed.name in self._models:
                 deployed._shutdown()
@@ -362,14 +363,16 @@ class VMM:
             self._models[deployed.name] = deployed
         return deployed
 
-    def _add_to_engine(self, name: str, plan: Plan, replicas: int, batching: Any, isolation: bool) -> Any:
+    def _add_to_engine(self, name: str, plan: Plan, options: DeployOptions) -> Any:
         # The chosen candidate may load a transformed file (int8, fp16, optimised graph): the engine
         # loads ``chosen.model``, and every replica the plan offers loads that same file.
         devices = {d.id: d for d in self._devices}
-        placements = [(c.config, devices[c.config.device]) for c in plan.replicas(replicas)]
-        return self.engine.add(name, plan.chosen.model, placements, batching=batching, isolation=isolation)
+        placements = [(c.config, devices[c.config.device]) for c in plan.replicas(options.replicas)]
+        batching = options.batching
+        assert not isinstance(batching, Mapping)  # deploy() made it a BatchingConfig
+        return self.engine.add(name, plan.chosen.model, placements, batching=batching, isolation=options.isolation)
 
-    def _upgrade(self, model: DeployedModel, future: Any, replicas: int, batching: Any, isolation: bool) -> None:
+    def _upgrade(self, model: DeployedModel, future: Any, options: DeployOptions) -> None:
         """Fast start: switch to the measured plan without dropping requests.
 
         The new placement is loaded under a second engine name while the first keeps serving; the
@@ -378,8 +381,9 @@ class VMM:
         try:
             better = future.result()
         except Exception as exc:  # the ready plan keeps serving; say why it was not upgraded
-            log.warning("model %r: plan upgrade failed, keeping %s: %s", model.name,
-                        model.plan.chosen.config.label(), exc)
+            log.warning(
+                "model %r: plan upgrade failed, keeping %s: %s", model.name, model.plan.chosen.config.label(), exc
+            )
             return
         if model.closed or better.chosen.config == model.plan.chosen.config:
             model.plan = better
@@ -387,10 +391,11 @@ class VMM:
         old_name = model._engine_name
         new_name = f"{model.name}@{better.chosen.config.key()}"
         try:
-            handle = self._add_to_engine(new_name, better, replicas, batching, isolation)
+            handle = self._add_to_engine(new_name, better, options)
         except Exception as exc:
-            log.warning("model %r: could not load the upgraded plan %s: %s", model.name,
-                        better.chosen.config.label(), exc)
+            log.warning(
+                "model %r: could not load the upgraded plan %s: %s", model.name, better.chosen.config.label(), exc
+            )
             return
         model._handle, model._engine_name, model.plan = handle, new_name, better
         log.info("model %r: upgraded to %s", model.name, better.chosen.config.label())

@@ -11,9 +11,9 @@ from aivmm.planner.constraints import Constraints, parse_bytes
 
 def test_exported_members_are_pinned():
     assert aivmm.__all__ == [
-        "VMM", "Constraints", "DType", "DeployedLLM", "DeployedModel", "Device", "DeviceKind", "FinishReason",
-        "Generation", "Objective", "Precision", "PrecisionPolicy", "SamplingParams", "TokenEvent", "Vendor",
-        "__version__", "discover", "errors",
+        "VMM", "Constraints", "DType", "DeployOptions", "DeployedLLM", "DeployedModel", "Device", "DeviceKind",
+        "FinishReason", "Generation", "Objective", "Precision", "PrecisionPolicy", "SamplingParams", "TokenEvent",
+        "Vendor", "__version__", "discover", "errors",
     ]
 
 

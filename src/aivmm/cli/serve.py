@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from aivmm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aivmm.serve._server import ServeOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +64,7 @@ def _port(value: int, flag: str) -> int | None:
     return value
 
 
-def options_from_args(args: argparse.Namespace) -> object:
+def options_from_args(args: argparse.Namespace) -> ServeOptions:
     from aivmm.cli._constraint_flags import constraints_from_args
     from aivmm.serve._host import Limits
     from aivmm.serve._server import ServeOptions
@@ -106,6 +110,6 @@ def run(args: argparse.Namespace) -> int:
         from aivmm.cluster import ClusterVMM
 
         with ClusterVMM(args.ray, node_ip_address=args.ray_node_ip) as cluster:
-            return serve(options, cluster)  # type: ignore[arg-type]
+            return serve(options, cluster)
     with VMM(simulate=args.simulate, memory_budget=args.memory_budget) as vmm:
-        return serve(options, vmm)  # type: ignore[arg-type]
+        return serve(options, vmm)

@@ -23,6 +23,7 @@ from aivmm.llm._types import Generation, KVLayout, LLMInfo, LLMStats, SamplingPa
 from aivmm.vmm import DeployedModel
 
 if TYPE_CHECKING:
+    from aivmm.options import DeployOptions
     from aivmm.vmm import VMM
 
 # deploy(batching={...}) options an LLM understands
@@ -407,18 +408,9 @@ def is_llm_source(model: Any) -> bool:
         return False
 
 
-def deploy_llm(
-    vmm: VMM,
-    model: str | os.PathLike[str],
-    *,
-    name: str | None,
-    device: str | None,
-    backend: str | None,
-    strict: bool,
-    batching: Mapping[str, Any] | None,
-    measure: bool,
-) -> DeployedLLM:
+def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -> DeployedLLM:
     """Plan generation for a decoder and start its scheduler (what VMM.deploy does for an LLM)."""
+    name, device, backend, strict, batching = deploy.name, deploy.device, deploy.backend, deploy.strict, deploy.batching
     options: dict[str, Any] = dict(OPTIONS)
     if batching is not None:
         if not isinstance(batching, Mapping):
@@ -485,7 +477,7 @@ def deploy_llm(
         device=cpu.id,
         backend=backend,
         strict=strict,
-        do_measure=measure and not hf,  # one candidate: nothing to choose between
+        do_measure=deploy.measure and not hf,  # one candidate: nothing to choose between
         batch=int(options["max_batch_size"] or 1),
         backends=("torch",) if hf else DEFAULT_BACKENDS,
     )

@@ -33,13 +33,14 @@ from aivmm.errors import (
 from aivmm.models._spec import ModelSpec
 from aivmm.optimize import _accuracy, _inputs, _passes, _probe
 from aivmm.optimize._cache import file_sha256
+from aivmm.options import DeployOptions, coerce_options
 from aivmm.planner import _cache, _calibration, _isolation, _quiet
 from aivmm.planner._cost import predict
 from aivmm.planner._enumerate import analysed, enumerate_candidates, onnx_path, variant_key
 from aivmm.planner._figures import Capability, capability
 from aivmm.planner._plan import Plan
 from aivmm.planner._values import Candidate, RejectReason
-from aivmm.planner.constraints import Constraints, Objective, PrecisionPolicy, coerce_constraints
+from aivmm.planner.constraints import Constraints, Objective, PrecisionPolicy
 from aivmm.planner.profile import NOISE_MARGIN, Budget, profile, race_rounds
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,11 @@ class _Request:
     max_load_s: float = MAX_LOAD_S
 
 
-def _validate(spec: ModelSpec, devices: Sequence[Device], constraints: Any, *, device: str | None,
-              backend: str | None, strict: bool, measure: bool, sample_inputs: Any, budget_s: float | None,
+def _validate(spec: ModelSpec, devices: Sequence[Device], opts: DeployOptions, *, budget_s: float | None,
               top_k: int | None, backends: Sequence[str] | None) -> _Request:
     if not isinstance(spec, ModelSpec):
         raise ConfigError(f"plan() needs a ModelSpec (aivmm.models.load(...)), got {type(spec).__name__}")
-    cons = coerce_constraints(constraints)
+    cons, device, backend, measure = opts.constraints, opts.device, opts.backend, opts.measure
     devs = tuple(devices)
     if not devs:
         raise ConfigError("plan() got no devices: pass aivmm.devices.discover()")
@@ -134,9 +134,9 @@ def _validate(spec: ModelSpec, devices: Sequence[Device], constraints: Any, *, d
     per = DEFAULT_SECONDS_PER_CANDIDATE if budget_s is None else max(0.02, float(budget_s) / k)
     max_load = MAX_LOAD_S if budget_s is None else max(MAX_LOAD_S, float(budget_s))
     feeds: dict[str, np.ndarray] | None = None
-    user = sample_inputs is not None
-    if user:
-        feeds = _inputs.check_feeds(spec, sample_inputs)
+    user = opts.sample_inputs is not None
+    if opts.sample_inputs is not None:
+        feeds = _inputs.check_feeds(spec, opts.sample_inputs)
     elif measure or cons.tolerance is not None:
         # Only the signature is checked here; the inputs themselves are generated after a cache miss
         # (finding Gather bounds reads the whole model, too slow for a cache hit).
@@ -145,7 +145,7 @@ def _validate(spec: ModelSpec, devices: Sequence[Device], constraints: Any, *, d
         except ConfigError as exc:
             what = f"tolerance={cons.tolerance}" if cons.tolerance is not None else "measuring"
             raise ConfigError(f"{what} needs reference inputs and none can be generated: {exc}") from exc
-    return _Request(spec, devs, cons, device, backend, strict, measure, feeds, user, k, per,
+    return _Request(spec, devs, cons, device, backend, opts.strict, measure, feeds, user, k, per,
                     tuple(backends) if backends is not None else None, max_load_s=max_load)
 
 
@@ -172,21 +172,25 @@ def _cache_parts(req: _Request, model_hash: str) -> dict[str, Any]:
 
 
 def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | Mapping[str, Any] | None = None, *,
-         device: str | None = None, backend: str | None = None, strict: bool = False, measure: bool = True,
-         sample_inputs: Any = None, cache: bool = True, budget_s: float | None = None, top_k: int | None = None,
-         fast_start: bool = False, backends: Sequence[str] | None = None) -> Plan:
+         options: DeployOptions | None = None, device: str | None = None, backend: str | None = None,
+         strict: bool = False, measure: bool = True, sample_inputs: Any = None, cache: bool = True,
+         budget_s: float | None = None, top_k: int | None = None, fast_start: bool = False,
+         backends: Sequence[str] | None = None) -> Plan:
     """Choose where ``spec`` runs on ``devices`` under ``constraints``; see docs/planner.md.
 
-    ``device`` / ``backend`` pin the placement (FallbackError with ``strict`` when they cannot be
-    honoured, a recorded fallback otherwise). ``measure=False`` plans from predictions only and
-    keeps only fp32 candidates (lowered precisions cannot be verified without running them).
-    ``budget_s`` bounds total profiling time; ``top_k`` how many candidates are measured.
-    ``fast_start`` returns at once a ready fp32 candidate chosen from predictions, with
-    ``Plan.upgrade`` a Future of the measured plan. ``backends`` restricts the registry's names.
+    What to plan for is one :class:`~aivmm.options.DeployOptions` (``options=``, as ``VMM.deploy``
+    passes it) or its planning keywords given separately (not both). ``device`` / ``backend`` pin
+    the placement (FallbackError with ``strict`` when they cannot be honoured, a recorded fallback
+    otherwise). ``measure=False`` plans from predictions only and keeps only fp32 candidates
+    (lowered precisions cannot be verified without running them). ``budget_s`` bounds total
+    profiling time; ``top_k`` how many candidates are measured. ``fast_start`` returns at once a
+    ready fp32 candidate chosen from predictions, with ``Plan.upgrade`` a Future of the measured
+    plan. ``backends`` restricts the registry's names.
     """
     t0 = time.perf_counter()
-    req = _validate(spec, devices, constraints, device=device, backend=backend, strict=strict, measure=measure,
-                    sample_inputs=sample_inputs, budget_s=budget_s, top_k=top_k, backends=backends)
+    opts = coerce_options(options, constraints, device=device, backend=backend, strict=strict, measure=measure,
+                          sample_inputs=sample_inputs, fast_start=fast_start)
+    req = _validate(spec, devices, opts, budget_s=budget_s, top_k=top_k, backends=backends)
     model_hash = _model_hash(spec)
     key = None
     if cache and model_hash:
@@ -203,11 +207,11 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
                 log.warning("plan cache entry unusable (%s); planning again", exc)
             else:
                 return dataclasses.replace(cached, cache_hit=True, planning_seconds=time.perf_counter() - t0)
-    if fast_start and req.measure:
+    if opts.fast_start and req.measure:
         quick = _run(dataclasses.replace(req, measure=False, ready_only=True), t0, model_hash)
         future = _upgrade_executor().submit(
-            plan, spec, req.devices, req.cons, device=device, backend=backend, strict=strict, measure=True,
-            sample_inputs=sample_inputs, cache=cache, budget_s=budget_s, top_k=top_k, backends=backends,
+            plan, spec, req.devices, options=opts.replace(fast_start=False, constraints=req.cons), cache=cache,
+            budget_s=budget_s, top_k=top_k, backends=backends,
         )
         note = "fast start: chosen from predictions; Plan.upgrade resolves to the measured plan"
         return dataclasses.replace(quick, upgrade=future, notes=(*quick.notes, note))
