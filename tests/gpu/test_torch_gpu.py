@@ -172,6 +172,18 @@ def test_offload_frees_the_gpu_and_reload_restores(backend, gpu, cpu):
         _assert_close(session.run(feeds), ref, Precision.FP32, "after reload")
 
 
+def test_peak_memory_counts_the_load_and_the_runs(backend, gpu, cpu):
+    """What the planner reports as a torch session's memory: the CUDA allocator's peak since the load began."""
+    spec, feeds, _ = _reference("bert-base", "tiny", 2, cpu)
+    with backend.load(spec, gpu, Config("torch", gpu.id)) as session:
+        loaded, source = session.peak_memory()
+        assert source == "torch.cuda" and loaded >= session.report.device_memory_bytes > 0
+        session.run(feeds)
+        assert session.peak_memory()[0] >= loaded
+    with backend.load(spec, cpu, Config("torch", cpu.id)) as on_cpu:
+        assert on_cpu.peak_memory() is None
+
+
 def test_a_gpu_torch_cannot_see_is_refused(backend):
     ghost = Device(f"nvidia:{torch.cuda.device_count()}", DeviceKind.GPU, Vendor.NVIDIA, "ghost", 1 << 30, 1 << 30,
                    index=torch.cuda.device_count())

@@ -1,4 +1,4 @@
-"""Bounded profiling and the energy meters."""
+"""Bounded profiling and the energy counters it reads."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from aivmm.backends._base import Config
 from aivmm.errors import ConfigError
 from aivmm.models import load
 from aivmm.optimize import sample_inputs
-from aivmm.planner._energy import meter_for
 from aivmm.planner.profile import Budget, profile
+from aivmm.telemetry import energy_counter
 
 
 def _rapl(root, packages=1, value=1_000_000):
@@ -47,19 +47,19 @@ def test_profile_reads_rapl_energy(tmp_path):
     assert m.energy_source == "rapl" and m.energy_j == 0.0  # the fake counter did not move
 
 
-def test_rapl_meter_sums_packages_and_handles_wraparound(tmp_path):
+def test_rapl_counter_sums_packages_and_handles_wraparound(tmp_path):
     root = _rapl(tmp_path / "powercap", packages=2, value=262143328000)
-    meter, why = meter_for(cpu(), rapl_root=str(root))
+    meter, why = energy_counter(cpu(), rapl_root=str(root))
     assert meter is not None and why == ""
     (root / "intel-rapl:0" / "energy_uj").write_text("1000\n")  # wrapped: +1850 uj
     (root / "intel-rapl:1" / "energy_uj").write_text("262143330000\n")  # +2000 uj
     assert meter.read_j() == pytest.approx((1850 + 2000) / 1e6)
 
 
-def test_meters_say_why_not(tmp_path):
-    meter, why = meter_for(cpu(), rapl_root=str(tmp_path))
+def test_energy_counters_say_why_not(tmp_path):
+    meter, why = energy_counter(cpu(), rapl_root=str(tmp_path))
     assert meter is None and "no RAPL zones" in why
-    meter, why = meter_for(sim_gpu())
+    meter, why = energy_counter(sim_gpu())
     assert meter is None and "simulated" in why
 
 

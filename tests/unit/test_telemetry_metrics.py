@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aivmm.telemetry import METRICS
+from aivmm.telemetry import METRICS, Reading
 from aivmm.telemetry._metrics import ServerMetrics, device_rows
-from aivmm.telemetry._samplers import Reading
 
 pytest.importorskip("prometheus_client")
 

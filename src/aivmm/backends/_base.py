@@ -240,6 +240,12 @@ class Session(abc.ABC):
         """Bytes the session holds on its device now (the load report's figure by default)."""
         return self.report.device_memory_bytes
 
+    def peak_memory(self) -> tuple[int, str] | None:
+        """The most device bytes the runtime's own allocator held for this session since its load
+        began (weights and run workspaces), with what counted them; None where the runtime keeps no
+        such count (the planner then falls back to the load report or the process's peak RSS)."""
+        return None
+
 
 class Backend(abc.ABC):
     """A runtime adapter. Instances are cheap; the runtime is imported on first real use."""

@@ -3,23 +3,35 @@
 ``discover()`` returns every device of this machine (CPU, NVIDIA through NVML, AMD through amdsmi
 or sysfs, Intel GPUs and NPUs through sysfs and OpenVINO) plus simulated ones, each with the
 backends that can drive it. ``discover_report()`` also says, per probe, why it found nothing.
-Measured figures live in :mod:`aivmm.devices.bench`. Importing this package touches no hardware.
+Measured figures live in :mod:`aivmm.devices.bench`. The vendor management libraries are opened
+once per process (:func:`nvml_session`, :func:`amdsmi_session`) and the RAPL counters read by one
+reader (:func:`rapl_reader`), shared by discovery, telemetry and the planner's energy counters.
+Importing this package touches no hardware.
 """
 
 from aivmm.devices._discovery import DiscoveryReport, clear_cache, discover, discover_report
+from aivmm.devices._library import LibrarySession, amdsmi_session, nvml_session, using_library
+from aivmm.devices._rapl import RAPL_ROOT, RaplReader, rapl_reader
 from aivmm.devices._registry import register as register_probe
 from aivmm.devices._registry import unregister as unregister_probe
 from aivmm.devices._types import Device, DeviceKind, ProbeReport, Vendor
 
 __all__ = [
+    "RAPL_ROOT",
     "Device",
     "DeviceKind",
     "DiscoveryReport",
+    "LibrarySession",
     "ProbeReport",
+    "RaplReader",
     "Vendor",
+    "amdsmi_session",
     "clear_cache",
     "discover",
     "discover_report",
+    "nvml_session",
+    "rapl_reader",
     "register_probe",
     "unregister_probe",
+    "using_library",
 ]

@@ -10,12 +10,11 @@ GPU node becomes a device.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 from pathlib import Path
 from typing import Any
 
 from aivmm.devices import _pci_ids
+from aivmm.devices._library import LibrarySession, amdsmi_session
 from aivmm.devices._sysfs import list_dir, pci_identity, pcie_link, read_int, read_key_values, read_text
 from aivmm.devices._types import Device, DeviceKind, ProbeReport, Vendor
 
@@ -30,17 +29,17 @@ def probe(root: str | Path = "/sys", amdsmi: Any = None, *, use_amdsmi: bool = T
     """AMD GPUs. ``amdsmi`` replaces the ``amdsmi`` module (tests pass a fake driven by a recording)."""
     notes: list[str] = []
     if use_amdsmi:
-        if amdsmi is None:
-            try:
-                amdsmi = importlib.import_module("amdsmi")
-            except Exception as exc:  # the ROCm package raises OSError at import when libamd_smi is missing
-                amdsmi = None
-                if not isinstance(exc, ImportError):
-                    notes.append(f"amdsmi unusable ({type(exc).__name__}: {exc}); read sysfs instead")
         if amdsmi is not None:
-            report = _probe_amdsmi(amdsmi)
-            if report.devices:
-                return report
+            own = LibrarySession.amdsmi(amdsmi)
+            try:
+                report = _probe_session(own)
+            finally:
+                own.close()
+        else:
+            report = _probe_session(amdsmi_session())
+        if report.devices:
+            return report
+        if report.reason:
             notes.append(f"{report.reason}; read sysfs instead")
     report = probe_sysfs(root)
     reason = "; ".join([*notes, report.reason] if report.reason else notes)
@@ -50,12 +49,11 @@ def probe(root: str | Path = "/sys", amdsmi: Any = None, *, use_amdsmi: bool = T
 # ---------------------------------------------------------------- amdsmi
 
 
-def _probe_amdsmi(amdsmi: Any) -> ProbeReport:
-    try:
-        flags = getattr(getattr(amdsmi, "AmdSmiInitFlags", None), "INIT_AMD_GPUS", None)
-        amdsmi.amdsmi_init(flags) if flags is not None else amdsmi.amdsmi_init()
-    except Exception as exc:
-        return ProbeReport("amd", reason=f"amdsmi_init failed: {type(exc).__name__}: {exc}")
+def _probe_session(session: LibrarySession) -> ProbeReport:
+    """GPUs through amdsmi; an empty reason when amdsmi is simply not installed (sysfs is the norm)."""
+    amdsmi, why = session.library()
+    if amdsmi is None:
+        return ProbeReport("amd", reason="" if why == session.not_installed else why)
     try:
         handles = amdsmi.amdsmi_get_processor_handles()
         devices = []
@@ -72,9 +70,6 @@ def _probe_amdsmi(amdsmi: Any) -> ProbeReport:
         return ProbeReport("amd", tuple(devices), reason)
     except Exception as exc:
         return ProbeReport("amd", reason=f"amdsmi failed while listing GPUs: {type(exc).__name__}: {exc}")
-    finally:
-        with contextlib.suppress(Exception):  # a failing shutdown must not hide what was found
-            amdsmi.amdsmi_shut_down()
 
 
 def _call(fn: Any, *args: Any) -> Any:

@@ -12,13 +12,13 @@ not used: memory and compute capability are then unknown, never guessed.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aivmm.devices import _pci_ids
+from aivmm.devices._library import LibrarySession, nvml_session
+from aivmm.devices._library import describe as _describe
 from aivmm.devices._sysfs import list_dir, pci_identity, pcie_link, read_int, read_key_values, read_text
 from aivmm.devices._types import Device, DeviceKind, ProbeReport, Vendor
 
@@ -29,24 +29,28 @@ _ARCHITECTURES = {
 
 
 def probe(nvml: Any = None, *, root: str | Path = "/") -> ProbeReport:
-    """Every NVIDIA GPU. ``nvml`` replaces the ``pynvml`` module (tests pass a fake); ``root`` is
-    where the sysfs/procfs fallback reads (tests point it at recorded files)."""
-    if nvml is None:
+    """Every NVIDIA GPU, through the process's NVML session (initialised once, shut down at exit).
+
+    ``nvml`` replaces the ``pynvml`` module for this one probe (tests pass a fake): it is then
+    initialised and shut down here. ``root`` is where the sysfs/procfs fallback reads (tests point
+    it at recorded files)."""
+    if nvml is not None:
+        own = LibrarySession.nvml(nvml)
         try:
-            nvml = importlib.import_module("pynvml")
-        except ImportError:
-            return _fallback(root, 'pynvml is not installed (pip install "aivmm[nvidia]")')
-    try:
-        nvml.nvmlInit()
-    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ... : the reason is the point
-        return _fallback(root, f"nvmlInit failed: {_describe(exc)}")
+            return _probe(own, root)
+        finally:
+            own.close()
+    return _probe(nvml_session(), root)
+
+
+def _probe(session: LibrarySession, root: str | Path) -> ProbeReport:
+    nvml, why = session.library()
+    if nvml is None:
+        return _fallback(root, why)
     try:
         return _devices(nvml)
     except Exception as exc:
         return ProbeReport("nvidia", reason=f"absent: NVML failed while listing GPUs: {_describe(exc)}")
-    finally:
-        with contextlib.suppress(Exception):  # shutting down a library that misbehaved must not hide what we found
-            nvml.nvmlShutdown()
 
 
 def _devices(nvml: Any) -> ProbeReport:
@@ -151,11 +155,6 @@ def _cuda_version(value: int | None) -> str | None:
     if not isinstance(value, int) or value <= 0:
         return None
     return f"{value // 1000}.{(value % 1000) // 10}"
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- without NVML

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -18,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from aivmm.backends._base import Backend, Config, Session
-from aivmm.devices._types import Device, DeviceKind, Vendor
+from aivmm.devices import RAPL_ROOT
+from aivmm.devices._types import Device, DeviceKind
 from aivmm.models._spec import ModelSpec
-from aivmm.planner._energy import RAPL_ROOT, meter_for
 from aivmm.planner._values import Measurement
+from aivmm.telemetry import energy_counter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,30 +62,18 @@ def _reset_hwm() -> bool:
 
 
 class _MemoryProbe:
-    """Peak memory a session adds: VmHWM after a reset on Linux, CUDA peak allocation on NVIDIA."""
+    """Peak memory a session adds: the runtime allocator's own peak where the backend tracks one
+    (torch on CUDA), else the load report on a device, else VmHWM after a reset on Linux."""
 
-    def __init__(self, device: Device) -> None:
-        self._cuda = device.kind is DeviceKind.GPU and device.vendor is Vendor.NVIDIA and "torch" in sys.modules
-        self._index = device.index
+    def __init__(self) -> None:
         gc.collect()
         self._base_kb = _status_kb("VmRSS") or 0
         self._hwm = _reset_hwm() and _status_kb("VmHWM") is not None
-        if self._cuda:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats(self._index)
-                self._cuda_base = torch.cuda.memory_allocated(self._index)
-            else:
-                self._cuda = False
 
     def peak(self, session: Session) -> tuple[int, str]:
-        if self._cuda:
-            import torch
-
-            peak = torch.cuda.max_memory_allocated(self._index) - self._cuda_base
-            if peak > 0:
-                return int(peak), "torch.cuda"
+        tracked = session.peak_memory()
+        if tracked is not None and tracked[0] > 0:
+            return tracked
         if session.device.kind is not DeviceKind.CPU and session.report.device_memory_bytes:
             return int(session.report.device_memory_bytes), "load-report"
         if self._hwm:
@@ -112,14 +100,14 @@ def profile(backend: Backend, model: ModelSpec, device: Device, config: Config, 
     """Load, time and close one candidate; returns its Measurement and the outputs of its first run
     (model output order) for the accuracy check."""
     budget = budget or Budget()
-    probe = _MemoryProbe(device)
+    probe = _MemoryProbe()
     session = backend.load(model, device, config)
     try:
         first = session.run(feeds)
         outputs = list(first.values())  # Session.run returns outputs in model order
         for _ in range(budget.warmup_runs):
             session.run(feeds)
-        meter, why = meter_for(device, rapl_root=rapl_root)
+        meter, why = energy_counter(device, rapl_root=rapl_root)
         start_j = meter.read_j() if meter else 0.0
         t0 = time.perf_counter()
         times = time_runs(session, feeds, dataclasses.replace(budget, warmup_runs=0))

@@ -1,14 +1,42 @@
-"""Telemetry: documented metric names, the Prometheus exporter, hardware samplers.
+"""Telemetry: documented metric names, the Prometheus exporter, one hardware meter per device kind.
 
-``ServerMetrics`` needs prometheus-client (the ``serve`` extra); the samplers need nothing.
+``ServerMetrics`` needs prometheus-client (the ``serve`` extra); the meters need nothing.
 """
 
 from __future__ import annotations
 
+from aivmm.telemetry._meters import (
+    AmdMeter,
+    CpuMeter,
+    EnergyCounter,
+    Meter,
+    NvidiaMeter,
+    Reading,
+    default_meters,
+    energy_counter,
+    merge,
+    meter_for,
+)
 from aivmm.telemetry._names import METRICS
-from aivmm.telemetry._samplers import Reading, default_samplers
 
-__all__ = ["METRICS", "Reading", "ServerMetrics", "default_samplers"]
+# The name telemetry's callers used before meters replaced samplers.
+default_samplers = default_meters
+
+__all__ = [
+    "METRICS",
+    "AmdMeter",
+    "CpuMeter",
+    "EnergyCounter",
+    "Meter",
+    "NvidiaMeter",
+    "Reading",
+    "ServerMetrics",
+    "default_meters",
+    "default_samplers",
+    "energy_counter",
+    "merge",
+    "meter_for",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from aivmm.telemetry._meters import Meter, Reading, default_meters, merge
 from aivmm.telemetry._names import LATENCY_BUCKETS, METRICS, TOKEN_LATENCY_BUCKETS
-from aivmm.telemetry._samplers import Reading, Sampler, default_samplers, merge
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class ServerMetrics:
     def __init__(
         self,
         status: Callable[[], Mapping[str, Any]] | None = None,
-        samplers: list[Sampler] | None = None,
+        samplers: list[Meter] | None = None,
     ) -> None:
         prom = _need_prometheus()
         self._prom = prom
@@ -63,7 +63,7 @@ class ServerMetrics:
         self.prompt_tokens = c("aivmm_llm_prompt_tokens_total")
         self.generations = c("aivmm_llm_requests_total")
         self._status = status
-        self._samplers = samplers if samplers is not None else default_samplers()
+        self._samplers = samplers if samplers is not None else default_meters()
         self._lock = threading.Lock()  # scrapes may come from the metrics thread and the HTTP loop
         r.register(_StatusCollector(self))
 

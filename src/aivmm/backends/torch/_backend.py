@@ -198,6 +198,11 @@ class TorchBackend(Backend):
         from aivmm.backends.torch._session import TorchSession
 
         target = torch_device(torch, device)
+        peak_base = None
+        if target.type == "cuda":
+            # The allocator's peak counts from here, so the session can say what its load and runs held.
+            torch.cuda.reset_peak_memory_stats(target)
+            peak_base = torch.cuda.memory_allocated(target)
         float_dtype = getattr(torch, _PRECISION_DTYPES[config.precision])
         notes: list[str] = []
         arg_order: list[str] | None = None
@@ -244,6 +249,7 @@ class TorchBackend(Backend):
         weight_bytes = sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
         session = TorchSession(model, device, config, module, target, float_dtype, tuple(notes), arg_order)
         session.report = dataclasses.replace(session.report, device_memory_bytes=weight_bytes, notes=tuple(notes))
+        session.peak_base = peak_base
         return session
 
 

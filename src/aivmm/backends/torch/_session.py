@@ -140,6 +140,7 @@ class TorchSession(Session):
         self._replay_lock = threading.Lock() if mode == "reduce-overhead" else None
         self._graphs = _CudaGraphRunner(self._forward, torch_device) if config.options.get("cuda_graphs") else None
         self._host_tier: Any = None  # aivmm.memory.PinnedHostTier once evicted to the host tier (CUDA)
+        self.peak_base: int | None = None  # CUDA bytes allocated when the load began (set by the backend)
 
     def _forward(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         if self._replay_lock is not None:
@@ -179,6 +180,11 @@ class TorchSession(Session):
             name = spec.name if spec is not None else f"output_{i}"
             result[name] = to_output(t, spec, output)
         return result
+
+    def peak_memory(self) -> tuple[int, str] | None:
+        if self.peak_base is None or self.torch_device.type != "cuda":
+            return None
+        return max(0, int(torch.cuda.max_memory_allocated(self.torch_device)) - self.peak_base), "torch.cuda"
 
     def offload_to_host(self) -> bool:
         """Park the weights in host memory and free the device's. CUDA: one pinned allocation, so the

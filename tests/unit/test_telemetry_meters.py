@@ -1,4 +1,4 @@
-"""Hardware samplers read fake sysfs/proc trees laid out like the real ones; absent sources never raise."""
+"""Hardware meters read fake sysfs/proc trees laid out like the real ones; absent sources never raise."""
 
 from __future__ import annotations
 
@@ -6,15 +6,7 @@ import pathlib
 
 import pytest
 
-from aivmm.telemetry._samplers import (
-    AmdSysfsSampler,
-    CpuSampler,
-    NvmlSampler,
-    RaplSampler,
-    Reading,
-    default_samplers,
-    merge,
-)
+from aivmm.telemetry import AmdMeter, CpuMeter, NvidiaMeter, Reading, default_meters, merge
 
 
 def _proc(root: pathlib.Path, user: int, idle: int) -> None:
@@ -25,7 +17,7 @@ def _proc(root: pathlib.Path, user: int, idle: int) -> None:
 
 def test_cpu_utilisation_from_proc_stat_deltas(tmp_path: pathlib.Path) -> None:
     _proc(tmp_path, 100, 100)
-    s = CpuSampler(str(tmp_path))
+    s = CpuMeter(str(tmp_path), rapl_root=tmp_path / "no-powercap")
     _proc(tmp_path, 130, 110)  # 30 busy of 40 jiffies
     (r,) = s.sample()
     assert r.device == "cpu:0" and r.utilization == 0.75
@@ -38,7 +30,7 @@ def test_rapl_energy_and_power_with_counter_wrap(tmp_path: pathlib.Path) -> None
     (zone / "max_energy_range_uj").write_text("1000000\n")
     (zone / "energy_uj").write_text("900000\n")
     (tmp_path / "intel-rapl:0:0").mkdir()  # a sub-zone: not counted twice
-    s = RaplSampler(str(tmp_path))
+    s = CpuMeter(str(tmp_path / "no-proc"), rapl_root=tmp_path)
     assert s.unavailable == ""
     assert s.sample()[0].energy_j == 0.0
     (zone / "energy_uj").write_text("100000\n")  # wrapped: 0.2 J more
@@ -54,20 +46,19 @@ def test_amdgpu_sysfs(tmp_path: pathlib.Path) -> None:
     (dev / "mem_info_vram_total").write_text("4096\n")
     (dev / "hwmon" / "hwmon3" / "power1_average").write_text("150000000\n")
     (tmp_path / "card0-DP-1").mkdir()  # a connector, not a card
-    (r,) = AmdSysfsSampler(str(tmp_path)).sample()
+    (r,) = AmdMeter(str(tmp_path)).sample()
     assert r == Reading("amd:0", 0.42, 150.0, None, 1024, 4096)
 
 
 def test_absent_sources_say_why_and_never_raise(tmp_path: pathlib.Path) -> None:
-    for s in (RaplSampler(str(tmp_path / "none")), AmdSysfsSampler(str(tmp_path / "none")),
-              CpuSampler(str(tmp_path / "none"))):
+    for s in (AmdMeter(str(tmp_path / "none")), CpuMeter(str(tmp_path / "none"), rapl_root=tmp_path / "none")):
         assert s.sample() == [] and s.unavailable
-    nv = NvmlSampler()  # no NVIDIA GPU on the CI machine; on the GPU machine it reads real figures
+    nv = NvidiaMeter()  # no NVIDIA GPU on the CI machine; on the GPU machine it reads real figures
     assert isinstance(nv.sample(), list)
-    assert len(default_samplers()) == 4
+    assert [m.name for m in default_meters()] == ["cpu", "nvml", "amdgpu-sysfs"]
 
 
-def test_merge_fills_gaps_from_later_samplers() -> None:
+def test_merge_fills_gaps_from_later_meters() -> None:
     a = Reading("cpu:0", utilization=0.5, memory_total_bytes=10)
     b = Reading("cpu:0", utilization=0.9, power_w=30.0)
     assert merge([a, b])["cpu:0"] == Reading("cpu:0", 0.5, 30.0, None, None, 10)
@@ -76,7 +67,7 @@ def test_merge_fills_gaps_from_later_samplers() -> None:
 def test_amdgpu_sysfs_recorded_on_a_radeon_780m(fixtures_dir: pathlib.Path) -> None:
     """A real amdgpu sysfs recording (tests/fixtures/devices/README.md: radeon-780m, LACT)."""
     root = fixtures_dir / "devices" / "amd" / "sysfs" / "drm-and-kfd__radeon-780m-phoenix-apu__lact"
-    (r,) = AmdSysfsSampler(str(root)).sample()
+    (r,) = AmdMeter(str(root)).sample()
     assert r.device == "amd:0" and r.utilization == 0.0
     assert r.memory_used_bytes == 1272893440 and r.memory_total_bytes == 4294967296
     assert r.power_w == 3.103
@@ -85,7 +76,7 @@ def test_amdgpu_sysfs_recorded_on_a_radeon_780m(fixtures_dir: pathlib.Path) -> N
 @pytest.mark.gpu
 def test_nvml_reads_the_real_gpu() -> None:
     pytest.importorskip("pynvml")
-    readings = NvmlSampler().sample()
+    readings = NvidiaMeter().sample()
     assert readings, "NVML found no GPU"
     r = readings[0]
     assert r.device == "nvidia:0" and r.memory_total_bytes and r.memory_total_bytes > 1 << 30
