@@ -35,11 +35,20 @@ def specs(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"max_batch_size": 0}, {"max_batch_size": 2.5}, {"max_batch_size": True}, {"max_queue_delay_ms": -1},
-    {"max_queue_delay_ms": float("nan")}, {"max_queue_delay_ms": 1e6}, {"max_queue_size": 0},
-    {"max_batch_size": 4, "preferred_sizes": (8,)}, {"preferred_sizes": (0,)},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_batch_size": 0},
+        {"max_batch_size": 2.5},
+        {"max_batch_size": True},
+        {"max_queue_delay_ms": -1},
+        {"max_queue_delay_ms": float("nan")},
+        {"max_queue_delay_ms": 1e6},
+        {"max_queue_size": 0},
+        {"max_batch_size": 4, "preferred_sizes": (8,)},
+        {"preferred_sizes": (0,)},
+    ],
+)
 def test_bad_batching_config_is_refused(kwargs):
     with pytest.raises(ConfigError, match="BatchingConfig"):
         BatchingConfig(**kwargs)
@@ -175,8 +184,7 @@ def test_full_queue_is_overloaded(specs):
     x = inputs(spec)
 
     def enqueue():
-        return engine._enqueue(h, x, priority=0, deadline_ms=None, reject_late=False, output="numpy",
-                               idempotent=True)
+        return h.submit(x)
 
     with engine:
         running = enqueue()
@@ -189,7 +197,7 @@ def test_full_queue_is_overloaded(specs):
         with pytest.raises(OverloadedError, match=r"full \(2 requests waiting\)"):
             h.infer(x)
         for r in [running, *waiting]:
-            assert np.array_equal(r.future.result()["y"], x["x"] + 1)
+            assert np.array_equal(r.result()["y"], x["x"] + 1)
 
 
 def test_bad_request_in_a_batch_fails_alone(specs):
@@ -212,8 +220,15 @@ def test_batching_is_work_conserving_once_it_has_learnt_the_batch_size():
     from aivmm.runtime._executor import DeviceExecutor
     from aivmm.runtime._request import ReplicaQueue, Request
 
-    queue = ReplicaQueue("q", lambda batch: None, batching=BatchingConfig(64, 500.0), batch_dim=0, limit=100,
-                         runnable=lambda: True, latency=lambda n: 0.001)
+    queue = ReplicaQueue(
+        "q",
+        lambda batch: None,
+        batching=BatchingConfig(64, 500.0),
+        batch_dim=0,
+        limit=100,
+        runnable=lambda: True,
+        latency=lambda n: 0.001,
+    )
     queue.push(Request({}))
     now = queue.heap[0].arrival
     ready, wait = DeviceExecutor._ready(queue, now)

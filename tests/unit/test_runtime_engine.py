@@ -179,10 +179,9 @@ def test_reject_late_fails_early_and_deadlines_order_the_queue(models):
         order: list[str] = []
 
         def enqueue(tag: str, **kw):
-            req = engine._enqueue(h, x, priority=kw.get("priority", 0), deadline_ms=kw.get("deadline_ms"),
-                                  reject_late=False, output="numpy", idempotent=True)
-            req.future.add_done_callback(lambda f: order.append(tag))
-            return req
+            fut = h.submit(x, priority=kw.get("priority", 0), deadline_ms=kw.get("deadline_ms"))
+            fut.add_done_callback(lambda f: order.append(tag))
+            return fut
 
         blocker = enqueue("blocker")
         queue = h.replicas[0].queue
@@ -190,12 +189,17 @@ def test_reject_late_fails_early_and_deadlines_order_the_queue(models):
             if queue.running_items:
                 break
             time.sleep(0.001)
-        reqs = [blocker, enqueue("late", deadline_ms=5000), enqueue("soon", deadline_ms=1000),
-                enqueue("urgent", deadline_ms=2000, priority=5), enqueue("none")]
+        reqs = [
+            blocker,
+            enqueue("late", deadline_ms=5000),
+            enqueue("soon", deadline_ms=1000),
+            enqueue("urgent", deadline_ms=2000, priority=5),
+            enqueue("none"),
+        ]
         with pytest.raises(DeadlineExceededError, match="rejected before queueing"):
             h.infer(x, deadline_ms=20, reject_late=True)  # refused at once: five requests of ~30 ms are ahead
         for r in reqs:
-            r.future.result()
+            r.result()
         assert order == ["blocker", "urgent", "soon", "late", "none"]
         assert h.stats()["rejected"] == 1
 
@@ -343,10 +347,9 @@ def test_requests_queued_for_a_model_evicted_under_them_still_run(models):
     with Engine([dev], budgets={"nvidia:0": 45_000}) as engine:  # one model at a time
         a = engine.add("a", models["m0"], _place(dev), batching=BatchingConfig(1, 0))
         x = inputs(models["m0"])
-        queued = [engine._enqueue(a, x, priority=0, deadline_ms=None, reject_late=False, output="numpy",
-                                  idempotent=True) for _ in range(4)]
+        queued = [a.submit(x) for _ in range(4)]
         b = engine.add("b", models["m1"], _place(dev))  # evicts "a" between two of its batches
         b.infer(inputs(models["m1"]))
         for r in queued:  # without the stalled-queue prefetch these would wait for the next submit
-            assert r.future.result(timeout=30)["y"].shape == (1, 64)
+            assert r.result(timeout=30)["y"].shape == (1, 64)
         assert a.stats()["evictions"] >= 1 and a.stats()["loads"] >= 2

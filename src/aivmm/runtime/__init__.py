@@ -9,6 +9,7 @@ several devices as replicas or pipeline stages.
 from aivmm.runtime._batching import BatchingConfig
 from aivmm.runtime._engine import Engine, Placement
 from aivmm.runtime._handle import ModelHandle
+from aivmm.runtime._request import RequestOptions
 from aivmm.runtime._split import SplitPlan, Stage, plan_split
 from aivmm.runtime._states import ModelState, Tier
 
@@ -18,6 +19,7 @@ __all__ = [
     "ModelHandle",
     "ModelState",
     "Placement",
+    "RequestOptions",
     "SplitPlan",
     "Stage",
     "Tier",

@@ -26,6 +26,9 @@ _IDLE_WAIT_S = 0.5  # an upper bound on any sleep, so a missed notify costs at m
 
 
 class DeviceExecutor:
+    """Worker threads for one device that run the most urgent ready batch of its queues (see the
+    module docstring)."""
+
     def __init__(self, device_id: str, workers: int = 1) -> None:
         self.device_id = device_id
         self.cond = threading.Condition()
@@ -39,6 +42,7 @@ class DeviceExecutor:
             t.start()
 
     def register(self, queue: ReplicaQueue) -> None:
+        """Serve ``queue`` from now on."""
         with self.cond:
             self._queues.append(queue)
 
@@ -52,15 +56,18 @@ class DeviceExecutor:
             return left
 
     def submit(self, queue: ReplicaQueue, request: Request) -> None:
+        """Queue ``request`` on ``queue`` and wake a worker thread."""
         with self.cond:
             queue.push(request)
             self.cond.notify()
 
     def wake(self) -> None:
+        """Look at the queues again (a replica became resident)."""
         with self.cond:
             self.cond.notify_all()
 
     def close(self) -> None:
+        """Stop the worker threads (bounded join); queued requests stay queued."""
         with self.cond:
             self._closed = True
             self.cond.notify_all()

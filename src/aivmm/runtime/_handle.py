@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -12,19 +14,24 @@ from aivmm.errors import ModelNotReadyError
 from aivmm.models._spec import ModelSpec
 from aivmm.runtime._batching import BatchingConfig
 from aivmm.runtime._replica import Replica
-from aivmm.runtime._request import notify_observers
+from aivmm.runtime._request import RequestOptions, notify_observers
 from aivmm.runtime._states import ModelState
 
 if TYPE_CHECKING:
-    from aivmm.runtime._engine import Engine
+    from aivmm.runtime._dispatch import Dispatcher
 
 
 class ModelHandle:
-    """One deployed model. Thread-safe; ``infer`` may be called from any number of threads."""
+    """One deployed model. Thread-safe; ``infer`` may be called from any number of threads.
 
-    def __init__(self, engine: Engine, name: str, spec: ModelSpec, *, batching: BatchingConfig | None,
-                 isolation: bool) -> None:
-        self._engine = engine
+    Made by ``Engine.add``; requests that cannot run in the caller's thread go through the engine's
+    :class:`~aivmm.runtime._dispatch.Dispatcher` (its public methods only).
+    """
+
+    def __init__(
+        self, dispatcher: Dispatcher, name: str, spec: ModelSpec, *, batching: BatchingConfig | None, isolation: bool
+    ) -> None:
+        self._dispatcher = dispatcher
         self.name = name
         self.spec = spec
         self.batching = batching
@@ -43,13 +50,19 @@ class ModelHandle:
         with self.lock:
             healthy = [r for r in self.replicas if r.healthy]
             self._fast = (
-                healthy[0]
-                if self.state is ModelState.READY and self.batching is None and len(healthy) == 1
-                else None
+                healthy[0] if self.state is ModelState.READY and self.batching is None and len(healthy) == 1 else None
             )
 
-    def infer(self, feeds: Mapping[str, Any], *, priority: int = 0, deadline_ms: float | None = None,
-              reject_late: bool = False, output: str = "numpy", idempotent: bool = True) -> dict[str, Any]:
+    def infer(
+        self,
+        feeds: Mapping[str, Any],
+        *,
+        priority: int = 0,
+        deadline_ms: float | None = None,
+        reject_late: bool = False,
+        output: str = "numpy",
+        idempotent: bool = True,
+    ) -> dict[str, Any]:
         """Run one request (feeds already validated) and return its outputs in model order.
 
         ``priority`` orders queued requests (higher first); ``deadline_ms`` orders them earliest
@@ -69,14 +82,13 @@ class ModelHandle:
                 if replica.session is session:
                     replica.requests += 1  # a lost increment under a race only blurs the rate estimate
                     timed = replica.requests & 7 == 1  # the first and every eighth feed the latency estimate
-                    observers = self._engine.request_observers  # metrics time every request
+                    observers = self._dispatcher.request_observers  # metrics time every request
                     start = perf_counter() if timed or observers else 0.0
                     try:
                         out = session.run(feeds, output=output)
                     except BaseException as exc:
                         running.pop()
-                        return self._engine._recover(self, replica, feeds, exc, output=output,
-                                                     idempotent=idempotent)
+                        return self._dispatcher.recover(self, replica, feeds, exc, output=output, idempotent=idempotent)
                     running.pop()
                     if timed:
                         end = perf_counter()
@@ -89,23 +101,47 @@ class ModelHandle:
                         replica.failures = 0
                     return out
                 running.pop()
-        return self._engine._infer(self, feeds, priority=priority, deadline_ms=deadline_ms,
-                                   reject_late=reject_late, output=output, idempotent=idempotent)
+        return self._dispatcher.infer(
+            self, feeds, RequestOptions(priority, deadline_ms, reject_late, output, idempotent)
+        )
 
-    async def infer_async(self, feeds: Mapping[str, Any], *, priority: int = 0, deadline_ms: float | None = None,
-                          reject_late: bool = False, output: str = "numpy", idempotent: bool = True
-                          ) -> dict[str, Any]:
+    async def infer_async(
+        self,
+        feeds: Mapping[str, Any],
+        *,
+        priority: int = 0,
+        deadline_ms: float | None = None,
+        reject_late: bool = False,
+        output: str = "numpy",
+        idempotent: bool = True,
+    ) -> dict[str, Any]:
         """``infer`` for asyncio: queued models await their future; others run in a worker thread."""
+        options = RequestOptions(priority, deadline_ms, reject_late, output, idempotent)
         if self.batching is None:
-            return await asyncio.to_thread(
-                self.infer, feeds, priority=priority, deadline_ms=deadline_ms, reject_late=reject_late,
-                output=output, idempotent=idempotent,
-            )
-        request = self._engine._enqueue(self, feeds, priority=priority, deadline_ms=deadline_ms,
-                                        reject_late=reject_late, output=output, idempotent=idempotent)
-        return await asyncio.wrap_future(request.future)
+            return await asyncio.to_thread(functools.partial(self.infer, feeds, **vars(options)))
+        return await asyncio.wrap_future(self._dispatcher.enqueue(self, feeds, options))
+
+    def submit(self, feeds: Mapping[str, Any], **options: Any) -> Future[dict[str, Any]]:
+        """Queue one request on a model deployed with batching and return at once; the future holds
+        its outputs or its error. ``options`` are ``infer``'s (see RequestOptions); a model without
+        batching has no queue (ConfigError)."""
+        return self._dispatcher.enqueue(self, feeds, RequestOptions(**options))
+
+    def start_draining(self) -> bool:
+        """Take no new requests from now on; False when it was already draining or unloaded."""
+        with self.lock:
+            if self.state in (ModelState.DRAINING, ModelState.UNLOADED):
+                return False
+            self.state = ModelState.DRAINING
+        self.refresh_fast_path()
+        return True
+
+    def outstanding(self) -> bool:
+        """Whether any accepted request is still running or queued."""
+        return any(r.inflight or (r.queue is not None and r.queue.outstanding()) for r in self.replicas)
 
     def check_ready(self) -> None:
+        """Raise ModelNotReadyError saying why unless the model is READY."""
         state = self.state
         if state is ModelState.READY:
             return
@@ -118,9 +154,11 @@ class ModelHandle:
         raise ModelNotReadyError(f"model {self.name!r} was unloaded")
 
     def queue_length(self) -> int:
+        """Requests waiting in its replicas' queues."""
         return sum(len(r.queue) for r in self.replicas if r.queue is not None)
 
     def stats(self) -> dict[str, Any]:
+        """State, batching, queue, request counts, loads and evictions, per replica and stage, as JSON."""
         replicas = [_replica_stats(r) for r in self.replicas]
         batches = sum(r.batches for r in self.replicas)
         items = sum(r.batched_items for r in self.replicas)

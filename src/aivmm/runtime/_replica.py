@@ -28,8 +28,13 @@ class Movement:
     reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "seconds": round(self.seconds, 6), "bytes": self.nbytes,
-                "at": round(self.at, 3), "reason": self.reason}
+        return {
+            "kind": self.kind,
+            "seconds": round(self.seconds, 6),
+            "bytes": self.nbytes,
+            "at": round(self.at, 3),
+            "reason": self.reason,
+        }
 
 
 _MOVES_KEPT = 32
@@ -38,8 +43,17 @@ _MOVES_KEPT = 32
 class Replica:
     """Mutable state of one (config, device) placement; guarded by ``lock``."""
 
-    def __init__(self, model: str, index: int, spec: ModelSpec, config: Config, device: Device,
-                 footprint: Footprint, *, isolation: bool = False) -> None:
+    def __init__(
+        self,
+        model: str,
+        index: int,
+        spec: ModelSpec,
+        config: Config,
+        device: Device,
+        footprint: Footprint,
+        *,
+        isolation: bool = False,
+    ) -> None:
         self.model = model
         self.index = index
         self.spec = spec
@@ -78,7 +92,7 @@ class Replica:
         with self.lock:
             session = self.session
             if self.tier is not Tier.DEVICE or session is None:
-                raise _NotResident(self.key)
+                raise NotResident(self.key)
             self.running.append(1)
             self.requests += 1
         self.last_used = time.perf_counter()  # the fast path stamps it with perf_counter too
@@ -132,5 +146,5 @@ class Replica:
             raise ModelNotReadyError(f"{self.key}: its device {self.device.id} is unhealthy")
 
 
-class _NotResident(Exception):
-    """Internal: the replica must be loaded before it can run."""
+class NotResident(Exception):
+    """The replica must be loaded before it can run (the dispatcher loads it and tries again)."""

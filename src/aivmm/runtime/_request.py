@@ -12,11 +12,33 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from aivmm.errors import OverloadedError
+from aivmm.errors import ConfigError, OverloadedError
 from aivmm.runtime._batching import BatchingConfig
 
 log = logging.getLogger(__name__)
 _seq = itertools.count()
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestOptions:
+    """How one request is to run (see ``ModelHandle.infer``): its priority, its deadline in
+    milliseconds from now and whether to refuse it once that cannot be met, the output kind, and
+    whether it may run twice (retried after a device or worker failure)."""
+
+    priority: int = 0
+    deadline_ms: float | None = None
+    reject_late: bool = False
+    output: str = "numpy"
+    idempotent: bool = True
+
+    def __post_init__(self) -> None:
+        d = self.deadline_ms
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int | float) or not d > 0):
+            raise ConfigError(f"deadline_ms must be a positive number, got {d!r}")
+
+    def deadline(self) -> float | None:
+        """The deadline as a ``time.monotonic()`` instant, counted from now."""
+        return None if self.deadline_ms is None else time.monotonic() + self.deadline_ms / 1e3
 
 
 @dataclasses.dataclass(eq=False)
@@ -42,8 +64,9 @@ class Request:
         return self.sort_key() < other.sort_key()
 
 
-def notify_observers(observers: list[Callable[[str, float, float], None]], model: str, queue_s: float,
-                     compute_s: float) -> None:
+def notify_observers(
+    observers: list[Callable[[str, float, float], None]], model: str, queue_s: float, compute_s: float
+) -> None:
     """Tell each request observer (metrics) how long a request queued and computed; an observer that
     fails is logged, never allowed to fail the request."""
     for fn in observers:

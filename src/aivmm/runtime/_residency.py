@@ -43,6 +43,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 class ResidencyManager:
+    """Which replicas are on which device, and moving them (see the module docstring). Thread-safe."""
+
     def __init__(
         self,
         ledger: Ledger,
@@ -66,20 +68,24 @@ class ResidencyManager:
         self.decisions: collections.deque[tuple[str, Eviction]] = collections.deque(maxlen=_DECISIONS_KEPT)
 
     def register(self, replica: Replica) -> None:
+        """Make ``replica`` a candidate for loading and eviction on its device."""
         with self._lock:
             self._replicas[replica.device.id].append(replica)
 
     def unregister(self, replica: Replica) -> None:
+        """Forget ``replica`` (``unload`` calls it)."""
         with self._lock:
             group = self._replicas.get(replica.device.id, [])
             if replica in group:
                 group.remove(replica)
 
     def resident_on(self, device_id: str) -> list[Replica]:
+        """The replicas whose session is on ``device_id`` now."""
         with self._lock:
             return [r for r in self._replicas.get(device_id, []) if r.tier is Tier.DEVICE]
 
     def bandwidth(self, device_id: str) -> float:
+        """Bytes/s of recent loads onto ``device_id`` (an EWMA; a default before the first)."""
         return self._bandwidth.get(device_id, DEFAULT_BANDWIDTH)
 
     # --- loading ---
@@ -94,6 +100,9 @@ class ResidencyManager:
             return fut
 
     def ensure_resident(self, replica: Replica, reason: str = "request") -> None:
+        """Load ``replica`` onto its device unless it is there: reserve (evicting idle replicas when
+        needed), open or reload its session, commit the measured size; raises ModelTooLargeError or
+        OutOfMemoryError when it cannot."""
         if replica.tier is Tier.DEVICE:
             return
         with replica.load_lock:
@@ -188,6 +197,7 @@ class ResidencyManager:
 
     # --- eviction ---
     def make_room(self, device_id: str, nbytes: int, *, exclude: Replica | None = None, reason: str = "") -> int:
+        """Evict idle replicas on ``device_id`` (chosen by the policy) to free ``nbytes``; returns the bytes freed."""
         with self._device_locks[device_id]:
             return self._evict_for(device_id, nbytes, exclude=exclude, reason=reason)
 
@@ -264,4 +274,5 @@ class ResidencyManager:
         self.unregister(replica)
 
     def close(self) -> None:
+        """Stop the prefetch pool (queued prefetches are cancelled)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
