@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import sys
 import textwrap
 
+import _backend_models as _models
+import numpy as np
 import pytest
 
-from aivmm.backends import Backend, BackendInfo, Support, registry
+from aivmm.backends import Backend, BackendInfo, Config, Support, registry
+from aivmm.devices import Device, DeviceKind, Vendor
 from aivmm.errors import BackendUnavailableError, ConfigError
 
 PLUGIN = textwrap.dedent('''
@@ -139,3 +143,108 @@ def test_register_refuses_bad_targets_and_builtin_removal():
             registry.get("not-a-backend")
     finally:
         registry.unregister("not-a-backend")
+
+
+# A third-party runtime as a vendor would ship it: onnx's reference evaluator behind the Backend
+# interface, for a simulated accelerator (hardware these machines lack). It describes itself only
+# through its BackendInfo; nothing in aivmm names it.
+ACME = textwrap.dedent('''
+    import numpy as np
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    from aivmm.backends import Backend, BackendInfo, OptionEffect, Session, Support
+    from aivmm.devices import DeviceKind
+    from aivmm.dtypes import Precision
+    from aivmm.models import ModelFormat
+
+    __version__ = "1.0"
+
+
+    class AcmeSession(Session):
+        def __init__(self, model, device, config):
+            super().__init__(model, device, config)
+            checked = config.options.get("check_shapes", False)
+            self._ref = ReferenceEvaluator(onnx.load(str(model.source)), check_shape_annotations=checked)
+            self._names = [t.name for t in model.outputs]
+
+        def _run(self, feeds, output):
+            return dict(zip(self._names, (np.asarray(o) for o in self._ref.run(None, dict(feeds)))))
+
+
+    class AcmeBackend(Backend):
+        name = "acme"
+        extra = "acme"
+
+        def available(self):
+            return Support.yes()
+
+        def info(self):
+            return BackendInfo(
+                self.name, frozenset({ModelFormat.ONNX}), frozenset(DeviceKind), frozenset({Precision.FP32}),
+                options={"check_shapes": (False, True)}, versions={"acme": __version__}, call_overhead_ms=0.1,
+                effects={"check_shapes": {True: OptionEffect(compute=1.2)}},
+            )
+
+        def drives(self, device):
+            return Support.yes() if device.simulated else Support.no("acme drives its own accelerator only")
+
+        def _load(self, model, device, config):
+            return AcmeSession(model, device, config)
+''')
+
+
+@pytest.fixture
+def acme(plugin_path, monkeypatch):
+    monkeypatch.setenv("AIVMM_CACHE_DIR", str(plugin_path / "cache"))
+    install_dist(plugin_path, "aivmm_acme_plugin", {"acme": "aivmm_acme_plugin:AcmeBackend"}, ACME)
+    registry.refresh()
+    yield plugin_path
+    sys.modules.pop("aivmm_acme_plugin", None)
+
+
+def _accelerator() -> Device:
+    # Simulated: the stock 'simulated' backend (ONNX Runtime underneath) spends 3 ms a call on it,
+    # so the plugin, which adds no device time, is the fastest runtime for it.
+    return Device(id="acme:0", kind=DeviceKind.NPU, vendor=Vendor.OTHER, name="acme accelerator",
+                  memory_total_bytes=2**30, memory_free_bytes=2**30, runtimes=("acme", "simulated"),
+                  properties={"simulated_latency_ms": 3.0}, simulated=True, source="simulated")
+
+
+def test_entry_point_backend_is_planned_measured_chosen_and_cached(acme):
+    import aivmm_acme_plugin
+
+    from aivmm import VMM
+    from aivmm.planner import plan
+
+    model = _models.mlp(acme / "mlp.onnx")
+    vmm = VMM([_accelerator()])
+    try:
+        first = vmm.deploy(str(model), {"precision": "fp32"}, name="first")
+        ranked = first.plan.ranked()
+        acme_cands = [c for c in ranked if c.config.backend == "acme"]
+        # Enumerated from its BackendInfo (both option values) and measured like any built-in.
+        assert {c.config.options["check_shapes"] for c in acme_cands} == {True, False}
+        assert all(c.measurement is not None for c in acme_cands)
+        others = [c for c in ranked if c.config.backend == "simulated" and c.measurement is not None]
+        assert others, [c.label for c in ranked]
+        chosen = first.plan.chosen
+        assert chosen.config.backend == "acme" and not first.plan.cache_hit
+        assert chosen.measurement.p50_ms < min(c.measurement.p50_ms for c in others)
+        feeds = _models.random_inputs(first.spec, batch=2)
+        got = first.execute(feeds)
+        want = registry.get("onnxruntime").load(first.spec, _models.host_cpu(),
+                                                Config("onnxruntime", _models.host_cpu().id)).run(feeds)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+
+        again = vmm.deploy(str(model), {"precision": "fp32"}, name="again")
+        assert again.plan.cache_hit and again.plan.chosen.config == chosen.config
+    finally:
+        vmm.close()
+    # The cache key holds the versions the plugin states: a new release plans again.
+    spec = first.spec
+    assert plan(spec, [_accelerator()], {"precision": "fp32"}, measure=False).cache_hit is False
+    assert plan(spec, [_accelerator()], {"precision": "fp32"}, measure=False).cache_hit is True
+    aivmm_acme_plugin.__version__ = "2.0"
+    assert plan(spec, [_accelerator()], {"precision": "fp32"}, measure=False).cache_hit is False

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
 import pytest
 from _planner_models import cpu, mlp
 
+from aivmm.backends import registry
 from aivmm.models import load
 from aivmm.planner import _cache, plan
 
@@ -79,8 +81,19 @@ def test_device_change_misses(spec):
 
 def test_runtime_version_change_misses(spec, monkeypatch):
     _plan(spec)
-    real = _cache.runtime_versions()
-    monkeypatch.setattr(_cache, "runtime_versions", lambda: {**real, "onnxruntime": "0.0.1"})
+    ort = registry.get("onnxruntime")
+    info = ort.info()
+    older = dataclasses.replace(info, versions={**info.versions, "onnxruntime": "0.0.1"})
+    with monkeypatch.context() as m:  # the key reads the versions the backend states in its BackendInfo
+        m.setattr(ort, "info", lambda: older)
+        assert not _plan(spec).cache_hit
+    assert _plan(spec).cache_hit
+
+
+def test_planner_dependency_version_change_misses(spec, monkeypatch):
+    _plan(spec)
+    real = _cache.runtime_versions(ORT)
+    monkeypatch.setattr(_cache, "runtime_versions", lambda names: {**real, "onnx": "0.0.1"})
     assert not _plan(spec).cache_hit
 
 

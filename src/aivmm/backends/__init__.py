@@ -1,6 +1,7 @@
 """Runtimes as plugins: one adapter per runtime behind :class:`Backend`, and the registry."""
 
-from aivmm.backends._base import Backend, BackendInfo, Config, LoadReport, Session, Support
+from aivmm.backends._base import Backend, Config, LoadReport, Session, Support
+from aivmm.backends._info import BackendInfo, OptionEffect
 from aivmm.backends.registry import BackendEntry, entries, get, names, refresh, register, unregister
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "BackendInfo",
     "Config",
     "LoadReport",
+    "OptionEffect",
     "Session",
     "Support",
     "entries",

@@ -18,7 +18,8 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from aivmm.devices._types import Device, DeviceKind
+from aivmm.backends._info import BackendInfo
+from aivmm.devices._types import Device
 from aivmm.dtypes import Precision
 from aivmm.errors import (
     AivmmError,
@@ -28,7 +29,7 @@ from aivmm.errors import (
     OutOfMemoryError,
     UnsupportedModelError,
 )
-from aivmm.models._spec import ModelFormat, ModelSpec, TensorSpec
+from aivmm.models._spec import ModelSpec, TensorSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,24 +54,6 @@ class Support:
         if self.ok and other.ok:
             return Support(True, self.reasons + other.reasons)
         return Support(False, tuple(r for s in (self, other) if not s.ok for r in s.reasons))
-
-
-@dataclasses.dataclass(frozen=True)
-class BackendInfo:
-    """What a backend can do, as data."""
-
-    name: str
-    formats: frozenset[ModelFormat]
-    device_kinds: frozenset[DeviceKind]
-    precisions: frozenset[Precision]
-    # Tunable options the planner may enumerate, each with its candidate values
-    # (for example {"graph_optimization": ("basic", "all"), "compile": (False, True)}).
-    options: Mapping[str, tuple[Any, ...]] = dataclasses.field(default_factory=dict)
-    versions: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
-        object.__setattr__(self, "versions", MappingProxyType(dict(self.versions)))
 
 
 def _freeze(value: Any) -> Any:
@@ -259,11 +242,17 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def info(self) -> BackendInfo:
-        """Capabilities and runtime versions."""
+        """Everything the planner and the plan cache need to know about this backend (see BackendInfo)."""
 
     @abc.abstractmethod
     def drives(self, device: Device) -> Support:
         """Whether this runtime can drive the device, without initialising it where possible."""
+
+    def candidate_options(self, model: ModelSpec, device: Device, precision: Precision) -> list[dict[str, Any]] | None:
+        """The option sets worth measuring for ``model`` on ``device`` in ``precision``, or None for the
+        planner's default: the first combinations of ``info().options``. A backend overrides this when
+        that product is too large or mostly refused (the torch backend on CUDA GPUs)."""
+        return None
 
     def check(self, model: ModelSpec, device: Device, config: Config) -> Support:
         """Whether the model can run on the device with this config, before anything loads.

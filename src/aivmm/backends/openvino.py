@@ -13,6 +13,7 @@ Config options (all optional):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import logging
@@ -27,7 +28,8 @@ import numpy as np
 
 from aivmm._storage import cache_dir as storage_cache_dir
 from aivmm.backends import _openvino_devices as ovd
-from aivmm.backends._base import Backend, BackendInfo, Config, LoadReport, Session, Support
+from aivmm.backends._base import Backend, Config, LoadReport, Session, Support
+from aivmm.backends._info import BackendInfo, OptionEffect
 from aivmm.backends.tensors import check_output_kind, convert_outputs, to_numpy
 from aivmm.devices._types import Device, DeviceKind
 from aivmm.dtypes import Precision
@@ -46,6 +48,18 @@ from aivmm.models._spec import ModelFormat, ModelSpec
 log = logging.getLogger(__name__)
 
 OPTIONS = ("device_mode", "performance_hint", "num_streams", "intra_op_threads", "cache", "disable_fallback")
+# What the planner knows about this runtime before it is imported (the rest is filled in by info()).
+_STATIC_INFO = BackendInfo(
+    name="openvino",
+    formats=frozenset({ModelFormat.ONNX}),
+    device_kinds=frozenset(),
+    precisions=frozenset(),
+    options={"performance_hint": ("LATENCY", "THROUGHPUT")},
+    call_overhead_ms=0.03,
+    # Several streams: a better aggregate rate, a little more latency per request.
+    effects={"performance_hint": {"THROUGHPUT": OptionEffect(overhead=1.2)}},
+    thread_option="intra_op_threads",
+)
 
 
 def cache_dir() -> pathlib.Path:
@@ -131,7 +145,7 @@ class OpenVinoBackend(Backend):
     @functools.cached_property
     def _info(self) -> BackendInfo:  # runtimes and their devices do not change while the process runs
         if not self.available():
-            return BackendInfo(self.name, frozenset({ModelFormat.ONNX}), frozenset(), frozenset())
+            return _STATIC_INFO
         import openvino
 
         kinds = {DeviceKind.CPU} if "CPU" in self._devices else set()
@@ -139,12 +153,10 @@ class OpenVinoBackend(Backend):
             kinds.add(DeviceKind.GPU)
         if "NPU" in self._devices:
             kinds.add(DeviceKind.NPU)
-        return BackendInfo(
-            name=self.name,
-            formats=frozenset({ModelFormat.ONNX}),
+        return dataclasses.replace(
+            _STATIC_INFO,
             device_kinds=frozenset(kinds),
             precisions=frozenset(Precision),
-            options={"performance_hint": ("LATENCY", "THROUGHPUT")},
             versions={"openvino": openvino.get_version(), "devices": ",".join(self._devices)},
         )
 

@@ -34,7 +34,8 @@ import numpy as np
 
 from aivmm._storage import cache_dir as storage_cache_dir
 from aivmm.backends import _ort_ops, _ort_providers
-from aivmm.backends._base import Backend, BackendInfo, Config, LoadReport, Session, Support
+from aivmm.backends._base import Backend, Config, LoadReport, Session, Support
+from aivmm.backends._info import BackendInfo, OptionEffect
 from aivmm.backends.tensors import (
     DLPACK_CUDA,
     Framework,
@@ -68,6 +69,27 @@ OPTIONS: tuple[str, ...] = (
     "disable_fallback", "io_binding", "arena", "cudnn_conv_algo_search", "engine_cache_dir",
 )
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
+# What the planner knows about this runtime before it is imported (the rest is filled in by info()).
+_STATIC_INFO = BackendInfo(
+    name="onnxruntime",
+    formats=frozenset({ModelFormat.ONNX}),
+    device_kinds=frozenset(),
+    precisions=frozenset(),
+    options={"graph_optimization_level": ("all", "basic")},
+    call_overhead_ms=0.02,
+    effects={
+        # Fusions matter most on transformers; "disable" leaves every op separate.
+        "graph_optimization_level": {
+            "disable": OptionEffect(compute=1.35),
+            "basic": OptionEffect(compute=1.1),
+            "extended": OptionEffect(compute=1.0),
+            "all": OptionEffect(compute=0.97),
+        },
+        # The TensorRT EP builds an engine on the first load (a minute on real models).
+        "execution_provider": {"tensorrt": OptionEffect(load_s=60.0, compiles=True)},
+    },
+    thread_option="intra_op_threads",
+)
 # EPs without an fp16 switch of their own: fp16 there means converting the graph before loading.
 _CONVERTED_FP16 = (_ort_providers.CUDA, _ort_providers.ROCM, _ort_providers.DML, _ort_providers.COREML)
 
@@ -133,18 +155,16 @@ class OrtBackend(Backend):
     @functools.cached_property
     def _info(self) -> BackendInfo:  # runtimes and their devices do not change while the process runs
         if not self.available():
-            return BackendInfo(self.name, frozenset({ModelFormat.ONNX}), frozenset(), frozenset())
+            return _STATIC_INFO
         import onnxruntime
 
         usable = [c for c in _ort_providers.BY_SHORT.values() if c.provider in self._providers]
         kinds = {k for c in usable for k in _kinds_of(c)}
         precisions = frozenset(p for c in usable for p in self._precisions(c))
-        return BackendInfo(
-            name=self.name,
-            formats=frozenset({ModelFormat.ONNX}),
+        return dataclasses.replace(
+            _STATIC_INFO,
             device_kinds=frozenset(kinds),
             precisions=precisions,
-            options={"graph_optimization_level": ("all", "basic")},
             versions={"onnxruntime": onnxruntime.__version__,
                       "providers": ",".join(sorted(self._providers))},
         )
@@ -213,15 +233,9 @@ class OrtBackend(Backend):
         so.log_severity_level = 3
         so.intra_op_num_threads = int(options.get("intra_op_threads") or _ort_providers.physical_cores(device))
         so.inter_op_num_threads = int(options.get("inter_op_threads") or 1)
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[options.get("graph_optimization_level", "all")]
+        so.graph_optimization_level = _graph_level(ort, options.get("graph_optimization_level", "all"))
         if not options.get("allow_spinning", True):
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            _no_spinning(so)
         strict = bool(options.get("disable_fallback", False))
         if strict and choice is not _ort_providers.CPU:
             so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
@@ -303,6 +317,48 @@ class OrtBackend(Backend):
         if hasattr(source, "SerializeToString"):
             return source.SerializeToString()
         raise ModelLoadError(f"onnxruntime cannot load a model source of type {type(source).__name__}")
+
+
+def _graph_level(ort: Any, level: str) -> Any:
+    return {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+
+
+def _no_spinning(so: Any) -> None:
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+
+
+def cpu_session(path: str | os.PathLike[str], *, graph_optimization_level: str = "all", threads: int | None = None,
+                allow_spinning: bool = True, optimized_model_path: str | os.PathLike[str] | None = None) -> Any:
+    """A plain ``onnxruntime.InferenceSession`` on the CPU execution provider, for aivmm's own uses of
+    ONNX Runtime's API outside a :class:`Session`: the fp32 reference of the accuracy checks, the graph
+    passes (which write ``optimized_model_path``), the LLM step runner's IOBinding.
+
+    Raises BackendUnavailableError when onnxruntime is not installed, ConfigError on an unknown level;
+    ONNX Runtime's own exception when the model does not load (the caller says what it was loading for).
+    """
+    if graph_optimization_level not in _OPT_LEVELS:
+        raise ConfigError(f"graph_optimization_level must be one of {list(_OPT_LEVELS)}, "
+                          f"got {graph_optimization_level!r}")
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise missing_extra("onnxruntime", "onnxruntime") from exc
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = _graph_level(ort, graph_optimization_level)
+    if threads:
+        so.intra_op_num_threads = threads
+    if not allow_spinning:
+        _no_spinning(so)
+    if optimized_model_path is not None:
+        so.optimized_model_filepath = str(optimized_model_path)
+    return ort.InferenceSession(str(path), so, providers=[_ort_providers.CPU.provider])
 
 
 def _kinds_of(choice: _ort_providers.EpChoice) -> tuple[Any, ...]:

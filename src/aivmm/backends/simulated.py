@@ -35,7 +35,7 @@ from aivmm.devices._types import Device, DeviceKind, Vendor
 from aivmm.dtypes import Precision
 from aivmm.errors import AivmmError, ConfigError, DeviceError, ExecutionError, OutOfMemoryError
 from aivmm.memory._footprint import estimate
-from aivmm.models._spec import ModelFormat, ModelSpec
+from aivmm.models._spec import ModelSpec
 
 FAIL_ENV = "AIVMM_SIMULATED_FAIL"
 
@@ -197,14 +197,13 @@ class SimulatedBackend(Backend):
 
     def info(self) -> BackendInfo:
         inner = self._ort().info()
-        return BackendInfo(
+        # The options, their effects, the call overhead and the versions are the inner runtime's.
+        return dataclasses.replace(
+            inner,
             name=self.name,
-            formats=frozenset({ModelFormat.ONNX}),
             device_kinds=frozenset(DeviceKind),
             # Lower precisions the CPU provider lacks are accounted for memory, computed in fp32.
             precisions=frozenset({Precision.FP32, Precision.FP16, Precision.BF16}) | inner.precisions,
-            options=dict(inner.options),
-            versions=dict(inner.versions),
         )
 
     def drives(self, device: Device) -> Support:

@@ -25,21 +25,15 @@ class OrtRunner:
     backend = "onnxruntime"
 
     def __init__(self, path: pathlib.Path, layout: KVLayout, *, threads: int | None = None) -> None:
+        from aivmm.backends.ort import cpu_session
+
         try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise missing_extra("onnxruntime", "onnxruntime") from exc
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            so.intra_op_num_threads = threads
-        # Spinning pool threads would take the cores from the threads that consume the tokens (a
-        # server's event loop forwarding every token ran 3-4x slower with them, measured by
-        # benchmarks/serve_llm.py); a decode step is too short for the saved wake-up to matter.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            # Spinning pool threads would take the cores from the threads that consume the tokens (a
+            # server's event loop forwarding every token ran 3-4x slower with them, measured by
+            # benchmarks/serve_llm.py); a decode step is too short for the saved wake-up to matter.
+            self.session = cpu_session(path, graph_optimization_level="all", threads=threads, allow_spinning=False)
+        except BackendUnavailableError:
+            raise
         except Exception as exc:
             raise BackendUnavailableError(f"onnxruntime could not load {path}: {exc}") from exc
         self.layout = layout

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from aivmm.dtypes import Precision
-from aivmm.errors import AccuracyError, ConfigError, ModelLoadError
+from aivmm.errors import AccuracyError, BackendUnavailableError, ConfigError, ModelLoadError
 
 # Relative to the reference's scale. fp32 is loose enough for fused/reordered kernels; fp16 keeps
 # ~3 decimal digits, bf16 ~2; int8 quantisation error on small nets stays under a few percent.
@@ -67,17 +67,14 @@ def tolerance_for(precision: Precision, reference: Sequence[np.ndarray], user: f
 
 def reference_session(model_path: str | pathlib.Path) -> Any:
     """ONNX Runtime CPU fp32 with every graph optimisation disabled: the model's arithmetic as written."""
+    from aivmm.backends.ort import cpu_session
+
     try:
-        import onnxruntime as ort
-    except ImportError as exc:
+        return cpu_session(model_path, graph_optimization_level="disable")
+    except BackendUnavailableError as exc:
         raise ConfigError(
             "the accuracy reference needs onnxruntime: pip install \"aivmm[onnxruntime]\""
         ) from exc
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own exception types for bad models
         raise ModelLoadError(f"the fp32 reference cannot load {model_path}: {exc}") from exc
 

@@ -132,23 +132,19 @@ def _atomic_target(out: pathlib.Path) -> Iterator[pathlib.Path]:
         tmp.unlink(missing_ok=True)
 
 
-def _graph(src: pathlib.Path, dst: pathlib.Path, level_name: str) -> None:
-    import onnxruntime as ort
+def _graph(src: pathlib.Path, dst: pathlib.Path, level: str) -> None:
+    from aivmm.backends.ort import cpu_session
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level_name)
-    opts.optimized_model_filepath = str(dst)
-    opts.log_severity_level = 3
     # Building the session writes the optimised graph; CPU EP only so no device-specific nodes land in it.
-    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    cpu_session(src, graph_optimization_level=level, optimized_model_path=dst)
 
 
 def _run_graph_basic(src: pathlib.Path, dst: pathlib.Path, _: Sequence[Mapping[str, np.ndarray]]) -> None:
-    _graph(src, dst, "ORT_ENABLE_BASIC")
+    _graph(src, dst, "basic")
 
 
 def _run_graph_extended(src: pathlib.Path, dst: pathlib.Path, _: Sequence[Mapping[str, np.ndarray]]) -> None:
-    _graph(src, dst, "ORT_ENABLE_EXTENDED")
+    _graph(src, dst, "extended")
 
 
 def _run_fp16(src: pathlib.Path, dst: pathlib.Path, _: Sequence[Mapping[str, np.ndarray]]) -> None:

@@ -1,9 +1,9 @@
 """The plan cache: a plan reused for the same model, devices, runtimes and request.
 
 The key hashes the model's content hash, a fingerprint of the devices (identity and capability,
-not free memory, which changes every second), the installed runtime versions and aivmm's, the
-constraints, and the planning arguments. Any change is a different key, so invalidation is by
-construction; entries are small JSON files written atomically.
+not free memory, which changes every second), the versions each planned backend states in its
+``BackendInfo`` and aivmm's, the constraints, and the planning arguments. Any change is a different
+key, so invalidation is by construction; entries are small JSON files written atomically.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 
 from aivmm._version import __version__
+from aivmm.backends import registry
 from aivmm.devices._types import Device
 from aivmm.optimize._cache import cache_dir
 
 log = logging.getLogger(__name__)
 
-# Distributions whose versions change what a plan measures; read from package metadata (cheap,
-# nothing imported).
-RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "openvino", "torch", "onnx")
+# The planner's own dependencies whose versions change a plan (the passes and the analysis run on
+# onnx); each backend's versions come from its BackendInfo.
+PLANNER_DISTRIBUTIONS = ("onnx",)
 
 
 @functools.cache
@@ -42,12 +43,26 @@ def _dist_version(dist: str) -> str | None:
         return None
 
 
-def runtime_versions() -> dict[str, str]:
-    out = {"aivmm": __version__}
-    for dist in RUNTIME_DISTRIBUTIONS:
+def backend_versions(name: str) -> dict[str, str] | str:
+    """What the backend says changes its measurements (``BackendInfo.versions``), or why it has none."""
+    try:
+        backend = registry.get(name)
+        if not backend.available():
+            return "unavailable"
+        return dict(backend.info().versions)
+    except Exception as exc:  # a plugin that cannot describe itself is keyed as such, not fatal to planning
+        log.warning("backend %s cannot describe itself for the plan cache key: %r", name, exc)
+        return f"unavailable: {type(exc).__name__}"
+
+
+def runtime_versions(backends: Sequence[str]) -> dict[str, Any]:
+    """aivmm's version, the planner's dependencies and every planned backend's versions."""
+    out: dict[str, Any] = {"aivmm": __version__}
+    for dist in PLANNER_DISTRIBUTIONS:
         version = _dist_version(dist)
         if version is not None:
             out[dist] = version
+    out["backends"] = {name: backend_versions(name) for name in sorted(backends)}
     return out
 
 

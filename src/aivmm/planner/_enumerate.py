@@ -23,9 +23,6 @@ from aivmm.planner.constraints import Constraints
 
 log = logging.getLogger(__name__)
 
-# Options that only matter when several sessions share the cores; measuring one candidate at a
-# time cannot rank them, so the planner leaves them at the backend's default.
-_SHARING_OPTIONS = frozenset({"inter_op_threads", "allow_spinning"})
 # The product of option values per (backend, device, precision) is capped so enumeration stays
 # small; the first values of each option (the backend's defaults first) are kept.
 MAX_OPTION_VARIANTS = 12
@@ -39,7 +36,7 @@ def onnx_path(spec: ModelSpec) -> pathlib.Path | None:
 
 
 def option_variants(info: BackendInfo) -> list[dict[str, Any]]:
-    names = [k for k in sorted(info.options) if k not in _SHARING_OPTIONS and info.options[k]]
+    names = [k for k in sorted(info.options) if info.options[k]]
     values = [tuple(info.options[k]) for k in names]
     variants = []
     for combo in itertools.product(*values):
@@ -114,16 +111,15 @@ def _device_candidates(spec: ModelSpec, dev: Device, backend: Backend, info: Bac
                        constraints: Constraints) -> list[Candidate]:
     out: list[Candidate] = []
     variants = option_variants(info)
-    # A backend that knows which of its option combinations are worth measuring on this device and
-    # precision lists them itself (the product of every value is too large on GPUs, and capped).
-    curated = getattr(backend, "candidate_options", None)
     for effective, passed, p in _precision_routes(info, spec):
         model = provisional(spec, p)
         transform = p.value if p else None
         if p is Pass.GRAPH_EXTENDED:
             opts_list: list[dict[str, Any]] = [{}]
         else:
-            opts_list = curated(model, dev, passed) if curated is not None else variants
+            # A backend may list the combinations worth measuring here itself (Backend.candidate_options).
+            curated = backend.candidate_options(model, dev, passed)
+            opts_list = variants if curated is None else curated
         # Reasons that hold for the whole route (policy, exclusion, precision) are given once;
         # check() runs per option variant, since an option can be what a device refuses.
         route = _route_rejections(Candidate(Config(backend.name, dev.id, passed, dict(opts_list[0])), model,

@@ -35,7 +35,7 @@ from aivmm.optimize import _accuracy, _inputs, _passes, _probe
 from aivmm.optimize._cache import file_sha256
 from aivmm.options import DeployOptions, coerce_options
 from aivmm.planner import _cache, _calibration, _isolation, _quiet
-from aivmm.planner._cost import predict
+from aivmm.planner._cost import backend_info, predict
 from aivmm.planner._enumerate import analysed, enumerate_candidates, onnx_path, variant_key
 from aivmm.planner._figures import Capability, capability
 from aivmm.planner._plan import Plan
@@ -73,8 +73,6 @@ COMPILE_STAGE_LOAD_S = 120.0
 # generated distribution well enough for the accuracy check to judge the result fairly.
 CALIBRATION_SAMPLES = 16
 CALIBRATION_BATCH = 4
-# Options whose first load compiles (seconds to minutes): not "ready" for a fast start.
-_COMPILING_OPTIONS = ("compile", "cuda_graphs", "tensorrt")
 
 _upgrade_lock = threading.Lock()
 _upgrade_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -157,11 +155,12 @@ def _model_hash(spec: ModelSpec) -> str:
 
 
 def _cache_parts(req: _Request, model_hash: str) -> dict[str, Any]:
+    names = list(req.backends) if req.backends is not None else registry.names()
     return {
         "model": model_hash,
         "devices": _cache.device_fingerprint(req.devices),
-        "runtimes": _cache.runtime_versions(),
-        "backends": list(req.backends) if req.backends is not None else registry.names(),
+        "runtimes": _cache.runtime_versions(names),
+        "backends": names,
         "constraints": req.cons.key(),
         "pins": [req.device, req.backend, req.strict],
         "measure": req.measure,
@@ -448,7 +447,7 @@ class _Evaluator:
         if not self.req.measure:
             kept = []
             for c in pool:
-                slow = sorted(k for k in _COMPILING_OPTIONS if c.config.options.get(k))
+                slow = backend_info(c.config.backend).compiling(c.config.options)  # compiles on its first load
                 if self.req.ready_only and slow:
                     rejected.append(c.reject(RejectReason.PRUNED, f"fast start: {', '.join(slow)} compiles before "
                                                                   "the first request"))
@@ -613,13 +612,10 @@ def _plain_fp32(c: Candidate) -> bool:
     return not c.transform and c.config.precision is Precision.FP32
 
 
-# Options that choose how a candidate's graph is run (compiled, replayed) rather than what it computes.
-_RUNNER_OPTIONS = ("compile", "cuda_graphs")
-
-
 def _same_but_runner(c: Candidate, other: Candidate) -> bool:
+    """Equal but for the options that choose how the graph is run (compiled, replayed), as the backend says."""
     def rest(x: Candidate) -> tuple[Any, ...]:
-        opts = {k: v for k, v in x.config.options.items() if k not in _RUNNER_OPTIONS and v}
+        opts = backend_info(x.config.backend).without_runner(x.config.options)
         return (x.config.backend, x.config.device, x.config.precision, x.transform, sorted(opts.items()))
 
     return rest(c) == rest(other)

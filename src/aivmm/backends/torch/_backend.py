@@ -13,9 +13,11 @@ import pathlib
 import shutil
 import threading
 from collections.abc import Iterator
+from importlib import metadata
 from typing import Any
 
-from aivmm.backends._base import Backend, BackendInfo, Config, Session, Support
+from aivmm.backends._base import Backend, Config, Session, Support
+from aivmm.backends._info import BackendInfo, OptionEffect
 from aivmm.backends.torch._devices import is_cuda
 from aivmm.devices._types import Device, DeviceKind
 from aivmm.dtypes import Precision
@@ -40,10 +42,33 @@ OPTIONS: dict[str, tuple[Any, ...]] = {
     # accuracy check passes, and named in the plan's label.
     "tf32": (False, True),
 }
+_STATIC_INFO = BackendInfo(
+    name="torch",
+    formats=frozenset({ModelFormat.ONNX, ModelFormat.TORCH_MODULE, ModelFormat.TORCH_EXPORTED}),
+    device_kinds=frozenset({DeviceKind.CPU, DeviceKind.GPU}),
+    precisions=frozenset({Precision.FP32, Precision.FP16, Precision.BF16}),
+    options=OPTIONS,
+    call_overhead_ms=0.06,
+    effects={
+        # torch.compile fuses kernels (and with reduce-overhead replays CUDA graphs) after tens of
+        # seconds of compilation on real models.
+        "compile": {True: OptionEffect(compute=0.85, overhead=0.7, load_s=30.0, compiles=True, runner=True)},
+        # aivmm's CUDA-graph runner: a capture per shape on the first load.
+        "cuda_graphs": {True: OptionEffect(load_s=1.0, compiles=True, runner=True)},
+    },
+)
 _CONV_OPERATORS = frozenset({"Conv", "ConvTranspose", "QLinearConv", "ConvInteger"})
 # Operators whose result decides what runs next on the host: a captured CUDA graph cannot hold them.
 _DATA_DEPENDENT = ("If", "Loop", "Scan", "NonZero", "Compress")
 _PRECISION_DTYPES = {Precision.FP32: "float32", Precision.FP16: "float16", Precision.BF16: "bfloat16"}
+
+
+@functools.cache  # parsing METADATA costs milliseconds, and the loaded torch does not change
+def _dist_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 class TorchBackend(Backend):
@@ -62,23 +87,10 @@ class TorchBackend(Backend):
 
     @functools.cache  # noqa: B019 - one instance per process (the registry's)
     def info(self) -> BackendInfo:
-        versions: dict[str, str] = {}
-        if self.available():
-            import torch
-
-            versions["torch"] = torch.__version__
-            if importlib.util.find_spec("onnx") is not None:
-                import onnx
-
-                versions["onnx"] = onnx.__version__
-        return BackendInfo(
-            name=self.name,
-            formats=frozenset({ModelFormat.ONNX, ModelFormat.TORCH_MODULE, ModelFormat.TORCH_EXPORTED}),
-            device_kinds=frozenset({DeviceKind.CPU, DeviceKind.GPU}),
-            precisions=frozenset({Precision.FP32, Precision.FP16, Precision.BF16}),
-            options=OPTIONS,
-            versions=versions,
-        )
+        # Versions from package metadata: the plan cache reads them on every hit, and importing torch
+        # for that would cost a second.
+        versions = {dist: v for dist in ("torch", "onnx") if (v := _dist_version(dist)) is not None}
+        return dataclasses.replace(_STATIC_INFO, versions=versions if self.available() else {})
 
     def drives(self, device: Device) -> Support:
         if not self.available():
