@@ -20,8 +20,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
-
+from aivmm.backends import tensors
 from aivmm.devices import Device
 from aivmm.errors import BackendUnavailableError, ConfigError, missing_extra
 from aivmm.memory._transfer import Transfer
@@ -57,7 +56,8 @@ def _as_tensor(torch: Any, value: Any) -> Any:
 
 
 class CudaTransfer(Transfer):
-    """Host <-> GPU copies through torch, DLPack hand-offs on the device (tested on the GPU machine)."""
+    """Host -> GPU through one reused pinned staging buffer, GPU -> host by torch, DLPack hand-offs
+    on the device (tested on the GPU machine)."""
 
     name = "cuda"
 
@@ -68,24 +68,13 @@ class CudaTransfer(Transfer):
             raise BackendUnavailableError(f"{device.id}: torch sees only {torch.cuda.device_count()} GPU(s)")
         self._torch = torch
         self._device = torch.device("cuda", device.index)
+        self._staging = tensors.PinnedStaging()
 
     def _to_device(self, value: Any) -> Any:
-        torch = self._torch
-        tensor = value if isinstance(value, torch.Tensor) else torch.from_dlpack(np.ascontiguousarray(value)
-                                                                                 if isinstance(value, np.ndarray)
-                                                                                 else value)
-        return tensor.to(self._device)
-
-    def _to_host(self, value: Any) -> np.ndarray:
-        torch = self._torch
-        tensor = value if isinstance(value, torch.Tensor) else torch.from_dlpack(value)
-        return np.asarray(tensor.detach().cpu().numpy())
-
-    def _hand_off(self, value: Any, framework: str) -> Any:
-        torch = self._torch
-        if framework == "numpy":
-            raise ConfigError(f"numpy reads host memory only; copy {self.device.id}'s tensor with to_host()")
-        return value if isinstance(value, torch.Tensor) else torch.from_dlpack(value)
+        if tensors.is_host(value):
+            host = value if isinstance(value, self._torch.Tensor) else tensors.host_view(value)
+            return self._staging.to_device(host, str(self._device))
+        return tensors.from_dlpack(value, "torch").to(self._device)  # no copy when it is on this GPU already
 
 
 class PinnedUploader:

@@ -9,9 +9,10 @@ an implementation's runtime is imported only when a device of its vendor asks fo
   staging for bulk weights (:class:`~aivmm.memory.PinnedUploader`); refused with the reason where
   torch sees no such GPU.
 
-Public methods validate and time (template methods); the vendor work is in the ``_hooks``.
-DLPack is the exchange: every framework aivmm speaks (numpy, torch, cupy, jax) exports and
-imports it, so a hand-off never copies and never goes through the host.
+Public methods time and count (template methods); the vendor work is in the ``_hooks``. DLPack
+is the exchange: every framework aivmm speaks (numpy, torch, cupy, jax) exports and imports it,
+so a hand-off never copies and never goes through the host. The tensor conversions themselves are
+:mod:`aivmm.backends.tensors` (one place for what a view or a copy of each framework is).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from __future__ import annotations
 import abc
 import importlib
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
+from aivmm.backends import tensors
 from aivmm.devices import Device, DeviceKind, Vendor
-from aivmm.errors import BackendUnavailableError, ConfigError, missing_extra
-
-FRAMEWORKS = ("numpy", "torch")
+from aivmm.errors import BackendUnavailableError
 
 
 class Transfer(abc.ABC):
@@ -37,91 +38,47 @@ class Transfer(abc.ABC):
     def __init__(self, device: Device) -> None:
         self.device = device
         self.seconds = 0.0  # time spent in copies and hand-offs through this object
-        self.nbytes = 0  # bytes moved to or from the device (hand-offs move none)
+        self.nbytes = 0  # bytes of the arrays moved to or from the device (hand-offs move none)
 
     def to_device(self, value: Any) -> Any:
-        """``value`` (numpy, a host torch tensor, any DLPack exporter) as the device's own tensor."""
-        return self._timed(self._to_device, value)
+        """``value`` (numpy, a torch tensor, any DLPack exporter) as the device's own tensor."""
+        return self._timed(self._to_device, value, count=True)
 
     def to_host(self, value: Any) -> np.ndarray:
-        """A numpy array in host memory with ``value``'s data."""
-        out: np.ndarray = self._timed(self._to_host, value)
+        """A numpy array in host memory with ``value``'s data (a view where it is host memory already)."""
+        out: np.ndarray = self._timed(self._to_host, value, count=True)
         return out
 
     def hand_off(self, value: Any, framework: str) -> Any:
-        """The same memory seen by ``framework`` ("numpy" or "torch") through DLPack: no copy."""
-        if framework not in FRAMEWORKS:
-            raise ConfigError(f"unknown framework {framework!r}; expected one of {list(FRAMEWORKS)}")
+        """The same memory seen by ``framework`` ("numpy", "torch", "cupy" or "jax") through DLPack:
+        never a copy; refused (InputError) where that framework cannot see the device's memory."""
+        return self._timed(lambda v: tensors.from_dlpack(v, framework), value, count=False)
+
+    def _timed(self, hook: Callable[[Any], Any], value: Any, *, count: bool) -> Any:
         start = time.perf_counter()
         try:
-            return self._hand_off(_exportable(value), framework)
+            out = hook(value)
         finally:
             self.seconds += time.perf_counter() - start
-
-    def _timed(self, hook: Any, value: Any) -> Any:
-        start = time.perf_counter()
-        out = hook(_exportable(value))
-        self.seconds += time.perf_counter() - start
-        self.nbytes += int(getattr(out, "nbytes", 0) or 0)
+        if count:
+            self.nbytes += int(getattr(out, "nbytes", 0) or 0)
         return out
 
     @abc.abstractmethod
     def _to_device(self, value: Any) -> Any: ...
 
-    @abc.abstractmethod
-    def _to_host(self, value: Any) -> np.ndarray: ...
-
-    @abc.abstractmethod
-    def _hand_off(self, value: Any, framework: str) -> Any: ...
+    def _to_host(self, value: Any) -> np.ndarray:
+        return tensors.to_numpy(value)
 
 
 class CpuTransfer(Transfer):
-    """The host: every move is a view of the same memory where the source allows it."""
+    """The host: moving is a view of the same memory (bfloat16 is seen as its uint16 bits, the
+    carrier numpy has for it, as everywhere in aivmm)."""
 
     name = "cpu"
 
     def _to_device(self, value: Any) -> np.ndarray:
-        return _host_view(value)
-
-    def _to_host(self, value: Any) -> np.ndarray:
-        return _host_view(value)
-
-    def _hand_off(self, value: Any, framework: str) -> Any:
-        if framework == "numpy":
-            return _host_view(value)
-        torch = _import("torch", "torch")
-        if isinstance(value, torch.Tensor):
-            return value
-        return torch.from_dlpack(value)
-
-
-def _exportable(value: Any) -> Any:
-    """A torch tensor that records gradients cannot export DLPack; its data can (no copy)."""
-    detach = getattr(value, "detach", None)
-    if callable(detach) and getattr(value, "requires_grad", False):
-        return detach()
-    return value
-
-
-def _host_view(value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "__dlpack__"):
-        try:
-            return np.from_dlpack(value)
-        except (RuntimeError, BufferError, TypeError) as exc:  # a dtype numpy lacks (bfloat16), device memory
-            raise ConfigError(
-                f"a {type(value).__module__}.{type(value).__name__} of dtype {getattr(value, 'dtype', '?')} cannot "
-                f"be viewed as a host numpy array ({exc}); convert it to a numpy dtype first"
-            ) from exc
-    return np.asarray(value)
-
-
-def _import(module: str, extra: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise missing_extra(module, extra) from exc
+        return tensors.host_view(value)
 
 
 # (kind, vendor) -> "module:Class"; a vendor's module is imported only when its device asks.
