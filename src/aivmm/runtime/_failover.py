@@ -61,14 +61,9 @@ class Failover:
         log.warning("device %s taken out of service: %s", device_id, reason)
         self._ledger.set_capacity(device_id, 0)
         for handle in self._catalog.handles().values():
-            lost = [r for r in handle.replicas if r.device.id == device_id]
+            lost = handle.drop_replicas_on(device_id)
             if not lost:
                 continue
-            for r in lost:
-                r.healthy = False
-            with handle.lock:
-                handle.replicas = [r for r in handle.replicas if r.healthy]
-            handle.refresh_fast_path()
             if not handle.replicas:
                 self._replace(handle, lost[0])
             for r in lost:

@@ -127,6 +127,22 @@ class ModelHandle:
         batching has no queue (ConfigError)."""
         return self._dispatcher.enqueue(self, feeds, RequestOptions(**options))
 
+    def add_replica(self, replica: Replica) -> None:
+        """Serve from ``replica`` too (the loader calls this once it is registered)."""
+        with self.lock:
+            self.replicas.append(replica)
+
+    def drop_replicas_on(self, device_id: str) -> list[Replica]:
+        """Stop serving from the replicas on ``device_id`` (it failed); returns them, marked unhealthy."""
+        with self.lock:
+            lost = [r for r in self.replicas if r.device.id == device_id]
+            for r in lost:
+                r.healthy = False
+            self.replicas = [r for r in self.replicas if r.healthy]
+        if lost:
+            self.refresh_fast_path()
+        return lost
+
     def start_draining(self) -> bool:
         """Take no new requests from now on; False when it was already draining or unloaded."""
         with self.lock:

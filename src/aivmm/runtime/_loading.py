@@ -130,8 +130,7 @@ class ModelLoader:
         replica = Replica(handle.name, index, handle.spec, config, device, footprint, isolation=handle.isolation)
         self._dispatcher.attach(handle, replica)
         self._residency.register(replica)
-        with handle.lock:
-            handle.replicas.append(replica)
+        handle.add_replica(replica)
         return replica
 
     def _too_large(
@@ -188,8 +187,7 @@ class ModelLoader:
         pipeline.tier = Tier.DEVICE
         # The stages are pinned, so the pipeline itself never waits for a load: no prefetch.
         self._dispatcher.attach(handle, pipeline, prefetch_when_stalled=False)
-        with handle.lock:
-            handle.replicas.append(pipeline)
+        handle.add_replica(pipeline)
         handle.events.append(
             f"split into {len(plan.stages)} stages on {', '.join(s.device for s in plan.stages)}:"
             f" {format_bytes(footprint.total)} does not fit {first.id}'s budget of"
