@@ -9,6 +9,11 @@ preallocated ping-pong KV buffers, argmax in numpy, nothing else. onnxruntime-ge
 ONNX file through a genai_config.json written for it. Then 1, 4 and 16 concurrent streams of
 ``generate`` (threads) give aggregate tokens/s through aivmm's continuous batching.
 
+aivmm runs decode shapes that recur on fixed-shape sessions (built in the background, see
+``aivmm.llm._runners.FixedShapes``): the measured rounds follow a warm-up round (and each stream
+count a warm-up load) after which those are built, as in a server that has been running;
+``aivmm_symbolic`` is the same model and scheduler with every step on the symbolic session.
+
     python benchmarks/llm_cpu.py [--rounds 7] [--tokens 128] [--streams 1,4,16] [--duration 4]
 """
 
@@ -173,9 +178,19 @@ def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pa
     llm = vmm.deploy(folder, batching={"max_batch_size": max(args.streams)})  # the planner picks the runner
     session = llm._runner.session  # the same ORT session (same options) the raw loop drives directly
     genai = og.Model(str(_llm_models.write_genai_config(folder, tmp / f"genai-{kind}")))
-    rounds: dict[str, list[float]] = {"raw": [], "raw_pybind": [], "raw_static": [], "aivmm": [], "genai": []}
+    rounds: dict[str, list[float]] = {
+        "raw": [],
+        "raw_pybind": [],
+        "raw_static": [],
+        "aivmm": [],
+        "aivmm_symbolic": [],
+        "genai": [],
+    }
     same = True
-    for _ in range(args.rounds + 1):  # the first round warms up and is dropped
+    fixed = llm._runner.fixed  # fixed-shape decode sessions, built for shapes that recur
+    for rnd in range(args.rounds + 1):  # the first round warms up and is dropped
+        if rnd == 1 and fixed is not None:
+            fixed.wait_idle(120)  # the shapes the warm-up round hit: what a server in use has
         dt, raw_ids = raw_iobinding_loop(session, llm.info.kv, prompt, n)
         rounds["raw"].append(dt / (n - 1))
         dt, _ = raw_iobinding_loop(session, llm.info.kv, prompt, n, pybind=True)
@@ -184,6 +199,13 @@ def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pa
         rounds["raw_static"].append(dt / (n - 1))
         g = llm.generate(prompt, max_new_tokens=n, ignore_eos=True)
         rounds["aivmm"].append((g.total_s - g.ttft_s) / (n - 1))
+        llm._runner.fixed = None  # the same session and scheduler, every step on the symbolic session
+        try:
+            g0 = llm.generate(prompt, max_new_tokens=n, ignore_eos=True)
+        finally:
+            llm._runner.fixed = fixed
+        rounds["aivmm_symbolic"].append((g0.total_s - g0.ttft_s) / (n - 1))
+        same = same and g0.token_ids == g.token_ids
         dt, genai_ids = genai_loop(genai, prompt, n)
         rounds["genai"].append(dt / (n - 1))
         same = same and list(g.token_ids) == raw_ids == genai_ids == static_ids
@@ -192,10 +214,17 @@ def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pa
     ratio_pybind = statistics.median(a / r for a, r in zip(rounds["aivmm"][1:], rounds["raw_pybind"][1:], strict=True))
     ratio_static = statistics.median(a / r for a, r in zip(rounds["aivmm"][1:], rounds["raw_static"][1:], strict=True))
     ratio_genai = statistics.median(a / r for a, r in zip(rounds["aivmm"][1:], rounds["genai"][1:], strict=True))
+    ratio_sym_genai = statistics.median(
+        a / r for a, r in zip(rounds["aivmm_symbolic"][1:], rounds["genai"][1:], strict=True)
+    )
     from aivmm.llm._bench import closed_loop
 
     streams = {}
     for c in args.streams:
+        # a warm-up load first: the shapes of c rows recur, and their sessions are built meanwhile
+        closed_loop(llm, c, min(2.0, args.duration), prompt_tokens=args.prompt, new_tokens=n)
+        if fixed is not None:
+            fixed.wait_idle(120)
         r = closed_loop(llm, c, args.duration, prompt_tokens=args.prompt, new_tokens=n)
         streams[str(c)] = {
             "tokens_per_s": round(r.tokens_per_s, 1),
@@ -207,6 +236,7 @@ def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pa
     base = streams[str(args.streams[0])]["tokens_per_s"]
     for v in streams.values():
         v["x_of_first"] = round(v["tokens_per_s"] / base, 2) if base else None
+    shapes = sorted(f"{b}x{m}" for b, m in fixed.ready) if fixed is not None else []
     vmm.close()
     return {
         "runner": llm.generation_plan.chosen.label,
@@ -215,6 +245,8 @@ def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pa
         "aivmm_over_raw_pybind_iobinding": round(ratio_pybind, 3),
         "aivmm_over_raw_static_iobinding": round(ratio_static, 3),
         "aivmm_over_genai": round(ratio_genai, 3),
+        "aivmm_symbolic_only_over_genai": round(ratio_sym_genai, 3),
+        "fixed_shape_sessions": shapes,
         "same_tokens_all_three": same,
         "streams": streams,
     }

@@ -52,6 +52,29 @@ def test_greedy_equals_hf_generate(which: str, request: pytest.FixtureRequest, h
         assert got.text == model.detokenize(ref)
 
 
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+def test_fixed_shape_sessions_give_hf_tokens(which: str, request: pytest.FixtureRequest, hf_reference: Any) -> None:
+    """Decode steps on sessions built for their exact (batch, past) shape choose the same tokens."""
+    model = request.getfixturevalue(which)
+    fixed = model._runner.fixed
+    assert fixed is not None and any("fixed" in r for r in model.generation_plan.reasons)
+    for shape in ((1, 32), (1, 64)):
+        fixed.request(shape)
+    assert fixed.wait_idle(60) and not fixed.failed
+    assert {(1, 32), (1, 64)} <= set(fixed.ready)
+    before = sum(b.steps for b in fixed.ready.values())
+    ids = model.tokenize(PROMPTS[0])
+    got = model.generate(ids, max_new_tokens=40, ignore_eos=True)
+    assert sum(b.steps for b in fixed.ready.values()) - before >= 30  # most steps ran on them
+    ref = hf_reference(which, ids, 40)  # HF stops at EOS, ignore_eos goes on
+    assert list(got.token_ids[: len(ref)]) == ref
+    model._runner.fixed = None  # the symbolic session alone, past EOS too
+    try:
+        assert model.generate(ids, max_new_tokens=40, ignore_eos=True).token_ids == got.token_ids
+    finally:
+        model._runner.fixed = fixed
+
+
 def test_stream_matches_generate(llama: Any) -> None:
     g = llama.generate("Once upon a time", max_new_tokens=30, ignore_eos=True)
     events = list(llama.stream("Once upon a time", max_new_tokens=30, ignore_eos=True))

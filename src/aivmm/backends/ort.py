@@ -27,7 +27,7 @@ import os
 import pathlib
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -334,10 +334,12 @@ def _no_spinning(so: Any) -> None:
 
 
 def cpu_session(path: str | os.PathLike[str], *, graph_optimization_level: str = "all", threads: int | None = None,
-                allow_spinning: bool = True, optimized_model_path: str | os.PathLike[str] | None = None) -> Any:
+                allow_spinning: bool = True, optimized_model_path: str | os.PathLike[str] | None = None,
+                free_dims: Sequence[tuple[str, int]] = ()) -> Any:
     """A plain ``onnxruntime.InferenceSession`` on the CPU execution provider, for aivmm's own uses of
     ONNX Runtime's API outside a :class:`Session`: the fp32 reference of the accuracy checks, the graph
-    passes (which write ``optimized_model_path``), the LLM step runner's IOBinding.
+    passes (which write ``optimized_model_path``), the LLM step runner's IOBinding. ``free_dims``:
+    (dimension name, value) pairs fixed in the graph (the LLM runner's fixed-shape decode sessions).
 
     Raises BackendUnavailableError when onnxruntime is not installed, ConfigError on an unknown level;
     ONNX Runtime's own exception when the model does not load (the caller says what it was loading for).
@@ -358,6 +360,8 @@ def cpu_session(path: str | os.PathLike[str], *, graph_optimization_level: str =
         _no_spinning(so)
     if optimized_model_path is not None:
         so.optimized_model_filepath = str(optimized_model_path)
+    for name, value in free_dims:
+        so.add_free_dimension_override_by_name(name, value)
     return ort.InferenceSession(str(path), so, providers=[_ort_providers.CPU.provider])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import pathlib
 import queue
@@ -33,7 +34,11 @@ OPTIONS = {
     "kv_cache_tokens": None,  # KV pool size; None: max_batch_size x context (capped by the ledger)
     "block_size": 16,  # tokens per KV block (accounting and prefix reuse)
     "prefix_cache_blocks": 256,  # 0 disables prefix reuse
+    "fixed_shape_sessions": 8,  # decode sessions specialised to a recurring shape (small models); 0: none
 }
+# Fixed-shape sessions pay off where the graph's shape arithmetic is a large part of a step (small
+# decoders); each one holds its own pre-packed copy of the weights, so bigger models do without.
+FIXED_SHAPE_MAX_WEIGHTS = 64 << 20
 
 
 class _Handle:
@@ -59,8 +64,6 @@ class _Handle:
         return await asyncio.to_thread(self.infer, feeds)
 
     def stats(self) -> dict[str, Any]:
-        import dataclasses
-
         return dataclasses.asdict(self._scheduler.stats())
 
 
@@ -99,7 +102,14 @@ class DeployedLLM(DeployedModel):
         self._weights_key = f"llm:{name}/weights"
         self._ledger = ledger
         src = pathlib.Path(spec.source)
-        ledger.reserve(self._weights_key, device, spec.size_bytes if src.is_dir() else _file_bytes(src))
+        weights = spec.size_bytes if src.is_dir() else _file_bytes(src)
+        ledger.reserve(self._weights_key, device, weights)
+        note = self._specialise(runner, int(options["fixed_shape_sessions"]), weights, f"llm:{name}/shape")
+        if note is not None:  # the decision and its reason are part of the plan
+            self.generation_plan = generation_plan = dataclasses.replace(
+                generation_plan, reasons=(*generation_plan.reasons, note)
+            )
+            plan = dataclasses.replace(plan, notes=(*plan.notes, note))
         pool = BlockPool(ledger, device, f"llm:{name}/kv", bpt, cap, bs)
         prefix = PrefixCache(ledger, device, f"llm:{name}/prefix", bpt * bs, int(options["prefix_cache_blocks"]), bs)
         tok = self.codec.tokenizer if self.codec is not None else None
@@ -127,6 +137,26 @@ class DeployedLLM(DeployedModel):
             has_chat_template=self.codec is not None and self.codec.chat_template is not None,
             kv=layout,
         )
+
+    def _specialise(self, runner: Any, max_sessions: int, weights: int, key: str) -> str | None:
+        """Let the runner build fixed-shape decode sessions, each charged to the ledger; the plan's note."""
+        specialise = getattr(runner, "specialise", None)
+        if specialise is None or max_sessions <= 0:
+            return None
+        if weights > FIXED_SHAPE_MAX_WEIGHTS:
+            return (
+                f"no fixed-shape decode sessions: {weights} B of weights > {FIXED_SHAPE_MAX_WEIGHTS} B "
+                "(the shape arithmetic is a small part of such a step, and each session copies the weights)"
+            )
+        ledger, device = self._ledger, self._device
+
+        def reserve(shape: tuple[int, int]) -> bool:
+            return ledger.try_reserve(f"{key}/{shape[0]}x{shape[1]}", device, weights)
+
+        def release(shape: tuple[int, int]) -> None:
+            ledger.release(f"{key}/{shape[0]}x{shape[1]}")
+
+        return str(specialise(max_sessions, reserve, release))
 
     def __repr__(self) -> str:
         c = self.generation_plan.chosen
@@ -302,6 +332,9 @@ class DeployedLLM(DeployedModel):
     def _shutdown(self) -> None:
         """Stop the scheduler and give every byte back to the ledger (called by VMM._forget)."""
         self._scheduler.close()
+        close = getattr(self._runner, "close", None)
+        if close is not None:
+            close()
         self._ledger.release(self._weights_key)
         self._handle.unloaded = True
 
@@ -425,6 +458,7 @@ def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -
         ("block_size", 1),
         ("prefix_cache_blocks", 0),
         ("kv_cache_tokens", 1),
+        ("fixed_shape_sessions", 0),
     ):
         v = options[key]
         if v is None and key == "kv_cache_tokens":
