@@ -1,7 +1,7 @@
 """Runtimes as plugins: one adapter per runtime behind :class:`Backend`, and the registry."""
 
 from aivmm.backends._base import Backend, Config, LoadReport, Session, Support
-from aivmm.backends._info import BackendInfo, OptionEffect
+from aivmm.backends._info import BackendInfo, OptionEffect, distribution_versions
 from aivmm.backends.registry import BackendEntry, entries, get, names, refresh, register, unregister
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "OptionEffect",
     "Session",
     "Support",
+    "distribution_versions",
     "entries",
     "get",
     "names",

@@ -244,6 +244,12 @@ class Backend(abc.ABC):
     def info(self) -> BackendInfo:
         """Everything the planner and the plan cache need to know about this backend (see BackendInfo)."""
 
+    def versions(self) -> dict[str, str]:
+        """What changes this backend's measurements, for the plan cache's key: ``info().versions``
+        unless overridden. Read on every cache hit, so the built-ins answer from package metadata
+        instead of importing their runtime (``info()`` may import it)."""
+        return dict(self.info().versions)
+
     @abc.abstractmethod
     def drives(self, device: Device) -> Support:
         """Whether this runtime can drive the device, without initialising it where possible."""

@@ -5,23 +5,40 @@ Every fact the planner needs about a runtime lives here, filled in by the backen
 the formats, devices and precisions it runs; the options worth enumerating and what each value
 does (:class:`OptionEffect`: compute and per-call factors, seconds of compilation, whether it only
 chooses how the graph is run); its fixed cost per call; the option that sets CPU threads; and the
-versions that change what it measures (the plan cache's key). A backend registered by entry point
+versions that change what it measures (the plan cache's key, through ``Backend.versions()``, which
+built-ins answer from package metadata so a cache hit imports no runtime). A backend registered by entry point
 is planned, costed and cached from its ``info()`` alone: nothing in the planner names a backend.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
+from importlib import metadata
 from types import MappingProxyType
 from typing import Any
 
-from aivmm.devices._types import DeviceKind
+from aivmm.devices import DeviceKind
 from aivmm.dtypes import Precision
-from aivmm.models._spec import ModelFormat
+from aivmm.models import ModelFormat
 
 # A backend that states no figure of its own: a Python binding, input checks and one dispatch.
 DEFAULT_CALL_OVERHEAD_MS = 0.05
+
+
+@functools.cache  # parsing METADATA costs milliseconds, and the loaded runtime does not change
+def _dist_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def distribution_versions(*dists: str) -> dict[str, str]:
+    """The installed version of each distribution that is installed, from package metadata (nothing
+    imported): what a backend's ``versions()`` can answer with on a plan-cache hit."""
+    return {dist: v for dist in dists if (v := _dist_version(dist)) is not None}
 
 
 @dataclasses.dataclass(frozen=True)

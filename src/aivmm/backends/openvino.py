@@ -29,7 +29,7 @@ import numpy as np
 from aivmm._storage import cache_dir as storage_cache_dir
 from aivmm.backends import _openvino_devices as ovd
 from aivmm.backends._base import Backend, Config, LoadReport, Session, Support
-from aivmm.backends._info import BackendInfo, OptionEffect
+from aivmm.backends._info import BackendInfo, OptionEffect, distribution_versions
 from aivmm.backends.tensors import check_output_kind, convert_outputs, to_numpy
 from aivmm.devices._types import Device, DeviceKind
 from aivmm.dtypes import Precision
@@ -157,8 +157,12 @@ class OpenVinoBackend(Backend):
             _STATIC_INFO,
             device_kinds=frozenset(kinds),
             precisions=frozenset(Precision),
-            versions={"openvino": openvino.get_version(), "devices": ",".join(self._devices)},
+            versions={**self.versions(), "openvino": openvino.get_version(), "devices": ",".join(self._devices)},
         )
+
+    def versions(self) -> dict[str, str]:
+        # From package metadata: a plan-cache hit must not import the runtime or open a Core.
+        return distribution_versions("openvino") if self.available() else {}
 
     def drives(self, device: Device) -> Support:
         if device.simulated:

@@ -35,7 +35,7 @@ import numpy as np
 from aivmm._storage import cache_dir as storage_cache_dir
 from aivmm.backends import _ort_ops, _ort_providers
 from aivmm.backends._base import Backend, Config, LoadReport, Session, Support
-from aivmm.backends._info import BackendInfo, OptionEffect
+from aivmm.backends._info import BackendInfo, OptionEffect, distribution_versions
 from aivmm.backends.tensors import (
     DLPACK_CUDA,
     Framework,
@@ -165,9 +165,16 @@ class OrtBackend(Backend):
             _STATIC_INFO,
             device_kinds=frozenset(kinds),
             precisions=precisions,
-            versions={"onnxruntime": onnxruntime.__version__,
+            versions={**self.versions(), "onnxruntime": onnxruntime.__version__,
                       "providers": ",".join(sorted(self._providers))},
         )
+
+    def versions(self) -> dict[str, str]:
+        # Which onnxruntime wheel (the -gpu and -openvino builds carry other providers) and its version,
+        # from package metadata: a plan-cache hit must not import the runtime.
+        if not self.available():
+            return {}
+        return distribution_versions("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnx")
 
     def drives(self, device: Device) -> Support:
         if device.simulated:

@@ -206,6 +206,9 @@ class SimulatedBackend(Backend):
             precisions=frozenset({Precision.FP32, Precision.FP16, Precision.BF16}) | inner.precisions,
         )
 
+    def versions(self) -> dict[str, str]:
+        return self._ort().versions()
+
     def drives(self, device: Device) -> Support:
         if not device.simulated:
             return Support.no(f"{device.id} is a real device; the simulated backend drives simulated devices only")

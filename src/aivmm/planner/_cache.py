@@ -8,7 +8,6 @@ key, so invalidation is by construction; entries are small JSON files written at
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -16,13 +15,12 @@ import os
 import pathlib
 import tempfile
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 
 from aivmm._version import __version__
-from aivmm.backends import registry
+from aivmm.backends import distribution_versions, registry
 from aivmm.devices._types import Device
 from aivmm.optimize._cache import cache_dir
 
@@ -33,23 +31,14 @@ log = logging.getLogger(__name__)
 PLANNER_DISTRIBUTIONS = ("onnx",)
 
 
-@functools.cache
-def _dist_version(dist: str) -> str | None:
-    # Memoised per process: parsing METADATA costs milliseconds each, which a cache hit cannot
-    # afford, and a runtime upgraded on disk is not the one this process has loaded anyway.
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def backend_versions(name: str) -> dict[str, str] | str:
-    """What the backend says changes its measurements (``BackendInfo.versions``), or why it has none."""
+    """What the backend says changes its measurements (``Backend.versions()``, by default its
+    ``BackendInfo.versions``), or why it has none."""
     try:
         backend = registry.get(name)
         if not backend.available():
             return "unavailable"
-        return dict(backend.info().versions)
+        return backend.versions()
     except Exception as exc:  # a plugin that cannot describe itself is keyed as such, not fatal to planning
         log.warning("backend %s cannot describe itself for the plan cache key: %r", name, exc)
         return f"unavailable: {type(exc).__name__}"
@@ -57,11 +46,7 @@ def backend_versions(name: str) -> dict[str, str] | str:
 
 def runtime_versions(backends: Sequence[str]) -> dict[str, Any]:
     """aivmm's version, the planner's dependencies and every planned backend's versions."""
-    out: dict[str, Any] = {"aivmm": __version__}
-    for dist in PLANNER_DISTRIBUTIONS:
-        version = _dist_version(dist)
-        if version is not None:
-            out[dist] = version
+    out: dict[str, Any] = {"aivmm": __version__, **distribution_versions(*PLANNER_DISTRIBUTIONS)}
     out["backends"] = {name: backend_versions(name) for name in sorted(backends)}
     return out
 

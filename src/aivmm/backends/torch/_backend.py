@@ -13,11 +13,10 @@ import pathlib
 import shutil
 import threading
 from collections.abc import Iterator
-from importlib import metadata
 from typing import Any
 
 from aivmm.backends._base import Backend, Config, Session, Support
-from aivmm.backends._info import BackendInfo, OptionEffect
+from aivmm.backends._info import BackendInfo, OptionEffect, distribution_versions
 from aivmm.backends.torch._devices import is_cuda
 from aivmm.devices._types import Device, DeviceKind
 from aivmm.dtypes import Precision
@@ -63,14 +62,6 @@ _DATA_DEPENDENT = ("If", "Loop", "Scan", "NonZero", "Compress")
 _PRECISION_DTYPES = {Precision.FP32: "float32", Precision.FP16: "float16", Precision.BF16: "bfloat16"}
 
 
-@functools.cache  # parsing METADATA costs milliseconds, and the loaded torch does not change
-def _dist_version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 class TorchBackend(Backend):
     name = "torch"
     extra = "torch"
@@ -87,10 +78,11 @@ class TorchBackend(Backend):
 
     @functools.cache  # noqa: B019 - one instance per process (the registry's)
     def info(self) -> BackendInfo:
-        # Versions from package metadata: the plan cache reads them on every hit, and importing torch
-        # for that would cost a second.
-        versions = {dist: v for dist in ("torch", "onnx") if (v := _dist_version(dist)) is not None}
-        return dataclasses.replace(_STATIC_INFO, versions=versions if self.available() else {})
+        return dataclasses.replace(_STATIC_INFO, versions=self.versions())
+
+    def versions(self) -> dict[str, str]:
+        # From package metadata: importing torch to read its version would cost a second.
+        return distribution_versions("torch", "onnx") if self.available() else {}
 
     def drives(self, device: Device) -> Support:
         if not self.available():
