@@ -257,3 +257,34 @@ def test_close_fails_requests_in_flight_and_frees_everything(vmm: aivmm.VMM, tin
         m.generate([5], max_new_tokens=2)
     assert "closing" not in vmm.models()
     assert not [e for e in vmm.engine.ledger.entries() if e.key.startswith("llm:closing/")]
+
+
+def test_chunked_prefill_interleaves_decode_steps(vmm: aivmm.VMM, tiny_llama_dir: pathlib.Path, llama: Any) -> None:
+    """A long prompt prefills 16 tokens at a time between decode steps of a running stream; the tokens of
+    both equal those of the model prefilling whole (``llama``: the default chunk exceeds these prompts)."""
+    llm = vmm.deploy(tiny_llama_dir, name="chunked", measure=False, batching={"prefill_chunk_tokens": 16})
+    long_prompt = [int(t) for t in range(10, 130)]  # 120 tokens: 8 chunks
+    runner = llm._scheduler.runner
+    calls: list[tuple[int, int, int]] = []
+    real = runner.run
+
+    def logged(batch: int, past: int, seq: int, *rest: Any) -> None:
+        calls.append((batch, past, seq))
+        real(batch, past, seq, *rest)
+
+    runner.run = logged
+    try:
+        stream = llm.stream("Once upon a time", max_new_tokens=60, ignore_eos=True)
+        first = [next(stream)]  # the short request is decoding
+        long_gen = llm.generate(long_prompt, max_new_tokens=8, ignore_eos=True)
+        short = [*first, *stream]
+    finally:
+        del runner.run
+        llm.close()
+    chunks = [i for i, (b, past, seq) in enumerate(calls) if b == 1 and seq == 16]
+    assert len(chunks) >= 7 and [calls[i][1] for i in chunks[:3]] == [0, 16, 32]
+    between = [c for c in calls[chunks[0] : chunks[-1]] if c[2] == 1]
+    assert len(between) >= len(chunks) - 1  # a decode step of the running stream after every chunk
+    assert long_gen.token_ids == llama.generate(long_prompt, max_new_tokens=8, ignore_eos=True).token_ids
+    whole = llama.generate("Once upon a time", max_new_tokens=60, ignore_eos=True).token_ids
+    assert tuple(ev.token_id for ev in short) == whole

@@ -34,6 +34,7 @@ OPTIONS = {
     "kv_cache_tokens": None,  # KV pool size; None: max_batch_size x context (capped by the ledger)
     "block_size": 16,  # tokens per KV block (accounting and prefix reuse)
     "prefix_cache_blocks": 256,  # 0 disables prefix reuse
+    "prefill_chunk_tokens": 256,  # a longer prompt prefills in chunks between decode steps; None: whole
     "fixed_shape_sessions": 8,  # decode sessions specialised to a recurring shape (small models); 0: none
 }
 # Fixed-shape sessions pay off where the graph's shape arithmetic is a large part of a step (small
@@ -124,6 +125,7 @@ class DeployedLLM(DeployedModel):
             max_waiting=int(options["max_waiting"]),
             tokenizer=tok,
             decode_text=self.codec.decode if self.codec is not None else None,
+            prefill_chunk=options["prefill_chunk_tokens"],
         )
         super().__init__(vmm, name, spec, plan, _Handle(runner, self._scheduler))
         self._engine_name = None  # type: ignore[assignment]  # not an engine entry: the scheduler runs it
@@ -459,9 +461,10 @@ def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -
         ("prefix_cache_blocks", 0),
         ("kv_cache_tokens", 1),
         ("fixed_shape_sessions", 0),
+        ("prefill_chunk_tokens", 1),
     ):
         v = options[key]
-        if v is None and key == "kv_cache_tokens":
+        if v is None and key in ("kv_cache_tokens", "prefill_chunk_tokens"):
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ConfigError(f"LLM option {key} must be an integer >= {low}, got {v!r}")

@@ -22,7 +22,7 @@ import numpy as np
 
 from aivmm.errors import AivmmError, ExecutionError, ModelClosedError, OutOfMemoryError, OverloadedError
 from aivmm.llm._blocks import BlockPool, PrefixCache
-from aivmm.llm._kvstore import BatchKV, PrefillKV, StaticBatchKV
+from aivmm.llm._kvstore import BatchKV, PrefillKV, StaticBatchKV, _Sides
 from aivmm.llm._sampling import Sampler
 from aivmm.llm._types import FinishReason, Generation, KVLayout, LLMStats, TokenEvent
 
@@ -107,8 +107,11 @@ class Scheduler:
         max_waiting: int,
         tokenizer: Any,
         decode_text: Callable[[list[int]], str] | None,
+        prefill_chunk: int | None = None,
     ) -> None:
         self.name = name
+        # a prompt longer than this prefills in chunks of it, one per decode step of the running rows
+        self.prefill_chunk = prefill_chunk
         self.runner = runner
         self.layout = layout
         self.vocab = layout.vocab_size
@@ -132,6 +135,9 @@ class Scheduler:
         self._arange = np.arange(context + 1, dtype=np.int64)
         self.rows: list[Request] = []
         self._group: _GroupPrefill | None = None
+        self._chunk: _ChunkedPrefill | None = None  # the one prompt being prefilled in chunks
+        self._chunk_kv: PrefillKV | None = None  # its buffers, kept for the next long prompt
+        self.prefill_chunks_total = 0
         self._all_fast = True
         self.waiting: collections.deque[Request] = collections.deque()
         self._incoming: list[Request] = []
@@ -194,7 +200,9 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not (self._stopping or self._incoming or self.rows or self._admissible()):
+                while not (
+                    self._stopping or self._incoming or self.rows or self._chunk is not None or self._admissible()
+                ):
                     self._cv.wait(1.0)
                 if self._stopping:
                     break
@@ -212,8 +220,9 @@ class Scheduler:
                 self._membership_changed()
         closed = ModelClosedError(f"model {self.name!r} was closed")
         with self._cv:
-            left = [*self.rows, *self.waiting, *self._incoming]
+            left = [*self.rows, *self.waiting, *self._incoming, *([self._chunk.req] if self._chunk else [])]
             self._incoming.clear()
+        self._chunk = None
         self.waiting.clear()
         self.rows = []
         for r in left:
@@ -227,6 +236,8 @@ class Scheduler:
         if any(r.cancelled for r in rows):
             self._drop([i for i, r in enumerate(rows) if r.cancelled])
         self._admit()
+        if self._chunk is not None:
+            self._prefill_next_chunk()
         if self.rows:
             self._decode()
 
@@ -240,6 +251,8 @@ class Scheduler:
                     self._prefill_group(ready)
                 except Exception as exc:  # the loop fails self.rows; fail the admitted ones not yet in it
                     err = exc if isinstance(exc, AivmmError) else ExecutionError(f"prefill failed: {exc}")
+                    if self._chunk is not None and self._chunk.req in ready:
+                        self._chunk = None
                     for r in ready:
                         if r not in self.rows:
                             self._fail(r, err)
@@ -247,12 +260,16 @@ class Scheduler:
 
     def _take_ready(self, ready: list[Request]) -> None:
         waiting, batch = self.waiting, self.batch
-        while waiting and len(self.rows) + len(ready) < batch.max_batch:
+        chunk = self.prefill_chunk
+        while waiting and len(self.rows) + len(ready) + (self._chunk is not None) < batch.max_batch:
             req = waiting[0]
             if req.cancelled:
                 waiting.popleft()
                 self._finish(req, FinishReason.CANCELLED)
                 continue
+            if chunk is not None and len(req.prompt) > chunk:
+                if self._chunk is not None or any(len(r.prompt) > chunk for r in ready):
+                    return  # one prompt prefills in chunks at a time; the next long one waits its turn
             need = min(len(req.prompt) + req.max_new, self.context)
             if need > self.pool.capacity_tokens:
                 waiting.popleft()
@@ -288,9 +305,12 @@ class Scheduler:
     def _prefill_group(self, reqs: list[Request]) -> None:
         """Prompts admitted together run as one padded prefill; a reused prefix runs on its own."""
         plain = []
+        chunk = self.prefill_chunk
         for req in reqs:
             blocks = self.prefix.lookup(req.prompt)
-            if blocks or len(reqs) == 1:
+            if chunk is not None and len(req.prompt) - len(blocks) * self.prefix.block_size > chunk:
+                self._start_chunks(req, blocks)
+            elif blocks or len(reqs) == 1:
                 self._prefill(req, blocks)
             else:
                 plain.append(req)
@@ -342,14 +362,51 @@ class Scheduler:
         pos = self._arange[k:p].reshape(1, n)
         mask = self._ones[:p].reshape(1, p)
         self.runner.run(1, k, n, ids, pos, mask, pre.kv.ptrs[0], pre.kv.ptrs[1], self._prefill_logits)
-        present = pre.present(p)
-        self.prefix.insert(prompt, present)
+        self._prefilled(req, pre.present(p), n)
+
+    def _prefilled(self, req: Request, present: list[np.ndarray], n: int) -> None:
+        """The prompt's KV is in ``present`` and its last ``n`` logits rows in the prefill buffer."""
+        self.prefix.insert(req.prompt, present)
         row = self._prefill_logits[(n - 1) * self.vocab : n * self.vocab]
         tok, lp, tops = req.sampler.pick(row)
         if not self._accept(req, tok, lp, tops):
-            self.batch.add(present, p, tok)
+            self.batch.add(present, len(req.prompt), tok)
             self.rows.append(req)
             self._membership_changed()
+
+    def _start_chunks(self, req: Request, blocks: list[np.ndarray]) -> None:
+        if self._chunk_kv is None:
+            self._chunk_kv = PrefillKV(self.layout, self.context, getattr(self.runner, "register", None))
+        self._chunk = _ChunkedPrefill(req, self._chunk_kv.kv, self._chunk_kv.load_prefix(blocks))
+
+    def _prefill_next_chunk(self) -> None:
+        """Run the next chunk of the prompt being prefilled in chunks (its KV ping-pongs between sides)."""
+        c = self._chunk
+        assert c is not None and self.prefill_chunk is not None
+        req = c.req
+        if req.cancelled:
+            self._chunk = None
+            self._finish(req, FinishReason.CANCELLED)
+            return
+        k, p = c.done, len(req.prompt)
+        n = min(self.prefill_chunk, p - k)
+        ids = np.asarray(req.prompt[k : k + n], dtype=np.int64).reshape(1, n)
+        pos = self._arange[k : k + n].reshape(1, n)
+        mask = self._ones[: k + n].reshape(1, k + n)
+        sides = c.sides
+        try:
+            self.runner.run(1, k, n, ids, pos, mask, sides.ptrs[c.side], sides.ptrs[c.side ^ 1], self._prefill_logits)
+        except Exception as exc:
+            self._chunk = None
+            self._fail(req, exc if isinstance(exc, AivmmError) else ExecutionError(f"prefill failed: {exc}"))
+            raise
+        self.prefill_chunks_total += 1
+        c.side ^= 1
+        c.done = k + n
+        if c.done < p:
+            return
+        self._chunk = None
+        self._prefilled(req, [sides.view(c.side, j, 1, p) for j in range(len(sides.bufs[0]))], n)
 
     def _decode(self) -> None:
         batch = self.batch
@@ -497,12 +554,22 @@ class Scheduler:
         r.on_done(err)
 
 
+class _ChunkedPrefill:
+    """A prompt prefilled in chunks: how many of its tokens are in the KV and which side holds them."""
+
+    __slots__ = ("done", "req", "side", "sides")
+
+    def __init__(self, req: Request, sides: _Sides, done: int) -> None:
+        self.req = req
+        self.sides = sides
+        self.done = done
+        self.side = 0  # load_prefix wrote the reused prefix (if any) into side 0
+
+
 class _GroupPrefill:
     """Buffers for prompts prefilled together: KV of up to ``rows`` prompts and their logits."""
 
     def __init__(self, layout: KVLayout, rows: int, ctx: int, register: Any, logits_dtype: Any) -> None:
-        from aivmm.llm._kvstore import _Sides
-
         self.kv = _Sides(layout, rows, ctx, register)
         self.logits = np.empty(rows * ctx * layout.vocab_size, dtype=logits_dtype)
 
