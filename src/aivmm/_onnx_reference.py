@@ -60,31 +60,55 @@ def mismatch(
     rtol: float = RTOL,
     atol: float = ATOL,
 ) -> str | None:
-    """``None`` when every output matches; else what differs first, in one line."""
+    """``None`` when every output matches; else what differs first, in one line. Sequence outputs
+    (lists) are compared tensor by tensor, an empty optional is ``None`` on both sides."""
     for name in names:
         if name not in actual or name not in expected:
             continue  # an output the reference does not produce (optional, unnamed): no verdict on it
-        got, want = np.asarray(actual[name]), np.asarray(expected[name])
-        if got.shape != want.shape:
-            return f"output {name!r}: shape {list(got.shape)}, the ONNX reference gives {list(want.shape)}"
-        if got.dtype.kind in "OUS" and want.dtype.kind in "OUS":  # strings: numpy object vs unicode arrays
-            if got.tolist() != want.tolist():
-                return f"output {name!r}: strings differ from the ONNX reference"
-            continue
-        if got.dtype != want.dtype:
-            return f"output {name!r}: dtype {got.dtype}, the ONNX reference gives {want.dtype}"
-        if want.dtype.kind in "fc":
-            wide = np.complex128 if want.dtype.kind == "c" else np.float64
-            g, w = got.astype(wide), want.astype(wide)
-            with np.errstate(all="ignore"):
-                bad = ~np.isclose(g, w, rtol=rtol, atol=atol, equal_nan=True)
-                if bad.any():
-                    errors = np.abs(g - w)[bad]
-                    worst = float(np.nanmax(errors)) if np.isfinite(errors).any() else float("nan")
-                    return (
-                        f"output {name!r}: {int(bad.sum())} of {bad.size} values differ from the ONNX "
-                        f"reference (max abs error {worst:.3g})"
-                    )
-        elif not np.array_equal(got, want):
-            return f"output {name!r}: {int((got != want).sum())} of {got.size} values differ from the ONNX reference"
+        diff = _differs(f"output {name!r}", actual[name], expected[name], rtol, atol)
+        if diff is not None:
+            return diff
     return None
+
+
+def _differs(what: str, actual: Any, expected: Any, rtol: float, atol: float) -> str | None:
+    if actual is None or expected is None:
+        return None if actual is expected else f"{what}: {_kind(actual)}, the ONNX reference gives {_kind(expected)}"
+    if isinstance(actual, list) or isinstance(expected, list):
+        if not (isinstance(actual, list) and isinstance(expected, list)):
+            return f"{what}: {_kind(actual)}, the ONNX reference gives {_kind(expected)}"
+        if len(actual) != len(expected):
+            return f"{what}: a sequence of {len(actual)}, the ONNX reference gives {len(expected)}"
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            diff = _differs(f"{what}[{i}]", a, e, rtol, atol)
+            if diff is not None:
+                return diff
+        return None
+    got, want = np.asarray(actual), np.asarray(expected)
+    if got.shape != want.shape:
+        return f"{what}: shape {list(got.shape)}, the ONNX reference gives {list(want.shape)}"
+    if got.dtype.kind in "OUS" and want.dtype.kind in "OUS":  # strings: numpy object vs unicode arrays
+        return None if got.tolist() == want.tolist() else f"{what}: strings differ from the ONNX reference"
+    if got.dtype != want.dtype:
+        return f"{what}: dtype {got.dtype}, the ONNX reference gives {want.dtype}"
+    if want.dtype.kind in "fc":
+        wide = np.complex128 if want.dtype.kind == "c" else np.float64
+        g, w = got.astype(wide), want.astype(wide)
+        with np.errstate(all="ignore"):
+            bad = ~np.isclose(g, w, rtol=rtol, atol=atol, equal_nan=True)
+            if bad.any():
+                errors = np.abs(g - w)[bad]
+                worst = float(np.nanmax(errors)) if np.isfinite(errors).any() else float("nan")
+                return (
+                    f"{what}: {int(bad.sum())} of {bad.size} values differ from the ONNX "
+                    f"reference (max abs error {worst:.3g})"
+                )
+    elif not np.array_equal(got, want):
+        return f"{what}: {int((got != want).sum())} of {got.size} values differ from the ONNX reference"
+    return None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "no value (empty optional)"
+    return f"a sequence of {len(value)}" if isinstance(value, list) else "a tensor"

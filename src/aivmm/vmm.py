@@ -181,7 +181,10 @@ class DeployedModel:
         from aivmm.planner import plan as make_plan
         from aivmm.planner._planner import _upgrade_executor
 
-        feeds = {k: np.array(to_numpy(v)) for k, v in self._feeds(sample_inputs).items()}
+        def owned(v: Any) -> Any:  # a copy the caller cannot change under the planner; sequences item by item
+            return None if v is None else [owned(x) for x in v] if isinstance(v, list) else np.array(to_numpy(v))
+
+        feeds = {k: owned(v) for k, v in self._feeds(sample_inputs).items()}
         # Measuring on real shapes is the point; the first plan's fast start is over.
         opts = self._options.replace(measure=True, sample_inputs=feeds, fast_start=False)
 

@@ -297,6 +297,13 @@ class Backend(abc.ABC):
         if model.format not in info.formats:
             yield Support.no(f"{self.name} does not run {model.format.value} models"), UnsupportedModelError
             return
+        boxed = [t.describe() for t in (*model.inputs, *model.outputs) if t.kind not in info.value_kinds]
+        if boxed:
+            more = f" (+{len(boxed) - 3} more)" if len(boxed) > 3 else ""
+            yield Support.no(
+                f"{self.name} takes tensors only at the model boundary, not {', '.join(boxed[:3])}{more}"
+            ), UnsupportedModelError
+            return
         if config.precision not in info.precisions:
             yield Support.no(f"{self.name} does not offer precision {config.precision.value}"), ConfigError
         yield memory_support(model, device, config), OutOfMemoryError

@@ -21,7 +21,7 @@ from typing import Any
 
 from aivmm.devices import DeviceKind
 from aivmm.dtypes import Precision
-from aivmm.models import ModelFormat
+from aivmm.models import ModelFormat, ValueKind
 
 # A backend that states no figure of its own: a Python binding, input checks and one dispatch.
 DEFAULT_CALL_OVERHEAD_MS = 0.05
@@ -98,6 +98,9 @@ class BackendInfo:
     effects: Mapping[str, Mapping[Any, OptionEffect]] = dataclasses.field(default_factory=dict)
     # The option that sets the threads of one call on a CPU (None: the runtime uses every core).
     thread_option: str | None = None
+    # What model inputs and outputs may hold: tensors, and for runtimes that take them, ONNX sequences
+    # and optionals (a model with others is refused at planning, with the reason).
+    value_kinds: frozenset[ValueKind] = frozenset({ValueKind.TENSOR})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))

@@ -60,6 +60,7 @@ from aivmm.errors import (
     UnsupportedModelError,
     missing_extra,
 )
+from aivmm.models import ValueKind
 from aivmm.models._spec import ModelFormat, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class OrtBackend(Backend):
             precisions=precisions,
             versions={**self.versions(), "onnxruntime": onnxruntime.__version__,
                       "providers": ",".join(sorted(self._providers))},
+            value_kinds=frozenset(ValueKind),  # ORT's Python binding takes lists and None as they are
         )
 
     def versions(self) -> dict[str, str]:
@@ -300,7 +302,8 @@ class OrtBackend(Backend):
         if profile_primary is not None:
             notes.append("fallback nodes are read from the profile of the first run")
             report = dataclasses.replace(report, notes=tuple(notes))
-        io_binding = bool(options.get("io_binding", choice.gpu))
+        # An IOBinding binds tensors only: sequences and optionals go through the plain run.
+        io_binding = bool(options.get("io_binding", choice.gpu)) and _tensors_only(model)
         return OrtSession(model, device, config, sess, choice, report, io_binding, profile_primary)
 
     def _model_source(self, model: ModelSpec, choice: _ort_providers.EpChoice, precision: Precision,
@@ -506,7 +509,7 @@ class OrtSession(Session):
         arrays = feeds
         for value in feeds.values():
             if type(value) is not np.ndarray:
-                arrays = {k: (v if type(v) is np.ndarray else to_numpy(v)) for k, v in feeds.items()}
+                arrays = {k: _host_value(v) for k, v in feeds.items()}
                 break
         try:
             outs = self._c_run(self._out_names, dict(arrays), None)
@@ -554,6 +557,20 @@ class OrtSession(Session):
         # Drop every reference to the native session so its memory is released now.
         self._sess = None
         self._c_run = None
+
+
+def _tensors_only(model: ModelSpec) -> bool:
+    return all(t.is_tensor for t in (*model.inputs, *model.outputs))
+
+
+def _host_value(value: Any) -> Any:
+    """A feed as ORT's Python binding takes it: a numpy array, a list of them for a sequence input,
+    None for an empty optional one."""
+    if type(value) is np.ndarray or value is None:
+        return value
+    if isinstance(value, list):
+        return [_host_value(item) for item in value]
+    return to_numpy(value)
 
 
 def _device_pointer(value: Any) -> tuple[int, Any]:

@@ -141,8 +141,8 @@ def _compile(spec: ModelSpec) -> _Fast:
     # (name, dtype, rank, fixed (axis, size) pairs, symbolic (axis, name) pairs) per input
     checks: list[tuple[str, np.dtype, int, tuple[tuple[int, int], ...], tuple[tuple[int, str], ...]]] = []
     for ts in spec.inputs:
-        if ts.dtype in (DType.STRING, DType.BFLOAT16):
-            checks = []  # object / bit-carrier dtypes take the general path
+        if ts.dtype in (DType.STRING, DType.BFLOAT16) or not ts.is_tensor:
+            checks = []  # object / bit-carrier dtypes and sequences or optionals take the general path
             break
         fixed = tuple((axis, d) for axis, d in enumerate(ts.shape) if isinstance(d, int) and d >= 0)
         symbols = tuple((axis, d) for axis, d in enumerate(ts.shape) if isinstance(d, str) and d)
@@ -248,10 +248,35 @@ def validate_feeds(spec: ModelSpec, inputs: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     symbols: dict[str, tuple[int, str]] = {}
     for ts in specs:
-        value = _as_array(inputs[ts.name], ts)
-        _check_one(spec, ts, value, symbols)
+        value = inputs[ts.name]
+        if ts.is_tensor:
+            value = _as_array(value, ts)
+            _check_one(spec, ts, value, symbols)
+        else:
+            value = _container(spec, ts, value)
         out[ts.name] = value
     return out
+
+
+def _container(spec: ModelSpec, ts: TensorSpec, value: Any) -> Any:
+    """A sequence input as a list of arrays, an optional one as None or its value; each tensor checked
+    for its element type and declared dims (sizes named by a symbol may differ from tensor to tensor)."""
+    if value is None:
+        if ts.kind.is_optional:
+            return None
+        raise InputError(f"input {ts.name!r} of model {spec.name!r} is not optional, got None; "
+                         f"signature: {spec.signature()}")
+    if not ts.kind.is_sequence:
+        value = _as_array(value, ts)
+        _check_one(spec, ts, value, {})
+        return value
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
+        raise InputError(f"input {ts.name!r} of model {spec.name!r} is a sequence: pass a list of arrays, "
+                         f"got {type(value).__name__}; signature: {spec.signature()}")
+    items = [_as_array(item, ts) for item in value]
+    for item in items:
+        _check_one(spec, ts, item, {})
+    return items
 
 
 def _check_one(spec: ModelSpec, ts: TensorSpec, value: Any, symbols: dict[str, tuple[int, str]]) -> None:
@@ -261,6 +286,8 @@ def _check_one(spec: ModelSpec, ts: TensorSpec, value: Any, symbols: dict[str, t
             f"input {ts.name!r} of model {spec.name!r} has dtype {dtype.value}, expected {ts.dtype.value}; "
             f"signature: {spec.signature()}"
         )
+    if not ts.ranked:
+        return
     shape = tuple(value.shape)
     if len(shape) != len(ts.shape):
         raise InputError(

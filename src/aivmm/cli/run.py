@@ -12,6 +12,7 @@ import pathlib
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -90,12 +91,25 @@ def random_inputs(spec: Any, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def _summary(array: Any) -> dict[str, Any]:
+    if array is None:  # an empty optional output
+        return {"value": None}
+    if isinstance(array, list):  # a sequence output: a summary per tensor
+        return {"sequence": [_summary(item) for item in array]}
     a = np.asarray(array)
     out: dict[str, Any] = {"shape": list(a.shape), "dtype": str(a.dtype)}
     if a.size and a.dtype.kind in "fiub":
         af = a.astype(np.float64)
         out.update(min=float(af.min()), max=float(af.max()), mean=float(af.mean()))
     return out
+
+
+def _summary_text(o: Mapping[str, Any]) -> str:
+    if "sequence" in o:
+        return f"sequence of {len(o['sequence'])} [" + "; ".join(_summary_text(i) for i in o["sequence"]) + "]"
+    if "dtype" not in o:
+        return "empty optional (no value)"
+    stats = f" min={o['min']:.4g} max={o['max']:.4g} mean={o['mean']:.4g}" if "mean" in o else ""
+    return f"{o['dtype']}{o['shape']}{stats}"
 
 
 def _run_one(vmm: Any, target: str, args: argparse.Namespace, constraints: Any, *, zoo_name: str | None) -> dict:
@@ -129,7 +143,10 @@ def _run_one(vmm: Any, target: str, args: argparse.Namespace, constraints: Any, 
         if args.output_dir is not None:
             args.output_dir.mkdir(parents=True, exist_ok=True)
             for name, value in outputs.items():
-                np.save(args.output_dir / f"{name}.npy", np.asarray(value))
+                if isinstance(value, list):  # a sequence: its tensors in order, arr_0, arr_1, ...
+                    np.savez(args.output_dir / f"{name}.npz", *value)
+                elif value is not None:  # an empty optional output has nothing to write
+                    np.save(args.output_dir / f"{name}.npy", np.asarray(value))
         chosen = deployed.plan.chosen.config
         return {
             "model": deployed.name,
@@ -189,8 +206,7 @@ def run(args: argparse.Namespace) -> int:
         for note in r["fallbacks"]:
             print(f"  fallback: {note}")
         for o in r["outputs"]:
-            stats = f" min={o['min']:.4g} max={o['max']:.4g} mean={o['mean']:.4g}" if "mean" in o else ""
-            print(f"  {o['name']}: {o['dtype']}{o['shape']}{stats}")
+            print(f"  {o['name']}: {_summary_text(o)}")
     if args.output_dir is not None:
         print(f"\noutputs written to {args.output_dir}/")
     return 0

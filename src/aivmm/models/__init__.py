@@ -6,7 +6,7 @@ of their format is loaded.
 
 from aivmm.models._hints import CategoryHints, category_hints
 from aivmm.models._load import load
-from aivmm.models._spec import Category, CategoryScore, ModelFormat, ModelSpec, TensorSpec
+from aivmm.models._spec import Category, CategoryScore, ModelFormat, ModelSpec, TensorSpec, ValueKind
 
 __all__ = [
     "Category",
@@ -15,6 +15,7 @@ __all__ = [
     "ModelFormat",
     "ModelSpec",
     "TensorSpec",
+    "ValueKind",
     "category_hints",
     "load",
 ]

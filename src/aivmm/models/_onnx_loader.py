@@ -17,7 +17,7 @@ from aivmm.models._onnx_checks import check_consistency, check_opsets, check_str
 from aivmm.models._onnx_facts import collect
 from aivmm.models._onnx_file import FULL_HASH_LIMIT, ReadModel, read
 from aivmm.models._onnx_types import itemsize, to_dtype
-from aivmm.models._spec import Dim, ModelFormat, ModelSpec, TensorSpec
+from aivmm.models._spec import Dim, ModelFormat, ModelSpec, TensorSpec, ValueKind
 
 CONTROL_FLOW = _flops.CONTROL_FLOW
 QUANTIZED = frozenset({
@@ -35,15 +35,37 @@ def _signature(model: Any, where: str, kind: str) -> tuple[TensorSpec, ...]:
     for value in values:
         if kind == "input" and value.name in init:
             continue  # IR < 4 lists weights as inputs
-        if not value.type.HasField("tensor_type"):
-            raise UnsupportedModelError(
-                f"{where}: {kind} {value.name!r} is a {value.type.WhichOneof('value') or 'typeless'} value; "
-                f"only tensors are supported"
-            )
-        tt = value.type.tensor_type
-        dims: tuple[Dim, ...] = _shapes.dims_of(value) if tt.HasField("shape") else ()
-        specs.append(TensorSpec(value.name, to_dtype(tt.elem_type, f"{where}: {kind} {value.name!r}"), dims))
+        specs.append(_value_spec(value, f"{where}: {kind} {value.name!r}"))
     return tuple(specs)
+
+
+def _value_spec(value: Any, what: str) -> TensorSpec:
+    """A graph input or output: a tensor, a sequence of tensors, or an optional tensor or sequence."""
+    t = value.type
+    box = ValueKind.TENSOR
+    if t.HasField("optional_type"):
+        box, t = ValueKind.OPTIONAL, t.optional_type.elem_type
+    if t.HasField("sequence_type"):
+        box = ValueKind.OPTIONAL_SEQUENCE if box is ValueKind.OPTIONAL else ValueKind.SEQUENCE
+        t = t.sequence_type.elem_type
+    if not t.HasField("tensor_type"):
+        found = value.type.WhichOneof("value") or "typeless"
+        raise UnsupportedModelError(
+            f"{what} is a {found} value ({_type_text(value.type)}); only tensors, sequences of tensors and "
+            f"optional tensors or sequences are supported"
+        )
+    tt = t.tensor_type
+    ranked = tt.HasField("shape") or box is ValueKind.TENSOR  # an unshaped tensor stays rank 0, as before
+    dims: tuple[Dim, ...] = _shapes.tensor_dims(tt) if tt.HasField("shape") else ()
+    return TensorSpec(value.name, to_dtype(tt.elem_type, what), dims, box, ranked)
+
+
+def _type_text(t: Any) -> str:
+    which = t.WhichOneof("value")
+    inner = {"sequence_type": lambda: t.sequence_type.elem_type, "optional_type": lambda: t.optional_type.elem_type}
+    if which in inner:
+        return f"{which.removesuffix('_type')}({_type_text(inner[which]())})"
+    return (which or "typeless").removesuffix("_type")
 
 
 def _infer(model: Any, binding: _shapes.Binding, user_shapes: bool, where: str,
@@ -152,7 +174,8 @@ def analyse(loaded: ReadModel, *, path: pathlib.Path, shapes: Mapping[str, Seque
         warnings.append(f"custom operator domain(s): {', '.join(custom)}; only runtimes that implement them can run it")
     control = tuple(sorted({n.op_type for n in walk_nodes(model.graph) if n.op_type in CONTROL_FLOW}))
     quantized = tuple(sorted({n.op_type for n in walk_nodes(model.graph) if n.op_type in QUANTIZED}))
-    batch_dim = _batch_dim(inputs)
+    # Requests stack along the batch axis only when every input and output is a tensor.
+    batch_dim = _batch_dim(inputs) if all(t.is_tensor for t in (*inputs, *outputs)) else None
     if batch_dim is None and inputs:
         warnings.append("no symbolic batch dimension shared by all inputs: requests cannot be batched together")
     return ModelSpec(

@@ -425,7 +425,11 @@ _ANONYMOUS_PARAMS = frozenset({"", "?", "-1"})
 
 def dims_of(value: Any) -> tuple[Dim, ...]:
     """Dims of a ValueInfoProto: int, symbolic name, or None (an unknown tied to no other dim)."""
-    tt = value.type.tensor_type
+    return tensor_dims(value.type.tensor_type)
+
+
+def tensor_dims(tt: Any) -> tuple[Dim, ...]:
+    """Dims of a TypeProto.Tensor (a graph value's, or a sequence's or optional's element type)."""
     return tuple(
         (d.dim_value if d.dim_value >= 0 else None) if d.HasField("dim_value")
         else (None if d.dim_param.strip() in _ANONYMOUS_PARAMS else d.dim_param)

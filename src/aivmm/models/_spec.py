@@ -28,11 +28,42 @@ class Category(enum.Enum):
     OTHER = "other"
 
 
+class ValueKind(enum.Enum):
+    """What a model input or output holds: a tensor, or one of ONNX's containers of tensors.
+
+    For a container, :attr:`TensorSpec.dtype` and :attr:`TensorSpec.shape` describe its tensors.
+    A caller passes a sequence as a list of arrays and an empty optional as ``None``.
+    """
+
+    TENSOR = "tensor"
+    SEQUENCE = "sequence"  # a list of tensors, each of the element type and shape
+    OPTIONAL = "optional"  # a tensor or None
+    OPTIONAL_SEQUENCE = "optional-sequence"  # a list of tensors or None
+
+    @property
+    def is_sequence(self) -> bool:
+        return self in (ValueKind.SEQUENCE, ValueKind.OPTIONAL_SEQUENCE)
+
+    @property
+    def is_optional(self) -> bool:
+        return self in (ValueKind.OPTIONAL, ValueKind.OPTIONAL_SEQUENCE)
+
+
+_KIND_TEXT = {ValueKind.SEQUENCE: "seq({})", ValueKind.OPTIONAL: "optional({})",
+              ValueKind.OPTIONAL_SEQUENCE: "optional(seq({}))"}
+
+
 @dataclasses.dataclass(frozen=True)
 class TensorSpec:
+    """One model input or output. ``kind`` says whether it is a tensor or a container of tensors;
+    ``ranked`` is False when the model does not declare the (element) rank, as sequence outputs often
+    do not: then ``shape`` is ``()`` and only the element type is checked."""
+
     name: str
     dtype: DType
     shape: tuple[Dim, ...]
+    kind: ValueKind = ValueKind.TENSOR
+    ranked: bool = True
 
     @property
     def rank(self) -> int:
@@ -42,12 +73,22 @@ class TensorSpec:
     def is_static(self) -> bool:
         return all(isinstance(d, int) and d >= 0 for d in self.shape)
 
+    @property
+    def is_tensor(self) -> bool:
+        return self.kind is ValueKind.TENSOR
+
     def describe(self) -> str:
-        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.name}: {self.dtype.value}[{dims}]"
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape) if self.ranked else "..."
+        text = f"{self.dtype.value}[{dims}]"
+        return f"{self.name}: {_KIND_TEXT[self.kind].format(text) if self.kind in _KIND_TEXT else text}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype.value, "shape": list(self.shape)}
+        out: dict[str, Any] = {"name": self.name, "dtype": self.dtype.value, "shape": list(self.shape)}
+        if not self.is_tensor:  # tensors keep their established form
+            out["kind"] = self.kind.value
+        if not self.ranked:
+            out["ranked"] = False
+        return out
 
 
 @dataclasses.dataclass(frozen=True)

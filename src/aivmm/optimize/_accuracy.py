@@ -58,9 +58,8 @@ def tolerance_for(precision: Precision, reference: Sequence[np.ndarray], user: f
     if user is not None:
         return float(user)
     scale = 1.0
-    for ref in reference:
-        arr = np.asarray(ref)
-        if arr.size and arr.dtype.kind in "fiu":
+    for _label, arr in (leaf for i, ref in enumerate(reference) for leaf in leaves(str(i), ref)):
+        if arr is not None and arr.size and arr.dtype.kind in "fiu":
             scale = max(scale, float(np.max(np.abs(arr.astype(np.float64)))))
     return DEFAULT_RELATIVE_TOLERANCE[precision] * scale
 
@@ -82,7 +81,26 @@ def reference_session(model_path: str | pathlib.Path) -> Any:
 def reference_outputs(model_path: str | pathlib.Path, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Outputs of ONNX Runtime CPU fp32 with every graph optimisation disabled."""
     sess = reference_session(model_path)
-    return [np.asarray(o) for o in sess.run(None, dict(feeds))]
+    return [as_host(o) for o in sess.run(None, dict(feeds))]
+
+
+def as_host(value: Any) -> Any:
+    """An output as numpy: an array, a list of arrays for a sequence, None for an empty optional."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [as_host(v) for v in value]
+    return np.asarray(value)
+
+
+def leaves(label: str, value: Any) -> list[tuple[str, np.ndarray | None]]:
+    """The tensors of one output, each labelled: itself, or a sequence's ``name[i]``; None stands for
+    an empty optional, so a present value and an absent one never compare equal."""
+    if value is None:
+        return [(label, None)]
+    if isinstance(value, list):
+        return [leaf for i, v in enumerate(value) for leaf in leaves(f"{label}[{i}]", v)]
+    return [(label, np.asarray(value))]
 
 
 def compare(outputs: Sequence[Any], reference: Sequence[np.ndarray], names: Sequence[str],
@@ -91,9 +109,14 @@ def compare(outputs: Sequence[Any], reference: Sequence[np.ndarray], names: Sequ
     worst, worst_name = 0.0, names[0] if names else "<none>"
     if len(outputs) != len(reference):
         return AccuracyReport(float("inf"), tolerance, f"{len(outputs)} outputs vs {len(reference)}", False)
-    for name, out, ref in zip(names, outputs, reference):
-        a = np.asarray(out)
-        b = np.asarray(ref)
+    got = [leaf for name, out in zip(names, outputs) for leaf in leaves(name, out)]
+    want = [leaf for name, ref in zip(names, reference) for leaf in leaves(name, ref)]
+    if [(n, a is None) for n, a in got] != [(n, b is None) for n, b in want]:
+        return AccuracyReport(float("inf"), tolerance, "sequence lengths or optional values differ from the "
+                              f"reference: {[n for n, _ in got]} vs {[n for n, _ in want]}"[:300], False)
+    for (name, a), (_, b) in zip(got, want):
+        if a is None or b is None:
+            continue  # both empty optionals
         if a.shape != b.shape:
             return AccuracyReport(float("inf"), tolerance, f"{name} shape {a.shape} vs {b.shape}", False)
         if b.dtype.kind not in "fiub":

@@ -42,6 +42,7 @@ _COMPARE = frozenset({"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual
 DEFAULT_INT_HIGH = 2
 # Kept for callers of the earlier module: the size of an unknown that is no batch, sequence or image side.
 DEFAULT_DYNAMIC_DIM = _dims.DEFAULT_FREE
+SEQUENCE_LENGTH = 2  # tensors in a generated sequence input: more than one, so a loop over it iterates
 _MAX_WALK = 256  # tensors visited per input: a few hops is all an index or a flag ever takes
 
 
@@ -61,6 +62,7 @@ class InputPlan:
     reason: str
     fill: float | None = None
     arange: bool = False
+    count: int | None = None  # a sequence input: how many tensors of ``shape`` it holds (None: a tensor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +261,10 @@ def input_plans(spec: ModelSpec, *, batch: int = 1, assignment: Assignment | Non
     plans = []
     for tensor in spec.inputs:
         shape = _dims.shape_of(tensor, a.sizes, a.exprs)
-        plans.append(_plan_one(tensor, shape, facts, a))
+        one = _plan_one(tensor, shape, facts, a)
+        if tensor.kind.is_sequence:  # an optional input is generated present, as a tensor or a sequence
+            one = dataclasses.replace(one, count=SEQUENCE_LENGTH, reason=f"{SEQUENCE_LENGTH} tensors of {one.reason}")
+        plans.append(one)
     return tuple(plans)
 
 
@@ -279,23 +284,27 @@ def sample_inputs(spec: ModelSpec, *, batch: int = 1, seed: int = 0,
     return feeds_for(input_plans(spec, batch=batch, assignment=assignment), seed=seed)
 
 
-def feeds_for(plans: tuple[InputPlan, ...], *, seed: int = 0) -> dict[str, np.ndarray]:
+def feeds_for(plans: tuple[InputPlan, ...], *, seed: int = 0) -> dict[str, Any]:
+    """Arrays for the plans (a list of arrays for a sequence input), reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
+    feeds: dict[str, Any] = {}
     for p in plans:
-        np_dtype = p.dtype.to_numpy()
-        if p.fill is not None:
-            feeds[p.name] = np.full(p.shape, p.fill).astype(np_dtype)
-        elif p.arange:
-            row = np.arange(int(p.low), int(p.low) + (p.shape[-1] if p.shape else 1))
-            feeds[p.name] = np.ascontiguousarray(np.broadcast_to(row, p.shape)).astype(np_dtype)
-        elif p.dtype is DType.BOOL:
-            feeds[p.name] = rng.integers(0, 2, size=p.shape).astype(bool)
-        elif p.dtype.is_float:
-            feeds[p.name] = rng.uniform(p.low, p.high, size=p.shape).astype(np_dtype)
-        else:
-            feeds[p.name] = rng.integers(int(p.low), max(int(p.high), int(p.low) + 1), size=p.shape).astype(np_dtype)
+        feeds[p.name] = _array(p, rng) if p.count is None else [_array(p, rng) for _ in range(p.count)]
     return feeds
+
+
+def _array(p: InputPlan, rng: np.random.Generator) -> np.ndarray:
+    np_dtype = p.dtype.to_numpy()
+    if p.fill is not None:
+        return np.full(p.shape, p.fill).astype(np_dtype)
+    if p.arange:
+        row = np.arange(int(p.low), int(p.low) + (p.shape[-1] if p.shape else 1))
+        return np.ascontiguousarray(np.broadcast_to(row, p.shape)).astype(np_dtype)
+    if p.dtype is DType.BOOL:
+        return rng.integers(0, 2, size=p.shape).astype(bool)
+    if p.dtype.is_float:
+        return rng.uniform(p.low, p.high, size=p.shape).astype(np_dtype)
+    return rng.integers(int(p.low), max(int(p.high), int(p.low) + 1), size=p.shape).astype(np_dtype)
 
 
 def check_feeds(spec: ModelSpec, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -311,4 +320,13 @@ def check_feeds(spec: ModelSpec, feeds: Mapping[str, Any]) -> dict[str, np.ndarr
         raise ConfigError(
             f"sample_inputs do not match {spec.signature()}: missing {missing}, unknown {unknown}"
         )
-    return {t.name: np.asarray(feeds[t.name]) for t in spec.inputs}
+    return {t.name: _host_value(t, feeds[t.name]) for t in spec.inputs}
+
+
+def _host_value(t: TensorSpec, value: Any) -> Any:
+    """A numpy array; for a sequence input a list of them, for an empty optional one None."""
+    if value is None and t.kind.is_optional:
+        return None
+    if t.kind.is_sequence and isinstance(value, (list, tuple)):
+        return [np.asarray(item) for item in value]
+    return np.asarray(value)

@@ -103,7 +103,7 @@ def generate(
         p = plans if not why else _inputs.input_plans(spec, batch=batch, assignment=a)
         f = feeds if not why else _inputs.feeds_for(p, seed=seed)
         try:
-            outputs = [np.asarray(o) for o in session.run(None, dict(f))]
+            outputs = [_accuracy.as_host(o) for o in session.run(None, dict(f))]
         except Exception as exc:  # ORT's own exception types: the next attempt may fit
             if not first_error:
                 first_error = f"the fp32 reference (ONNX Runtime) failed on {_describe(p)}: {_first_line(exc)}"
@@ -120,5 +120,13 @@ def generate(
     )
 
 
-def describe_feeds(feeds: Mapping[str, np.ndarray]) -> str:
-    return ", ".join(f"{k}: {v.dtype}[{'x'.join(str(d) for d in v.shape)}]" for k, v in feeds.items())
+def describe_feeds(feeds: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}: {_describe_value(v)}" for k, v in feeds.items())
+
+
+def _describe_value(v: Any) -> str:
+    if v is None:
+        return "None"
+    if isinstance(v, list):
+        return f"[{', '.join(_describe_value(x) for x in v)}]"
+    return f"{v.dtype}[{'x'.join(str(d) for d in v.shape)}]"

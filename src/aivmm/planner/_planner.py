@@ -365,7 +365,7 @@ class _Evaluator:
         c = c.with_(measurement=m)
         ref = self._reference_outputs()
         if ref is None and not c.transform and c.config.precision is Precision.FP32:
-            self._reference = [np.asarray(o) for o in outputs]
+            self._reference = [_accuracy.as_host(o) for o in outputs]
             self.notes.append(f"accuracy reference: {c.label} ({self._reference_error})")
             ref = self._reference
         if ref is None:
