@@ -51,3 +51,20 @@ def test_bench_llm_mode(tiny_llama_dir: pathlib.Path, capsys: pytest.CaptureFixt
     for r in data["results"]:
         assert r["requests"] > 0 and r["errors"] == 0 and r["tokens"] == 8 * r["requests"]
         assert 0 < r["ttft_ms"]["p50"] <= r["ttft_ms"]["p99"] and r["tpot_ms"]["p50"] > 0
+
+
+def test_plan_shows_the_generation_plan(tiny_gpt2_dir: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(tiny_gpt2_dir), "--backend", "onnxruntime", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["kind"] == "llm" and data["kv_cache"]["bytes_per_token"] == 1024 and data["measured"]
+    labels = [c["label"] for c in data["candidates"]]
+    assert labels == ["onnxruntime@cpu:0/fp32", "onnxruntime@cpu:0/fp32[threads=1]"]
+    for c in data["candidates"]:  # each candidate's prefill and decode step costs
+        assert c["prefill_ms"] > 0 and len(c["decode_ms"]) == 3 and c["batched"]["batch"] == 16
+    assert data["chosen"]["label"] in labels and data["reasons"][0].startswith("backend pinned to onnxruntime")
+    assert any(r.startswith("lowest cost of a 32-token prompt") for r in data["reasons"])
+    assert any(n.startswith("fixed-shape decode sessions") for n in data["notes"])
+    assert main(["plan", str(tiny_gpt2_dir / "model.onnx"), "--no-measure"]) == 0
+    out = capsys.readouterr().out
+    assert "decoder LLM, kv cache optimum-with-past: 2 layers, 4 kv heads x 16" in out
+    assert "(not measured)" in out and "generation on onnxruntime@cpu:0/fp32" in out

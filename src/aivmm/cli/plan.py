@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aivmm.cli._constraint_flags import add_constraint_arguments
     from aivmm.cli.run import add_verbose_argument
 
-    parser.add_argument("model", help="an ONNX file or a zoo name (aivmm zoo)")
+    parser.add_argument("model", help="an ONNX file, a zoo name (aivmm zoo) or a decoder LLM directory")
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny", help="zoo model size (default tiny)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--device", help="pin a device id (cpu:0, nvidia:0, ...)")
@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from aivmm.planner import plan
 
     constraints = constraints_from_args(args)  # bad flags fail before anything loads
+    if _is_llm(args.model):
+        return _plan_llm(args)
     path, zoo_inputs = _resolve_model(args.model, args.size)
     spec = load(path)
     given = _parse_inputs(args.input, spec) if args.input else None
@@ -74,4 +76,33 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(result.explain())
+    return 0
+
+
+def _is_llm(ref: str) -> bool:
+    from aivmm.llm import is_llm_source
+
+    return pathlib.Path(ref).exists() and is_llm_source(ref)
+
+
+def _plan_llm(args: argparse.Namespace) -> int:
+    """A decoder with a KV cache: the generation plan (what ``deploy`` would choose and why)."""
+    from aivmm.devices import discover
+    from aivmm.llm import plan_llm
+
+    devices = discover(args.simulate) if args.simulate else discover()
+    got = plan_llm(args.model, devices, device=args.device, backend=args.backend, strict=args.strict,
+                   measure=not args.no_measure)
+    kv, gplan, notes = got["kv"], got["plan"], got["notes"]
+    if args.json:
+        data = {"model": got["model"], "kind": "llm", "kv_cache": kv.to_json(), **gplan.to_json(), "notes": notes}
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{got['model']}: decoder LLM, kv cache {kv.describe()}")
+    ref = f"reference generation: {gplan.prompt_tokens}-token prompt + {gplan.new_tokens} new tokens"
+    print(ref + ("" if gplan.measured else " (not measured)"))
+    print(gplan.explain())
+    for note in notes:
+        print(f"note: {note}")
     return 0

@@ -14,7 +14,7 @@ tokens, ``_scheduler`` batches requests continuously, ``_plan`` chooses the runn
 generation costs, ``_deployed`` is the user-facing handle.
 """
 
-from aivmm.llm._deployed import DeployedLLM
+from aivmm.llm._deployed import DeployedLLM, is_llm_source, plan_llm
 from aivmm.llm._layout import detect as detect_kv_layout
 from aivmm.llm._plan import GenerationPlan, StepCost
 from aivmm.llm._types import (
@@ -41,4 +41,6 @@ __all__ = [
     "StepCost",
     "TokenEvent",
     "detect_kv_layout",
+    "is_llm_source",
+    "plan_llm",
 ]

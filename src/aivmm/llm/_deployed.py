@@ -142,14 +142,10 @@ class DeployedLLM(DeployedModel):
 
     def _specialise(self, runner: Any, max_sessions: int, weights: int, key: str) -> str | None:
         """Let the runner build fixed-shape decode sessions, each charged to the ledger; the plan's note."""
-        specialise = getattr(runner, "specialise", None)
-        if specialise is None or max_sessions <= 0:
-            return None
-        if weights > FIXED_SHAPE_MAX_WEIGHTS:
-            return (
-                f"no fixed-shape decode sessions: {weights} B of weights > {FIXED_SHAPE_MAX_WEIGHTS} B "
-                "(the shape arithmetic is a small part of such a step, and each session copies the weights)"
-            )
+        note = _fixed_shape_note(runner, max_sessions, weights)
+        fixed = getattr(runner, "fixed", None)
+        if fixed is None:
+            return note
         ledger, device = self._ledger, self._device
 
         def reserve(shape: tuple[int, int]) -> bool:
@@ -158,7 +154,8 @@ class DeployedLLM(DeployedModel):
         def release(shape: tuple[int, int]) -> None:
             ledger.release(f"{key}/{shape[0]}x{shape[1]}")
 
-        return str(specialise(max_sessions, reserve, release))
+        fixed.charge(reserve, release)
+        return note
 
     def __repr__(self) -> str:
         c = self.generation_plan.chosen
@@ -468,6 +465,45 @@ def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ConfigError(f"LLM option {key} must be an integer >= {low}, got {v!r}")
+    src = _source(model, vmm.devices, device, backend, strict)
+    path, spec = src.path, src.spec
+    name = name or (path.name if path.is_dir() else spec.name)
+    gplan, runner = src.plan(deploy.measure, int(options["max_batch_size"] or 1))
+    plan = _as_plan(spec, gplan, src.notes)
+    return DeployedLLM(vmm, name, spec, plan, gplan, runner, src.layout, src.folder, options, src.device)
+
+
+@dataclasses.dataclass
+class _Source:
+    """A decoder to generate with: its files, KV layout, spec, the runner backends it may use."""
+
+    path: pathlib.Path
+    file: pathlib.Path
+    folder: pathlib.Path
+    layout: KVLayout
+    spec: Any
+    hf: bool
+    backend: str | None
+    strict: bool
+    device: str
+    notes: list[str]
+
+    def plan(self, measure: bool, batch: int) -> tuple[GenerationPlan, Any]:
+        return plan_generation(
+            self.file,
+            self.layout,
+            device=self.device,
+            backend=self.backend,
+            strict=self.strict,
+            do_measure=measure and not self.hf,  # one candidate: nothing to choose between
+            batch=batch,
+            backends=("torch",) if self.hf else DEFAULT_BACKENDS,
+        )
+
+
+def _source(
+    model: str | os.PathLike[str], devices: Sequence[Any], device: str | None, backend: str | None, strict: bool
+) -> _Source:
     path = pathlib.Path(model)
     from aivmm.llm._torch_runner import hf_layout, is_hf_dir, weights_bytes
 
@@ -483,7 +519,7 @@ def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -
         file = model_file(path)
         folder = file.parent
         layout = require(file)
-    cpu = next((d for d in vmm.devices if d.kind.value == "cpu"), None)
+    cpu = next((d for d in devices if d.kind.value == "cpu"), None)
     if cpu is None:
         raise ConfigError("LLM generation needs a CPU device in this VMM")
     notes = []
@@ -492,10 +528,8 @@ def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -
         if strict:
             raise FallbackError(msg)
         notes.append(msg)
-    from aivmm.models import load
-
     if hf:
-        from aivmm.models._spec import ModelFormat, ModelSpec
+        from aivmm.models import ModelFormat, ModelSpec
 
         spec = ModelSpec(
             name=path.name,
@@ -506,21 +540,49 @@ def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -
             size_bytes=weights_bytes(path),
         )
     else:
+        from aivmm.models import load
+
         spec = load(file)
-    name = name or (path.name if path.is_dir() else spec.name)
-    gplan, runner = plan_generation(
-        file,
-        layout,
-        device=cpu.id,
-        backend=backend,
-        strict=strict,
-        do_measure=deploy.measure and not hf,  # one candidate: nothing to choose between
-        batch=int(options["max_batch_size"] or 1),
-        backends=("torch",) if hf else DEFAULT_BACKENDS,
-    )
-    plan = _as_plan(spec, gplan, notes)
-    deployed = DeployedLLM(vmm, name, spec, plan, gplan, runner, layout, folder, options, cpu.id)
-    return deployed
+    return _Source(path, file, folder, layout, spec, hf, backend, strict, cpu.id, notes)
+
+
+def plan_llm(
+    model: str | os.PathLike[str],
+    devices: Sequence[Any],
+    *,
+    device: str | None = None,
+    backend: str | None = None,
+    strict: bool = False,
+    measure: bool = True,
+    batch: int = 16,
+) -> dict[str, Any]:
+    """What deploying the decoder would choose, without deploying it (``aivmm plan`` on an LLM):
+    the generation plan (each runner's prefill and decode step costs, the choice and why), the KV
+    layout, and the notes deploy adds (fixed-shape decode sessions, device fallbacks)."""
+    src = _source(model, devices, device, backend, strict)
+    gplan, runner = src.plan(measure, batch)
+    notes = list(src.notes)
+    weights = src.spec.size_bytes if src.path.is_dir() else _file_bytes(src.file)
+    note = _fixed_shape_note(runner, int(OPTIONS["fixed_shape_sessions"] or 0), weights)
+    if note is not None:
+        notes.append(note)
+    close = getattr(runner, "close", None)
+    if close is not None:
+        close()
+    return {"model": str(src.path), "kv": src.layout, "plan": gplan, "notes": notes}
+
+
+def _fixed_shape_note(runner: Any, max_sessions: int, weights: int) -> str | None:
+    """Why a runner gets no fixed-shape decode sessions, or (when it does) what it builds."""
+    specialise = getattr(runner, "specialise", None)
+    if specialise is None or max_sessions <= 0:
+        return None
+    if weights > FIXED_SHAPE_MAX_WEIGHTS:
+        return (
+            f"no fixed-shape decode sessions: {weights} B of weights > {FIXED_SHAPE_MAX_WEIGHTS} B "
+            "(the shape arithmetic is a small part of such a step, and each session copies the weights)"
+        )
+    return str(specialise(max_sessions))
 
 
 def _as_plan(spec: Any, gplan: GenerationPlan, fallbacks: list[str]) -> Any:

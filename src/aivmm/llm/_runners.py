@@ -253,6 +253,10 @@ class FixedShapes:
         self.failed: dict[tuple[int, int], str] = {}
         self._busy = False
 
+    def charge(self, reserve: Any, release: Any) -> None:
+        """Charge every session built from now on: ``reserve(shape) -> bool``, ``release(shape)``."""
+        self._reserve, self._release = reserve, release
+
     def seen(self, batch: int, past: int) -> None:
         key = (batch, past)
         n = self._counts.get(key, 0) + 1

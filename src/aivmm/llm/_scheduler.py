@@ -267,9 +267,12 @@ class Scheduler:
                 waiting.popleft()
                 self._finish(req, FinishReason.CANCELLED)
                 continue
-            if chunk is not None and len(req.prompt) > chunk:
-                if self._chunk is not None or any(len(r.prompt) > chunk for r in ready):
-                    return  # one prompt prefills in chunks at a time; the next long one waits its turn
+            if (
+                chunk is not None
+                and len(req.prompt) > chunk
+                and (self._chunk is not None or any(len(r.prompt) > chunk for r in ready))
+            ):
+                return  # one prompt prefills in chunks at a time; the next long one waits its turn
             need = min(len(req.prompt) + req.max_new, self.context)
             if need > self.pool.capacity_tokens:
                 waiting.popleft()
