@@ -40,7 +40,7 @@ from aivmm.options import DeployOptions, coerce_options
 from aivmm.planner.constraints import Constraints
 
 if TYPE_CHECKING:
-    from aivmm.planner import Plan
+    from aivmm.planner import Held, Plan
     from aivmm.runtime import BatchingConfig, Engine
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,9 @@ class VMM:
         )
         if opts.device is not None:
             self.device(opts.device)  # unknown ids fail before any work
-        from aivmm.models import load
+        from aivmm.models import load, release_parsed
+        from aivmm.planner import Bench
+        from aivmm.planner import identity as plan_identity
         from aivmm.planner import plan as make_plan
 
         if isinstance(model, str | os.PathLike) and pathlib.Path(model).is_dir():
@@ -341,10 +343,21 @@ class VMM:
         with self._lock:
             if name in self._models:
                 raise ConfigError(f"a model named {name!r} is already deployed; pass name= or unload it first")
-        plan = make_plan(spec, self._devices, options=opts)
-        for note in plan.fallbacks:
-            log.warning("model %r: %s", name, note)
-        handle = self._add_to_engine(name, plan, opts)
+        engine = self.engine
+        # The plan is made against the engine's ledger (what is free on each device now), and its
+        # measured sessions hold reservations there; the winner's stays open for the engine to adopt.
+        with Bench(engine.ledger, make_room=engine.residency.make_room, owner=name) as bench:
+            plan = make_plan(spec, self._devices, options=opts, ledger=engine.ledger, bench=bench)
+            for note in plan.fallbacks:
+                log.warning("model %r: %s", name, note)
+            # With isolation the engine runs the model in a worker process, which cannot use a session
+            # of this one: the bench closes the measured winner and the worker loads its own.
+            warm = None if opts.isolation else bench.take(plan_identity(plan.chosen))
+            handle = self._add_to_engine(name, plan, opts, warm)
+        # Loaded: the runtime holds the graph now, so the loader's parse is dropped (it would double
+        # the memory a deployed model holds). A later replan or reload parses the file again.
+        release_parsed(spec)
+        release_parsed(plan.chosen.model)
         deployed = DeployedModel(self, name, spec, plan, handle)
         deployed._options = opts
         deployed._replan_first = opts.replan_on_first_request and opts.sample_inputs is None
@@ -366,14 +379,22 @@ class VMM:
             self._models[deployed.name] = deployed
         return deployed
 
-    def _add_to_engine(self, name: str, plan: Plan, options: DeployOptions) -> Any:
+    def _add_to_engine(self, name: str, plan: Plan, options: DeployOptions, warm: Held | None = None) -> Any:
         # The chosen candidate may load a transformed file (int8, fp16, optimised graph): the engine
-        # loads ``chosen.model``, and every replica the plan offers loads that same file.
+        # loads ``chosen.model``, and every replica the plan offers loads that same file. The first
+        # placement is the chosen candidate: it adopts the session measured while planning (``warm``).
         devices = {d.id: d for d in self._devices}
         placements = [(c.config, devices[c.config.device]) for c in plan.replicas(options.replicas)]
         batching = options.batching
         assert not isinstance(batching, Mapping)  # deploy() made it a BatchingConfig
-        return self.engine.add(name, plan.chosen.model, placements, batching=batching, isolation=options.isolation)
+        return self.engine.add(
+            name,
+            plan.chosen.model,
+            placements,
+            batching=batching,
+            isolation=options.isolation,
+            adopt={0: warm} if warm is not None else None,
+        )
 
     def _upgrade(self, model: DeployedModel, future: Any, options: DeployOptions) -> None:
         """Fast start: switch to the measured plan without dropping requests.

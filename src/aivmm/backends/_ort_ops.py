@@ -9,30 +9,13 @@ one type on one EP): session creation stays the final word, and its error is tra
 from __future__ import annotations
 
 import functools
-import pathlib
 from typing import Any
-
-from aivmm.errors import ModelLoadError
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
 def _norm(domain: str) -> str:
     return "" if domain in _DEFAULT_DOMAINS else domain
-
-
-def load_proto(source: Any) -> Any:
-    """The ``onnx.ModelProto`` of a model source (path, bytes or proto), without external weights."""
-    import onnx
-
-    if isinstance(source, onnx.ModelProto):
-        return source
-    try:
-        if isinstance(source, bytes | bytearray):
-            return onnx.load_model_from_string(bytes(source))
-        return onnx.load(str(pathlib.Path(source)), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError, OSError and others for bad files
-        raise ModelLoadError(f"cannot read ONNX model {source!s:.200}: {exc}") from exc
 
 
 def model_operators(proto: Any) -> frozenset[tuple[str, str, int]]:

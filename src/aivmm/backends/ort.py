@@ -60,7 +60,7 @@ from aivmm.errors import (
     UnsupportedModelError,
     missing_extra,
 )
-from aivmm.models import ValueKind
+from aivmm.models import ValueKind, onnx_model
 from aivmm.models._spec import ModelFormat, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ class OrtBackend(Backend):
         with self._ops_lock:
             missing = self._ops_cache.get(key) if model.sha256 else None
         if missing is None:
-            missing = _ort_ops.unsupported(_ort_ops.model_operators(_ort_ops.load_proto(model.source)))
+            missing = _ort_ops.unsupported(_ort_ops.model_operators(onnx_model(model)))  # the loader's parse
             if model.sha256:
                 with self._ops_lock:
                     self._ops_cache[key] = missing
@@ -310,13 +310,14 @@ class OrtBackend(Backend):
                       notes: list[str]) -> Any:
         source = model.source
         if precision is Precision.FP16 and choice in _CONVERTED_FP16:
+            import onnx
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            proto = _ort_ops.load_proto(source)
             if model.external_data:
-                import onnx
-
                 proto = onnx.load(str(source), load_external_data=True)
+            else:  # the loader's parse, copied: the conversion rewrites the graph in place
+                proto = onnx.ModelProto()
+                proto.CopyFrom(onnx_model(model))
             converted = convert_float_to_float16(proto, keep_io_types=True)
             notes.append("fp16: float weights and activations converted, inputs and outputs kept as given")
             return converted.SerializeToString()

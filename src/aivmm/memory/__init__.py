@@ -12,7 +12,7 @@ from aivmm.memory._cuda_transfer import (
     UploadReport,
     measure_pinned_peak,
 )
-from aivmm.memory._footprint import Footprint, estimate
+from aivmm.memory._footprint import Footprint, estimate, format_bytes
 from aivmm.memory._ledger import Entry, EntryState, Ledger
 from aivmm.memory._policy import (
     Candidate,
@@ -45,6 +45,7 @@ __all__ = [
     "Transfer",
     "UploadReport",
     "estimate",
+    "format_bytes",
     "measure_pinned_peak",
     "parse_budget_spec",
     "resolve_capacities",

@@ -126,6 +126,19 @@ class Ledger:
             self._remove(key)
             return entry.nbytes
 
+    def rename(self, key: str, new_key: str) -> Entry:
+        """Move a reservation or commitment to another key in one step (a session changing owner:
+        measured while planning, then adopted by the runtime), so its bytes are never free between."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                raise ConfigError(f"{key} holds nothing in the ledger")
+            if new_key in self._entries:
+                raise ConfigError(f"{new_key} already holds {format_bytes(self._entries[new_key].nbytes)}")
+            del self._entries[key]
+            moved = self._entries[new_key] = dataclasses.replace(entry, key=new_key)
+            return moved
+
     def set_capacity(self, device: str, nbytes: int) -> None:
         """Change a budget (a device taken out of service gets 0); existing entries stay charged."""
         with self._lock:

@@ -6,6 +6,7 @@ of their format is loaded.
 
 from aivmm.models._hints import CategoryHints, category_hints
 from aivmm.models._load import load
+from aivmm.models._parsed import onnx_model, release_parsed
 from aivmm.models._spec import Category, CategoryScore, ModelFormat, ModelSpec, TensorSpec, ValueKind
 
 __all__ = [
@@ -18,4 +19,6 @@ __all__ = [
     "ValueKind",
     "category_hints",
     "load",
+    "onnx_model",
+    "release_parsed",
 ]

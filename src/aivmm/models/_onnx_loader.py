@@ -17,6 +17,7 @@ from aivmm.models._onnx_checks import check_consistency, check_opsets, check_str
 from aivmm.models._onnx_facts import collect
 from aivmm.models._onnx_file import FULL_HASH_LIMIT, ReadModel, read
 from aivmm.models._onnx_types import itemsize, to_dtype
+from aivmm.models._parsed import ParsedModel
 from aivmm.models._spec import Dim, ModelFormat, ModelSpec, TensorSpec, ValueKind
 
 CONTROL_FLOW = _flops.CONTROL_FLOW
@@ -203,4 +204,5 @@ def analyse(loaded: ReadModel, *, path: pathlib.Path, shapes: Mapping[str, Seque
         size_bytes=loaded.size_bytes,
         batch_dim=batch_dim,
         warnings=tuple(warnings),
+        parsed=ParsedModel(path, model),  # the one parse, shared until the model is loaded
     )

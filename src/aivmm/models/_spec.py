@@ -148,6 +148,8 @@ class ModelSpec:
     size_bytes: int = 0
     batch_dim: int | None = 0  # index of the batch dimension shared by all inputs, None when there is none
     warnings: tuple[str, ...] = ()
+    # The loader's parse of the ONNX file, shared while the model is deployed (models._parsed).
+    parsed: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for field in ("operators", "per_operator_flops", "opsets", "shapes_used"):

@@ -19,11 +19,11 @@ when the model refuses them (stride divisibility, minimum lengths).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import pathlib
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -121,10 +121,12 @@ def _metadata(model: Any) -> dict[str, Any]:
     return out
 
 
-def _facts_uncached(path: str) -> GraphFacts:
-    import onnx
+def _facts_uncached(path: str, model: Any = None) -> GraphFacts:
+    """The facts of the graph in ``path`` (``model``: its proto, already parsed)."""
+    if model is None:
+        import onnx
 
-    model = onnx.load(path, load_external_data=False)
+        model = onnx.load(path, load_external_data=False)
     graph = model.graph
     consts = _constants(graph)
     consumers: dict[str, list[Any]] = {}
@@ -183,18 +185,30 @@ def _vocabulary(path: pathlib.Path) -> int | None:
     return int(size) if isinstance(size, int) and size > 1 else None
 
 
-@functools.lru_cache(maxsize=32)
-def _facts_cached(path: str, mtime_ns: int, size: int) -> GraphFacts:
-    return _facts_uncached(path)
+_FACTS_KEPT = 32
+_facts_lock = threading.Lock()
+_facts: dict[tuple[str, int, int], GraphFacts] = {}
 
 
 def graph_facts(spec: ModelSpec) -> GraphFacts:
-    """The facts of ``spec``'s ONNX file (cached per file version); none for other formats."""
+    """The facts of ``spec``'s ONNX file (cached per file version, read from the loader's parse);
+    none for other formats."""
     src = spec.source
     if not (isinstance(src, str | pathlib.Path) and str(src).endswith(".onnx") and os.path.isfile(src)):
         return _NO_FACTS
     st = os.stat(src)
-    return _facts_cached(str(src), st.st_mtime_ns, st.st_size)
+    key = (str(src), st.st_mtime_ns, st.st_size)
+    with _facts_lock:
+        found = _facts.get(key)
+    if found is None:
+        from aivmm.models import onnx_model
+
+        found = _facts_uncached(str(src), onnx_model(spec))
+        with _facts_lock:
+            if len(_facts) >= _FACTS_KEPT:
+                _facts.clear()
+            _facts[key] = found
+    return found
 
 
 def index_bounds(model_path: str | pathlib.Path) -> dict[str, int]:

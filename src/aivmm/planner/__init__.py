@@ -4,15 +4,18 @@
 predicted and measured figures, the ranked alternatives and every rejected candidate with why.
 """
 
+from aivmm.planner._bench import Bench, Held
 from aivmm.planner._plan import Plan
-from aivmm.planner._planner import plan
+from aivmm.planner._planner import identity, plan
 from aivmm.planner._values import Candidate, Measurement, Prediction, Rejection, RejectReason
 from aivmm.planner.constraints import Constraints, HardwareSelector, Objective, PrecisionPolicy
 
 __all__ = [
+    "Bench",
     "Candidate",
     "Constraints",
     "HardwareSelector",
+    "Held",
     "Measurement",
     "Objective",
     "Plan",
@@ -20,5 +23,6 @@ __all__ = [
     "Prediction",
     "RejectReason",
     "Rejection",
+    "identity",
     "plan",
 ]

@@ -16,7 +16,7 @@ import pathlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from aivmm.optimize import _accuracy, _inputs, _passes, _probe
 from aivmm.optimize._cache import file_sha256
 from aivmm.options import DeployOptions, coerce_options
 from aivmm.planner import _cache, _calibration, _isolation, _quiet
+from aivmm.planner._bench import Bench
 from aivmm.planner._cost import backend_info, predict
 from aivmm.planner._enumerate import analysed, enumerate_candidates, onnx_path, variant_key
 from aivmm.planner._figures import Capability, capability
@@ -42,6 +43,9 @@ from aivmm.planner._plan import Plan
 from aivmm.planner._values import Candidate, RejectReason
 from aivmm.planner.constraints import Constraints, Objective, PrecisionPolicy
 from aivmm.planner.profile import NOISE_MARGIN, Budget, profile, race_rounds
+
+if TYPE_CHECKING:  # aivmm.memory imports the planner's constraints: imported when first used here
+    from aivmm.memory import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +101,7 @@ class _Request:
     ready_only: bool = False  # fast start: only candidates that load without compiling
     generated: _probe.Generated | None = None  # how generated inputs were found (None for user inputs)
     max_load_s: float = MAX_LOAD_S
+    ledger: Ledger | None = None  # what is free on each device now (the runtime's memory ledger)
 
 
 def _validate(spec: ModelSpec, devices: Sequence[Device], opts: DeployOptions, *, budget_s: float | None,
@@ -174,7 +179,7 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
          options: DeployOptions | None = None, device: str | None = None, backend: str | None = None,
          strict: bool = False, measure: bool = True, sample_inputs: Any = None, cache: bool = True,
          budget_s: float | None = None, top_k: int | None = None, fast_start: bool = False,
-         backends: Sequence[str] | None = None) -> Plan:
+         backends: Sequence[str] | None = None, ledger: Ledger | None = None, bench: Bench | None = None) -> Plan:
     """Choose where ``spec`` runs on ``devices`` under ``constraints``; see docs/planner.md.
 
     What to plan for is one :class:`~aivmm.options.DeployOptions` (``options=``, as ``VMM.deploy``
@@ -185,11 +190,18 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
     profiling time; ``top_k`` how many candidates are measured. ``fast_start`` returns at once a
     ready fp32 candidate chosen from predictions, with ``Plan.upgrade`` a Future of the measured
     plan. ``backends`` restricts the registry's names.
+
+    ``ledger``: the runtime's memory ledger; a device whose free bytes there cannot hold the model
+    now is left out, with the reason in the plan (a fallback: ``strict`` refuses it), and sessions
+    measured hold reservations in it. ``bench``: where the measured sessions live; after the plan
+    it holds only the chosen candidate's session (``bench.take(identity(plan.chosen))``) for the
+    runtime to adopt. Without one, every session is closed before plan() returns.
     """
     t0 = time.perf_counter()
     opts = coerce_options(options, constraints, device=device, backend=backend, strict=strict, measure=measure,
                           sample_inputs=sample_inputs, fast_start=fast_start)
     req = _validate(spec, devices, opts, budget_s=budget_s, top_k=top_k, backends=backends)
+    req.ledger = ledger
     model_hash = _model_hash(spec)
     key = None
     if cache and model_hash:
@@ -202,15 +214,21 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
                            if c.transform and not pathlib.Path(str(c.model.source)).is_file()]
                 if missing:
                     raise ValueError(f"transformed model(s) no longer on disk: {missing[:2]}")
+                full = _ledger_shortfall(req, cached.chosen)
+                if full:
+                    raise ValueError(f"its choice {cached.chosen.label} does not fit now: {full}")
             except (KeyError, ValueError, TypeError, AivmmError) as exc:
                 log.warning("plan cache entry unusable (%s); planning again", exc)
             else:
                 return dataclasses.replace(cached, cache_hit=True, planning_seconds=time.perf_counter() - t0)
     if opts.fast_start and req.measure:
-        quick = _run(dataclasses.replace(req, measure=False, ready_only=True), t0, model_hash)
+        with Bench() as nothing_measured:  # measure=False opens no session
+            quick = _run(dataclasses.replace(req, measure=False, ready_only=True), t0, model_hash, nothing_measured)
+        # The upgrade measures in its own bench, closed when it ends: its winner is loaded again by
+        # the runtime (the quick plan's caller has already placed the model and moved on).
         future = _upgrade_executor().submit(
             plan, spec, req.devices, options=opts.replace(fast_start=False, constraints=req.cons), cache=cache,
-            budget_s=budget_s, top_k=top_k, backends=backends,
+            budget_s=budget_s, top_k=top_k, backends=backends, ledger=ledger,
         )
         note = "fast start: chosen from predictions; Plan.upgrade resolves to the measured plan"
         return dataclasses.replace(quick, upgrade=future, notes=(*quick.notes, note))
@@ -218,10 +236,46 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
         with _quiet.captured("generated inputs"):  # a refused first guess makes ORT log its error
             req.generated = _probe.generate(spec, batch=req.cons.batch_size, model_path=onnx_path(spec))
         req.feeds = req.generated.feeds
-    result = _run(req, t0, model_hash)
-    if key is not None:
+    own = bench is None
+    bench = Bench(ledger) if bench is None else bench
+    try:
+        result = _run(req, t0, model_hash, bench)
+    except BaseException:
+        bench.close()
+        raise
+    if own:
+        bench.close()
+    else:
+        bench.keep_only([identity(result.chosen)])  # the losers' sessions and reservations go now
+    # A plan shaped by what other models hold now is not the model's plan in general: not cached.
+    if key is not None and not any(r.reason is RejectReason.DEVICE_FULL for c in result.rejected
+                                   for r in c.rejections):
         _cache.store(key, result.to_json())
     return result
+
+
+def identity(c: Candidate) -> tuple[Any, ...]:
+    """What a measured session is kept under in the bench: the configuration and the model it loads."""
+    return (c.config, c.transform)
+
+
+def _ledger_shortfall(req: _Request, c: Candidate) -> str:
+    """Why ``c`` does not fit what the ledger has free on its device now ('' when it fits or there is
+    no ledger). Sized as the runtime admits a load: the footprint estimate at the constraints' batch."""
+    from aivmm.memory import estimate, format_bytes
+
+    ledger = req.ledger
+    if ledger is None or c.config.device not in ledger.devices():
+        return ""
+    need = estimate(c.model, c.precision, req.cons.batch_size).total
+    free, capacity = ledger.free(c.config.device), ledger.capacity(c.config.device)
+    if need <= free:
+        return ""
+    held = sorted(ledger.entries(c.config.device), key=lambda e: -e.nbytes)
+    resident = ", ".join(f"{e.key} {format_bytes(e.nbytes)}" for e in held[:4]) or "nothing"
+    more = f" and {len(held) - 4} more" if len(held) > 4 else ""
+    return (f"needs ~{format_bytes(need)} but {c.config.device} has {format_bytes(free)} of its "
+            f"{format_bytes(capacity)} budget free in the memory ledger now (held: {resident}{more})")
 
 
 def _upgrade_executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -236,8 +290,9 @@ def _upgrade_executor() -> concurrent.futures.ThreadPoolExecutor:
 class _Evaluator:
     """Measures, checks and constrains candidates for one request."""
 
-    def __init__(self, req: _Request) -> None:
+    def __init__(self, req: _Request, bench: Bench) -> None:
         self.req = req
+        self.bench = bench
         self.devices = {d.id: d for d in req.devices}
         self._caps: dict[tuple[str, str], Capability] = {}
         self._reference: list[np.ndarray] | None = None
@@ -272,6 +327,18 @@ class _Evaluator:
             c = c.reject(RejectReason.DOES_NOT_FIT,
                          f"needs ~{pred.memory_bytes / 2**20:.1f} MiB, {dev.id} has "
                          f"{dev.memory_free_bytes / 2**20:.1f} MiB free")
+        elif self.req.ledger is not None and dev.id in self.req.ledger.devices():
+            from aivmm.memory import estimate, format_bytes
+
+            need = estimate(c.model, c.precision, self.req.cons.batch_size).total
+            capacity = self.req.ledger.capacity(dev.id)
+            if need > capacity:
+                c = c.reject(RejectReason.DOES_NOT_FIT, f"needs ~{format_bytes(need)}, more than the "
+                                                        f"{format_bytes(capacity)} budget of {dev.id}")
+            else:
+                full = _ledger_shortfall(self.req, c)
+                if full:
+                    c = c.reject(RejectReason.DEVICE_FULL, full)
         return c
 
     # -- measurement -----------------------------------------------------------------------------
@@ -353,9 +420,12 @@ class _Evaluator:
             if why is not None:
                 return c.reject(RejectReason.FAILED, why)
             backend = registry.get(c.config.backend)
+            # Measured through the bench, so the session stays open: the race times it again in
+            # place and, if it wins, the runtime adopts it. (A first run isolated above happened in
+            # a worker process: that session cannot be adopted, so it is measured here again.)
             m, outputs = profile(backend, c.model, self.devices[c.config.device], c.config, self.req.feeds,
                                  Budget(seconds=self.req.seconds_per_candidate),
-                                 batch_size=self.req.cons.batch_size)
+                                 batch_size=self.req.cons.batch_size, bench=self.bench, identity=identity(c))
         except Exception as exc:  # AivmmError or a runtime's own: recorded, the others still get measured
             log.info("measuring %s failed: %s: %s", c.label, type(exc).__name__, exc)
             return c.reject(RejectReason.FAILED, f"{type(exc).__name__}: {_one_line(str(exc))}")
@@ -370,6 +440,7 @@ class _Evaluator:
             ref = self._reference
         if ref is None:
             if c.precision is not Precision.FP32 or c.transform:
+                self.bench.discard(identity(c))
                 return c.reject(RejectReason.ACCURACY, f"no fp32 reference to check against: {self._reference_error}")
             return c
         precision = c.precision
@@ -377,6 +448,7 @@ class _Evaluator:
         report = _accuracy.compare(outputs, ref, [t.name for t in self.req.spec.outputs], tol)
         c = c.with_(accuracy=report.to_json())
         if not report.ok:
+            self.bench.discard(identity(c))
             c = c.reject(RejectReason.ACCURACY, str(report.error(c.label)))
         return c
 
@@ -572,8 +644,8 @@ class _Evaluator:
         if self.req.cons.objective is Objective.ENERGY:
             return measured  # energy needs each candidate alone on the counter
         # Compiled candidates keep their own figures: loading them again would compile again.
-        skip = {_identity(c) for c in compiled}
-        ok = sorted((c for c in measured if not self.violations(c) and _identity(c) not in skip), key=self.rank_key)
+        skip = {identity(c) for c in compiled}
+        ok = sorted((c for c in measured if not self.violations(c) and identity(c) not in skip), key=self.rank_key)
         if len(ok) < 2:
             return measured
         finalists = self._finalists(ok)
@@ -583,9 +655,12 @@ class _Evaluator:
                    for c in finalists]
         try:
             with _quiet.captured("the finalist race"):
+                # The sessions measured above, raced in place (one reopened if it was closed for room).
+                sessions = [self.bench.open(identity(c), *entry, batch=self.req.cons.batch_size)
+                            for c, entry in zip(finalists, entries)]
                 result = race_rounds(entries, self.req.feeds or {},
                                      Budget(seconds=self.req.seconds_per_candidate * len(finalists), warmup_runs=2,
-                                            min_runs=RACE_MIN_ROUNDS, max_runs=400))
+                                            min_runs=RACE_MIN_ROUNDS, max_runs=400), sessions=sessions)
         except Exception as exc:  # the screening figures stand; the race is a refinement
             log.warning("finalist race failed (%r); keeping the individual measurements", exc)
             return measured
@@ -604,10 +679,6 @@ class _Evaluator:
         return [raced.get(id(c), c) for c in measured]
 
 
-def _identity(c: Candidate) -> tuple[Any, ...]:
-    return (c.config, c.transform)
-
-
 def _plain_fp32(c: Candidate) -> bool:
     return not c.transform and c.config.precision is Precision.FP32
 
@@ -621,8 +692,8 @@ def _same_but_runner(c: Candidate, other: Candidate) -> bool:
     return rest(c) == rest(other)
 
 
-def _run(req: _Request, t0: float, model_hash: str) -> Plan:
-    ev = _Evaluator(req)
+def _run(req: _Request, t0: float, model_hash: str, bench: Bench) -> Plan:
+    ev = _Evaluator(req, bench)
     all_cands = enumerate_candidates(req.spec, req.devices, req.cons, req.backends)
     clean: list[Candidate] = []
     rejected: list[Candidate] = []
@@ -630,10 +701,10 @@ def _run(req: _Request, t0: float, model_hash: str) -> Plan:
         if not c.rejected:
             c = ev.predict(c)
         (rejected if c.rejected else clean).append(c)
+    crowded = _crowded_out(req, clean, rejected)
 
     def pinned(c: Candidate) -> bool:
-        return (req.device is None or c.config.device == req.device) and (
-            req.backend is None or c.config.backend == req.backend)
+        return _matches_pins(req, c)
 
     fallbacks: list[str] = []
     pins = req.device is not None or req.backend is not None
@@ -660,6 +731,9 @@ def _run(req: _Request, t0: float, model_hash: str) -> Plan:
         rejected.extend(bad)
     if not feasible:
         raise _infeasible(req, ev, rejected)
+    if crowded:
+        fallbacks.append(f"{crowded}; placed on {feasible[0].label} instead")
+        log.warning("%s", fallbacks[-1])
     return Plan(
         model_name=req.spec.name,
         model_sha256=model_hash,
@@ -672,6 +746,43 @@ def _run(req: _Request, t0: float, model_hash: str) -> Plan:
         measured=req.measure,
         notes=tuple(ev.notes),
     )
+
+
+def _matches_pins(req: _Request, c: Candidate) -> bool:
+    return (req.device is None or c.config.device == req.device) and (
+        req.backend is None or c.config.backend == req.backend)
+
+
+def _crowded_out(req: _Request, clean: list[Candidate], rejected: list[Candidate]) -> str:
+    """Candidates left out because other models hold their device's memory now (DEVICE_FULL).
+
+    When some other candidate can run, they stay out and the plan says so (returned sentence,
+    recorded as a fallback; ``strict`` refuses). When none can (or none on the pinned device), they
+    are put back: the runtime then makes room by evicting idle models (overcommit), as it does
+    for any load, and the candidate's notes say so."""
+    full = [c for c in rejected if c.rejections and c.rejections[-1].reason is RejectReason.DEVICE_FULL]
+    if not full:
+        return ""
+
+    def pinned(c: Candidate) -> bool:
+        return _matches_pins(req, c)
+
+    back = [] if any(pinned(c) for c in clean) else [c for c in full if pinned(c)]
+    if back:
+        rejected[:] = [c for c in rejected if c not in back]
+        for c in back:
+            clean.append(c.with_(rejections=c.rejections[:-1], notes=(
+                *c.notes, f"{c.rejections[-1].detail}: loading it there evicts idle models")))
+    full = [c for c in full if c not in back and pinned(c)]  # a device the pins exclude anyway is no fallback
+    if not full:
+        return ""
+    devices = sorted({c.config.device for c in full})
+    why = "; ".join(next(r.detail for c in full if c.config.device == d for r in c.rejections
+                         if r.reason is RejectReason.DEVICE_FULL) for d in devices)
+    message = f"{', '.join(devices)} left out for lack of free memory now: {why}"
+    if req.strict:
+        raise FallbackError(f"strict: {message}")
+    return message
 
 
 def _pin_text(req: _Request) -> str:

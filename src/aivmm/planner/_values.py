@@ -22,6 +22,7 @@ class RejectReason(enum.Enum):
     EXCLUDED_BY_USER = "excluded-by-user"
     NOT_PINNED = "not-pinned"  # the user pinned another device or backend
     DOES_NOT_FIT = "does-not-fit"  # device memory or the max_memory_bytes constraint
+    DEVICE_FULL = "device-full"  # fits the device's budget, not what the memory ledger has free now
     CONSTRAINT = "constraint"  # a latency / throughput / power / energy limit
     ACCURACY = "accuracy"  # broke the tolerance against the fp32 reference (AccuracyError)
     FAILED = "failed"  # loading or running it raised

@@ -1,9 +1,11 @@
 """Bounded profiling of one candidate on its real device.
 
-One candidate at a time: the session is created, warmed up, timed until ``budget_s`` or
-``max_runs`` (whichever first, and at least ``min_runs``), then closed before the next one, so
-runtimes never share cores during a measurement. Reported: p50 / p99 / mean latency, the peak
-memory the session added, and energy per inference where a counter is readable.
+One candidate at a time: the session is created, warmed up and timed until ``budget_s`` or
+``max_runs`` (whichever first, and at least ``min_runs``); sessions never run concurrently, so
+runtimes never share cores during a measurement. Without a bench the session is closed before the
+next one; through a :class:`~aivmm.planner._bench.Bench` it stays open (idle) for the finalist
+race and, if it wins, for the runtime. Reported: p50 / p99 / mean latency, the peak memory the
+session added, and energy per inference where a counter is readable.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,6 +24,9 @@ from aivmm.devices._types import Device, DeviceKind
 from aivmm.models._spec import ModelSpec
 from aivmm.planner._values import Measurement
 from aivmm.telemetry import energy_counter
+
+if TYPE_CHECKING:
+    from aivmm.planner._bench import Bench
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,13 +100,18 @@ def time_runs(session: Session, feeds: Mapping[str, Any], budget: Budget) -> lis
 
 
 def profile(backend: Backend, model: ModelSpec, device: Device, config: Config, feeds: Mapping[str, Any],
-            budget: Budget | None = None, *, batch_size: int = 1,
-            rapl_root: str = RAPL_ROOT) -> tuple[Measurement, list[Any]]:
-    """Load, time and close one candidate; returns its Measurement and the outputs of its first run
-    (model output order) for the accuracy check."""
+            budget: Budget | None = None, *, batch_size: int = 1, rapl_root: str = RAPL_ROOT,
+            bench: Bench | None = None, identity: Hashable = None) -> tuple[Measurement, list[Any]]:
+    """Load and time one candidate; returns its Measurement and the outputs of its first run (model
+    output order) for the accuracy check. The session is closed at the end, unless ``bench`` opened
+    it: it then stays there under ``identity`` (closed by the bench if measuring fails)."""
     budget = budget or Budget()
     probe = _MemoryProbe()
-    session = backend.load(model, device, config)
+    if bench is not None:
+        session = bench.open(identity, backend, model, device, config, batch=batch_size)
+    else:
+        session = backend.load(model, device, config)
+    ok = False
     try:
         first = session.run(feeds)
         outputs = list(first.values())  # Session.run returns outputs in model order
@@ -127,11 +137,15 @@ def profile(backend: Backend, model: ModelSpec, device: Device, config: Config, 
             memory_bytes=memory, memory_source=mem_source, energy_j=energy, power_w=power,
             energy_source=source, batch_size=batch_size,
         )
+        ok = True
         return m, outputs
     finally:
-        session.close()
-        del session
-        gc.collect()
+        if bench is None:
+            session.close()
+            del session
+            gc.collect()
+        elif not ok:
+            bench.discard(identity)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,19 +173,24 @@ def _leaders_close(rounds: list[list[float]], margin: float) -> bool:
 
 
 def race_rounds(entries: list[tuple[Backend, ModelSpec, Device, Config]], feeds: Mapping[str, Any], budget: Budget,
-                *, block: int = 5, margin: float = NOISE_MARGIN, max_extensions: int = MAX_EXTENSIONS) -> RaceResult:
+                *, block: int = 5, margin: float = NOISE_MARGIN, max_extensions: int = MAX_EXTENSIONS,
+                sessions: list[Session] | None = None) -> RaceResult:
     """Time finalists against each other, interleaved: all loaded, run strictly one after another
     (never concurrently) in rounds; in each round every finalist runs ``block`` calls, in an order
     that alternates between rounds. The first call of each turn is a warm-up (the previous
     finalist's idle-spinning threads and evicted caches tax it) and counted separately; the round's
     figure is the median of the rest. Drift on a shared machine then hits every finalist alike.
     When the two best medians of rounds are within ``margin``, the race goes on for another budget
-    (``max_extensions`` times at most) before it ends."""
-    sessions: list[Session] = []
+    (``max_extensions`` times at most) before it ends. ``sessions``: the finalists' open sessions
+    (from the bench that measured them), raced in place and left open; otherwise each entry is
+    loaded here and closed at the end."""
+    owned = sessions is None
+    sessions = [] if sessions is None else list(sessions)
     block = max(2, block)
     try:
-        for backend, model, device, config in entries:
-            sessions.append(backend.load(model, device, config))
+        if owned:
+            for backend, model, device, config in entries:
+                sessions.append(backend.load(model, device, config))
         warmup: list[list[float]] = [[] for _ in sessions]
         for i, s in enumerate(sessions):
             for _ in range(max(1, budget.warmup_runs)):
@@ -205,7 +224,8 @@ def race_rounds(entries: list[tuple[Backend, ModelSpec, Device, Config]], feeds:
             n += 1
         return RaceResult(rounds, calls, warmup, extended)
     finally:
-        for s in sessions:
-            s.close()
-        sessions.clear()
-        gc.collect()
+        if owned:
+            for s in sessions:
+                s.close()
+            sessions.clear()
+            gc.collect()

@@ -36,7 +36,7 @@ from aivmm.runtime._failover import Failover, Replanner
 from aivmm.runtime._fleet import DeviceFleet
 from aivmm.runtime._handle import ModelHandle
 from aivmm.runtime._loading import ModelLoader, Placement, open_session
-from aivmm.runtime._residency import ResidencyManager
+from aivmm.runtime._residency import ResidencyManager, WarmSession
 
 
 class Engine:
@@ -111,12 +111,37 @@ class Engine:
         batching: BatchingConfig | None = None,
         isolation: bool = False,
         split: bool | str = "auto",
+        adopt: Mapping[int, WarmSession] | None = None,
     ) -> ModelHandle:
         """Deploy ``spec`` as ``name`` and return its handle once it is READY: several placements are
         replicas; a model too large for its device is split into pipeline stages across devices
         (``split="auto"``), or over the given placements' devices in order (``split=True``).
 
+        ``adopt`` maps a placement's index to a session already loaded with that placement's config
+        (the planner's measured winner): that replica takes it, and its ledger reservation, instead
+        of loading the model again. Every session given is either adopted or closed here.
+
         This is the engine's one entry point for loading a model (see :class:`ModelLoader`)."""
+        warm = dict(adopt or {})
+        try:
+            return self._add(name, spec, placements, batching=batching, isolation=isolation, split=split, warm=warm)
+        finally:
+            for left in warm.values():  # not adopted (split, isolated, a failure): closed, memory released
+                left.session.close()
+                if left.ledger_key is not None:
+                    self.ledger.release(left.ledger_key)
+
+    def _add(
+        self,
+        name: str,
+        spec: ModelSpec,
+        placements: Sequence[Placement],
+        *,
+        batching: BatchingConfig | None,
+        isolation: bool,
+        split: bool | str,
+        warm: dict[int, WarmSession],
+    ) -> ModelHandle:
         if self._closed:
             raise ModelClosedError("the engine is closed")
         if not isinstance(name, str) or not name:
@@ -130,7 +155,7 @@ class Engine:
         handle = ModelHandle(self.dispatcher, name, spec, batching=batching, isolation=isolation)
         self.catalog.add(handle)
         try:
-            self.loader.load(handle, placements, split=split)
+            self.loader.load(handle, placements, split=split, adopt=warm)
         except BaseException:
             self.catalog.drop(handle)
             raise

@@ -25,7 +25,7 @@ from aivmm.runtime._fleet import DeviceFleet
 from aivmm.runtime._handle import ModelHandle
 from aivmm.runtime._replica import Replica
 from aivmm.runtime._request import settle
-from aivmm.runtime._residency import ResidencyManager
+from aivmm.runtime._residency import ResidencyManager, WarmSession
 from aivmm.runtime._split import PipelineSession, SplitPlan, build_stages, plan_split
 from aivmm.runtime._states import ModelState, Tier
 from aivmm.runtime._worker import WorkerSession
@@ -33,6 +33,17 @@ from aivmm.runtime._worker import WorkerSession
 log = logging.getLogger(__name__)
 
 Placement = tuple[Config, Device]
+
+
+def _adoptable(replica: Replica, session: Session) -> bool:
+    # An isolated replica runs in a worker process: a session of this process cannot serve it.
+    return (
+        not replica.isolation
+        and not session.closed
+        and session.config == replica.config
+        and session.device.id == replica.device.id
+        and session.model is replica.spec
+    )
 
 
 def open_session(replica: Replica) -> Session:
@@ -71,11 +82,21 @@ class ModelLoader:
         if batching is not None:
             _check_batchable(spec, batching)
 
-    def load(self, handle: ModelHandle, placements: Sequence[Placement], *, split: bool | str = "auto") -> None:
+    def load(
+        self,
+        handle: ModelHandle,
+        placements: Sequence[Placement],
+        *,
+        split: bool | str = "auto",
+        adopt: dict[int, WarmSession] | None = None,
+    ) -> None:
         """Load ``handle``'s replicas on ``placements`` (already checked) and leave it READY.
 
-        On failure everything loaded so far is unloaded again and the error propagates.
+        ``adopt``: sessions already loaded, by placement index; each one a replica adopts is removed
+        from it (the caller closes the rest). On failure everything loaded so far is unloaded again
+        and the error propagates.
         """
+        adopt = {} if adopt is None else adopt
         placements = list(placements)
         spec = handle.spec
         batch = handle.batching.max_batch_size if handle.batching is not None else 1
@@ -94,6 +115,11 @@ class ModelLoader:
                 for i, ((cfg, dev), fp) in enumerate(zip(placements, footprints)):
                     self._add(handle, i, cfg, dev, fp)
                 for replica in handle.replicas:
+                    given = adopt.get(replica.index)
+                    if given is not None and _adoptable(replica, given.session):
+                        del adopt[replica.index]
+                        self._residency.adopt(replica, given.session, given.ledger_key, "deploy (measured while planning)")
+                        continue
                     try:
                         self._residency.ensure_resident(replica, "deploy")
                     except OutOfMemoryError as exc:

@@ -21,7 +21,7 @@ from aivmm.runtime._states import Tier
 class Movement:
     """One load or eviction, as data."""
 
-    kind: str  # "load", "reload-from-host", "evict-to-host", "evict-to-disk"
+    kind: str  # "load", "load-adopted", "reload-from-host", "evict-to-host", "evict-to-disk"
     seconds: float
     nbytes: int
     at: float  # time.time()

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 from aivmm.backends._base import Session
 from aivmm.errors import ModelTooLargeError, OutOfMemoryError
@@ -40,6 +41,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)
 
+
+
+class WarmSession(Protocol):
+    """A session loaded (and run) before its replica existed, with the ledger reservation it holds:
+    what the planner hands over so the runtime adopts its measured session (``planner.Held``)."""
+
+    @property
+    def session(self) -> Session: ...
+
+    @property
+    def ledger_key(self) -> str | None: ...
 
 
 class ResidencyManager:
@@ -152,6 +164,45 @@ class ResidencyManager:
                 self.ledger.commit(replica.key)
             with replica.lock:
                 replica.charged_bytes = max(need, measured)
+                replica.parked = None
+                replica.tier = Tier.DEVICE
+                replica.session = session  # published last: the fast path reads only this
+        self._on_resident(replica)
+
+    def adopt(self, replica: Replica, session: Session, held_key: str | None, reason: str) -> None:
+        """Make ``session``, already loaded (measured while planning), the replica's resident session
+        instead of loading the model again. Its ledger reservation ``held_key`` moves to the replica
+        in one step; without one the replica is admitted as a load is. The session is closed if it
+        cannot be admitted."""
+        with replica.load_lock:
+            try:
+                if replica.resident():
+                    raise ValueError(f"{replica.key} is already resident")
+                if held_key is not None and self.ledger.entry(held_key) is not None:
+                    self.ledger.rename(held_key, replica.key)
+                else:
+                    self._admit(replica, replica.charged_bytes)
+            except BaseException:
+                session.close()
+                if held_key is not None:
+                    self.ledger.release(held_key)
+                raise
+            entry = self.ledger.entry(replica.key)
+            target = max(replica.charged_bytes, session.memory_bytes())
+            if entry is not None and target != entry.nbytes and not self.ledger.commit(replica.key, target):
+                self.make_room(replica.device.id, target - entry.nbytes, exclude=replica,
+                               reason=f"{replica.key} adopted larger than measured")
+                if not self.ledger.commit(replica.key, target):
+                    self.ledger.commit(replica.key)
+                    log.warning("%s holds %d bytes, %d charged: budget too small", replica.key, target, entry.nbytes)
+            elif entry is not None:
+                self.ledger.commit(replica.key)
+            # The session's own load time, so reload estimates stay what a real load costs.
+            replica.record(Movement("load-adopted", session.report.seconds, replica.footprint.weights_bytes,
+                                    time.time(), reason))
+            with replica.lock:
+                final = self.ledger.entry(replica.key)
+                replica.charged_bytes = final.nbytes if final is not None else target
                 replica.parked = None
                 replica.tier = Tier.DEVICE
                 replica.session = session  # published last: the fast path reads only this

@@ -30,6 +30,7 @@ from aivmm.errors import (
     UnsupportedModelError,
     missing_extra,
 )
+from aivmm.models import onnx_model
 from aivmm.models._spec import ModelFormat, ModelSpec
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -183,7 +184,10 @@ class TorchBackend(Backend):
             if cached is not None:
                 return cached
         try:
-            proto = onnx.load(str(path), load_external_data=with_weights)
+            if with_weights and model.external_data:
+                proto = onnx.load(str(path), load_external_data=True)
+            else:  # the loader's parse (weights inline); lower() copies before it rewrites anything
+                proto = onnx_model(model)
         except Exception as exc:
             raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
         entry = (proto, refusals(proto))
