@@ -118,7 +118,9 @@ class ModelLoader:
                     given = adopt.get(replica.index)
                     if given is not None and _adoptable(replica, given.session):
                         del adopt[replica.index]
-                        self._residency.adopt(replica, given.session, given.ledger_key, "deploy (measured while planning)")
+                        self._residency.adopt(
+                            replica, given.session, given.ledger_key, "deploy (measured while planning)"
+                        )
                         continue
                     try:
                         self._residency.ensure_resident(replica, "deploy")
