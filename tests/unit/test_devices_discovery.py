@@ -4,6 +4,7 @@ environment, shipped examples, malformed specs) and which runtimes drive each de
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -337,3 +338,32 @@ def test_a_hanging_backend_costs_the_deadline_not_the_other_answers(
     cpu = report.devices[0]
     assert "test-picky" in cpu.runtimes and "test-hanging" not in cpu.runtimes
     assert "test-hanging: drives() did not answer within 0.5 s; left out" in report.probe("runtimes").reason
+
+
+def test_a_backend_still_importing_its_runtime_is_waited_for_and_noted_slow(
+    test_backends: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # torch's import took over 15 s on a loaded machine and torch was dropped: an import is slow, not stuck.
+    from aivmm.devices import _discovery
+
+    (tmp_path / "aivmm_test_slow_runtime.py").write_text("import time\ntime.sleep(1.2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class SlowImportBackend(PickyBackend):
+        name = "test-slow-import"
+
+        def drives(self, device: Device) -> Support:
+            import aivmm_test_slow_runtime  # noqa: F401  (the runtime, imported on first use)
+
+            return Support.yes()
+
+    backend_registry.register("test-slow-import", SlowImportBackend)
+    monkeypatch.setattr(_discovery, "RUNTIMES_TIMEOUT_S", 0.3)
+    try:
+        report = discover_report(probes=["cpu"])
+    finally:
+        backend_registry.unregister("test-slow-import")
+        sys.modules.pop("aivmm_test_slow_runtime", None)
+    assert "test-slow-import" in report.devices[0].runtimes
+    note = report.probe("runtimes").reason
+    assert "test-slow-import: slow: importing its runtime took it" in note and "not left out" in note

@@ -22,8 +22,10 @@ from aivmm.devices._types import Device, ProbeReport
 from aivmm.errors import ConfigError, SimulationSpecError
 
 # Asking backends is separate from probing: the first call imports runtimes (torch takes seconds),
-# so it has its own, longer deadline.
+# so it has its own, longer deadline; a backend still importing at that deadline is waited for up to
+# RUNTIMES_IMPORT_TIMEOUT_S (torch took over 15 s on a loaded 2-core machine, and was dropped).
 RUNTIMES_TIMEOUT_S = 15.0
+RUNTIMES_IMPORT_TIMEOUT_S = 120.0
 
 _lock = threading.Lock()
 _cache: dict[str, ProbeReport] = {}
@@ -158,5 +160,5 @@ def _run_one(name: str) -> None:
 
 
 def _with_runtimes(devices: list[Device]) -> tuple[list[Device], str]:
-    found, notes = runtimes_for(devices, RUNTIMES_TIMEOUT_S)
+    found, notes = runtimes_for(devices, RUNTIMES_TIMEOUT_S, RUNTIMES_IMPORT_TIMEOUT_S)
     return [d.with_(runtimes=tuple(found.get(d.id, ()))) for d in devices], "; ".join(notes)
