@@ -140,22 +140,38 @@ def test_unreadable_rapl_says_why_and_is_scanned_again(tmp_path: pathlib.Path) -
 
 
 _VENDOR_SDKS = {"torch", "pynvml", "amdsmi", "cupy", "jax"}
+_SRC = pathlib.Path(aivmm.planner.__file__).parent.parent
+
+
+def _vendor_uses(path: pathlib.Path, sdks: set[str]) -> list[str]:
+    """Imports of ``sdks`` (statements and importlib.import_module("...")) and ``torch.cuda`` in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" and node.args:
+            first = node.args[0]
+            names = [first.value] if isinstance(first, ast.Constant) and isinstance(first.value, str) else []
+        found += [f"{path.relative_to(_SRC)}:{node.lineno} {n}" for n in names if n.split(".")[0] in sdks]
+        torch_cuda = (
+            isinstance(node, ast.Attribute) and node.attr == "cuda" and getattr(node.value, "id", "") == "torch"
+        )
+        if "torch" in sdks and torch_cuda:
+            found.append(f"{path.relative_to(_SRC)}:{node.lineno} torch.cuda")
+    return found
 
 
 def test_no_planner_module_imports_a_vendor_sdk() -> None:
     """The planner reads devices through meters and backends; the SDKs stay in their adapters."""
-    offenders = []
-    for path in sorted(pathlib.Path(aivmm.planner.__file__).parent.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" and node.args:
-                first = node.args[0]
-                names = [first.value] if isinstance(first, ast.Constant) and isinstance(first.value, str) else []
-            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.split(".")[0] in _VENDOR_SDKS]
-            if isinstance(node, ast.Attribute) and node.attr == "cuda" and getattr(node.value, "id", "") == "torch":
-                offenders.append(f"{path.name}:{node.lineno} torch.cuda")
-    assert offenders == []
+    assert [use for p in sorted((_SRC / "planner").rglob("*.py")) for use in _vendor_uses(p, _VENDOR_SDKS)] == []
+
+
+def test_nvml_amdsmi_and_rapl_are_opened_in_one_place_each() -> None:
+    """Only the session owner imports the management libraries (by name, from its table), and only
+    the RAPL reader names the powercap counter file."""
+    files = sorted(_SRC.rglob("*.py"))
+    assert [use for p in files for use in _vendor_uses(p, {"pynvml", "amdsmi"})] == []
+    assert [str(p.relative_to(_SRC)) for p in files if "energy_uj" in p.read_text()] == ["devices/_rapl.py"]

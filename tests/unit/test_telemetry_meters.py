@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pathlib
+import shutil
 
 import pytest
 
-from aivmm.telemetry import AmdMeter, CpuMeter, NvidiaMeter, Reading, default_meters, merge
+from aivmm.telemetry import AmdMeter, CpuMeter, IntelMeter, NvidiaMeter, Reading, default_meters, merge
 
 
 def _proc(root: pathlib.Path, user: int, idle: int) -> None:
@@ -55,7 +56,7 @@ def test_absent_sources_say_why_and_never_raise(tmp_path: pathlib.Path) -> None:
         assert s.sample() == [] and s.unavailable
     nv = NvidiaMeter()  # no NVIDIA GPU on the CI machine; on the GPU machine it reads real figures
     assert isinstance(nv.sample(), list)
-    assert [m.name for m in default_meters()] == ["cpu", "nvml", "amdgpu-sysfs"]
+    assert [m.name for m in default_meters()] == ["cpu", "nvml", "amdgpu-sysfs", "intel-hwmon"]
 
 
 def test_merge_fills_gaps_from_later_meters() -> None:
@@ -82,3 +83,28 @@ def test_nvml_reads_the_real_gpu() -> None:
     assert r.device == "nvidia:0" and r.memory_total_bytes and r.memory_total_bytes > 1 << 30
     assert r.utilization is not None and 0.0 <= r.utilization <= 1.0
     assert r.power_w is not None and r.power_w > 1.0
+
+
+def test_intel_gpus_recorded_on_an_arc_a380_and_b580(tmp_path: pathlib.Path, fixtures_dir: pathlib.Path) -> None:
+    """The i915 (A380) and xe (B580) hwmon energy counters, numbered as the Intel probe numbers the GPUs."""
+    from aivmm.devices import _intel
+
+    recorded = fixtures_dir / "devices" / "intel" / "sysfs"
+    drm = tmp_path / "class" / "drm"
+    drm.mkdir(parents=True)
+    for card, folder in (("card0", "drm-card__arc-a380_i915__lact"), ("card1", "drm-card__arc-b580_xe__lact")):
+        shutil.copytree(recorded / folder / "card1", drm / card, symlinks=True)
+    probed = [d.id for d in _intel.probe(tmp_path, openvino=False).devices]
+    meter = IntelMeter(tmp_path)
+    assert meter.unavailable == ""
+    a380, b580 = meter.sample()
+    assert [a380.device, b580.device] == probed == ["intel-gpu:0", "intel-gpu:1"]
+    assert a380.energy_j == pytest.approx(25637.161804) and b580.energy_j == pytest.approx(11031.745544)
+    assert b580.power_w is None  # a rate needs two samples
+    counter, why = meter.energy(1)
+    assert counter is not None and why == "" and counter.source == "intel-hwmon"
+    (drm / "card1" / "device" / "hwmon" / "hwmon2" / "energy1_input").write_text("11081745544\n")  # +50 J
+    assert counter.read_j() == pytest.approx(11081.745544)
+    assert meter.sample()[1].power_w > 0
+    assert meter.energy(2) == (None, "intel-gpu:2 has no readable hwmon energy counter (integrated GPU?)")
+    assert "no readable Intel GPU energy counter" in IntelMeter(tmp_path / "none").unavailable

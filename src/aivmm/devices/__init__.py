@@ -10,6 +10,7 @@ Importing this package touches no hardware.
 """
 
 from aivmm.devices._discovery import DiscoveryReport, clear_cache, discover, discover_report
+from aivmm.devices._intel import gpu_dirs as intel_gpu_dirs
 from aivmm.devices._library import LibrarySession, amdsmi_session, nvml_session, using_library
 from aivmm.devices._rapl import RAPL_ROOT, RaplReader, rapl_reader
 from aivmm.devices._registry import register as register_probe
@@ -29,6 +30,7 @@ __all__ = [
     "clear_cache",
     "discover",
     "discover_report",
+    "intel_gpu_dirs",
     "nvml_session",
     "rapl_reader",
     "register_probe",

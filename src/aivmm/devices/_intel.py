@@ -64,10 +64,12 @@ def probe(
 # ---------------------------------------------------------------- sysfs
 
 
-def _sysfs_gpus(base: Path) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
+def gpu_dirs(root: str | Path = "/sys") -> list[Path]:
+    """The PCI device folders of the Intel GPUs under ``root``, in the order the probe numbers them
+    (``intel-gpu:N``; OpenVINO-only devices come after): the telemetry meter reads the same list."""
+    found: list[Path] = []
     seen: set[str] = set()
-    for card in list_dir(base / "class/drm"):
+    for card in list_dir(Path(root) / "class/drm"):
         if not (card.name.startswith("card") and card.name[4:].isdigit()):
             continue
         device_dir = card / "device"
@@ -78,8 +80,12 @@ def _sysfs_gpus(base: Path) -> list[dict[str, Any]]:
         if slot in seen:
             continue
         seen.add(slot)
-        found.append(_sysfs_facts(device_dir, ident))
+        found.append(device_dir)
     return found
+
+
+def _sysfs_gpus(base: Path) -> list[dict[str, Any]]:
+    return [_sysfs_facts(device_dir, pci_identity(device_dir)) for device_dir in gpu_dirs(base)]
 
 
 def _sysfs_npus(base: Path) -> list[dict[str, Any]]:

@@ -4,7 +4,9 @@
   package energy and power from the one RAPL reader (:func:`aivmm.devices.rapl_reader`);
 - :class:`NvidiaMeter`: NVML, through the process's one NVML session (:func:`aivmm.devices.nvml_session`);
 - :class:`AmdMeter`: the amdgpu driver's sysfs files (what amdsmi reads underneath), energy
-  through the process's amdsmi session.
+  through the process's amdsmi session;
+- :class:`IntelMeter`: the i915/xe drivers' hwmon energy counter of each Intel GPU (discrete
+  cards; integrated GPUs are inside the CPU package's RAPL count and have none).
 
 The server's ``/metrics`` samples every meter; the planner reads one device's energy counter
 around a timed loop (:func:`energy_counter`). Like device probes, meters are cheap and never
@@ -26,6 +28,7 @@ from aivmm.devices import (
     DeviceKind,
     Vendor,
     amdsmi_session,
+    intel_gpu_dirs,
     nvml_session,
     rapl_reader,
 )
@@ -250,14 +253,73 @@ class _AmdsmiEnergy:
         return counter * resolution / 1e6
 
 
+class IntelMeter:
+    """Intel GPUs through the i915/xe hwmon files: energy, and power as its rate between samples."""
+
+    name = "intel-hwmon"
+
+    def __init__(self, root: str | pathlib.Path = "/sys") -> None:
+        # One entry per GPU in the probe's order (intel-gpu:N), None where the GPU has no counter.
+        self._energy = [_hwmon_energy_file(d) for d in intel_gpu_dirs(root)]
+        self._last: dict[int, tuple[float, float]] = {}  # index -> (monotonic s, joules) at the previous sample
+        found = any(path is not None for path in self._energy)
+        self.unavailable = "" if found else f"no readable Intel GPU energy counter (hwmon energy1_input) under {root}"
+
+    def sample(self) -> list[Reading]:
+        out = []
+        for i, path in enumerate(self._energy):
+            joules = _read_float(path) if path is not None else None
+            if joules is None:
+                continue
+            joules /= 1e6  # microjoules
+            now = time.monotonic()
+            last, self._last[i] = self._last.get(i), (now, joules)
+            power = (joules - last[1]) / (now - last[0]) if last is not None and now > last[0] else None
+            out.append(Reading(f"intel-gpu:{i}", None, power, joules))
+        return out
+
+    def energy(self, index: int) -> tuple[EnergyCounter | None, str]:
+        path = self._energy[index] if 0 <= index < len(self._energy) else None
+        if path is None:
+            return (
+                None,
+                f"intel-gpu:{index} has no readable hwmon energy counter ({self.unavailable or 'integrated GPU?'})",
+            )
+        return _HwmonEnergy(path), ""
+
+
+class _HwmonEnergy:
+    source = "intel-hwmon"
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self._path = path
+
+    def read_j(self) -> float:
+        uj = _read_float(self._path)
+        if uj is None:
+            raise OSError(f"{self._path} is not readable")
+        return uj / 1e6
+
+
+def _hwmon_energy_file(device_dir: pathlib.Path) -> pathlib.Path | None:
+    """The card's energy counter: ``energy1_input`` (xe labels it "card", beside "pkg")."""
+    for hwmon in sorted(device_dir.glob("hwmon/hwmon*")):
+        path = hwmon / "energy1_input"
+        if _read_float(path) is not None:
+            return path
+    return None
+
+
 def meter_for(device: Device, *, rapl_root: str | pathlib.Path = RAPL_ROOT) -> Meter | None:
-    """The meter of ``device``'s kind, or None where aivmm knows none (Intel GPUs and NPUs)."""
+    """The meter of ``device``'s kind, or None where aivmm knows none (NPUs)."""
     if device.kind is DeviceKind.CPU:
         return CpuMeter(rapl_root=rapl_root)
     if device.kind is DeviceKind.GPU and device.vendor is Vendor.NVIDIA:
         return NvidiaMeter()
     if device.kind is DeviceKind.GPU and device.vendor is Vendor.AMD:
         return AmdMeter()
+    if device.kind is DeviceKind.GPU and device.vendor is Vendor.INTEL:
+        return IntelMeter()
     return None
 
 
@@ -272,7 +334,7 @@ def energy_counter(device: Device, *, rapl_root: str | pathlib.Path = RAPL_ROOT)
 
 
 def default_meters() -> list[Meter]:
-    return [CpuMeter(), NvidiaMeter(), AmdMeter()]
+    return [CpuMeter(), NvidiaMeter(), AmdMeter(), IntelMeter()]
 
 
 def merge(readings: list[Reading]) -> dict[str, Reading]:
