@@ -101,10 +101,18 @@ class LibrarySession:
         return self._pid == os.getpid() and self._module is not None
 
     def close(self) -> None:
-        """Shut the library down if this process initialised it; the next ``library()`` starts again."""
-        with self._lock:
+        """Shut the library down if this process initialised it; the next ``library()`` starts again.
+
+        An initialisation still in progress (a stalled driver call holding the lock) is left alone
+        after a short wait: interpreter exit must not hang on it, and shutting down under it is unsafe.
+        """
+        if not self._lock.acquire(timeout=min(self._wait_s, 1.0)):
+            return
+        try:
             module, mine = self._module, self._pid == os.getpid()
             self._module, self._pid = None, None
+        finally:
+            self._lock.release()
         if module is not None and mine:
             with contextlib.suppress(Exception):  # a library that misbehaves at exit must not raise there
                 getattr(module, self._shutdown_name)()
