@@ -147,8 +147,11 @@ _SRC = pathlib.Path(aivmm.planner.__file__).parent.parent
 
 def _vendor_uses(path: pathlib.Path, sdks: set[str]) -> list[str]:
     """Imports of ``sdks`` (statements and importlib.import_module("...")) and ``torch.cuda`` in a file."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    found: list[str] = []
+    text = path.read_text()
+    if not any(sdk in text for sdk in sdks):
+        return found
+    for node in ast.walk(ast.parse(text, str(path))):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
