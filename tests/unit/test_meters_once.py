@@ -180,3 +180,13 @@ def test_nvml_amdsmi_and_rapl_are_opened_in_one_place_each() -> None:
     files = sorted(_SRC.rglob("*.py"))
     assert [use for p in files for use in _vendor_uses(p, {"pynvml", "amdsmi"})] == []
     assert [str(p.relative_to(_SRC)) for p in files if "energy_uj" in p.read_text()] == ["devices/_rapl.py"]
+
+
+def test_every_device_kind_has_a_meter_or_says_why_not() -> None:
+    npu = Device("intel-npu:0", DeviceKind.NPU, Vendor.INTEL, "npu", 0, 0)
+    assert energy_counter(npu) == (
+        None,
+        "Intel NPUs expose no energy counter (their power is inside the CPU package's RAPL count)",
+    )
+    apple = Device("apple:0", DeviceKind.GPU, Vendor.APPLE, "m3", 0, 0)
+    assert energy_counter(apple) == (None, "no energy counter known for apple gpu")

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from aivmm.telemetry import AmdMeter, CpuMeter, IntelMeter, NvidiaMeter, Reading, default_meters, merge
+from aivmm.telemetry import AmdMeter, CpuMeter, IntelMeter, IntelNpuMeter, NvidiaMeter, Reading, default_meters, merge
 
 
 def _proc(root: pathlib.Path, user: int, idle: int) -> None:
@@ -56,7 +56,7 @@ def test_absent_sources_say_why_and_never_raise(tmp_path: pathlib.Path) -> None:
         assert s.sample() == [] and s.unavailable
     nv = NvidiaMeter()  # no NVIDIA GPU on the CI machine; on the GPU machine it reads real figures
     assert isinstance(nv.sample(), list)
-    assert [m.name for m in default_meters()] == ["cpu", "nvml", "amdgpu-sysfs", "intel-hwmon"]
+    assert [m.name for m in default_meters()] == ["cpu", "nvml", "amdgpu-sysfs", "intel-hwmon", "intel-vpu"]
 
 
 def test_merge_fills_gaps_from_later_meters() -> None:
@@ -108,3 +108,25 @@ def test_intel_gpus_recorded_on_an_arc_a380_and_b580(tmp_path: pathlib.Path, fix
     assert meter.sample()[1].power_w > 0
     assert meter.energy(2) == (None, "intel-gpu:2 has no readable hwmon energy counter (integrated GPU?)")
     assert "no readable Intel GPU energy counter" in IntelMeter(tmp_path / "none").unavailable
+
+
+def test_intel_npu_recorded_on_a_lunar_lake(tmp_path: pathlib.Path, fixtures_dir: pathlib.Path) -> None:
+    """The intel_vpu busy time and memory in use (tests/fixtures/devices README: Lunar Lake transcript)."""
+    from test_devices_intel import NPU_TRANSCRIPT, add_npu_from_transcript, sys_root
+
+    from aivmm.devices import _intel
+
+    root = sys_root(tmp_path)
+    add_npu_from_transcript(root, (fixtures_dir / NPU_TRANSCRIPT).read_text())
+    (npu,) = _intel.probe(root, openvino=False).devices
+    meter = IntelNpuMeter(root)
+    assert meter.unavailable == ""
+    (first,) = meter.sample()
+    assert first == Reading(npu.id, None, None, None, 68714496)  # utilisation needs two samples
+    busy = root / "class/accel/accel0/device/npu_busy_time_us"
+    busy.write_text(f"{979473 + 10_000_000}\n")  # 10 s busy: more than the wall time since, so clamped
+    (second,) = meter.sample()
+    assert second.utilization == 1.0
+    assert meter.energy(0) == (None, "Intel NPUs expose no energy counter (their power is inside the CPU "
+                                     "package's RAPL count)")
+    assert "no Intel NPU" in IntelNpuMeter(tmp_path / "none").unavailable

@@ -11,6 +11,7 @@ Importing this package touches no hardware.
 
 from aivmm.devices._discovery import DiscoveryReport, clear_cache, discover, discover_report
 from aivmm.devices._intel import gpu_dirs as intel_gpu_dirs
+from aivmm.devices._intel import npu_dirs as intel_npu_dirs
 from aivmm.devices._library import LibrarySession, amdsmi_session, nvml_session, using_library
 from aivmm.devices._rapl import RAPL_ROOT, RaplReader, rapl_reader
 from aivmm.devices._registry import register as register_probe
@@ -31,6 +32,7 @@ __all__ = [
     "discover",
     "discover_report",
     "intel_gpu_dirs",
+    "intel_npu_dirs",
     "nvml_session",
     "rapl_reader",
     "register_probe",

@@ -88,16 +88,22 @@ def _sysfs_gpus(base: Path) -> list[dict[str, Any]]:
     return [_sysfs_facts(device_dir, pci_identity(device_dir)) for device_dir in gpu_dirs(base)]
 
 
-def _sysfs_npus(base: Path) -> list[dict[str, Any]]:
+def npu_dirs(root: str | Path = "/sys") -> list[Path]:
+    """The PCI device folders of the Intel NPUs under ``root``, in the probe's order (``intel-npu:N``)."""
     found = []
-    for accel in list_dir(base / "class/accel"):
+    for accel in list_dir(Path(root) / "class/accel"):
         if not (accel.name.startswith("accel") and accel.name[5:].isdigit()):
             continue
         device_dir = accel / "device"
-        ident = pci_identity(device_dir)
-        if ident.get("driver") not in _NPU_DRIVERS:
-            continue
-        facts = _sysfs_facts(device_dir, ident)
+        if pci_identity(device_dir).get("driver") in _NPU_DRIVERS:
+            found.append(device_dir)
+    return found
+
+
+def _sysfs_npus(base: Path) -> list[dict[str, Any]]:
+    found = []
+    for device_dir in npu_dirs(base):
+        facts = _sysfs_facts(device_dir, pci_identity(device_dir))
         max_mhz = read_int(device_dir / "npu_max_frequency_mhz")
         if max_mhz:
             facts["props"]["max_frequency_mhz"] = max_mhz

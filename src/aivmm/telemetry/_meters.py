@@ -6,7 +6,9 @@
 - :class:`AmdMeter`: the amdgpu driver's sysfs files (what amdsmi reads underneath), energy
   through the process's amdsmi session;
 - :class:`IntelMeter`: the i915/xe drivers' hwmon energy counter of each Intel GPU (discrete
-  cards; integrated GPUs are inside the CPU package's RAPL count and have none).
+  cards; integrated GPUs are inside the CPU package's RAPL count and have none);
+- :class:`IntelNpuMeter`: the intel_vpu driver's busy time and memory in use of each Intel NPU
+  (no energy counter: its power is inside the CPU package's).
 
 The server's ``/metrics`` samples every meter; the planner reads one device's energy counter
 around a timed loop (:func:`energy_counter`). Like device probes, meters are cheap and never
@@ -29,6 +31,7 @@ from aivmm.devices import (
     Vendor,
     amdsmi_session,
     intel_gpu_dirs,
+    intel_npu_dirs,
     nvml_session,
     rapl_reader,
 )
@@ -301,6 +304,36 @@ class _HwmonEnergy:
         return uj / 1e6
 
 
+class IntelNpuMeter:
+    """Intel NPUs through the intel_vpu driver's sysfs: utilisation (busy time over wall time
+    between two samples) and the memory in use."""
+
+    name = "intel-vpu"
+
+    def __init__(self, root: str | pathlib.Path = "/sys") -> None:
+        self._npus = [d for d in intel_npu_dirs(root) if _read_float(d / "npu_busy_time_us") is not None]
+        self._last: dict[int, tuple[float, float]] = {}  # index -> (monotonic s, busy s) at the previous sample
+        self.unavailable = (
+            "" if self._npus else f"no Intel NPU (intel_vpu) with a readable npu_busy_time_us under {root}"
+        )
+
+    def sample(self) -> list[Reading]:
+        out = []
+        for i, npu in enumerate(self._npus):
+            busy_us = _read_float(npu / "npu_busy_time_us")
+            if busy_us is None:
+                continue
+            now, busy = time.monotonic(), busy_us / 1e6
+            last, self._last[i] = self._last.get(i), (now, busy)
+            util = max(0.0, min(1.0, (busy - last[1]) / (now - last[0]))) if last and now > last[0] else None
+            used = _read_float(npu / "npu_memory_utilization")
+            out.append(Reading(f"intel-npu:{i}", util, None, None, None if used is None else int(used)))
+        return out
+
+    def energy(self, index: int) -> tuple[EnergyCounter | None, str]:
+        return None, "Intel NPUs expose no energy counter (their power is inside the CPU package's RAPL count)"
+
+
 def _hwmon_energy_file(device_dir: pathlib.Path) -> pathlib.Path | None:
     """The card's energy counter: ``energy1_input`` (xe labels it "card", beside "pkg")."""
     for hwmon in sorted(device_dir.glob("hwmon/hwmon*")):
@@ -311,7 +344,7 @@ def _hwmon_energy_file(device_dir: pathlib.Path) -> pathlib.Path | None:
 
 
 def meter_for(device: Device, *, rapl_root: str | pathlib.Path = RAPL_ROOT) -> Meter | None:
-    """The meter of ``device``'s kind, or None where aivmm knows none (NPUs)."""
+    """The meter of ``device``'s kind, or None where aivmm knows none (another vendor's NPU, an Apple GPU)."""
     if device.kind is DeviceKind.CPU:
         return CpuMeter(rapl_root=rapl_root)
     if device.kind is DeviceKind.GPU and device.vendor is Vendor.NVIDIA:
@@ -320,6 +353,8 @@ def meter_for(device: Device, *, rapl_root: str | pathlib.Path = RAPL_ROOT) -> M
         return AmdMeter()
     if device.kind is DeviceKind.GPU and device.vendor is Vendor.INTEL:
         return IntelMeter()
+    if device.kind is DeviceKind.NPU and device.vendor is Vendor.INTEL:
+        return IntelNpuMeter()
     return None
 
 
@@ -334,7 +369,7 @@ def energy_counter(device: Device, *, rapl_root: str | pathlib.Path = RAPL_ROOT)
 
 
 def default_meters() -> list[Meter]:
-    return [CpuMeter(), NvidiaMeter(), AmdMeter(), IntelMeter()]
+    return [CpuMeter(), NvidiaMeter(), AmdMeter(), IntelMeter(), IntelNpuMeter()]
 
 
 def merge(readings: list[Reading]) -> dict[str, Reading]:
