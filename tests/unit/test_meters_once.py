@@ -190,3 +190,23 @@ def test_every_device_kind_has_a_meter_or_says_why_not() -> None:
     )
     apple = Device("apple:0", DeviceKind.GPU, Vendor.APPLE, "m3", 0, 0)
     assert energy_counter(apple) == (None, "no energy counter known for apple gpu")
+
+
+def test_a_forked_child_initialises_its_own(h100_nvml: Any) -> None:
+    import os
+
+    with using_library(h100_nvml) as session:
+        assert session.initialised is False
+        session.library()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's handle is forgotten, its own initialisation follows
+            ok = not session.initialised and session.library()[0] is h100_nvml and session.initialised
+            os.write(write, b"1" if ok and h100_nvml._state["init"] == 2 else b"0")
+            os._exit(0)
+        os.close(write)
+        answer = os.read(read, 1)
+        os.waitpid(pid, 0)
+        os.close(read)
+        assert answer == b"1"
+        assert session.initialised and h100_nvml._state["init"] == 1  # the parent's own count is untouched

@@ -46,8 +46,9 @@ class LibrarySession:
 
     def library(self) -> tuple[Any, str]:
         """The initialised module, or ``(None, why)``."""
-        if self._pid == os.getpid():  # initialised in this process: no lock on the hot path
-            return self._module, ""
+        module = self._module  # read before the pid: close() clears the pid first
+        if module is not None and self._pid == os.getpid():  # initialised in this process: no lock
+            return module, ""
         if not self._lock.acquire(timeout=self._wait_s):
             return (
                 None,
@@ -110,7 +111,7 @@ class LibrarySession:
             return
         try:
             module, mine = self._module, self._pid == os.getpid()
-            self._module, self._pid = None, None
+            self._pid, self._module = None, None
         finally:
             self._lock.release()
         if module is not None and mine:
@@ -130,6 +131,17 @@ _sessions = {"pynvml": LibrarySession.nvml(), "amdsmi": LibrarySession.amdsmi()}
 def _shutdown_all() -> None:
     for session in list(_sessions.values()):
         session.close()
+
+
+def _forget_in_child() -> None:
+    """A forked child starts without the parent's handle (NVML handles must not cross fork) and with
+    fresh locks (one held by another parent thread at the fork would never be released here)."""
+    for session in _sessions.values():
+        session._lock = threading.Lock()
+        session._pid, session._module = None, None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def nvml_session() -> LibrarySession:
