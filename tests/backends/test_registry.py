@@ -149,6 +149,8 @@ def test_register_refuses_bad_targets_and_builtin_removal():
 # interface, for a simulated accelerator (hardware these machines lack). It describes itself only
 # through its BackendInfo; nothing in aivmm names it.
 ACME = textwrap.dedent('''
+    import logging
+
     import numpy as np
     import onnx
     from onnx.reference import ReferenceEvaluator
@@ -167,6 +169,7 @@ ACME = textwrap.dedent('''
             checked = config.options.get("check_shapes", False)
             self._ref = ReferenceEvaluator(onnx.load(str(model.source)), check_shape_annotations=checked)
             self._names = [t.name for t in model.outputs]
+            logging.getLogger("acme").warning("acme compiled %s", model.name)
 
         def _run(self, feeds, output):
             return dict(zip(self._names, (np.asarray(o) for o in self._ref.run(None, dict(feeds)))))
@@ -183,7 +186,7 @@ ACME = textwrap.dedent('''
             return BackendInfo(
                 self.name, frozenset({ModelFormat.ONNX}), frozenset(DeviceKind), frozenset({Precision.FP32}),
                 options={"check_shapes": (False, True)}, versions={"acme": __version__}, call_overhead_ms=0.1,
-                effects={"check_shapes": {True: OptionEffect(compute=1.2)}},
+                effects={"check_shapes": {True: OptionEffect(compute=1.2)}}, loggers=("acme",),
             )
 
         def drives(self, device):
@@ -211,9 +214,10 @@ def _accelerator() -> Device:
                   properties={"simulated_latency_ms": 3.0}, simulated=True, source="simulated")
 
 
-def test_entry_point_backend_is_planned_measured_chosen_and_cached(acme):
+def test_entry_point_backend_is_planned_measured_chosen_and_cached(acme, caplog):
     import aivmm_acme_plugin
 
+    caplog.set_level(logging.INFO)
     from aivmm import VMM
     from aivmm.planner import plan
 
@@ -240,6 +244,11 @@ def test_entry_point_backend_is_planned_measured_chosen_and_cached(acme):
 
         again = vmm.deploy(str(model), {"precision": "fp32"}, name="again")
         assert again.plan.cache_hit and again.plan.chosen.config == chosen.config
+        # Its logger (BackendInfo.loggers) was captured while measuring, as the built-ins' are.
+        quiet = [r for r in caplog.records if r.name == "aivmm.planner._quiet" and "acme compiled" in r.getMessage()]
+        assert len(quiet) >= 2
+        # Only loads outside measurement reach the root logger (at most one per deploy).
+        assert len([r for r in caplog.records if r.name == "acme"]) <= 2
     finally:
         vmm.close()
     # The cache key holds the versions the plugin states: a new release plans again.

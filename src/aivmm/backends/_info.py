@@ -101,6 +101,8 @@ class BackendInfo:
     # What model inputs and outputs may hold: tensors, and for runtimes that take them, ONNX sequences
     # and optionals (a model with others is refused at planning, with the reason).
     value_kinds: frozenset[ValueKind] = frozenset({ValueKind.TENSOR})
+    # Python loggers the runtime writes to: captured while candidates are measured, like its stderr.
+    loggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))

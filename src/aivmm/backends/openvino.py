@@ -59,6 +59,7 @@ _STATIC_INFO = BackendInfo(
     # Several streams: a better aggregate rate, a little more latency per request.
     effects={"performance_hint": {"THROUGHPUT": OptionEffect(overhead=1.2)}},
     thread_option="intra_op_threads",
+    loggers=("openvino",),
 )
 
 

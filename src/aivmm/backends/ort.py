@@ -90,6 +90,7 @@ _STATIC_INFO = BackendInfo(
         "execution_provider": {"tensorrt": OptionEffect(load_s=60.0, compiles=True)},
     },
     thread_option="intra_op_threads",
+    loggers=("onnxruntime",),
 )
 # EPs without an fp16 switch of their own: fp16 there means converting the graph before loading.
 _CONVERTED_FP16 = (_ort_providers.CUDA, _ort_providers.ROCM, _ort_providers.DML, _ort_providers.COREML)

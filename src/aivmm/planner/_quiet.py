@@ -19,14 +19,31 @@ import threading
 import warnings
 from collections.abc import Iterator
 
+from aivmm.backends import registry
+from aivmm.errors import AivmmError
+
 log = logging.getLogger(__name__)
 
-# Loggers of the runtimes whose records would otherwise reach the root handler during measurement.
-THIRD_PARTY_LOGGERS = ("torch", "onnxruntime", "openvino", "onnxscript", "onnx")
+# The planner's own library (passes, analysis); each runtime's loggers are named by its backend.
+PLANNER_LOGGERS = ("onnx",)
 # Captured text logged per candidate is cut to this many characters (the tail is the useful part).
 MAX_LOGGED_CHARS = 20_000
 
 _lock = threading.Lock()  # one capture at a time: descriptor 2 is process-wide
+
+
+def runtime_loggers() -> tuple[str, ...]:
+    """Loggers whose records would otherwise reach the root handler during measurement: the
+    planner's and those every available backend lists in ``BackendInfo.loggers``."""
+    names = set(PLANNER_LOGGERS)
+    for entry in registry.names():
+        try:
+            backend = registry.get(entry)
+            if backend.available():
+                names.update(backend.info().loggers)
+        except AivmmError:  # a backend that cannot be imported is not measured either
+            continue
+    return tuple(sorted(names))
 
 
 class Captured:
@@ -52,7 +69,7 @@ def captured(label: str) -> Iterator[Captured]:
     keep = _Keep()
     saved: list[tuple[logging.Logger, bool, list[logging.Handler]]] = []
     try:
-        for name in THIRD_PARTY_LOGGERS:
+        for name in runtime_loggers():
             lg = logging.getLogger(name)
             saved.append((lg, lg.propagate, list(lg.handlers)))
             lg.handlers = [keep]

@@ -56,6 +56,7 @@ _STATIC_INFO = BackendInfo(
         # aivmm's CUDA-graph runner: a capture per shape on the first load.
         "cuda_graphs": {True: OptionEffect(load_s=1.0, compiles=True, runner=True)},
     },
+    loggers=("torch", "onnxscript"),  # dynamo's graph-break reports; the exporter of torch modules
 )
 _CONV_OPERATORS = frozenset({"Conv", "ConvTranspose", "QLinearConv", "ConvInteger"})
 # Operators whose result decides what runs next on the host: a captured CUDA graph cannot hold them.
