@@ -26,8 +26,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, help="how many candidates to measure (default 8)")
     parser.add_argument("--no-cache", action="store_true", help="plan again even when a cached plan exists")
     parser.add_argument("--simulate", help="add simulated devices from a JSON spec (as AIVMM_SIMULATE)")
-    parser.add_argument("--input", action="append", default=[], metavar="FILE.npz|NAME=FILE.npy",
-                        help="measure with these inputs instead of generated ones (as aivmm run --input)")
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="FILE.npz|NAME=FILE.npy",
+        help="measure with these inputs instead of generated ones (as aivmm run --input)",
+    )
     add_verbose_argument(parser)
     add_constraint_arguments(parser)
 
@@ -67,9 +72,17 @@ def run(args: argparse.Namespace) -> int:
         given = zoo_inputs
     devices = discover(args.simulate) if args.simulate else discover()
     result = plan(
-        spec, devices, constraints, device=args.device, backend=args.backend, strict=args.strict,
-        measure=not args.no_measure, sample_inputs=given,
-        cache=not args.no_cache, budget_s=args.budget_s, top_k=args.top_k,
+        spec,
+        devices,
+        constraints,
+        device=args.device,
+        backend=args.backend,
+        strict=args.strict,
+        measure=not args.no_measure,
+        sample_inputs=given,
+        cache=not args.no_cache,
+        budget_s=args.budget_s,
+        top_k=args.top_k,
     )
     if args.json:
         json.dump(result.to_json(), sys.stdout, indent=2, default=str)
@@ -91,8 +104,9 @@ def _plan_llm(args: argparse.Namespace) -> int:
     from aivmm.llm import plan_llm
 
     devices = discover(args.simulate) if args.simulate else discover()
-    got = plan_llm(args.model, devices, device=args.device, backend=args.backend, strict=args.strict,
-                   measure=not args.no_measure)
+    got = plan_llm(
+        args.model, devices, device=args.device, backend=args.backend, strict=args.strict, measure=not args.no_measure
+    )
     kv, gplan, notes = got["kv"], got["plan"], got["notes"]
     if args.json:
         data = {"model": got["model"], "kind": "llm", "kv_cache": kv.to_json(), **gplan.to_json(), "notes": notes}
