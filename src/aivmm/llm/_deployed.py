@@ -35,11 +35,15 @@ OPTIONS = {
     "block_size": 16,  # tokens per KV block (accounting and prefix reuse)
     "prefix_cache_blocks": 256,  # 0 disables prefix reuse
     "prefill_chunk_tokens": 256,  # a longer prompt prefills in chunks between decode steps; None: whole
-    "fixed_shape_sessions": 8,  # decode sessions specialised to a recurring shape (small models); 0: none
+    "fixed_shape_sessions": 32,  # decode sessions specialised to a recurring shape (small models); 0: none
 }
 # Fixed-shape sessions pay off where the graph's shape arithmetic is a large part of a step (small
-# decoders); each one holds its own pre-packed copy of the weights, so bigger models do without.
+# decoders); each one holds its own pre-packed copy of the weights, so bigger models do without and
+# the sessions of one model together hold at most FIXED_SHAPE_BUDGET. 32 covers a 1-, 4- and 16-row
+# load over five past buckets (with 8 the first shapes to recur kept the sessions and a 16-row load
+# after a 1-row one ran symbolic: 16 streams / 1 fell from 6.96x to 2.32x on the tiny Llama).
 FIXED_SHAPE_MAX_WEIGHTS = 64 << 20
+FIXED_SHAPE_BUDGET = 512 << 20
 
 
 class _Handle:
@@ -582,7 +586,7 @@ def _fixed_shape_note(runner: Any, max_sessions: int, weights: int) -> str | Non
             f"no fixed-shape decode sessions: {weights} B of weights > {FIXED_SHAPE_MAX_WEIGHTS} B "
             "(the shape arithmetic is a small part of such a step, and each session copies the weights)"
         )
-    return str(specialise(max_sessions))
+    return str(specialise(max(1, min(max_sessions, FIXED_SHAPE_BUDGET // max(1, weights)))))
 
 
 def _as_plan(spec: Any, gplan: GenerationPlan, fallbacks: list[str]) -> Any:
