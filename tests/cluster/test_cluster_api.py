@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from _raystart import wait_for
 
+import aivmm
 from aivmm.errors import ConfigError, DeviceNotFoundError, InputError, ResourceError
 from conftest import WORKER_IP
 
@@ -82,6 +83,11 @@ def test_bad_requests_get_aivmm_errors(cluster_vmm: Any, affine: pathlib.Path) -
             model.execute({"x": np.zeros((2, 4), np.float32)}, output="native")
         with pytest.raises(ConfigError, match="other content or settings"):
             cluster_vmm.deploy(str(affine), name="affine-bad", replicas=2, measure=False)
+        # The same DeployOptions as a local VMM, refused (never dropped) where a cluster cannot honour them.
+        same = cluster_vmm.deploy(str(affine), options=aivmm.DeployOptions(name="affine-bad", measure=False))
+        assert same is model
+        with pytest.raises(ConfigError, match=r"does not take \['fast_start'\]"):
+            cluster_vmm.deploy(str(affine), options=aivmm.DeployOptions(name="affine-bad", fast_start=True))
     finally:
         cluster_vmm.unload("affine-bad")
 

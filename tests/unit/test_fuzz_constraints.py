@@ -3,7 +3,6 @@ accepts it or raises a documented aivmm error (ConfigError) naming the problem; 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -11,11 +10,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from aivmm.errors import AivmmError, ConfigError
-from aivmm.planner.constraints import Constraints, HardwareSelector, parse_bytes
+from aivmm.planner.constraints import Constraints, HardwareSelector, constraint_table, parse_bytes
 
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-FIELDS = [f.name for f in dataclasses.fields(Constraints)]
+FIELDS = [row.name for row in constraint_table()]
 
 # Anything JSON, YAML or a careless caller can produce, plus values close to the valid ones.
 scalars = st.one_of(

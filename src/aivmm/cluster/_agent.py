@@ -21,7 +21,8 @@ from typing import Any
 
 from aivmm._storage import cache_dir, file_sha256
 from aivmm.cluster._channel import ChannelServer
-from aivmm.errors import ModelNotFoundError
+from aivmm.errors import ConfigError, ModelNotFoundError
+from aivmm.options import DeployOptions
 
 log = logging.getLogger(__name__)
 
@@ -112,40 +113,22 @@ class NodeAgent:
             "devices": [d.to_json() for d in self._vmm.devices],
         }
 
-    def deploy(
-        self,
-        name: str,
-        path: str,
-        sha256: str,
-        blob: list[Any],
-        device: str,
-        backend: str,
-        constraints: Mapping[str, Any] | None,
-        batching: Any,
-        replicas: int,
-        measure: bool,
-    ) -> dict[str, Any]:
-        """Load ``name`` on this node's ``device`` (pinned, strict: the registry already chose it);
-        with ``measure`` the candidates of that device are measured here and cached here."""
-        key = _key(name, device)
+    def deploy(self, name: str, path: str, sha256: str, blob: list[Any], options: Mapping[str, Any]) -> dict[str, Any]:
+        """Load ``name`` with ``options`` (a DeployOptions as plain data, pinned to one device of
+        this node and strict: the registry already chose it); with ``measure`` the candidates of
+        that device are measured here and cached here."""
+        opts = DeployOptions.from_mapping(options, source=f"deploy of {name!r}")
+        if opts.device is None:
+            raise ConfigError(f"deploy of {name!r} on node {self.node_id[:8]}: no device pinned")
+        key = _key(name, opts.device)
         local = local_copy(path, sha256, blob)
-        model = self._vmm.deploy(
-            local,
-            constraints,
-            device=device,
-            backend=backend,
-            strict=True,
-            name=key,
-            batching=batching,
-            replicas=replicas,
-            measure=measure,
-        )
+        model = self._vmm.deploy(local, options=opts.replace(name=key))
         self._models[key] = model
         chosen = model.plan.chosen.to_json()
         return {
             "name": name,
             "placement": model.plan.chosen.config.label(),
-            "replicas": replicas,
+            "replicas": opts.replicas,
             "measured": model.plan.measured,
             "cache_hit": model.plan.cache_hit,
             "latency_ms_measured": chosen.get("latency_ms_measured"),

@@ -40,7 +40,7 @@ from aivmm.errors import (
     ResourceError,
 )
 from aivmm.models._spec import ModelSpec
-from aivmm.planner.constraints import coerce_constraints
+from aivmm.options import DeployOptions
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ class Entry:
     spec: ModelSpec
     path: str
     blob: Any
-    args: dict[str, Any]
-    replicas: int
+    options: DeployOptions
     plan: Any
     copies: list[Copy] = dataclasses.field(default_factory=list)
     holders: set[str] = dataclasses.field(default_factory=set)
@@ -119,7 +118,7 @@ class Entry:
             "name": self.name,
             "path": self.path,
             "sha256": self.spec.sha256,
-            "replicas": self.replicas,
+            "replicas": self.options.replicas,
             "plan": plan.to_json(),
             "copies": [c.to_json() for c in self.copies],
             "failure": self.failure,
@@ -127,10 +126,6 @@ class Entry:
             "holders": len(self.holders),
             "closed": self.closed,
         }
-
-
-def _same_request(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return repr(sorted(a.items())) == repr(sorted(b.items()))
 
 
 class Registry:
@@ -333,7 +328,7 @@ class Registry:
 
     def _replace(self, entry: Entry, count: int, lost: str) -> None:
         try:
-            plan, classes = self._plan(entry.spec, entry.args)
+            plan, classes = self._plan(entry.spec, entry.options)
             used = {c.device for c in entry.copies}
             copies = self._load(entry, plan.ranked(), classes, count, avoid=used)
             if not copies and not used:
@@ -367,43 +362,25 @@ class Registry:
             return [d for n in self._nodes.values() for d in n.devices]
 
     def deploy(
-        self,
-        holder: str,
-        name: str | None,
-        path: str,
-        sha256: str,
-        blob: list[Any],
-        constraints: Any,
-        device: str | None,
-        backend: str | None,
-        strict: bool,
-        batching: Any,
-        replicas: int,
-        measure: bool,
+        self, holder: str, path: str, sha256: str, blob: list[Any], options: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """Place ``name`` (or hold the same model already placed under that name) for ``holder``."""
+        """Place the model (or hold the same model already placed under that name) for ``holder``;
+        ``options`` is a DeployOptions as plain data (``to_mapping``)."""
         from aivmm.models import load
 
-        cons = coerce_constraints(constraints)
-        args = {
-            "constraints": cons,
-            "device": device,
-            "backend": backend,
-            "strict": strict,
-            "batching": batching,
-            "measure": measure,
-            "replicas": replicas,
-        }
+        opts = DeployOptions.from_mapping(options, source="cluster deploy")
         # The registry keeps its own copy of the bytes: the deploying process may exit, and a lost
         # node's models must still be loadable elsewhere.
         own = self._ray.put(self._ray.get(blob[0], timeout=self.call_timeout_s))
         spec = load(local_copy(path, sha256, [own]))
-        name = name or spec.name
+        name = opts.name or spec.name
+        opts = opts.replace(name=name)
+        device, replicas = opts.device, opts.replicas
         while True:
             with self._lock:
                 entry = self._models.get(name)
                 if entry is not None:
-                    if entry.spec.sha256 != spec.sha256 or not _same_request(entry.args, args):
+                    if entry.spec.sha256 != spec.sha256 or entry.options != opts:
                         raise ConfigError(
                             f"a model named {name!r} is already deployed on the cluster with "
                             "other content or settings; pass another name or unload it first"
@@ -424,8 +401,8 @@ class Registry:
                     raise DeviceNotFoundError(
                         f"unknown device {device!r}; the cluster has: {[d.id for d in self.devices()]}"
                     )
-            plan, classes = self._plan(spec, args)
-            entry = Entry(name, spec, path, own, args, replicas, plan, holders={holder})
+            plan, classes = self._plan(spec, opts)
+            entry = Entry(name, spec, path, own, opts, plan, holders={holder})
             ranked = plan.replicas(replicas) if replicas > 1 else (plan.chosen,)
             entry.copies = self._load(entry, ranked, classes, replicas)
             with self._lock:
@@ -437,7 +414,7 @@ class Registry:
             with self._lock:
                 self._pending.pop(name).set()
 
-    def _plan(self, spec: ModelSpec, args: Mapping[str, Any]) -> tuple[Any, dict[str, list[str]]]:
+    def _plan(self, spec: ModelSpec, options: DeployOptions) -> tuple[Any, dict[str, list[str]]]:
         """The planner's choice over one device per class of identical devices, and each class's members.
 
         Identical devices on many nodes would be identical candidates: planning them once keeps
@@ -449,20 +426,12 @@ class Registry:
         devices = self.devices()
         if not devices:
             raise PlanningError("no live node with devices in the cluster")
-        pinned = args["device"] if args["device"] in {d.id for d in devices} else None
-        if args["device"] is not None and pinned is None and args["strict"]:
-            raise PlanningError(f"pinned device {args['device']} left the cluster (strict placement)")
+        pinned = options.device if options.device in {d.id for d in devices} else None
+        if options.device is not None and pinned is None and options.strict:
+            raise PlanningError(f"pinned device {options.device} left the cluster (strict placement)")
         classes = device_classes(devices, keep=pinned)
         reps = [d for d in devices if d.id in classes]
-        chosen = plan(
-            spec,
-            reps,
-            args["constraints"],
-            device=pinned,
-            backend=args["backend"],
-            strict=args["strict"],
-            measure=False,
-        )
+        chosen = plan(spec, reps, options=options.replace(device=pinned, measure=False))
         if pinned is not None:
             classes = {k: ([pinned] if k == pinned else v) for k, v in classes.items()}
         return chosen, classes
@@ -568,19 +537,13 @@ class Registry:
             self._release_unused_claims()  # the claims this call made, which no copy uses
             raise
         calls = []
-        args = entry.args
         for dev, cands, label, local, node in targets:
+            # Pinned and strict on the node: the registry already chose the device and backend.
+            pinned = entry.options.replace(
+                device=local, backend=cands[0].config.backend, strict=True, replicas=len(cands)
+            )
             ref = node.agent.deploy.remote(
-                entry.name,
-                entry.path,
-                entry.spec.sha256 or "",
-                [entry.blob],
-                local,
-                cands[0].config.backend,
-                args["constraints"],
-                args["batching"],
-                len(cands),
-                args["measure"],
+                entry.name, entry.path, entry.spec.sha256 or "", [entry.blob], pinned.to_mapping()
             )
             calls.append((Copy(label, dev, local, len(cands), node.endpoint), ref))
         loaded: list[Copy] = []

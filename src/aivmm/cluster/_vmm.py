@@ -26,9 +26,13 @@ from aivmm.cluster._registry import REGISTRY_NAME, Registry
 from aivmm.devices._types import Device
 from aivmm.errors import AivmmError, ConfigError, ModelClosedError, ModelNotFoundError
 from aivmm.models._spec import ModelSpec
+from aivmm.options import DeployOptions, coerce_options
 from aivmm.planner.constraints import Constraints
 
 log = logging.getLogger(__name__)
+
+# Deploy options the cluster does not carry to its nodes (a cluster deploy refuses them, never drops them).
+_LOCAL_ONLY = ("isolation", "sample_inputs", "example_inputs", "fast_start", "replan_on_first_request")
 
 # Requests in flight from one client at once (each holds a thread while its node computes).
 CLIENT_THREADS = 64
@@ -202,6 +206,7 @@ class ClusterVMM:
         model: str | os.PathLike[str] | ModelSpec,
         constraints: Constraints | Mapping[str, Any] | None = None,
         *,
+        options: DeployOptions | None = None,
         device: str | None = None,
         backend: str | None = None,
         strict: bool = False,
@@ -213,11 +218,24 @@ class ClusterVMM:
         """Place the model on the cluster (or hold the same model another client placed under the
         same name). The registry plans over every node's devices from the cost model, holds each
         device it uses with a Ray placement group, and the chosen nodes load (and, with
-        ``measure``, measure and cache) their pinned candidate themselves."""
+        ``measure``, measure and cache) their pinned candidate themselves. The options are one
+        DeployOptions (``options=`` or the separate keywords), sent to the registry as plain data."""
         if self._closed:
             raise ModelClosedError("this ClusterVMM was closed")
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-            raise ConfigError(f"replicas must be a positive integer, got {replicas!r}")
+        opts = coerce_options(
+            options,
+            constraints,
+            device=device,
+            backend=backend,
+            strict=strict,
+            name=name,
+            batching=batching,
+            replicas=replicas,
+            measure=measure,
+        )
+        local_only = [k for k in _LOCAL_ONLY if getattr(opts, k) not in (None, False)]
+        if local_only:
+            raise ConfigError(f"a cluster deploy does not take {local_only}: they apply to a local VMM only")
         from aivmm.models import load
 
         spec = model if isinstance(model, ModelSpec) else load(model)
@@ -228,17 +246,10 @@ class ClusterVMM:
             record = self._ray.get(
                 self.registry.deploy.remote(
                     self.holder,
-                    name or spec.name,
                     str(spec.source),
                     spec.sha256 or "",
                     [blob],
-                    constraints,
-                    device,
-                    backend,
-                    strict,
-                    batching,
-                    replicas,
-                    measure,
+                    opts.replace(name=opts.name or spec.name).to_mapping(),
                 ),
                 timeout=self.call_timeout_s * 2,
             )

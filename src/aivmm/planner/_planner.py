@@ -41,7 +41,7 @@ from aivmm.planner._enumerate import analysed, enumerate_candidates, onnx_path, 
 from aivmm.planner._figures import Capability, capability
 from aivmm.planner._plan import Plan
 from aivmm.planner._values import Candidate, RejectReason
-from aivmm.planner.constraints import Constraints, Objective, PrecisionPolicy
+from aivmm.planner.constraints import Bound, Constraints, Objective, PrecisionPolicy
 from aivmm.planner.profile import NOISE_MARGIN, Budget, profile, race_rounds
 
 if TYPE_CHECKING:  # aivmm.memory imports the planner's constraints: imported when first used here
@@ -472,29 +472,20 @@ class _Evaluator:
             "energy": m.energy_j if (m and m.energy_j is not None) else (p.energy_j if p else None),
         }
 
+    def figure_label(self, figure: str) -> str:
+        return f"p{self.req.cons.latency_percentile} latency" if figure == "latency" else figure
+
     def violations(self, c: Candidate) -> list[tuple[str, str]]:
-        """(constraint name, sentence) for every constraint ``c`` violates."""
-        cons, f, out = self.req.cons, self.figures(c), []
+        """(constraint name, sentence) for every limit of the constraints table that ``c`` violates."""
+        f, out = self.figures(c), []
         basis = "measured" if c.measurement else "predicted"
-        if cons.max_latency_ms is not None and (f["latency"] or 0.0) > cons.max_latency_ms:
-            out.append(("max_latency_ms", f"p{cons.latency_percentile} {f['latency']:.3f} ms ({basis}) > "
-                                          f"{cons.max_latency_ms:g} ms"))
-        if cons.min_throughput is not None and (f["throughput"] or 0.0) < cons.min_throughput:
-            out.append(("min_throughput", f"{f['throughput']:.1f}/s ({basis}) < {cons.min_throughput:g}/s"))
-        if cons.max_memory_bytes is not None and (f["memory"] or 0) > cons.max_memory_bytes:
-            out.append(("max_memory_bytes", f"{f['memory']:.0f} B ({basis}) > {cons.max_memory_bytes} B"))
-        if cons.max_power_w is not None:
-            if f["power"] is None:
-                out.append(("max_power_w", "power is neither measurable nor known for this device"
-                            + (f" ({c.measurement.energy_source})" if c.measurement else "")))
-            elif f["power"] > cons.max_power_w:
-                out.append(("max_power_w", f"{f['power']:.1f} W > {cons.max_power_w:g} W"))
-        if cons.max_energy_j is not None:
-            if f["energy"] is None:
-                out.append(("max_energy_j", "energy per inference is neither measurable nor predictable here"
-                            + (f" ({c.measurement.energy_source})" if c.measurement else "")))
-            elif f["energy"] > cons.max_energy_j:
-                out.append(("max_energy_j", f"{f['energy']:.4g} J ({basis}) > {cons.max_energy_j:g} J"))
+        for name, limit, value in self.req.cons.limits():
+            got, label = f[limit.figure], self.figure_label(limit.figure)
+            if got is None:
+                why = f" ({c.measurement.energy_source})" if c.measurement else ""
+                out.append((name, f"{label} is neither measurable nor known for {c.config.device}{why}"))
+            elif limit.bound.violated(got, value):
+                out.append((name, f"{label} {limit.show(got)} ({basis}) {limit.bound.broken} {limit.show(value)}"))
         return out
 
     def objective_key(self, c: Candidate) -> tuple[float, ...]:
@@ -857,29 +848,17 @@ def _infeasible(req: _Request, ev: _Evaluator, rejected: Sequence[Candidate]) ->
         if req.measure and any(r.reason in _RAN for c in rejected for r in c.rejections):
             return _nothing_ran(req, rejected)
         return InfeasibleError(f"no candidate can run {req.spec.name!r}: {_summarise(rejected, 8)}")
-    cons = req.cons
     lines = []
     violated = {name for c in only_constraints for name, _ in ev.violations(c)}
-
-    def best(metric: str, pick: Any) -> tuple[float, Candidate] | None:
-        vals = [(ev.figures(c)[metric], c) for c in only_constraints if ev.figures(c)[metric] is not None]
-        return pick(vals, key=lambda v: v[0]) if vals else None
-
-    table = [
-        ("max_latency_ms", "latency", min, lambda v: f"p{cons.latency_percentile} {v:.3f} ms",
-         f"{cons.max_latency_ms} ms"),
-        ("min_throughput", "throughput", max, lambda v: f"{v:.1f}/s", f"{cons.min_throughput}/s"),
-        ("max_memory_bytes", "memory", min, lambda v: f"{v / 2**20:.1f} MiB",
-         f"{(cons.max_memory_bytes or 0) / 2**20:.1f} MiB"),
-        ("max_power_w", "power", min, lambda v: f"{v:.1f} W", f"{cons.max_power_w} W"),
-        ("max_energy_j", "energy", min, lambda v: f"{v:.4g} J", f"{cons.max_energy_j} J"),
-    ]
-    for name, metric, pick, fmt, asked in table:
+    for name, limit, value in req.cons.limits():
         if name not in violated:
             continue
-        got = best(metric, pick)
-        if got is None:
-            lines.append(f"{name}={asked}: not measurable on any candidate")
-        else:
-            lines.append(f"{name}={asked}: best achievable {fmt(got[0])} ({got[1].label})")
+        figures = [(f, c) for c in only_constraints if (f := ev.figures(c)[limit.figure]) is not None]
+        asked = f"{name}={limit.show(value)}"
+        if not figures:
+            lines.append(f"{asked}: not measurable on any candidate")
+            continue
+        pick = min if limit.bound is Bound.MAX else max
+        got, best = pick(figures, key=lambda v: v[0])
+        lines.append(f"{asked}: best achievable {ev.figure_label(limit.figure)} {limit.show(got)} ({best.label})")
     return InfeasibleError(f"no candidate for {req.spec.name!r} meets the constraints: " + "; ".join(lines))

@@ -34,6 +34,8 @@ from aivmm.errors import (
     OverloadedError,
     PermissionDeniedError,
 )
+from aivmm.options import DeployOptions
+from aivmm.planner.constraints import coerce_constraints
 from aivmm.serve._host import Host, Limits, ModelHandle, within
 from aivmm.serve._messages import InferRequest, InferResponse
 from aivmm.serve._model_config import ModelConfig
@@ -225,10 +227,8 @@ class DataPlane:
         device = self._pinned_device(cfg)
         path = source.file(version)
         start = self._clock()
-        handle = await asyncio.to_thread(
-            self.host.deploy,
-            str(path),
-            cfg.constraints if cfg.constraints is not None else self.default_constraints,
+        options = DeployOptions(
+            constraints=coerce_constraints(self.default_constraints if cfg.constraints is None else cfg.constraints),
             device=device,
             backend=cfg.backend,
             strict=cfg.strict or device is not None,
@@ -238,6 +238,7 @@ class DataPlane:
             replicas=cfg.instances,
             measure=self.measure,
         )
+        handle = await asyncio.to_thread(self.host.deploy, str(path), options=options)
         seconds = self._clock() - start
         log.info("loaded %s version %d in %.2f s on %s", source.name, version, seconds, _placement(handle))
         return Version(source.name, version, vmm_name, handle, cfg, seconds)

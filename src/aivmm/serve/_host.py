@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from aivmm.devices._types import Device
 from aivmm.models._spec import ModelSpec
+from aivmm.options import DeployOptions
 
 T = TypeVar("T")
 
@@ -32,19 +33,7 @@ class Host(Protocol):
     @property
     def devices(self) -> Sequence[Device]: ...
 
-    def deploy(
-        self,
-        model: Any,
-        constraints: Any = ...,
-        *,
-        device: str | None = ...,
-        backend: str | None = ...,
-        strict: bool = ...,
-        name: str | None = ...,
-        batching: Mapping[str, Any] | None = ...,
-        replicas: int = ...,
-        measure: bool = ...,
-    ) -> ModelHandle: ...
+    def deploy(self, model: Any, *, options: DeployOptions | None = ...) -> ModelHandle: ...
 
     def unload(self, name: str, *, drain: bool = ...) -> None: ...
 

@@ -23,6 +23,9 @@ from typing import Any
 
 from aivmm.errors import ConfigError
 
+# Keys that are deploy options as they are (aivmm.DeployOptions checks them); the others are the
+# repository's own (instances are replicas, device is a pin, versions and filename pick files).
+_DEPLOY_KEYS = ("constraints", "backend", "strict")
 _JSON_KEYS = frozenset({"constraints", "batching", "instances", "device", "backend", "strict", "versions", "filename"})
 
 
@@ -179,16 +182,14 @@ def merge_mapping(base: ModelConfig, data: Any, *, source: str, llm: bool = Fals
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {sorted(_JSON_KEYS)}")
     changes: dict[str, Any] = {"sources": (*base.sources, source)}
-    if "constraints" in data:
-        from aivmm.planner.constraints import Constraints
+    given = {key: data[key] for key in _DEPLOY_KEYS if key in data}
+    if given:
+        from aivmm.options import DeployOptions
 
-        if not isinstance(data["constraints"], dict):
-            raise ConfigError(f"{source}: 'constraints' must be an object")
-        try:
-            Constraints.from_mapping(data["constraints"])  # validate now: a bad file fails at index time
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
-        changes["constraints"] = dict(data["constraints"])
+        DeployOptions.from_mapping(given, source=source)  # validate now: a bad file fails at index time
+        changes.update(given)
+        if "constraints" in given:
+            changes["constraints"] = dict(given["constraints"])
     if "batching" in data:
         b = data["batching"]
         if b is not None and not isinstance(b, dict):
@@ -211,7 +212,7 @@ def merge_mapping(base: ModelConfig, data: Any, *, source: str, llm: bool = Fals
         if d is not None and (not isinstance(d, str) or ":" not in d):
             raise ConfigError(f"{source}: 'device' must be a device id such as \"cpu:0\" or \"nvidia:0\", got {d!r}")
         changes["pin"] = DevicePin(device_id=d)
-    for key, typ in (("backend", str), ("filename", str), ("strict", bool)):
+    for key, typ in (("filename", str),):
         if key in data:
             if not isinstance(data[key], typ):
                 raise ConfigError(f"{source}: {key!r} must be a {typ.__name__}, got {data[key]!r}")
