@@ -50,7 +50,7 @@ class Reading:
 class EnergyCounter(Protocol):
     """A cumulative energy count for one device, read around a timed loop."""
 
-    source: str  # "rapl", "nvml", "amdsmi"
+    source: str  # "rapl", "nvml", "amdsmi", "intel-hwmon"
 
     def read_j(self) -> float: ...
 
