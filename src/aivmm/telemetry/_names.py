@@ -32,9 +32,10 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "aivmm_device_memory_free_bytes": ("gauge", ("device",), "Device memory free."),
     "aivmm_device_memory_total_bytes": ("gauge", ("device",), "Device memory in total."),
     "aivmm_device_utilization_ratio": ("gauge", ("device",), "Device busy fraction, 0..1 (where readable)."),
-    "aivmm_device_power_watts": ("gauge", ("device",), "Device power draw (NVML, amdgpu hwmon, RAPL; where readable)."),
+    "aivmm_device_power_watts": ("gauge", ("device",),
+                                 "Device power draw (NVML, amdgpu/Intel hwmon, RAPL; where readable)."),
     "aivmm_device_energy_joules_total": ("counter", ("device",),
-                                         "Energy used by the device since the sampler started."),
+                                         "Energy used by the device since its counter started (RAPL: the meter)."),
     # Text generation (LLM routes); rate(aivmm_llm_generated_tokens_total[1m]) is tokens/s.
     "aivmm_llm_time_to_first_token_seconds": ("histogram", ("model",),
                                               "Request start (admitted) to its first generated token."),
