@@ -96,3 +96,12 @@ def test_race_goes_on_while_the_leaders_are_within_the_noise_margin(tmp_path):
     r = race_rounds([(ort, spec, cpu(), same)] * 2, sample_inputs(spec), budget, block=4, margin=10.0,
                     max_extensions=2)
     assert r.extended == 2 and len(r.rounds[0]) > 2
+
+
+def test_only_a_backend_with_an_allocator_peak_answers_peak_memory(tmp_path):
+    """torch keeps one on CUDA (tests/gpu); on the CPU no session has one, so the planner measures
+    the process's peak resident memory (test_profile_is_bounded_and_reports_percentiles)."""
+    spec = load(mlp(tmp_path / "m.onnx"))
+    for name in ("onnxruntime", "torch"):
+        with registry.get(name).load(spec, cpu(), Config(name, "cpu:0")) as session:
+            assert session.peak_memory() is None
