@@ -15,7 +15,7 @@ repository's config, a cluster message) and :meth:`DeployOptions.to_mapping` is 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aivmm.errors import ConfigError
@@ -58,11 +58,46 @@ def _replicas(name: str, value: Any) -> int:
     return value
 
 
-def _batching(name: str, value: Any) -> BatchingConfig | dict[str, Any] | None:
+class FrozenMapping(Mapping[str, Any]):
+    """A read-only copy of a mapping, hashable when its values are (a frozen DeployOptions holds
+    batching options this way); pickles as a dict's items."""
+
+    __slots__ = ("_items",)
+    _items: dict[str, Any]
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_items", dict(data))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._items.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and self._items == dict(other)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to {name!r}: the mapping is frozen")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenMapping, (self._items,))
+
+    def __repr__(self) -> str:
+        return repr(self._items)
+
+
+def _batching(name: str, value: Any) -> BatchingConfig | FrozenMapping | None:
     # A mapping stays a mapping here: whether its keys are the engine's (BatchingConfig) or an LLM
     # generator's (max_waiting, kv_cache_tokens…) is known only once the model is loaded.
     if value is None or isinstance(value, Mapping):
-        return None if value is None else dict(value)
+        return None if value is None else FrozenMapping(value)
     from aivmm.runtime import BatchingConfig
 
     if not isinstance(value, BatchingConfig):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import pickle
 
 import numpy as np
 import onnx
@@ -39,6 +40,9 @@ def test_exported_frozen_and_checked_once():
     assert opts.constraints == aivmm.Constraints(max_latency_ms=5.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.replicas = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        opts.batching["max_batch_size"] = 8  # type: ignore[index]  # a frozen copy, not the caller's dict
+    assert pickle.loads(pickle.dumps(opts)) == opts and hash(pickle.loads(pickle.dumps(opts))) == hash(opts)
     assert opts.replace(replicas=3).replicas == 3 and opts.replicas == 2
     with pytest.raises(ConfigError, match="replicas must be a positive integer"):
         opts.replace(replicas=0)
