@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pathlib
 
 import pytest
 from _planner_models import mlp
@@ -18,6 +19,21 @@ from aivmm.errors import ConfigError
 from aivmm.planner import constraints as table_module
 from aivmm.planner.constraints import Bound, ConstraintRow, Constraints, Limit, constraint_table
 from aivmm.serve._model_config import from_pbtxt, merge_json
+
+
+def constraints_markdown() -> str:
+    """The table as docs/planner.md shows it."""
+    lines = [
+        "| constraint | unit | type | default | how it is checked | CLI flag |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in constraint_table():
+        default = r.dump(r.default)
+        default = "none" if default in (None, [], ()) else f"`{default}`"
+        lines.append(
+            f"| `{r.name}` | {r.unit or '-'} | {r.type} | {default} | {r.how_checked} | `{r.flag} {r.metavar}` |"
+        )
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -79,6 +95,11 @@ def test_every_row_is_a_flag_a_keyword_and_a_typed_attribute():
     limits = {r.name: r.limit.figure for r in constraint_table() if r.limit is not None}
     assert limits == {"max_latency_ms": "latency", "max_memory_bytes": "memory", "max_power_w": "power",
                       "max_energy_j": "energy", "min_throughput": "throughput"}  # fmt: skip
+
+
+def test_the_docs_show_the_table():
+    docs = (pathlib.Path(__file__).parents[2] / "docs" / "planner.md").read_text()
+    assert constraints_markdown() in docs, "docs/planner.md: paste this table:\n" + constraints_markdown()
 
 
 @pytest.fixture
