@@ -139,7 +139,7 @@ def _http_rows(address: str, models: dict[str, Any], duration: float, root: Path
     client: p50 per request over HTTP, A-B-A so drift shows."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import serve_common
-    from aivmm.serve import _loadgen as lg
+    from aivmm.serve import loadgen as lg
 
     rows = []
     for label, (path, feeds) in models.items():

@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import serve_common
 from aivmm.models import zoo
-from aivmm.serve import _loadgen as lg
+from aivmm.serve import loadgen as lg
 from aivmm.vmm import VMM
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import serve_common
 from aivmm.models import zoo
-from aivmm.serve import _loadgen as lg
+from aivmm.serve import loadgen as lg
 
 FRACTIONS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 

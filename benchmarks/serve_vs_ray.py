@@ -4,7 +4,7 @@ Both servers run on 127.0.0.1 on this machine, one after the other (A, then B, t
 show drift). aivmm is pinned to ONNX Runtime on cpu:0 so both run the same runtime; Ray Serve
 serves an ``onnxruntime.InferenceSession`` with the same thread settings behind its HTTP proxy,
 taking the raw float32 bytes of the input (its leanest path). The load generator is aivmm's
-closed loop (``aivmm.serve._loadgen``), one keep-alive connection per worker.
+closed loop (``aivmm.serve.loadgen``), one keep-alive connection per worker.
 
     python benchmarks/serve_vs_ray.py [--model resnet50] [--size full] [--concurrency 1,2,4] [--duration 10]
 """
@@ -24,7 +24,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import serve_common
 from aivmm.models import zoo
-from aivmm.serve import _loadgen as lg
+from aivmm.serve import loadgen as lg
 
 
 def _free_port() -> int:

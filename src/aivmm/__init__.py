@@ -13,9 +13,9 @@ are resolved on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from aivmm._lazy import LazyExports
 from aivmm._version import __version__
 
 if TYPE_CHECKING:
@@ -27,23 +27,23 @@ if TYPE_CHECKING:
     from aivmm.vmm import VMM, DeployedModel
 
 _LAZY = {
-    "Constraints": "aivmm.planner.constraints",
-    "DType": "aivmm.dtypes",
-    "DeployedLLM": "aivmm.llm",
-    "DeployOptions": "aivmm.options",
-    "DeployedModel": "aivmm.vmm",
-    "Device": "aivmm.devices",
-    "DeviceKind": "aivmm.devices",
-    "FinishReason": "aivmm.llm",
-    "Generation": "aivmm.llm",
-    "Objective": "aivmm.planner.constraints",
-    "Precision": "aivmm.dtypes",
-    "PrecisionPolicy": "aivmm.planner.constraints",
-    "SamplingParams": "aivmm.llm",
-    "TokenEvent": "aivmm.llm",
-    "VMM": "aivmm.vmm",
-    "Vendor": "aivmm.devices",
-    "discover": "aivmm.devices",
+    "Constraints": "aivmm.planner.constraints:Constraints",
+    "DType": "aivmm.dtypes:DType",
+    "DeployedLLM": "aivmm.llm:DeployedLLM",
+    "DeployOptions": "aivmm.options:DeployOptions",
+    "DeployedModel": "aivmm.vmm:DeployedModel",
+    "Device": "aivmm.devices:Device",
+    "DeviceKind": "aivmm.devices:DeviceKind",
+    "FinishReason": "aivmm.llm:FinishReason",
+    "Generation": "aivmm.llm:Generation",
+    "Objective": "aivmm.planner.constraints:Objective",
+    "Precision": "aivmm.dtypes:Precision",
+    "PrecisionPolicy": "aivmm.planner.constraints:PrecisionPolicy",
+    "SamplingParams": "aivmm.llm:SamplingParams",
+    "TokenEvent": "aivmm.llm:TokenEvent",
+    "VMM": "aivmm.vmm:VMM",
+    "Vendor": "aivmm.devices:Vendor",
+    "discover": "aivmm.devices:discover",
     "errors": "aivmm.errors",
 }
 
@@ -70,14 +70,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'aivmm' has no attribute {name!r}")
-    mod = importlib.import_module(module)
-    value = mod if name == "errors" else getattr(mod, name)
-    globals()[name] = value
-    return value
+__getattr__ = LazyExports(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

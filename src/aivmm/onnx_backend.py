@@ -55,9 +55,9 @@ from aivmm.errors import (
 )
 
 if TYPE_CHECKING:
-    from aivmm.backends._base import Session
-    from aivmm.devices._types import Device
-    from aivmm.models._spec import ModelSpec
+    from aivmm.backends import Session
+    from aivmm.devices import Device
+    from aivmm.models import ModelSpec
     from aivmm.vmm import VMM, DeployedModel
 
 log = logging.getLogger(__name__)
@@ -321,8 +321,7 @@ class AivmmBackendRep(onnx.backend.base.BackendRep):
                 cause = exc
 
     def _open_one(self, name: str) -> None:
-        from aivmm.backends import registry
-        from aivmm.backends._base import Config
+        from aivmm.backends import Config, registry
         from aivmm.backends.tensors import validate_feeds
 
         spec = self._spec

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aivmm._storage import file_sha256
-from aivmm.devices._types import Device
+from aivmm.devices import Device
 from aivmm.errors import (
     ConfigError,
     DeviceNotFoundError,
@@ -35,7 +35,7 @@ from aivmm.errors import (
     ModelClosedError,
     ModelNotFoundError,
 )
-from aivmm.models._spec import ModelSpec
+from aivmm.models import ModelSpec
 from aivmm.options import DeployOptions, coerce_options
 from aivmm.planner.constraints import Constraints
 
@@ -179,7 +179,7 @@ class DeployedModel:
 
         from aivmm.backends.tensors import to_numpy
         from aivmm.planner import plan as make_plan
-        from aivmm.planner._planner import _upgrade_executor
+        from aivmm.planner import upgrade_executor
 
         def owned(v: Any) -> Any:  # a copy the caller cannot change under the planner; sequences item by item
             return None if v is None else [owned(x) for x in v] if isinstance(v, list) else np.array(to_numpy(v))
@@ -192,7 +192,7 @@ class DeployedModel:
             return make_plan(self.spec, self._vmm.devices, options=opts)
 
         if not wait:
-            future = _upgrade_executor().submit(work)
+            future = upgrade_executor().submit(work)
             future.add_done_callback(lambda f: self._vmm._upgrade(self, f, opts))
             self._replanning = future
             return future
@@ -369,7 +369,7 @@ class VMM:
 
     def _deploy_llm(self, model: Any, options: DeployOptions) -> DeployedModel:
         # A decoder with a KV cache (file or model directory) generates: aivmm.llm plans and runs it.
-        from aivmm.llm._deployed import deploy_llm
+        from aivmm.llm import deploy_llm
 
         deployed = deploy_llm(self, model, options)
         with self._lock:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from aivmm.errors import ConfigError
-from aivmm.serve import _loadgen as lg
+from aivmm.serve import loadgen as lg
 
 
 def _factory(fail_every: int = 0, sleep_s: float = 0.001):

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from aivmm.backends._info import BackendInfo
-from aivmm.devices._types import Device
+from aivmm.devices import Device
 from aivmm.dtypes import Precision
 from aivmm.errors import (
     AivmmError,
@@ -29,7 +29,7 @@ from aivmm.errors import (
     OutOfMemoryError,
     UnsupportedModelError,
 )
-from aivmm.models._spec import ModelSpec, TensorSpec
+from aivmm.models import ModelSpec, TensorSpec
 
 
 @dataclasses.dataclass(frozen=True)

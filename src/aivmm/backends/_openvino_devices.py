@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from aivmm.devices._types import Device, DeviceKind, Vendor
+from aivmm.devices import Device, DeviceKind, Vendor
 from aivmm.dtypes import Precision
 from aivmm.errors import ConfigError
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from aivmm.devices._types import Device, DeviceKind, Vendor
+from aivmm.devices import Device, DeviceKind, Vendor
 from aivmm.dtypes import Precision
 from aivmm.errors import ConfigError
 

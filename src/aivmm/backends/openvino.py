@@ -31,7 +31,7 @@ from aivmm.backends import _openvino_devices as ovd
 from aivmm.backends._base import Backend, Config, LoadReport, Session, Support
 from aivmm.backends._info import BackendInfo, OptionEffect, distribution_versions
 from aivmm.backends.tensors import check_output_kind, convert_outputs, to_numpy
-from aivmm.devices._types import Device, DeviceKind
+from aivmm.devices import Device, DeviceKind
 from aivmm.dtypes import Precision
 from aivmm.errors import (
     ConfigError,
@@ -43,7 +43,7 @@ from aivmm.errors import (
     UnsupportedModelError,
     missing_extra,
 )
-from aivmm.models._spec import ModelFormat, ModelSpec
+from aivmm.models import ModelFormat, ModelSpec
 
 log = logging.getLogger(__name__)
 

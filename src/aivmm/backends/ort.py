@@ -46,7 +46,7 @@ from aivmm.backends.tensors import (
     host_view,
     to_numpy,
 )
-from aivmm.devices._types import Device
+from aivmm.devices import Device
 from aivmm.dtypes import Precision
 from aivmm.errors import (
     AivmmError,
@@ -60,8 +60,7 @@ from aivmm.errors import (
     UnsupportedModelError,
     missing_extra,
 )
-from aivmm.models import ValueKind, onnx_model
-from aivmm.models._spec import ModelFormat, ModelSpec
+from aivmm.models import ModelFormat, ModelSpec, ValueKind, onnx_model
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +377,7 @@ def cpu_session(path: str | os.PathLike[str], *, graph_optimization_level: str =
 
 
 def _kinds_of(choice: _ort_providers.EpChoice) -> tuple[Any, ...]:
-    from aivmm.devices._types import DeviceKind
+    from aivmm.devices import DeviceKind
 
     if choice is _ort_providers.CPU:
         return (DeviceKind.CPU,)

@@ -31,11 +31,11 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from aivmm.backends._base import Backend, BackendInfo, Config, Session, Support
-from aivmm.devices._types import Device, DeviceKind, Vendor
+from aivmm.devices import Device, DeviceKind, Vendor
 from aivmm.dtypes import Precision
 from aivmm.errors import AivmmError, ConfigError, DeviceError, ExecutionError, OutOfMemoryError
-from aivmm.memory._footprint import estimate
-from aivmm.models._spec import ModelSpec
+from aivmm.memory import estimate
+from aivmm.models import ModelSpec
 
 FAIL_ENV = "AIVMM_SIMULATED_FAIL"
 

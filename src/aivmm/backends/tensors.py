@@ -22,7 +22,7 @@ import numpy as np
 
 from aivmm.dtypes import DType
 from aivmm.errors import ConfigError, InputError
-from aivmm.models._spec import ModelSpec, TensorSpec
+from aivmm.models import ModelSpec, TensorSpec
 
 
 class Framework(enum.Enum):

@@ -27,22 +27,21 @@ def _resolve(ref: str, size: str) -> tuple[pathlib.Path, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aivmm.models import category_hints, load
-    from aivmm.models._shapes import parse_shape_arg
+    from aivmm.models import category_hints, load, parse_shape_arg
 
     shapes = dict(parse_shape_arg(text) for text in args.shape)
     path, name = _resolve(args.model, args.size)
     kv = None
     if path.is_dir():
-        from aivmm.llm._layout import model_file
+        from aivmm.llm import model_file
 
         path = model_file(path)
     # Loading first: a corrupt or missing file gets the loader's one-line error, not the KV probe's.
     spec = load(path, shapes=shapes or None, name=name)
     if path.suffix == ".onnx":  # a decoder file: name its KV-cache layout
-        from aivmm.llm._layout import detect
+        from aivmm.llm import detect_kv_layout
 
-        kv = detect(path)
+        kv = detect_kv_layout(path)
     hints = category_hints(spec)
     if args.json:
         data = spec.to_json()

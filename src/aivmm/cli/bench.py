@@ -99,7 +99,7 @@ def _feeds_from_metadata(name: str, meta: dict[str, Any], batch: int, size: str)
 
 def _target(args: argparse.Namespace) -> tuple[str, Any, Any]:
     """(label, request factory, resource to close)."""
-    from aivmm.serve import _loadgen as lg
+    from aivmm.serve import loadgen as lg
 
     if _is_url(args.target):
         http_url = args.target if args.target.startswith("http") else None
@@ -141,7 +141,7 @@ def _target(args: argparse.Namespace) -> tuple[str, Any, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aivmm.serve import _loadgen as lg
+    from aivmm.serve import loadgen as lg
 
     concurrency = _levels(args.concurrency, int, "--concurrency")
     rates = _levels(args.rate, float, "--rate")
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _is_llm(target: str) -> bool:
-    from aivmm.llm._deployed import is_llm_source
+    from aivmm.llm import is_llm_source
 
     return is_llm_source(target)
 
@@ -193,15 +193,14 @@ def _run_llm(args: argparse.Namespace, concurrency: list[int]) -> int:
     from rich.table import Table
 
     from aivmm.errors import UnsupportedModelError
-    from aivmm.llm._bench import closed_loop
-    from aivmm.llm._deployed import DeployedLLM
+    from aivmm.llm import DeployedLLM, closed_loop
     from aivmm.vmm import VMM
 
     if not concurrency:
         raise ConfigError("LLM mode needs --concurrency levels (open-loop rates are not supported for LLMs)")
     kw = {"prompt_tokens": args.prompt_tokens, "new_tokens": args.max_new_tokens}
     if _is_url(args.target):
-        from aivmm.llm._bench import closed_loop_openai
+        from aivmm.llm import closed_loop_openai
 
         if args.model is None:
             raise ConfigError("--model is needed with --llm against a server")

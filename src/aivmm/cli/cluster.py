@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "resources":
-        from aivmm.cluster._resources import node_resources
+        from aivmm.cluster import node_resources
         from aivmm.devices import discover
 
         print(json.dumps(node_resources(discover(simulate=args.simulate))))

@@ -51,7 +51,7 @@ def _bench(devices: tuple[Device, ...], remeasure: bool) -> dict[str, tuple[Any,
 
 
 def _checks(devices: tuple[Device, ...]) -> dict[str, tuple[Any, ...]]:
-    from aivmm.devices._check import check_device
+    from aivmm.devices import check_device
 
     return {device.id: check_device(device) for device in devices}
 

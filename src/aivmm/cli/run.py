@@ -80,14 +80,14 @@ def random_inputs(spec: Any, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs generated as the planner generates them (sizes from dim names, metadata and probing;
     ids inside their tables; compared-with constants): see :mod:`aivmm.optimize._probe`."""
     from aivmm.dtypes import DType
-    from aivmm.optimize._probe import generate
+    from aivmm.optimize import generate_inputs
 
     for t in spec.inputs:
         if t.dtype is DType.STRING:
             raise InputError(f"input {t.name!r} is a string tensor: pass it with --input")
     src = spec.source
     path = src if isinstance(src, str | pathlib.Path) and str(src).endswith(".onnx") else None
-    return generate(spec, seed=seed, model_path=path).feeds
+    return generate_inputs(spec, seed=seed, model_path=path).feeds
 
 
 def _summary(array: Any) -> dict[str, Any]:

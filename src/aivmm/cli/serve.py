@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from aivmm.errors import ConfigError
 
 if TYPE_CHECKING:
-    from aivmm.serve._server import ServeOptions
+    from aivmm.serve import ServeOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +66,7 @@ def _port(value: int, flag: str) -> int | None:
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
     from aivmm.cli._constraint_flags import constraints_from_args
-    from aivmm.serve._host import Limits
-    from aivmm.serve._server import ServeOptions
+    from aivmm.serve import Limits, ServeOptions
 
     if (args.max_body_mb <= 0 or args.max_inflight < 1 or args.request_timeout_s <= 0 or args.drain_timeout_s < 0
             or args.body_timeout_s <= 0):
@@ -99,7 +98,7 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aivmm.serve._server import serve
+    from aivmm.serve import serve
     from aivmm.vmm import VMM
 
     options = options_from_args(args)

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from aivmm.telemetry._view import fetch_status, normalise_url, render
+    from aivmm.telemetry import fetch_status, normalise_url, render_status
 
     doc = fetch_status(args.url, timeout_s=args.timeout)
     if args.json:
@@ -25,5 +25,5 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # a pipe: wide enough that no column is cut
-    console.print(render(doc, url=normalise_url(args.url)))
+    console.print(render_status(doc, url=normalise_url(args.url)))
     return 0

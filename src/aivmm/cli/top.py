@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.live import Live
     from rich.text import Text
 
-    from aivmm.telemetry._view import fetch_status, normalise_url, render
+    from aivmm.telemetry import fetch_status, normalise_url, render_status
 
     if args.interval <= 0 or (args.count is not None and args.count < 1):
         raise ConfigError("--interval must be positive and --count at least 1")
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         while args.count is None or frames < args.count:
             try:
                 doc = fetch_status(url)
-                view = render(doc, previous, url=url)
+                view = render_status(doc, previous, url=url)
                 previous = doc
             except ServingError as exc:
                 view = Text(f"{url}: {exc} (retrying)", style="bold red")

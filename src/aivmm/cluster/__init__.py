@@ -12,22 +12,18 @@ Importing this package does not import Ray; constructing a ClusterVMM does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from aivmm._lazy import LazyExports
+from aivmm.cluster._resources import node_resources
 
 if TYPE_CHECKING:
     from aivmm.cluster._model import ClusterModel
     from aivmm.cluster._vmm import ClusterVMM
 
-__all__ = ["ClusterModel", "ClusterVMM"]
+__all__ = ["ClusterModel", "ClusterVMM", "node_resources"]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "ClusterVMM":
-        from aivmm.cluster._vmm import ClusterVMM
-
-        return ClusterVMM
-    if name == "ClusterModel":
-        from aivmm.cluster._model import ClusterModel
-
-        return ClusterModel
-    raise AttributeError(f"module 'aivmm.cluster' has no attribute {name!r}")
+__getattr__ = LazyExports(
+    __name__,
+    {"ClusterModel": "aivmm.cluster._model:ClusterModel", "ClusterVMM": "aivmm.cluster._vmm:ClusterVMM"},
+)

@@ -7,7 +7,7 @@ working, and the local id stays readable at the end.
 
 from __future__ import annotations
 
-from aivmm.devices._types import Device
+from aivmm.devices import Device
 from aivmm.errors import DeviceNotFoundError
 
 SEPARATOR = "/"

@@ -19,7 +19,7 @@ import numpy as np
 from aivmm.cluster._channel import ChannelLost
 from aivmm.cluster._routing import Router, Target
 from aivmm.errors import ConfigError, DeviceUnhealthyError, ModelClosedError, ModelNotReadyError
-from aivmm.models._spec import ModelSpec
+from aivmm.models import ModelSpec
 
 if TYPE_CHECKING:
     from aivmm.cluster._vmm import ClusterVMM

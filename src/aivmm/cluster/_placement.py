@@ -13,7 +13,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from aivmm.cluster._ids import split
-from aivmm.devices._types import Device
+from aivmm.devices import Device
 
 
 def device_classes(devices: Sequence[Device], keep: str | None = None) -> dict[str, list[str]]:

@@ -30,7 +30,7 @@ from aivmm.cluster._channel import answers
 from aivmm.cluster._ids import node_label, qualify, split
 from aivmm.cluster._placement import choose_devices, device_classes, on_device
 from aivmm.cluster._ray import is_node_loss, unwrap
-from aivmm.devices._types import Device
+from aivmm.devices import Device
 from aivmm.errors import (
     AivmmError,
     ConfigError,
@@ -39,7 +39,7 @@ from aivmm.errors import (
     PlanningError,
     ResourceError,
 )
-from aivmm.models._spec import ModelSpec
+from aivmm.models import ModelSpec
 from aivmm.options import DeployOptions
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from aivmm.devices._types import Device, DeviceKind, Vendor
+from aivmm.devices import Device, DeviceKind, Vendor
 
 PREFIX = "aivmm/"
 

@@ -23,9 +23,9 @@ from aivmm.cluster._channel import ChannelPool
 from aivmm.cluster._model import ClusterModel
 from aivmm.cluster._ray import connect, ray_module, unwrap
 from aivmm.cluster._registry import REGISTRY_NAME, Registry
-from aivmm.devices._types import Device
+from aivmm.devices import Device
 from aivmm.errors import AivmmError, ConfigError, ModelClosedError, ModelNotFoundError
-from aivmm.models._spec import ModelSpec
+from aivmm.models import ModelSpec
 from aivmm.options import DeployOptions, coerce_options
 from aivmm.planner.constraints import Constraints
 
@@ -259,7 +259,7 @@ class ClusterVMM:
         return self._handle(record["name"], record, spec)
 
     def _handle(self, name: str, record: Mapping[str, Any], spec: ModelSpec | None = None) -> ClusterModel:
-        from aivmm.planner._plan import Plan
+        from aivmm.planner import Plan
 
         with self._lock:
             handle = self._models.get(name)

@@ -9,6 +9,9 @@ reader (:func:`rapl_reader`), shared by discovery, telemetry and the planner's e
 Importing this package touches no hardware.
 """
 
+from typing import TYPE_CHECKING
+
+from aivmm._lazy import LazyExports
 from aivmm.devices._discovery import DiscoveryReport, clear_cache, discover, discover_report
 from aivmm.devices._intel import gpu_dirs as intel_gpu_dirs
 from aivmm.devices._intel import npu_dirs as intel_npu_dirs
@@ -18,8 +21,13 @@ from aivmm.devices._registry import register as register_probe
 from aivmm.devices._registry import unregister as unregister_probe
 from aivmm.devices._types import Device, DeviceKind, ProbeReport, Vendor
 
+if TYPE_CHECKING:
+    from aivmm.devices._check import CheckResult, CheckStatus, check_device
+
 __all__ = [
     "RAPL_ROOT",
+    "CheckResult",
+    "CheckStatus",
     "Device",
     "DeviceKind",
     "DiscoveryReport",
@@ -28,6 +36,7 @@ __all__ = [
     "RaplReader",
     "Vendor",
     "amdsmi_session",
+    "check_device",
     "clear_cache",
     "discover",
     "discover_report",
@@ -39,3 +48,13 @@ __all__ = [
     "unregister_probe",
     "using_library",
 ]
+
+# lazy: the end-to-end check imports numpy and a backend; discovery must not
+__getattr__ = LazyExports(
+    __name__,
+    {
+        "CheckResult": "aivmm.devices._check:CheckResult",
+        "CheckStatus": "aivmm.devices._check:CheckStatus",
+        "check_device": "aivmm.devices._check:check_device",
+    },
+)

@@ -53,14 +53,14 @@ def _add_model(directory: Path) -> Path:
 
 def _tensors() -> tuple[Any, Any]:
     from aivmm.dtypes import DType
-    from aivmm.models._spec import TensorSpec
+    from aivmm.models import TensorSpec
 
     ins = (TensorSpec("a", DType.FLOAT32, _SHAPE), TensorSpec("b", DType.FLOAT32, _SHAPE))
     return ins, (TensorSpec("y", DType.FLOAT32, _SHAPE),)
 
 
 def _onnx_spec(path: Path) -> Any:
-    from aivmm.models._spec import ModelFormat, ModelSpec
+    from aivmm.models import ModelFormat, ModelSpec
 
     data = path.read_bytes()
     inputs, outputs = _tensors()
@@ -83,7 +83,7 @@ def _torch_spec() -> Any:
     GPU machine has torch and onnxruntime but not onnx)."""
     import torch
 
-    from aivmm.models._spec import ModelFormat, ModelSpec
+    from aivmm.models import ModelFormat, ModelSpec
 
     class Add(torch.nn.Module):
         def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -112,7 +112,7 @@ def check_device(device: Device) -> tuple[CheckResult, ...]:
 
 
 def _spec_for(backend: Any, onnx_spec: Any) -> tuple[Any, str]:
-    from aivmm.models._spec import ModelFormat
+    from aivmm.models import ModelFormat
 
     formats = backend.info().formats
     if onnx_spec is not None and ModelFormat.ONNX in formats:
@@ -126,8 +126,7 @@ def _spec_for(backend: Any, onnx_spec: Any) -> tuple[Any, str]:
 
 
 def _check_one(device: Device, runtime: str, onnx_spec: Any) -> CheckResult:
-    from aivmm.backends import registry
-    from aivmm.backends._base import Config
+    from aivmm.backends import Config, registry
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal(_SHAPE).astype(np.float32)

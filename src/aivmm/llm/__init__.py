@@ -14,8 +14,10 @@ tokens, ``_scheduler`` batches requests continuously, ``_plan`` chooses the runn
 generation costs, ``_deployed`` is the user-facing handle.
 """
 
-from aivmm.llm._deployed import DeployedLLM, is_llm_source, plan_llm
+from aivmm.llm._bench import LLMBenchResult, closed_loop, closed_loop_openai
+from aivmm.llm._deployed import DeployedLLM, deploy_llm, is_llm_source, plan_llm
 from aivmm.llm._layout import detect as detect_kv_layout
+from aivmm.llm._layout import model_file
 from aivmm.llm._plan import GenerationPlan, StepCost
 from aivmm.llm._types import (
     FinishReason,
@@ -35,12 +37,17 @@ __all__ = [
     "GenerationPlan",
     "KVLayout",
     "KVStyle",
+    "LLMBenchResult",
     "LLMInfo",
     "LLMStats",
     "SamplingParams",
     "StepCost",
     "TokenEvent",
+    "closed_loop",
+    "closed_loop_openai",
+    "deploy_llm",
     "detect_kv_layout",
     "is_llm_source",
+    "model_file",
     "plan_llm",
 ]

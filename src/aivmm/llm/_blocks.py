@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aivmm.memory._ledger import Ledger
+from aivmm.memory import Ledger
 
 
 class BlockPool:

@@ -57,7 +57,7 @@ class _Handle:
 
     @property
     def state(self) -> Any:
-        from aivmm.runtime._states import ModelState
+        from aivmm.runtime import ModelState
 
         return ModelState.UNLOADED if self.unloaded else ModelState.READY
 
@@ -591,10 +591,9 @@ def _fixed_shape_note(runner: Any, max_sessions: int, weights: int) -> str | Non
 
 def _as_plan(spec: Any, gplan: GenerationPlan, fallbacks: list[str]) -> Any:
     """The generation plan in the planner's Plan shape, so ``model.plan.explain()`` works the same."""
-    from aivmm.backends._base import Config
+    from aivmm.backends import Config
     from aivmm.dtypes import Precision
-    from aivmm.planner._plan import Plan
-    from aivmm.planner._values import Candidate
+    from aivmm.planner import Candidate, Plan
     from aivmm.planner.constraints import Constraints
 
     def cand(c: Any) -> Candidate:

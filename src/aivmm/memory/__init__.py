@@ -3,7 +3,6 @@
 Importing this package imports no GPU runtime: torch is imported when a CUDA transfer is made.
 """
 
-
 from aivmm.memory._budget import BUDGET_ENV, parse_budget_spec, resolve_capacities
 from aivmm.memory._cuda_transfer import (
     CudaTransfer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from aivmm.devices._types import Device
+from aivmm.devices import Device
 from aivmm.errors import ConfigError
 from aivmm.planner.constraints import parse_bytes
 

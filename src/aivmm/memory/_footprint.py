@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 from aivmm.dtypes import Precision
-from aivmm.models._spec import ModelSpec
+from aivmm.models import ModelSpec
 
 
 def format_bytes(n: int | float) -> str:

@@ -7,12 +7,14 @@ of their format is loaded.
 from aivmm.models._hints import CategoryHints, category_hints
 from aivmm.models._load import load
 from aivmm.models._parsed import onnx_model, release_parsed
-from aivmm.models._spec import Category, CategoryScore, ModelFormat, ModelSpec, TensorSpec, ValueKind
+from aivmm.models._shapes import parse_shape_arg
+from aivmm.models._spec import Category, CategoryScore, Dim, ModelFormat, ModelSpec, TensorSpec, ValueKind
 
 __all__ = [
     "Category",
     "CategoryHints",
     "CategoryScore",
+    "Dim",
     "ModelFormat",
     "ModelSpec",
     "TensorSpec",
@@ -20,5 +22,6 @@ __all__ = [
     "category_hints",
     "load",
     "onnx_model",
+    "parse_shape_arg",
     "release_parsed",
 ]

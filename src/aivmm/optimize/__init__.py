@@ -19,10 +19,13 @@ from aivmm.optimize._accuracy import (
 from aivmm.optimize._cache import cache_dir, file_sha256
 from aivmm.optimize._inputs import InputPlan, check_feeds, check_generatable, index_bounds, input_plans, sample_inputs
 from aivmm.optimize._passes import Pass, PassAvailability, apply, availability, transformed_path
+from aivmm.optimize._probe import Generated, describe_feeds
+from aivmm.optimize._probe import generate as generate_inputs
 
 __all__ = [
     "DEFAULT_RELATIVE_TOLERANCE",
     "AccuracyReport",
+    "Generated",
     "InputPlan",
     "Pass",
     "PassAvailability",
@@ -32,7 +35,9 @@ __all__ = [
     "check_feeds",
     "check_generatable",
     "compare",
+    "describe_feeds",
     "file_sha256",
+    "generate_inputs",
     "index_bounds",
     "input_plans",
     "reference_outputs",

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from aivmm.models._spec import Dim, ModelSpec, TensorSpec
+from aivmm.models import Dim, ModelSpec, TensorSpec
 
 DEFAULT_SEQUENCE = 128  # as the analysis assumes (aivmm.models._shapes), so figures and inputs agree
 DEFAULT_IMAGE_SIDE = 224

@@ -31,7 +31,7 @@ import numpy as np
 
 from aivmm.dtypes import DType
 from aivmm.errors import ConfigError
-from aivmm.models._spec import ModelSpec, TensorSpec
+from aivmm.models import ModelSpec, TensorSpec
 from aivmm.optimize import _dims
 
 # Ops that carry an index through unchanged in value, so a bound found past them still applies.

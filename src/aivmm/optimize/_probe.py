@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from aivmm.errors import AivmmError
-from aivmm.models._spec import ModelSpec
+from aivmm.models import ModelSpec
 from aivmm.optimize import _accuracy, _inputs
 
 GROWTH = 4  # a too-short length is grown by this factor per attempt

@@ -6,7 +6,7 @@ predicted and measured figures, the ranked alternatives and every rejected candi
 
 from aivmm.planner._bench import Bench, Held
 from aivmm.planner._plan import Plan
-from aivmm.planner._planner import identity, plan
+from aivmm.planner._planner import identity, plan, upgrade_executor
 from aivmm.planner._values import Candidate, Measurement, Prediction, Rejection, RejectReason
 from aivmm.planner.constraints import Constraints, HardwareSelector, Objective, PrecisionPolicy
 
@@ -25,4 +25,5 @@ __all__ = [
     "Rejection",
     "identity",
     "plan",
+    "upgrade_executor",
 ]

@@ -21,8 +21,8 @@ import numpy as np
 
 from aivmm._version import __version__
 from aivmm.backends import distribution_versions, registry
-from aivmm.devices._types import Device
-from aivmm.optimize._cache import cache_dir
+from aivmm.devices import Device
+from aivmm.optimize import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import os
 import tempfile
 import threading
 
-from aivmm.devices._types import Device
+from aivmm.devices import Device
 from aivmm.dtypes import Precision
-from aivmm.models._spec import Category
-from aivmm.optimize._cache import cache_dir
+from aivmm.models import Category
+from aivmm.optimize import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aivmm.backends import BackendInfo, Config, registry
-from aivmm.devices._types import Device, DeviceKind
+from aivmm.devices import Device, DeviceKind
 from aivmm.dtypes import Precision
 from aivmm.errors import AivmmError
-from aivmm.models._spec import Category, ModelSpec
+from aivmm.models import Category, ModelSpec
 from aivmm.planner._figures import Capability, physical_cores
 from aivmm.planner._values import Prediction
 

@@ -10,14 +10,12 @@ import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from aivmm.backends import registry
-from aivmm.backends._base import Backend, BackendInfo, Config
-from aivmm.devices._types import Device
+from aivmm.backends import Backend, BackendInfo, Config, registry
+from aivmm.devices import Device
 from aivmm.dtypes import Precision
 from aivmm.errors import AivmmError
-from aivmm.models._spec import ModelFormat, ModelSpec
-from aivmm.optimize._cache import file_sha256
-from aivmm.optimize._passes import Pass, availability
+from aivmm.models import ModelFormat, ModelSpec
+from aivmm.optimize import Pass, availability, file_sha256
 from aivmm.planner._values import Candidate, RejectReason
 from aivmm.planner.constraints import Constraints
 

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from aivmm.devices._types import Device, DeviceKind
+from aivmm.devices import Device, DeviceKind
 from aivmm.dtypes import Precision
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from aivmm.backends._base import Config
-from aivmm.devices._types import Device
-from aivmm.models._spec import ModelSpec
+from aivmm.backends import Config
+from aivmm.devices import Device
+from aivmm.models import ModelSpec
 
 FAULT_ENV = "AIVMM_ISOLATION_FAULT"
 # A worker imports the runtime, loads the model and runs once; compiling runners are not probed.

@@ -7,8 +7,8 @@ import dataclasses
 import pathlib
 from typing import Any
 
-from aivmm.backends._base import Config
-from aivmm.models._spec import ModelSpec
+from aivmm.backends import Config
+from aivmm.models import ModelSpec
 from aivmm.planner._values import Candidate, Measurement, Prediction, Rejection, RejectReason
 from aivmm.planner.constraints import Constraints
 

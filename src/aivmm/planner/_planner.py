@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from aivmm import optimize
 from aivmm.backends import registry
-from aivmm.devices._types import Device, DeviceKind
+from aivmm.devices import Device, DeviceKind
 from aivmm.dtypes import Precision
 from aivmm.errors import (
     AivmmError,
@@ -30,9 +31,8 @@ from aivmm.errors import (
     FallbackError,
     InfeasibleError,
 )
-from aivmm.models._spec import ModelSpec
-from aivmm.optimize import _accuracy, _inputs, _passes, _probe
-from aivmm.optimize._cache import file_sha256
+from aivmm.models import ModelSpec
+from aivmm.optimize import file_sha256
 from aivmm.options import DeployOptions, coerce_options
 from aivmm.planner import _cache, _calibration, _isolation, _quiet
 from aivmm.planner._bench import Bench
@@ -99,7 +99,7 @@ class _Request:
     seconds_per_candidate: float
     backends: tuple[str, ...] | None
     ready_only: bool = False  # fast start: only candidates that load without compiling
-    generated: _probe.Generated | None = None  # how generated inputs were found (None for user inputs)
+    generated: optimize.Generated | None = None  # how generated inputs were found (None for user inputs)
     max_load_s: float = MAX_LOAD_S
     ledger: Ledger | None = None  # what is free on each device now (the runtime's memory ledger)
 
@@ -139,12 +139,12 @@ def _validate(spec: ModelSpec, devices: Sequence[Device], opts: DeployOptions, *
     feeds: dict[str, np.ndarray] | None = None
     user = opts.sample_inputs is not None
     if opts.sample_inputs is not None:
-        feeds = _inputs.check_feeds(spec, opts.sample_inputs)
+        feeds = optimize.check_feeds(spec, opts.sample_inputs)
     elif measure or cons.tolerance is not None:
         # Only the signature is checked here; the inputs themselves are generated after a cache miss
         # (finding Gather bounds reads the whole model, too slow for a cache hit).
         try:
-            _inputs.check_generatable(spec)
+            optimize.check_generatable(spec)
         except ConfigError as exc:
             what = f"tolerance={cons.tolerance}" if cons.tolerance is not None else "measuring"
             raise ConfigError(f"{what} needs reference inputs and none can be generated: {exc}") from exc
@@ -226,7 +226,7 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
             quick = _run(dataclasses.replace(req, measure=False, ready_only=True), t0, model_hash, nothing_measured)
         # The upgrade measures in its own bench, closed when it ends: its winner is loaded again by
         # the runtime (the quick plan's caller has already placed the model and moved on).
-        future = _upgrade_executor().submit(
+        future = upgrade_executor().submit(
             plan, spec, req.devices, options=opts.replace(fast_start=False, constraints=req.cons), cache=cache,
             budget_s=budget_s, top_k=top_k, backends=backends, ledger=ledger,
         )
@@ -234,7 +234,7 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
         return dataclasses.replace(quick, upgrade=future, notes=(*quick.notes, note))
     if req.feeds is None and req.measure:
         with _quiet.captured("generated inputs"):  # a refused first guess makes ORT log its error
-            req.generated = _probe.generate(spec, batch=req.cons.batch_size, model_path=onnx_path(spec))
+            req.generated = optimize.generate_inputs(spec, batch=req.cons.batch_size, model_path=onnx_path(spec))
         req.feeds = req.generated.feeds
     own = bench is None
     bench = Bench(ledger) if bench is None else bench
@@ -278,7 +278,7 @@ def _ledger_shortfall(req: _Request, c: Candidate) -> str:
             f"{format_bytes(capacity)} budget free in the memory ledger now (held: {resident}{more})")
 
 
-def _upgrade_executor() -> concurrent.futures.ThreadPoolExecutor:
+def upgrade_executor() -> concurrent.futures.ThreadPoolExecutor:
     global _upgrade_pool
     with _upgrade_lock:
         if _upgrade_pool is None:
@@ -352,7 +352,7 @@ class _Evaluator:
                 self._reference_error = gen.reference_error
             elif path is not None and self.req.feeds is not None:
                 try:
-                    self._reference = _accuracy.reference_outputs(path, self.req.feeds)
+                    self._reference = optimize.reference_outputs(path, self.req.feeds)
                 except AivmmError as exc:
                     self._reference_error = str(exc)
             else:
@@ -363,7 +363,7 @@ class _Evaluator:
         if self.req.user_feeds and self.req.feeds is not None:
             return [self.req.feeds]
         found = self.req.generated.assignment if self.req.generated is not None else None
-        return [_inputs.sample_inputs(self.req.spec, batch=CALIBRATION_BATCH, seed=1000 + s, assignment=found)
+        return [optimize.sample_inputs(self.req.spec, batch=CALIBRATION_BATCH, seed=1000 + s, assignment=found)
                 for s in range(CALIBRATION_SAMPLES)]
 
     def _materialise(self, c: Candidate) -> Candidate:
@@ -372,8 +372,8 @@ class _Evaluator:
             return c
         path = onnx_path(self.req.spec)
         assert path is not None  # passes are only enumerated for ONNX files
-        p = _passes.Pass(t)
-        out = _passes.apply(path, p, model_sha256=_model_hash(self.req.spec),
+        p = optimize.Pass(t)
+        out = optimize.apply(path, p, model_sha256=_model_hash(self.req.spec),
                             calibration=self._calibration() if p.needs_calibration else ())
         model = analysed(self.req.spec, out)
         c = c.with_(model=model, materialised=True)
@@ -435,7 +435,7 @@ class _Evaluator:
         c = c.with_(measurement=m)
         ref = self._reference_outputs()
         if ref is None and not c.transform and c.config.precision is Precision.FP32:
-            self._reference = [_accuracy.as_host(o) for o in outputs]
+            self._reference = [optimize.as_host(o) for o in outputs]
             self.notes.append(f"accuracy reference: {c.label} ({self._reference_error})")
             ref = self._reference
         if ref is None:
@@ -444,8 +444,8 @@ class _Evaluator:
                 return c.reject(RejectReason.ACCURACY, f"no fp32 reference to check against: {self._reference_error}")
             return c
         precision = c.precision
-        tol = _accuracy.tolerance_for(precision, ref, self.req.cons.tolerance)
-        report = _accuracy.compare(outputs, ref, [t.name for t in self.req.spec.outputs], tol)
+        tol = optimize.tolerance_for(precision, ref, self.req.cons.tolerance)
+        report = optimize.compare(outputs, ref, [t.name for t in self.req.spec.outputs], tol)
         c = c.with_(accuracy=report.to_json())
         if not report.ok:
             self.bench.discard(identity(c))
@@ -808,7 +808,7 @@ def _unmeasured_why(c: Candidate) -> str:
 
 
 def _describe_feeds(feeds: Mapping[str, np.ndarray] | None) -> str:
-    return _probe.describe_feeds(feeds) if feeds else "no inputs"
+    return optimize.describe_feeds(feeds) if feeds else "no inputs"
 
 
 _RAN = (RejectReason.FAILED, RejectReason.ACCURACY, RejectReason.NOT_MEASURED)

@@ -6,9 +6,9 @@ import dataclasses
 import enum
 from typing import Any
 
-from aivmm.backends._base import Config
+from aivmm.backends import Config
 from aivmm.dtypes import Precision
-from aivmm.models._spec import ModelSpec
+from aivmm.models import ModelSpec
 
 
 class RejectReason(enum.Enum):

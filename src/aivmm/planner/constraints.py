@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from aivmm.devices._types import Device, DeviceKind, Vendor
+from aivmm.devices import Device, DeviceKind, Vendor
 from aivmm.dtypes import Precision
 from aivmm.errors import ConfigError
 

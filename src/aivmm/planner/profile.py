@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aivmm.backends._base import Backend, Config, Session
-from aivmm.devices import RAPL_ROOT
-from aivmm.devices._types import Device, DeviceKind
-from aivmm.models._spec import ModelSpec
+from aivmm.backends import Backend, Config, Session
+from aivmm.devices import RAPL_ROOT, Device, DeviceKind
+from aivmm.models import ModelSpec
 from aivmm.planner._values import Measurement
 from aivmm.telemetry import energy_counter
 

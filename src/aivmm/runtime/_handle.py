@@ -11,7 +11,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from aivmm.errors import ModelNotReadyError
-from aivmm.models._spec import ModelSpec
+from aivmm.models import ModelSpec
 from aivmm.runtime._batching import BatchingConfig
 from aivmm.runtime._replica import Replica
 from aivmm.runtime._request import RequestOptions, notify_observers

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from aivmm.backends import Config, Session, registry
 from aivmm.devices import Device
 from aivmm.errors import ConfigError, ModelNotReadyError, ModelTooLargeError, OutOfMemoryError
-from aivmm.memory import Footprint, Ledger, estimate
-from aivmm.memory._footprint import format_bytes
+from aivmm.memory import Footprint, Ledger, estimate, format_bytes
 from aivmm.models import ModelSpec
 from aivmm.runtime._batching import BatchingConfig
 from aivmm.runtime._dispatch import Dispatcher

@@ -7,12 +7,11 @@ import threading
 import time
 from typing import Any
 
-from aivmm.backends._base import Config, Session
-from aivmm.devices._types import Device
+from aivmm.backends import Config, Session
+from aivmm.devices import Device
 from aivmm.errors import ModelNotReadyError
-from aivmm.memory._footprint import Footprint
-from aivmm.memory._policy import RateEstimator
-from aivmm.models._spec import ModelSpec
+from aivmm.memory import Footprint, RateEstimator
+from aivmm.models import ModelSpec
 from aivmm.runtime._request import ReplicaQueue
 from aivmm.runtime._states import Tier
 

@@ -17,11 +17,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-from aivmm.backends._base import Session
+from aivmm.backends import Session
 from aivmm.errors import ModelTooLargeError, OutOfMemoryError
-from aivmm.memory._footprint import format_bytes
-from aivmm.memory._ledger import Ledger
-from aivmm.memory._policy import Candidate, CostBenefitPolicy, Eviction, EvictionPolicy
+from aivmm.memory import Candidate, CostBenefitPolicy, Eviction, EvictionPolicy, Ledger, format_bytes
 from aivmm.runtime._replica import Movement, Replica
 from aivmm.runtime._states import Tier
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from aivmm.backends._base import Config, Session
-from aivmm.devices._types import Device
+from aivmm.backends import Config, Session
+from aivmm.devices import Device
 from aivmm.dtypes import DType
 from aivmm.errors import ConfigError, ModelTooLargeError, missing_extra
-from aivmm.models._spec import ModelFormat, ModelSpec, TensorSpec
+from aivmm.models import ModelFormat, ModelSpec, TensorSpec
 
 
 @dataclasses.dataclass(frozen=True)

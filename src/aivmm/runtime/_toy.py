@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from aivmm.devices._types import Device, DeviceKind, Vendor
+from aivmm.devices import Device, DeviceKind, Vendor
 from aivmm.dtypes import DType
-from aivmm.models._spec import ModelFormat, ModelSpec, TensorSpec
+from aivmm.models import ModelFormat, ModelSpec, TensorSpec
 
 
 def mlp(path: str | pathlib.Path, *, width: int = 64, layers: int = 2, seed: int = 0, name: str = "mlp",

@@ -23,10 +23,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from aivmm.backends._base import Config, LoadReport, Session
-from aivmm.devices._types import Device
+from aivmm.backends import Config, LoadReport, Session
+from aivmm.devices import Device
 from aivmm.errors import ExecutionError, ModelLoadError
-from aivmm.models._spec import ModelSpec
+from aivmm.models import ModelSpec
 
 log = logging.getLogger(__name__)
 

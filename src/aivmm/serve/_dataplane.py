@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from aivmm._version import __version__
-from aivmm.devices._types import DeviceKind
+from aivmm.devices import DeviceKind
 from aivmm.errors import (
     AivmmError,
     ConfigError,

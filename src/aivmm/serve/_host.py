@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from aivmm.devices._types import Device
-from aivmm.models._spec import ModelSpec
+from aivmm.devices import Device
+from aivmm.models import ModelSpec
 from aivmm.options import DeployOptions
 
 T = TypeVar("T")

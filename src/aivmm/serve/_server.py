@@ -77,7 +77,7 @@ class Server:
             log.warning("listening on %s without --token: anyone who can reach it can load and unload models",
                         options.host)
         self.options = options
-        from aivmm.telemetry._metrics import ServerMetrics, device_rows
+        from aivmm.telemetry import ServerMetrics, device_rows
 
         self._device_rows = device_rows
         self.repository = Repository(options.repository, zoo_size=options.zoo_size)

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from aivmm._lazy import LazyExports
 from aivmm.telemetry._meters import (
     AmdMeter,
     CpuMeter,
@@ -20,6 +23,11 @@ from aivmm.telemetry._meters import (
     meter_for,
 )
 from aivmm.telemetry._names import METRICS
+from aivmm.telemetry._view import fetch_status, normalise_url
+from aivmm.telemetry._view import render as render_status
+
+if TYPE_CHECKING:
+    from aivmm.telemetry._metrics import ServerMetrics, device_rows
 
 # The name telemetry's callers used before meters replaced samplers.
 default_samplers = default_meters
@@ -37,15 +45,20 @@ __all__ = [
     "ServerMetrics",
     "default_meters",
     "default_samplers",
+    "device_rows",
     "energy_counter",
+    "fetch_status",
     "merge",
     "meter_for",
+    "normalise_url",
+    "render_status",
 ]
 
-
-def __getattr__(name: str) -> object:
-    if name == "ServerMetrics":  # lazy: importing aivmm.telemetry must not need prometheus-client
-        from aivmm.telemetry._metrics import ServerMetrics
-
-        return ServerMetrics
-    raise AttributeError(name)
+# lazy: importing aivmm.telemetry must not need prometheus-client
+__getattr__ = LazyExports(
+    __name__,
+    {
+        "ServerMetrics": "aivmm.telemetry._metrics:ServerMetrics",
+        "device_rows": "aivmm.telemetry._metrics:device_rows",
+    },
+)

@@ -18,7 +18,7 @@ from typing import Any
 from aivmm.backends._base import Backend, Config, Session, Support
 from aivmm.backends._info import BackendInfo, OptionEffect, distribution_versions
 from aivmm.backends.torch._devices import is_cuda
-from aivmm.devices._types import Device, DeviceKind
+from aivmm.devices import Device, DeviceKind
 from aivmm.dtypes import Precision
 from aivmm.errors import (
     AivmmError,
@@ -30,8 +30,7 @@ from aivmm.errors import (
     UnsupportedModelError,
     missing_extra,
 )
-from aivmm.models import onnx_model
-from aivmm.models._spec import ModelFormat, ModelSpec
+from aivmm.models import ModelFormat, ModelSpec, onnx_model
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 OPTIONS: dict[str, tuple[Any, ...]] = {

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aivmm._storage import cache_dir
-from aivmm.devices._types import Device
+from aivmm.devices import Device
 
 INDUCTOR_ENV = "TORCHINDUCTOR_CACHE_DIR"
 _lock = threading.Lock()

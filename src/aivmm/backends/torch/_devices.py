@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from aivmm.backends._base import Support
-from aivmm.devices._types import Device, DeviceKind, Vendor
+from aivmm.devices import Device, DeviceKind, Vendor
 from aivmm.errors import BackendUnavailableError
 
 

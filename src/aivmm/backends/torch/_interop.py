@@ -9,7 +9,7 @@ import torch
 
 from aivmm.dtypes import DType
 from aivmm.errors import InputError
-from aivmm.models._spec import TensorSpec
+from aivmm.models import TensorSpec
 
 _TO_TORCH = {
     DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16,

@@ -13,9 +13,9 @@ import torch
 from aivmm.backends._base import Config, Session
 from aivmm.backends.torch._interop import to_output, to_tensor
 from aivmm.backends.torch.lowering._node import keeping_host_copies
-from aivmm.devices._types import Device
+from aivmm.devices import Device
 from aivmm.errors import ConfigError, ExecutionError, InputError, OutOfMemoryError
-from aivmm.models._spec import ModelSpec, TensorSpec
+from aivmm.models import ModelSpec, TensorSpec
 
 OUTPUT_KINDS = ("numpy", "native", "torch")
 
