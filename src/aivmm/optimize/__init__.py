@@ -12,6 +12,7 @@
 from aivmm.optimize._accuracy import (
     DEFAULT_RELATIVE_TOLERANCE,
     AccuracyReport,
+    as_host,
     compare,
     reference_outputs,
     tolerance_for,
@@ -30,6 +31,7 @@ __all__ = [
     "Pass",
     "PassAvailability",
     "apply",
+    "as_host",
     "availability",
     "cache_dir",
     "check_feeds",
