@@ -127,6 +127,11 @@ class DeployedModel:
         return self._closed
 
     @property
+    def options(self) -> DeployOptions:
+        """What this model was deployed with (the name and batching resolved)."""
+        return self._options
+
+    @property
     def state(self) -> Any:
         return self._handle.state
 
@@ -372,6 +377,7 @@ class VMM:
         from aivmm.llm import deploy_llm
 
         deployed = deploy_llm(self, model, options)
+        deployed._options = options.replace(name=deployed.name)
         with self._lock:
             if deployed.name in self._models:
                 deployed._shutdown()

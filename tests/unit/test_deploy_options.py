@@ -98,6 +98,7 @@ def test_deploy_takes_options_or_keywords_not_both(vmm, tmp_path):
         np.testing.assert_array_equal(a.execute(x)["y"], b.execute(x)["y"])
         assert a.plan.chosen.config == b.plan.chosen.config
         assert len(a.stats()["replicas"]) == len(b.stats()["replicas"]) == 2
+        assert a.options == opts and b.options == opts.replace(name="by-keywords")
     with pytest.raises(ConfigError, match=r"not both \(also got \['constraints', 'replicas'\]\)"):
         vmm.deploy(path, {"max_latency_ms": 1}, options=opts, replicas=3)
     with pytest.raises(ConfigError, match=r"options must be aivmm\.DeployOptions"):
