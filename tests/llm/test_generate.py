@@ -62,6 +62,9 @@ def test_fixed_shape_sessions_give_hf_tokens(which: str, request: pytest.Fixture
         fixed.request(shape)
     assert fixed.wait_idle(60) and not fixed.failed
     assert {(1, 32), (1, 64)} <= set(fixed.ready)
+    charged = {e.key: e.nbytes for e in model._vmm.engine.ledger.entries() if "/shape/" in e.key}
+    weights = next(e.nbytes for e in model._vmm.engine.ledger.entries() if e.key == f"llm:{which}/weights")
+    assert charged[f"llm:{which}/shape/1x32"] == charged[f"llm:{which}/shape/1x64"] == weights
     before = sum(b.steps for b in fixed.ready.values())
     ids = model.tokenize(PROMPTS[0])
     got = model.generate(ids, max_new_tokens=40, ignore_eos=True)
@@ -214,3 +217,18 @@ def test_generation_defaults_from_config(llama: Any) -> None:
     assert cfg == {}
     assert llama.defaults.max_new_tokens == 32 and llama.defaults.eos_token_ids == (2,)
     assert llama.generate([5, 6], ignore_eos=True).completion_tokens == 32
+
+
+def test_fixed_shape_sessions_are_bounded_and_given_back(vmm: aivmm.VMM, tiny_gpt2_dir: Any) -> None:
+    llm = vmm.deploy(tiny_gpt2_dir, name="fixed1", measure=False, batching={"fixed_shape_sessions": 1})
+    fixed = llm._runner.fixed
+    try:
+        fixed.request((1, 32))
+        assert fixed.wait_idle(60) and set(fixed.ready) == {(1, 32)}
+        fixed.request((2, 32))  # the cap is one: the least used goes, its ledger entry with it
+        assert fixed.wait_idle(60) and set(fixed.ready) == {(2, 32)}
+        keys = [e.key for e in vmm.engine.ledger.entries() if e.key.startswith("llm:fixed1/shape/")]
+        assert keys == ["llm:fixed1/shape/2x32"]
+    finally:
+        llm.close()
+    assert not [e for e in vmm.engine.ledger.entries() if e.key.startswith("llm:fixed1/")]
