@@ -378,6 +378,8 @@ class VMM:
 
         deployed = deploy_llm(self, model, options)
         deployed._options = options.replace(name=deployed.name)
+        for note in deployed.plan.fallbacks:
+            log.warning("model %r: %s", deployed.name, note)
         with self._lock:
             if deployed.name in self._models:
                 deployed._shutdown()

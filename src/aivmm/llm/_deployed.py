@@ -444,6 +444,20 @@ def is_llm_source(model: Any) -> bool:
         return False
 
 
+def _not_for_generation(deploy: DeployOptions) -> str:
+    """The sentence naming the deploy options an LLM's generation plan does not apply ("" if none):
+    said in the plan (refused with ``strict``) rather than dropped."""
+    from aivmm.options import DeployOptions
+
+    unset = DeployOptions()
+    names = [n for n in ("constraints", "replicas", "isolation", "fast_start", "replan_on_first_request")
+             if getattr(deploy, n) != getattr(unset, n)]  # fmt: skip
+    names += [n for n in ("sample_inputs", "example_inputs") if getattr(deploy, n) is not None]
+    if not names:
+        return ""
+    return f"LLM generation does not apply the deploy option(s) {names}: it plans one scheduler by generation cost"
+
+
 def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -> DeployedLLM:
     """Plan generation for a decoder and start its scheduler (what VMM.deploy does for an LLM)."""
     name, device, backend, strict, batching = deploy.name, deploy.device, deploy.backend, deploy.strict, deploy.batching
@@ -470,10 +484,13 @@ def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ConfigError(f"LLM option {key} must be an integer >= {low}, got {v!r}")
     src = _source(model, vmm.devices, device, backend, strict)
+    unapplied = _not_for_generation(deploy)
+    if unapplied and strict:
+        raise FallbackError(unapplied)
     path, spec = src.path, src.spec
     name = name or (path.name if path.is_dir() else spec.name)
     gplan, runner = src.plan(deploy.measure, int(options["max_batch_size"] or 1))
-    plan = _as_plan(spec, gplan, src.notes)
+    plan = _as_plan(spec, gplan, [*src.notes, unapplied] if unapplied else src.notes)
     return DeployedLLM(vmm, name, spec, plan, gplan, runner, src.layout, src.folder, options, src.device)
 
 
