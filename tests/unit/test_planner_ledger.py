@@ -90,6 +90,8 @@ def test_a_device_full_of_another_model_is_left_out_with_the_reason_and_strict_r
         assert pinned.plan.chosen.config.device == "nvidia:0"
         assert any("evicts idle models" in n for n in pinned.plan.chosen.notes)
         assert v.get("big")._handle.replicas[0].eviction_count == 1
+        # Plans shaped by what else is resident are not cached: only big's own plan was stored.
+        assert len(list((tmp_path / "cache" / "plans").glob("*.json"))) == 1
 
 
 def test_measuring_reserves_in_the_ledger_and_the_bench_keeps_only_the_winner(tmp_path):
@@ -113,3 +115,17 @@ def test_measuring_reserves_in_the_ledger_and_the_bench_keeps_only_the_winner(tm
     assert held is not None and held.ledger_key == entry.key and not held.session.closed
     held.close(ledger)
     assert ledger.entries() == [] and held.session.closed
+
+
+def test_a_budget_for_one_session_at_a_time_still_plans_and_is_never_exceeded(tmp_path):
+    from aivmm.memory import estimate
+
+    spec = load(mlp(tmp_path / "mlp.onnx"))
+    need = estimate(spec).total
+    ledger = Ledger({"cpu:0": need + need // 2})  # room for one measured session, not two
+    with Bench(ledger) as bench:
+        p = plan(spec, [cpu()], backends=("onnxruntime",), budget_s=0.2, top_k=3, ledger=ledger, bench=bench)
+        assert p.chosen.measurement is not None
+        assert ledger.peak("cpu:0") <= ledger.capacity("cpu:0")
+        assert len(bench) <= 1
+    assert ledger.entries() == []

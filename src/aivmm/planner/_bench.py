@@ -105,8 +105,9 @@ class Bench:
         if key is not None and self.ledger is not None:
             measured = session.memory_bytes()
             entry = self.ledger.entry(key)
-            if entry is None or measured <= entry.nbytes or not self.ledger.commit(key, measured):
-                self.ledger.commit(key)  # a larger measured size that does not fit stays charged as estimated
+            # A larger measured size that does not fit stays charged as estimated.
+            if entry is not None and not (measured > entry.nbytes and self.ledger.commit(key, measured)):
+                self.ledger.commit(key)
         with self._lock:
             self._held[identity] = Held(session, key)
         return session
@@ -121,9 +122,12 @@ class Bench:
         key = f"{self._owner}/measure{next(_ids)}@{device.id}"
         if ledger.try_reserve(key, device.id, need):
             return key
-        self._close_idle(device.id, identity)
-        if ledger.try_reserve(key, device.id, need):
-            return key
+        # This plan's own idle sessions go first, one at a time, oldest first (the earliest measured
+        # are the likeliest to have been beaten since), then idle deployed models.
+        for victim in self._others(device.id, identity):
+            self.discard(victim)
+            if ledger.try_reserve(key, device.id, need):
+                return key
         if self._make_room is not None:
             self._make_room(device.id, need - ledger.free(device.id))
             if ledger.try_reserve(key, device.id, need):
@@ -134,10 +138,13 @@ class Bench:
             "is free in the memory ledger"
         )
 
+    def _others(self, device_id: str, keep: Hashable) -> list[Hashable]:
+        with self._lock:
+            return [i for i, h in self._held.items() if i != keep and h.session.device.id == device_id]
+
     def _close_idle(self, device_id: str, keep: Hashable) -> bool:
         """Close this bench's sessions on ``device_id`` (all but ``keep``); True if any was closed."""
-        with self._lock:
-            victims = [i for i, h in self._held.items() if i != keep and h.session.device.id == device_id]
+        victims = self._others(device_id, keep)
         for identity in victims:
             self.discard(identity)
         if victims:

@@ -102,6 +102,7 @@ class _Request:
     generated: optimize.Generated | None = None  # how generated inputs were found (None for user inputs)
     max_load_s: float = MAX_LOAD_S
     ledger: Ledger | None = None  # what is free on each device now (the runtime's memory ledger)
+    ledger_shaped: bool = False  # a device was left out, or kept by evicting, for what others hold now
 
 
 def _validate(spec: ModelSpec, devices: Sequence[Device], opts: DeployOptions, *, budget_s: float | None,
@@ -225,10 +226,11 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
         with Bench() as nothing_measured:  # measure=False opens no session
             quick = _run(dataclasses.replace(req, measure=False, ready_only=True), t0, model_hash, nothing_measured)
         # The upgrade measures in its own bench, closed when it ends: its winner is loaded again by
-        # the runtime (the quick plan's caller has already placed the model and moved on).
+        # the runtime (the quick plan's caller has already placed the model and moved on). It plans
+        # without the ledger: the quick placement holds memory there that the switch frees.
         future = upgrade_executor().submit(
             plan, spec, req.devices, options=opts.replace(fast_start=False, constraints=req.cons), cache=cache,
-            budget_s=budget_s, top_k=top_k, backends=backends, ledger=ledger,
+            budget_s=budget_s, top_k=top_k, backends=backends,
         )
         note = "fast start: chosen from predictions; Plan.upgrade resolves to the measured plan"
         return dataclasses.replace(quick, upgrade=future, notes=(*quick.notes, note))
@@ -248,8 +250,7 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
     else:
         bench.keep_only([identity(result.chosen)])  # the losers' sessions and reservations go now
     # A plan shaped by what other models hold now is not the model's plan in general: not cached.
-    if key is not None and not any(r.reason is RejectReason.DEVICE_FULL for c in result.rejected
-                                   for r in c.rejections):
+    if key is not None and not req.ledger_shaped:
         _cache.store(key, result.to_json())
     return result
 
@@ -261,7 +262,9 @@ def identity(c: Candidate) -> tuple[Any, ...]:
 
 def _ledger_shortfall(req: _Request, c: Candidate) -> str:
     """Why ``c`` does not fit what the ledger has free on its device now ('' when it fits or there is
-    no ledger). Sized as the runtime admits a load: the footprint estimate at the constraints' batch."""
+    no ledger). Sized as the runtime admits a load: the footprint estimate at the constraints' batch.
+    A model over the device's whole budget is not a matter of "now": the engine splits it across
+    devices or refuses it, as it did before the planner read the ledger."""
     from aivmm.memory import estimate, format_bytes
 
     ledger = req.ledger
@@ -269,7 +272,7 @@ def _ledger_shortfall(req: _Request, c: Candidate) -> str:
         return ""
     need = estimate(c.model, c.precision, req.cons.batch_size).total
     free, capacity = ledger.free(c.config.device), ledger.capacity(c.config.device)
-    if need <= free:
+    if need <= free or need > capacity:
         return ""
     held = sorted(ledger.entries(c.config.device), key=lambda e: -e.nbytes)
     resident = ", ".join(f"{e.key} {format_bytes(e.nbytes)}" for e in held[:4]) or "nothing"
@@ -327,18 +330,10 @@ class _Evaluator:
             c = c.reject(RejectReason.DOES_NOT_FIT,
                          f"needs ~{pred.memory_bytes / 2**20:.1f} MiB, {dev.id} has "
                          f"{dev.memory_free_bytes / 2**20:.1f} MiB free")
-        elif self.req.ledger is not None and dev.id in self.req.ledger.devices():
-            from aivmm.memory import estimate, format_bytes
-
-            need = estimate(c.model, c.precision, self.req.cons.batch_size).total
-            capacity = self.req.ledger.capacity(dev.id)
-            if need > capacity:
-                c = c.reject(RejectReason.DOES_NOT_FIT, f"needs ~{format_bytes(need)}, more than the "
-                                                        f"{format_bytes(capacity)} budget of {dev.id}")
-            else:
-                full = _ledger_shortfall(self.req, c)
-                if full:
-                    c = c.reject(RejectReason.DEVICE_FULL, full)
+        else:
+            full = _ledger_shortfall(self.req, c)
+            if full:
+                c = c.reject(RejectReason.DEVICE_FULL, full)
         return c
 
     # -- measurement -----------------------------------------------------------------------------
@@ -649,6 +644,10 @@ class _Evaluator:
                 # The sessions measured above, raced in place (one reopened if it was closed for room).
                 sessions = [self.bench.open(identity(c), *entry, batch=self.req.cons.batch_size)
                             for c, entry in zip(finalists, entries)]
+                if any(s.closed for s in sessions):  # the budget holds fewer than all the finalists
+                    log.info("the finalists do not fit the memory budget together; keeping the individual "
+                             "measurements")
+                    return measured
                 result = race_rounds(entries, self.req.feeds or {},
                                      Budget(seconds=self.req.seconds_per_candidate * len(finalists), warmup_runs=2,
                                             min_runs=RACE_MIN_ROUNDS, max_runs=400), sessions=sessions)
@@ -754,6 +753,7 @@ def _crowded_out(req: _Request, clean: list[Candidate], rejected: list[Candidate
     full = [c for c in rejected if c.rejections and c.rejections[-1].reason is RejectReason.DEVICE_FULL]
     if not full:
         return ""
+    req.ledger_shaped = True
 
     def pinned(c: Candidate) -> bool:
         return _matches_pins(req, c)
