@@ -23,7 +23,7 @@ from typing import Any
 import aivmm
 from aivmm.backends import Backend
 from aivmm.models import zoo
-from aivmm.optimize._cache import cache_dir
+from aivmm.optimize import cache_dir
 
 
 class _Counts:

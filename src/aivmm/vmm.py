@@ -40,7 +40,7 @@ from aivmm.options import DeployOptions, coerce_options
 from aivmm.planner.constraints import Constraints
 
 if TYPE_CHECKING:
-    from aivmm.planner import Held, Plan
+    from aivmm.planner import Bench, Held, Plan
     from aivmm.runtime import BatchingConfig, Engine
 
 log = logging.getLogger(__name__)
@@ -183,8 +183,8 @@ class DeployedModel:
         import numpy as np
 
         from aivmm.backends.tensors import to_numpy
+        from aivmm.planner import Bench, upgrade_executor
         from aivmm.planner import plan as make_plan
-        from aivmm.planner import upgrade_executor
 
         def owned(v: Any) -> Any:  # a copy the caller cannot change under the planner; sequences item by item
             return None if v is None else [owned(x) for x in v] if isinstance(v, list) else np.array(to_numpy(v))
@@ -193,12 +193,17 @@ class DeployedModel:
         # Measuring on real shapes is the point; the first plan's fast start is over.
         opts = self._options.replace(measure=True, sample_inputs=feeds, fast_start=False)
 
+        # The new choice's measured session is adopted by the switch (admitted to the ledger then, as
+        # a load is). The plan does not read the ledger, nor do its sessions reserve there: this
+        # model's current placement holds memory there that the switch frees.
+        bench = Bench(owner=f"{self.name}@replan")
+
         def work() -> Plan:
-            return make_plan(self.spec, self._vmm.devices, options=opts)
+            return make_plan(self.spec, self._vmm.devices, options=opts, bench=bench)
 
         if not wait:
             future = upgrade_executor().submit(work)
-            future.add_done_callback(lambda f: self._vmm._upgrade(self, f, opts))
+            future.add_done_callback(lambda f: self._vmm._upgrade(self, f, opts, bench))
             self._replanning = future
             return future
         future = concurrent.futures.Future()
@@ -206,7 +211,7 @@ class DeployedModel:
             future.set_result(work())
         except Exception as exc:  # the Future carries it; the current placement keeps serving
             future.set_exception(exc)
-        self._vmm._upgrade(self, future, opts)
+        self._vmm._upgrade(self, future, opts, bench)
         return future
 
     def _first_request(self, feeds: Mapping[str, Any]) -> None:
@@ -404,12 +409,22 @@ class VMM:
             adopt={0: warm} if warm is not None else None,
         )
 
-    def _upgrade(self, model: DeployedModel, future: Any, options: DeployOptions) -> None:
+    def _upgrade(self, model: DeployedModel, future: Any, options: DeployOptions, bench: Bench | None = None) -> None:
         """Fast start: switch to the measured plan without dropping requests.
 
         The new placement is loaded under a second engine name while the first keeps serving; the
-        handle swap is one attribute store, then the first entry drains its in-flight work.
+        handle swap is one attribute store, then the first entry drains its in-flight work. With
+        ``bench`` (a replan's), the new placement adopts the session its plan measured.
         """
+        try:
+            self._switch(model, future, options, bench)
+        finally:
+            if bench is not None:
+                bench.close()  # whatever was not adopted
+
+    def _switch(self, model: DeployedModel, future: Any, options: DeployOptions, bench: Bench | None) -> None:
+        from aivmm.planner import identity as plan_identity
+
         try:
             better = future.result()
         except Exception as exc:  # the ready plan keeps serving; say why it was not upgraded
@@ -422,8 +437,9 @@ class VMM:
             return
         old_name = model._engine_name
         new_name = f"{model.name}@{better.chosen.config.key()}"
+        warm = bench.take(plan_identity(better.chosen)) if bench is not None and not options.isolation else None
         try:
-            handle = self._add_to_engine(new_name, better, options)
+            handle = self._add_to_engine(new_name, better, options, warm)
         except Exception as exc:
             log.warning(
                 "model %r: could not load the upgraded plan %s: %s", model.name, better.chosen.config.label(), exc

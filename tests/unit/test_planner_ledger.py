@@ -129,3 +129,17 @@ def test_a_budget_for_one_session_at_a_time_still_plans_and_is_never_exceeded(tm
         assert ledger.peak("cpu:0") <= ledger.capacity("cpu:0")
         assert len(bench) <= 1
     assert ledger.entries() == []
+
+
+def test_a_replan_switches_to_the_session_it_measured(tmp_path, monkeypatch):
+    path = mlp(tmp_path / "mlp.onnx")
+    with aivmm.VMM([cpu()]) as v:
+        model = v.deploy(path, backend="openvino", measure=False)
+        # Re-planned under another pin, so the plan must move (to ONNX Runtime) and switch.
+        model._options = model._options.replace(backend="onnxruntime")
+        spy = _Spy(monkeypatch, path)
+        new = model.replan(np.ones((3, 32), np.float32)).result(timeout=120)
+        assert new.chosen.config.backend == "onnxruntime" and model.plan is new
+        assert spy.loads[new.chosen.config.label()] == 1  # measured, then served by that same session
+        assert [m.kind for m in model._handle.replicas[0].loads] == ["load-adopted"]
+        assert [e.key for e in v.engine.ledger.entries()] == [model._handle.replicas[0].key]

@@ -635,6 +635,9 @@ class _Evaluator:
         if len(ok) < 2:
             return measured
         finalists = self._finalists(ok)
+        for c in ok:  # screened too slow to be raced: their sessions go now, not at the end
+            if c not in finalists:
+                self.bench.discard(identity(c))
         if len(finalists) < 2:
             return measured
         entries = [(registry.get(c.config.backend), c.model, self.devices[c.config.device], c.config)
