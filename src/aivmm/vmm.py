@@ -337,7 +337,7 @@ class VMM:
         )
         if opts.device is not None:
             self.device(opts.device)  # unknown ids fail before any work
-        from aivmm.models import load, release_parsed
+        from aivmm.models import load
         from aivmm.planner import Bench
         from aivmm.planner import identity as plan_identity
         from aivmm.planner import plan as make_plan
@@ -356,7 +356,13 @@ class VMM:
         engine = self.engine
         # The plan is made against the engine's ledger (what is free on each device now), and its
         # measured sessions hold reservations there; the winner's stays open for the engine to adopt.
-        with Bench(engine.ledger, make_room=engine.residency.make_room, owner=name) as bench:
+        # A fast start's bench is the background upgrade's: not in the ledger, where the quick
+        # placement holds memory that the switch frees, and closed once the switch is done.
+        if opts.fast_start:
+            bench = Bench(owner=f"{name}@upgrade")
+        else:
+            bench = Bench(engine.ledger, make_room=engine.residency.make_room, owner=name)
+        try:
             plan = make_plan(spec, self._devices, options=opts, ledger=engine.ledger, bench=bench)
             for note in plan.fallbacks:
                 log.warning("model %r: %s", name, note)
@@ -364,17 +370,19 @@ class VMM:
             # of this one: the bench closes the measured winner and the worker loads its own.
             warm = None if opts.isolation else bench.take(plan_identity(plan.chosen))
             handle = self._add_to_engine(name, plan, opts, warm)
-        # Loaded: the runtime holds the graph now, so the loader's parse is dropped (it would double
-        # the memory a deployed model holds). A later replan or reload parses the file again.
-        release_parsed(spec)
-        release_parsed(plan.chosen.model)
+        except BaseException:
+            bench.close()
+            raise
+        if plan.upgrade is None:
+            bench.close()
+            _loaded(spec, plan)
         deployed = DeployedModel(self, name, spec, plan, handle)
         deployed._options = opts
         deployed._replan_first = opts.replan_on_first_request and opts.sample_inputs is None
         with self._lock:
             self._models[name] = deployed
         if plan.upgrade is not None:
-            plan.upgrade.add_done_callback(lambda fut: self._upgrade(deployed, fut, opts))
+            plan.upgrade.add_done_callback(lambda fut: self._upgrade(deployed, fut, opts, bench, spec))
         return deployed
 
     def _deploy_llm(self, model: Any, options: DeployOptions) -> DeployedModel:
@@ -409,18 +417,27 @@ class VMM:
             adopt={0: warm} if warm is not None else None,
         )
 
-    def _upgrade(self, model: DeployedModel, future: Any, options: DeployOptions, bench: Bench | None = None) -> None:
+    def _upgrade(
+        self,
+        model: DeployedModel,
+        future: Any,
+        options: DeployOptions,
+        bench: Bench | None = None,
+        spec: ModelSpec | None = None,
+    ) -> None:
         """Fast start: switch to the measured plan without dropping requests.
 
         The new placement is loaded under a second engine name while the first keeps serving; the
         handle swap is one attribute store, then the first entry drains its in-flight work. With
-        ``bench`` (a replan's), the new placement adopts the session its plan measured.
+        ``bench`` (where the new plan measured), the new placement adopts the session it measured.
         """
         try:
             self._switch(model, future, options, bench)
         finally:
             if bench is not None:
                 bench.close()  # whatever was not adopted
+            if spec is not None:
+                _loaded(spec, model.plan)
 
     def _switch(self, model: DeployedModel, future: Any, options: DeployOptions, bench: Bench | None) -> None:
         from aivmm.planner import identity as plan_identity
@@ -501,6 +518,15 @@ class VMM:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _loaded(spec: ModelSpec, plan: Plan) -> None:
+    # Loaded: the runtime holds the graph now, so the loader's parse is dropped (it would double the
+    # memory a deployed model holds). A later replan or reload parses the file again.
+    from aivmm.models import release_parsed
+
+    release_parsed(spec)
+    release_parsed(plan.chosen.model)
 
 
 def _has_kv_cache(spec: ModelSpec) -> bool:

@@ -143,3 +143,26 @@ def test_a_replan_switches_to_the_session_it_measured(tmp_path, monkeypatch):
         assert spy.loads[new.chosen.config.label()] == 1  # measured, then served by that same session
         assert [m.kind for m in model._handle.replicas[0].loads] == ["load-adopted"]
         assert [e.key for e in v.engine.ledger.entries()] == [model._handle.replicas[0].key]
+
+
+def test_a_fast_start_upgrade_adopts_the_session_it_measured(tmp_path, monkeypatch):
+    import time
+
+    path = mlp(tmp_path / "mlp.onnx")
+    with aivmm.VMM([cpu()]) as v:
+        spy = _Spy(monkeypatch, path)
+        model = v.deploy(path, backend="onnxruntime", fast_start=True)
+        quick = model.plan
+        assert quick.upgrade is not None
+        measured = quick.upgrade.result(timeout=120)
+        deadline = time.monotonic() + 30
+        while model.plan is quick and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert model.plan is measured and spy.parses == 1  # the parse is kept until the upgrade is done
+        label = measured.chosen.config.label()
+        if measured.chosen.config != quick.chosen.config:  # switched: to the session it measured
+            assert spy.loads[label] == 1
+            assert [m.kind for m in model._handle.replicas[0].loads] == ["load-adopted"]
+        else:  # kept the quick placement: the engine's load and the measurement's
+            assert spy.loads[label] == 2
+        assert [e.key for e in v.engine.ledger.entries()] == [model._handle.replicas[0].key]

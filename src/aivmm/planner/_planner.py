@@ -196,7 +196,8 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
     now is left out, with the reason in the plan (a fallback: ``strict`` refuses it), and sessions
     measured hold reservations in it. ``bench``: where the measured sessions live; after the plan
     it holds only the chosen candidate's session (``bench.take(identity(plan.chosen))``) for the
-    runtime to adopt. Without one, every session is closed before plan() returns.
+    runtime to adopt (with ``fast_start``: the upgrade's, once ``Plan.upgrade`` is done). Without
+    one, every session is closed before plan() returns.
     """
     t0 = time.perf_counter()
     opts = coerce_options(options, constraints, device=device, backend=backend, strict=strict, measure=measure,
@@ -225,12 +226,13 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
     if opts.fast_start and req.measure:
         with Bench() as nothing_measured:  # measure=False opens no session
             quick = _run(dataclasses.replace(req, measure=False, ready_only=True), t0, model_hash, nothing_measured)
-        # The upgrade measures in its own bench, closed when it ends: its winner is loaded again by
-        # the runtime (the quick plan's caller has already placed the model and moved on). It plans
-        # without the ledger: the quick placement holds memory there that the switch frees.
+        # The upgrade measures into the caller's bench (which then holds its winner's session for the
+        # switch to adopt; the caller keeps it open until the upgrade is done), or into its own,
+        # closed when it ends. It plans without the ledger: the quick placement holds memory there
+        # that the switch frees.
         future = upgrade_executor().submit(
             plan, spec, req.devices, options=opts.replace(fast_start=False, constraints=req.cons), cache=cache,
-            budget_s=budget_s, top_k=top_k, backends=backends,
+            budget_s=budget_s, top_k=top_k, backends=backends, bench=bench,
         )
         note = "fast start: chosen from predictions; Plan.upgrade resolves to the measured plan"
         return dataclasses.replace(quick, upgrade=future, notes=(*quick.notes, note))
