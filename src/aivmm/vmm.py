@@ -175,6 +175,22 @@ class DeployedModel:
             feeds, priority=priority, deadline_ms=deadline_ms, reject_late=reject_late, output=output
         )
 
+    @property
+    def replan_state(self) -> str:
+        """Where a re-plan on real inputs stands: "" (none asked), "waiting for the first request",
+        "planning", "done: <configuration>" or "failed: <reason>"."""
+        if self._replan_first:
+            return "waiting for the first request"
+        future = self._replanning
+        if future is None:
+            return ""
+        if not future.done():
+            return "planning"
+        exc = future.exception()
+        if exc is not None:
+            return f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return f"done: {future.result().chosen.config.label()}"
+
     def replan(self, sample_inputs: Any, *, wait: bool = True) -> concurrent.futures.Future[Plan]:
         """Plan again, measuring on ``sample_inputs`` (real requests: a server passes its first ones,
         whose shapes generated inputs can only guess), and move to the new choice without dropping
@@ -202,11 +218,24 @@ class DeployedModel:
             return make_plan(self.spec, self._vmm.devices, options=opts, bench=bench)
 
         if not wait:
-            future = upgrade_executor().submit(work)
-            future.add_done_callback(lambda f: self._vmm._upgrade(self, f, opts, bench))
-            self._replanning = future
-            return future
-        future = concurrent.futures.Future()
+            # Done once the model has moved (or kept its placement), not when planning ends: callers
+            # and the server's status read it as "the new choice serves".
+            switched: concurrent.futures.Future[Plan] = concurrent.futures.Future()
+
+            def after(planned: concurrent.futures.Future[Plan]) -> None:
+                try:
+                    self._vmm._upgrade(self, planned, opts, bench)
+                finally:
+                    exc = planned.exception()
+                    if exc is not None:
+                        switched.set_exception(exc)
+                    else:
+                        switched.set_result(planned.result())
+
+            self._replanning = switched
+            upgrade_executor().submit(work).add_done_callback(after)
+            return switched
+        future: concurrent.futures.Future[Plan] = concurrent.futures.Future()
         try:
             future.set_result(work())
         except Exception as exc:  # the Future carries it; the current placement keeps serving

@@ -58,7 +58,8 @@ def test_aivmm_json_config_overrides_triton() -> None:
     cfg = merge_json(from_pbtxt(TRITON_CONFIG, "resnet"), """{
         "constraints": {"max_latency_ms": 20, "precision": "fp16"},
         "batching": {"max_batch_size": 4, "max_queue_delay_ms": 1},
-        "instances": 1, "device": "cpu:0", "versions": "all"}""")
+        "instances": 1, "device": "cpu:0", "versions": "all", "replan_on_first_request": true}""")
+    assert cfg.replan_on_first_request and cfg.to_json()["replan_on_first_request"] is True
     assert cfg.constraints == {"max_latency_ms": 20, "precision": "fp16"}
     assert cfg.batching == {"max_batch_size": 4, "max_queue_delay_ms": 1}
     assert cfg.pin.device_id == "cpu:0" and cfg.instances == 1 and cfg.versions.kind == "all"
@@ -72,6 +73,7 @@ def test_aivmm_json_config_overrides_triton() -> None:
     ('{"device": "gpu"}', "device id"),
     ('{"filename": "../x.onnx"}', "plain file name"),
     ('{"versions": [0]}', "versions"),
+    ('{"replan_on_first_request": "yes"}', "replan_on_first_request"),
     ("{oops", "not valid JSON"),
 ])
 def test_bad_json_configs(text: str, match: str) -> None:

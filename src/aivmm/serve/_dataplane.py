@@ -237,6 +237,7 @@ class DataPlane:
             batching=dict(cfg.batching) if path.is_dir() and cfg.batching else batching_config(cfg.batching),
             replicas=cfg.instances,
             measure=self.measure,
+            replan_on_first_request=cfg.replan_on_first_request,
         )
         handle = await asyncio.to_thread(self.host.deploy, str(path), options=options)
         seconds = self._clock() - start
@@ -446,6 +447,7 @@ class DataPlane:
                     "inflight": entry.inflight,
                     "vmm_name": entry.vmm_name,
                     "placement": _placement(entry.handle),
+                    **({"replan": r} if (r := getattr(entry.handle, "replan_state", "")) else {}),
                     "load_seconds": round(entry.load_seconds, 4),
                     "config": entry.config.to_json(),
                 })

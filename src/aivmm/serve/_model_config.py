@@ -8,7 +8,12 @@ reads are type-checked by protobuf. ``config.json`` keys (all optional)::
     {"constraints": {...aivmm.Constraints fields...}, "batching": {"max_batch_size": 8,
      "max_queue_delay_ms": 2, "preferred_sizes": [4, 8], "max_queue_size": 1024},
      "instances": 1, "device": "cpu:0", "backend": "onnxruntime", "strict": false,
-     "versions": "latest" | "all" | [1, 3], "filename": "model.onnx"}
+     "versions": "latest" | "all" | [1, 3], "filename": "model.onnx",
+     "replan_on_first_request": false}
+
+``replan_on_first_request``: the model is planned on generated inputs at load, then planned again
+(measured, in the background) on the first real request's inputs and moved to the new choice
+without dropping requests (``VMM.deploy(replan_on_first_request=True)``).
 
 When both exist, ``config.json`` wins field by field (it is the aivmm-specific layer on top).
 """
@@ -25,8 +30,9 @@ from aivmm.errors import ConfigError
 
 # Keys that are deploy options as they are (aivmm.DeployOptions checks them); the others are the
 # repository's own (instances are replicas, device is a pin, versions and filename pick files).
-_DEPLOY_KEYS = ("constraints", "backend", "strict")
-_JSON_KEYS = frozenset({"constraints", "batching", "instances", "device", "backend", "strict", "versions", "filename"})
+_DEPLOY_KEYS = ("constraints", "backend", "strict", "replan_on_first_request")
+_JSON_KEYS = frozenset({"constraints", "batching", "instances", "device", "backend", "strict", "versions", "filename",
+                        "replan_on_first_request"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +77,7 @@ class ModelConfig:
     filename: str = "model.onnx"
     platform: str = "onnxruntime_onnx"
     max_batch_size: int = 0
+    replan_on_first_request: bool = False
     sources: tuple[str, ...] = ()  # the config files read, for messages and the status endpoint
 
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +92,7 @@ class ModelConfig:
             "strict": self.strict,
             "versions": dataclasses.asdict(self.versions),
             "max_batch_size": self.max_batch_size,
+            "replan_on_first_request": self.replan_on_first_request,
             "sources": list(self.sources),
         }
 
