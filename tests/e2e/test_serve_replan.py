@@ -25,7 +25,8 @@ def _replan_state(url: str) -> str:
 def test_replan_on_first_request_from_config_json(tmp_path: pathlib.Path) -> None:
     repo = tmp_path / "repo"
     scale(repo / "double" / "1" / "model.onnx", 2.0)
-    (repo / "double" / "config.json").write_text(json.dumps({"replan_on_first_request": True, "backend": "onnxruntime"}))
+    config = {"replan_on_first_request": True, "backend": "onnxruntime"}  # one runtime: a short re-plan
+    (repo / "double" / "config.json").write_text(json.dumps(config))
     args = ["--model-repository", str(repo), "--load", "double", "--no-measure", "--grpc-port", "-1",
             "--metrics-port", "-1"]
     x = np.arange(12, dtype=np.float32).reshape(3, 4)  # a batch of 3: not the shape generated at load
