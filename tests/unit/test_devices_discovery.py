@@ -251,13 +251,20 @@ def test_entry_point_probes_are_loaded_lazily(monkeypatch: pytest.MonkeyPatch) -
         EntryPoint("test-ep", "aivmm.devices._cpu:probe", probe_registry.ENTRY_POINT_GROUP),
         EntryPoint("cpu", "somewhere.else:probe", probe_registry.ENTRY_POINT_GROUP),  # cannot shadow a built-in
     ]
-    monkeypatch.setattr(probe_registry, "entry_points", lambda group: points if group == "aivmm.probes" else [])
-    monkeypatch.setattr(probe_registry, "_table", None)
-    entries = {e.name: e for e in probe_registry.entries()}
-    assert entries["test-ep"].target == "aivmm.devices._cpu:probe" and not entries["test-ep"].builtin
-    assert entries["cpu"].target == "aivmm.devices._cpu:probe"
-    report = discover_report(include_runtimes=False, probes=["test-ep"], refresh=True)
-    assert [d.id for d in report.probe("test-ep").devices] == ["cpu:0"]
+    import aivmm._lazy
+
+    monkeypatch.setattr(aivmm._lazy, "entry_points", lambda group: points if group == "aivmm.probes" else [])
+    probe_registry.refresh()
+    try:
+        entries = {e.name: e for e in probe_registry.entries()}
+        assert entries["test-ep"].target == "aivmm.devices._cpu:probe" and not entries["test-ep"].builtin
+        assert entries["cpu"].target == "aivmm.devices._cpu:probe"
+        report = discover_report(include_runtimes=False, probes=["test-ep"], refresh=True)
+        assert [d.id for d in report.probe("test-ep").devices] == ["cpu:0"]
+    finally:
+        monkeypatch.undo()
+        probe_registry.refresh()  # back to the real entry points
+    assert "test-ep" not in probe_registry.names()
 
 
 def test_discovery_leaves_the_environment_alone() -> None:

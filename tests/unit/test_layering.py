@@ -15,6 +15,11 @@ Checked by parsing every file with ``ast``: module-level and function-local ``im
 given as string literals. If a package needs something another package keeps private, export it
 from that package's ``__init__`` (lazily, through :mod:`aivmm._lazy`, where it is heavy or would
 close an import cycle).
+
+Also here: every deferred package name goes through :class:`aivmm._lazy.LazyExports` and resolves
+to a name of the package's ``__all__``; the two plugin registries (backends, device probes) are one
+:class:`aivmm._lazy.LazyTable` and behave alike (duplicates refused, run-time names kept across a
+refresh, built-ins not removable).
 """
 
 from __future__ import annotations
@@ -123,3 +128,30 @@ def test_lazy_tables_resolve_to_exported_names(package: str) -> None:
         assert getattr(module, name) is not None
     with pytest.raises(AttributeError, match="no attribute"):
         module.__getattr__("surely_not_a_name")
+
+
+@pytest.mark.parametrize(
+    ("registry_module", "target"),
+    [
+        ("aivmm.backends.registry", "aivmm.backends.simulated:SimulatedBackend"),
+        ("aivmm.devices._registry", "aivmm.devices._cpu:probe"),
+    ],
+)
+def test_both_plugin_registries_behave_as_one_lazy_table(registry_module: str, target: str) -> None:
+    from aivmm.errors import ConfigError
+
+    registry = importlib.import_module(registry_module)
+    builtin = registry.names()[0]
+    registry.register("layering-test", target)
+    try:
+        registry.refresh()  # re-reading entry points keeps names registered at run time
+        assert "layering-test" in registry.names()
+        with pytest.raises(ConfigError, match="already registered"):
+            registry.register("layering-test", target)
+        with pytest.raises(ConfigError, match="must be 'module:"):
+            registry.register("layering-bad", "no_colon_here")
+        with pytest.raises(ConfigError, match="built-in"):
+            registry.unregister(builtin)
+    finally:
+        registry.unregister("layering-test")
+    assert "layering-test" not in registry.names()
