@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib
 import os
 import pathlib
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from aivmm._lazy import load
 from aivmm.errors import ConfigError
 from aivmm.models._spec import Category
 
@@ -170,8 +170,8 @@ def _check_size(size: str) -> None:
 
 
 def _resolve(ref: str) -> Callable[..., Any]:
-    module, _, func = ref.partition(":")
-    return getattr(importlib.import_module(f"aivmm.models.zoo.{module}"), func)
+    fn: Callable[..., Any] = load(f"aivmm.models.zoo.{ref}")  # "module:function" under the zoo
+    return fn
 
 
 def _atomic_save(model: Any, target: pathlib.Path) -> None:
