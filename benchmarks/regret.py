@@ -20,11 +20,12 @@ For each model, in one process:
    configuration), each running every configuration for ``--calls`` calls (the first of each turn
    a warm-up), order alternating between rounds; a configuration's figure is the median of its
    round medians.
-regret = chosen / min(oracle), cross-validated: the oracle is picked on half of the rounds and the
-ratio read on the other half, both ways, geometric mean (:func:`cross_validated`; picking and scoring
-on the same timings favours whichever hand configuration was luckiest, so a choice equal to the best
-scored above 1). The same-data figure is kept per row as ``regret_same_data``. Summary: geometric
-mean and worst over the models that planned.
+regret = chosen / min(oracle), paired and cross-validated (:func:`cross_validated`): the median of
+per-round ratios (two configurations timed back to back, so load changes between rounds cancel),
+the oracle picked on half of the rounds and the ratio read on the other half, both ways, geometric
+mean (picking and scoring on the same timings favours whichever hand configuration was luckiest, so a
+choice equal to the best scored above 1). The same-data figure is kept per row as
+``regret_same_data``. Summary: geometric mean and worst over the models that planned.
 """
 
 from __future__ import annotations
@@ -119,33 +120,36 @@ def _interleave(
     return meds
 
 
-def _halves(rounds: list[float]) -> tuple[list[float], list[float]]:
-    """Rounds 0,1 / 2,3 / 4,5 ... dealt to two halves, so each half has both orders within a round."""
-    return [v for i, v in enumerate(rounds) if i % 4 < 2], [v for i, v in enumerate(rounds) if i % 4 >= 2]
-
-
 def cross_validated(meds: dict[str, list[float]], chosen: str = "aivmm") -> dict[str, Any]:
-    """The regret without the winner's curse.
+    """The regret, paired within rounds and without the winner's curse.
 
-    The oracle is the fastest of several hand configurations, each timed with noise: picking the
-    minimum and scoring with the same timings takes the luckiest one's noise as speed (the minimum
-    of noisy figures is biased low), so a choice equal to the true best still scores above 1. Here
-    the oracle is picked on one half of the rounds and the ratio read on the other, both ways, and
-    the two ratios are combined (geometric mean). ``same_data`` is the biased figure, for comparison.
+    Paired: each round's ratio compares two configurations timed back to back, so a change of the
+    machine's load between rounds (other processes on the 2 cores) cancels; the figure is the median
+    of those ratios. Cross-validated: the oracle is the fastest of several hand configurations, each
+    timed with noise, and picking the minimum and scoring with the same timings takes the luckiest
+    one's noise as speed (a choice equal to the true best then scores above 1). So the oracle is
+    picked on one half of the rounds and the ratio read on the other, both ways, and the two are
+    combined (geometric mean). ``same_data`` is the paired ratio to the oracle picked on all rounds.
     """
     whole = {k: float(np.median(v)) for k, v in meds.items()}
     hands = [k for k in meds if k != chosen]
     if not hands:
         return {}
+
+    def paired(rounds: list[int], other: str) -> float:
+        return float(np.median([meds[chosen][r] / meds[other][r] for r in rounds]))
+
+    every = list(range(len(meds[chosen])))
     same_oracle = min(hands, key=lambda k: whole[k])
-    out: dict[str, Any] = {"same_data": whole[chosen] / whole[same_oracle], "oracle": same_oracle}
-    if min(len(v) for v in meds.values()) < 4:  # too few rounds to split: the biased figure is all there is
+    out: dict[str, Any] = {"same_data": paired(every, same_oracle), "oracle": same_oracle}
+    if len(every) < 4:  # too few rounds to split: the same-data figure is all there is
         out["regret"] = out["same_data"]
         return out
-    a = {k: float(np.median(_halves(v)[0])) for k, v in meds.items()}
-    b = {k: float(np.median(_halves(v)[1])) for k, v in meds.items()}
-    pick_a, pick_b = min(hands, key=lambda k: a[k]), min(hands, key=lambda k: b[k])
-    ratios = (b[chosen] / b[pick_a], a[chosen] / a[pick_b])
+    # Rounds 0,1 / 2,3 / 4,5 ... dealt to two halves, so each half has both orders within a round.
+    half_a, half_b = [r for r in every if r % 4 < 2], [r for r in every if r % 4 >= 2]
+    pick_a = min(hands, key=lambda k: float(np.median([meds[k][r] for r in half_a])))
+    pick_b = min(hands, key=lambda k: float(np.median([meds[k][r] for r in half_b])))
+    ratios = (paired(half_b, pick_a), paired(half_a, pick_b))
     out.update(regret=math.sqrt(ratios[0] * ratios[1]), halves=ratios, picked=(pick_a, pick_b))
     return out
 
@@ -247,6 +251,7 @@ def one(name: str, args: argparse.Namespace, devices: Any) -> dict[str, Any]:
         s.close()
     timed = {k: float(np.median(v)) for k, v in meds.items()}
     row["timed_ms"] = {k: round(v, 4) for k, v in timed.items()}
+    row["round_ms"] = {k: [round(x, 4) for x in v] for k, v in meds.items()}  # to recompute any figure
     row["chosen_ms"] = round(timed["aivmm"], 4)
     q1, q3 = np.percentile(meds["aivmm"], [25, 75])
     row["chosen_round_spread"] = round(float((q3 - q1) / timed["aivmm"]), 3)  # IQR of its rounds / median: the noise
