@@ -637,9 +637,9 @@ class _Evaluator:
         if len(ok) < 2:
             return measured
         finalists = self._finalists(ok)
-        for c in ok:  # screened too slow to be raced: their sessions go now, not at the end
-            if c not in finalists:
-                self.bench.discard(identity(c))
+        # Screened too slow to be raced, or violating a constraint: their sessions go now, not at the
+        # end (compiled candidates, kept apart from the race, stay).
+        self.bench.keep_only([*(identity(c) for c in finalists), *skip])
         if len(finalists) < 2:
             return measured
         entries = [(registry.get(c.config.backend), c.model, self.devices[c.config.device], c.config)
