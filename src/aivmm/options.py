@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from aivmm.planner.constraints import Constraints
     from aivmm.runtime import BatchingConfig
 
-# This module imports neither the planner nor the runtime at import time: the planner reads
-# DeployOptions, so the constraints it holds are checked through a lazy import.
+# Neither the planner nor the runtime is imported at import time: the planner imports this module
+# (a cycle otherwise), and `import aivmm.options` stays as light as `import aivmm`.
 
 
 def _constraints(name: str, value: Any) -> Constraints:
