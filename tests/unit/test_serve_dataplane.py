@@ -103,3 +103,24 @@ def test_reload_swaps_without_a_gap(plane: DataPlane) -> None:
         assert not plane.ready()
 
     asyncio.run(go())
+
+
+def test_a_model_with_sequence_io_is_refused_at_load_with_the_reason(tmp_path: pathlib.Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from aivmm.errors import UnsupportedModelError
+    from aivmm.vmm import VMM
+
+    seq = helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, ["n"])
+    graph = helper.make_graph([helper.make_node("SequenceLength", ["s"], ["n"])], "seqlen", [seq],
+                              [helper.make_tensor_value_info("n", TensorProto.INT64, [])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "seqlen" / "1").mkdir(parents=True)
+    onnx.save(model, tmp_path / "seqlen" / "1" / "model.onnx")
+    with VMM() as vmm:
+        plane = DataPlane(vmm, Repository(tmp_path), measure=False)
+        with pytest.raises(UnsupportedModelError, match=r"KServe v2 carries tensors only, not s: seq\(float32\[n\]\)"):
+            asyncio.run(plane.load("seqlen"))
+        assert vmm.status()["models"] == {}  # nothing left loaded

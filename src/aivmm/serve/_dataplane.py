@@ -33,6 +33,7 @@ from aivmm.errors import (
     ModelNotReadyError,
     OverloadedError,
     PermissionDeniedError,
+    UnsupportedModelError,
 )
 from aivmm.options import DeployOptions
 from aivmm.planner.constraints import coerce_constraints
@@ -240,6 +241,13 @@ class DataPlane:
             replan_on_first_request=cfg.replan_on_first_request,
         )
         handle = await asyncio.to_thread(self.host.deploy, str(path), options=options)
+        boxed = [t.describe() for t in (*handle.spec.inputs, *handle.spec.outputs) if not t.is_tensor]
+        if boxed:  # KServe v2 requests and responses carry tensors only: no request could reach it
+            await asyncio.to_thread(self.host.unload, vmm_name, drain=False)
+            raise UnsupportedModelError(
+                f"model {source.name!r}: KServe v2 carries tensors only, not {', '.join(boxed[:3])}; "
+                f"run it in-process (VMM.deploy takes lists for sequences and None for empty optionals)"
+            )
         seconds = self._clock() - start
         log.info("loaded %s version %d in %.2f s on %s", source.name, version, seconds, _placement(handle))
         return Version(source.name, version, vmm_name, handle, cfg, seconds)
