@@ -166,3 +166,24 @@ def test_a_fast_start_upgrade_adopts_the_session_it_measured(tmp_path, monkeypat
         else:  # kept the quick placement: the engine's load and the measurement's
             assert spy.loads[label] == 2
         assert [e.key for e in v.engine.ledger.entries()] == [model._handle.replicas[0].key]
+
+
+def test_external_weights_are_read_without_parsing_the_graph_again(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from aivmm.backends import Config, registry
+
+    src = onnx.load(str(mlp(tmp_path / "inline.onnx")))
+    path = tmp_path / "external.onnx"
+    onnx.save(
+        src, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="w.bin", size_threshold=0
+    )
+    spec = load(path)
+    assert spec.external_data
+    spy = _Spy(monkeypatch, path)
+    x = np.ones((2, 32), np.float32)
+    out = {}
+    for backend in ("torch", "onnxruntime"):
+        with registry.get(backend).load(spec, cpu(), Config(backend, "cpu:0")) as session:
+            out[backend] = session.run({"x": x})["y"]
+    np.testing.assert_allclose(out["torch"], out["onnxruntime"], rtol=1e-5, atol=1e-5)
+    assert spy.parses == 0  # the loader's parse served the checks, the torch lowering and its weights

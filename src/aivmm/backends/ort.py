@@ -60,7 +60,7 @@ from aivmm.errors import (
     UnsupportedModelError,
     missing_extra,
 )
-from aivmm.models import ModelFormat, ModelSpec, ValueKind, onnx_model
+from aivmm.models import ModelFormat, ModelSpec, ValueKind, onnx_model, onnx_model_with_weights
 
 log = logging.getLogger(__name__)
 
@@ -310,14 +310,9 @@ class OrtBackend(Backend):
                       notes: list[str]) -> Any:
         source = model.source
         if precision is Precision.FP16 and choice in _CONVERTED_FP16:
-            import onnx
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            if model.external_data:
-                proto = onnx.load(str(source), load_external_data=True)
-            else:  # the loader's parse, copied: the conversion rewrites the graph in place
-                proto = onnx.ModelProto()
-                proto.CopyFrom(onnx_model(model))
+            proto = onnx_model_with_weights(model)  # a copy: the conversion rewrites the graph in place
             converted = convert_float_to_float16(proto, keep_io_types=True)
             notes.append("fp16: float weights and activations converted, inputs and outputs kept as given")
             return converted.SerializeToString()

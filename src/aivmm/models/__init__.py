@@ -6,7 +6,7 @@ of their format is loaded.
 
 from aivmm.models._hints import CategoryHints, category_hints
 from aivmm.models._load import load
-from aivmm.models._parsed import onnx_model, release_parsed
+from aivmm.models._parsed import onnx_model, onnx_model_with_weights, release_parsed
 from aivmm.models._shapes import parse_shape_arg
 from aivmm.models._spec import Category, CategoryScore, Dim, ModelFormat, ModelSpec, TensorSpec, ValueKind
 
@@ -22,6 +22,7 @@ __all__ = [
     "category_hints",
     "load",
     "onnx_model",
+    "onnx_model_with_weights",
     "parse_shape_arg",
     "release_parsed",
 ]

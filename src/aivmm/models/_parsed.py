@@ -69,6 +69,22 @@ def onnx_model(spec: ModelSpec) -> Any:
     raise ModelLoadError(f"{spec.name!r}: no ONNX graph in a source of type {type(source).__name__}")
 
 
+def onnx_model_with_weights(spec: ModelSpec) -> Any:
+    """A private copy of :func:`onnx_model`'s graph with the external weights read in from beside
+    the file (the graph is copied, not parsed again); the caller may modify it."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(onnx_model(spec))
+    if spec.external_data and isinstance(spec.source, str | os.PathLike):
+        try:
+            load_external_data_for_model(proto, str(pathlib.Path(spec.source).parent))
+        except Exception as exc:  # a file gone or cut short since the load checked it
+            raise ModelLoadError(f"cannot read the external weights of {spec.source!s:.200}: {exc}") from exc
+    return proto
+
+
 def release_parsed(spec: ModelSpec) -> None:
     """Drop the kept parse (the next :func:`onnx_model` parses the file again)."""
     if spec.parsed is not None:

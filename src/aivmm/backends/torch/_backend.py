@@ -30,7 +30,7 @@ from aivmm.errors import (
     UnsupportedModelError,
     missing_extra,
 )
-from aivmm.models import ModelFormat, ModelSpec, onnx_model
+from aivmm.models import ModelFormat, ModelSpec, onnx_model, onnx_model_with_weights
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 OPTIONS: dict[str, tuple[Any, ...]] = {
@@ -184,10 +184,9 @@ class TorchBackend(Backend):
             if cached is not None:
                 return cached
         try:
-            if with_weights and model.external_data:
-                proto = onnx.load(str(path), load_external_data=True)
-            else:  # the loader's parse (weights inline); lower() copies before it rewrites anything
-                proto = onnx_model(model)
+            # The loader's parse (weights inline; lower() copies before it rewrites anything), or a
+            # copy of it with the external weights read in.
+            proto = onnx_model_with_weights(model) if with_weights and model.external_data else onnx_model(model)
         except Exception as exc:
             raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
         entry = (proto, refusals(proto))
