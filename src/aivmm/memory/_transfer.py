@@ -18,13 +18,13 @@ so a hand-off never copies and never goes through the host. The tensor conversio
 from __future__ import annotations
 
 import abc
-import importlib
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
+from aivmm._lazy import load
 from aivmm.backends import tensors
 from aivmm.devices import Device, DeviceKind, Vendor
 from aivmm.errors import BackendUnavailableError
@@ -98,6 +98,5 @@ def transfer_for(device: Device) -> Transfer:
             f"no transfer layer for {device.vendor.value} {device.kind.value} devices ({device.id}); "
             f"aivmm moves tensors to CPUs and to NVIDIA and AMD GPUs"
         )
-    module, cls = target.split(":")
-    implementation: type[Transfer] = getattr(importlib.import_module(module), cls)
+    implementation: type[Transfer] = load(target)
     return implementation(device)
