@@ -48,6 +48,7 @@ class Held:
 
 
 def _is_oom(exc: BaseException) -> bool:
+    # The runtime's own test (runtime.is_out_of_memory) is not public; this is its short form.
     return isinstance(exc, OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower()
 
 
@@ -67,7 +68,6 @@ class Bench:
         self._owner = owner
         self._held: dict[Hashable, Held] = {}
         self._lock = threading.Lock()
-        self.opened = 0  # sessions created, for tests and reports
 
     def __enter__(self) -> Bench:
         return self
@@ -101,7 +101,6 @@ class Bench:
             if key is not None and self.ledger is not None:
                 self.ledger.release(key)
             raise
-        self.opened += 1
         if key is not None and self.ledger is not None:
             measured = session.memory_bytes()
             entry = self.ledger.entry(key)
