@@ -255,7 +255,7 @@ def one(name: str, args: argparse.Namespace, devices: Any) -> dict[str, Any]:
     row["chosen_ms"] = round(timed["aivmm"], 4)
     q1, q3 = np.percentile(meds["aivmm"], [25, 75])
     row["chosen_round_spread"] = round(float((q3 - q1) / timed["aivmm"]), 3)  # IQR of its rounds / median: the noise
-    row["same_as"] = _same_configuration(chosen.config)
+    row["same_as"] = None if chosen.transform else _same_configuration(chosen.config)
     scored = cross_validated(meds)
     if scored:
         row["oracle"] = scored["oracle"]
