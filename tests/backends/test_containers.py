@@ -32,8 +32,7 @@ def insert_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """SequenceInsert then SequenceAt: a sequence input, a sequence output and a tensor output."""
     seq = helper.make_tensor_sequence_value_info
     graph = helper.make_graph(
-        [helper.make_node("SequenceInsert", ["s", "t"], ["out"]),
-         helper.make_node("SequenceLength", ["out"], ["n"])],
+        [helper.make_node("SequenceInsert", ["s", "t"], ["out"]), helper.make_node("SequenceLength", ["out"], ["n"])],
         "insert",
         [seq("s", F, ["n"]), helper.make_tensor_value_info("t", F, ["n"])],
         [seq("out", F, ["n"]), helper.make_tensor_value_info("n", I64, [])],
@@ -76,8 +75,9 @@ def test_measured_deploy_runs_on_onnxruntime_and_says_why_not_elsewhere(insert_m
         assert "openvino" in others
         for backend in others:
             reasons = [r.detail for c in deployed.plan.rejected if c.config.backend == backend for r in c.rejections]
-            assert any(f"{backend} takes tensors only at the model boundary, not s: seq(float32[n])" in r
-                       for r in reasons), reasons
+            assert any(
+                f"{backend} takes tensors only at the model boundary, not s: seq(float32[n])" in r for r in reasons
+            ), reasons
         a, b = np.arange(3, dtype=np.float32), np.ones(3, np.float32)
         out = deployed.execute({"s": [a], "t": b})
         assert isinstance(out["out"], list) and len(out["out"]) == 2

@@ -27,8 +27,17 @@ def test_replan_on_first_request_from_config_json(tmp_path: pathlib.Path) -> Non
     scale(repo / "double" / "1" / "model.onnx", 2.0)
     config = {"replan_on_first_request": True, "backend": "onnxruntime"}  # one runtime: a short re-plan
     (repo / "double" / "config.json").write_text(json.dumps(config))
-    args = ["--model-repository", str(repo), "--load", "double", "--no-measure", "--grpc-port", "-1",
-            "--metrics-port", "-1"]
+    args = [
+        "--model-repository",
+        str(repo),
+        "--load",
+        "double",
+        "--no-measure",
+        "--grpc-port",
+        "-1",
+        "--metrics-port",
+        "-1",
+    ]
     x = np.arange(12, dtype=np.float32).reshape(3, 4)  # a batch of 3: not the shape generated at load
     with running_server(args, tmp_path / "server.err") as server:
         assert _replan_state(server.http) == "waiting for the first request"

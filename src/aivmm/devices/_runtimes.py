@@ -102,22 +102,27 @@ def runtimes_for(
         if not entry.available.ok:
             notes.append(f"{entry.name}: {'; '.join(entry.available.reasons) or 'unavailable'}")
             continue
-        threads[entry.name] = threading.Thread(target=ask, args=(entry.name,), name=f"aivmm-drives-{entry.name}",
-                                               daemon=True)
+        threads[entry.name] = threading.Thread(
+            target=ask, args=(entry.name,), name=f"aivmm-drives-{entry.name}", daemon=True
+        )
         threads[entry.name].start()
     for name, thread in threads.items():
         late = _join(thread, deadline, hard_deadline)
         if thread.is_alive():
             with lock:
                 if late:
-                    notes.append(f"{name}: still importing its runtime after {time.monotonic() - start:.1f} s "
-                                 f"(waited past the {timeout_s:g} s deadline while it imported); left out")
+                    notes.append(
+                        f"{name}: still importing its runtime after {time.monotonic() - start:.1f} s "
+                        f"(waited past the {timeout_s:g} s deadline while it imported); left out"
+                    )
                 else:
                     notes.append(f"{name}: drives() did not answer within {timeout_s:g} s; left out")
         elif late:
             with lock:
-                notes.append(f"{name}: slow: importing its runtime took it {timeout_s + late:.1f} s, past the "
-                             f"{timeout_s:g} s deadline (a loaded machine?); waited for it, not left out")
+                notes.append(
+                    f"{name}: slow: importing its runtime took it {timeout_s + late:.1f} s, past the "
+                    f"{timeout_s:g} s deadline (a loaded machine?); waited for it, not left out"
+                )
     order = list(threads)
     with lock:  # registry order, whatever order the threads finished in
         return {k: sorted(v, key=order.index) for k, v in found.items()}, list(notes)

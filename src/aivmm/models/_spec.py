@@ -49,8 +49,11 @@ class ValueKind(enum.Enum):
         return self in (ValueKind.OPTIONAL, ValueKind.OPTIONAL_SEQUENCE)
 
 
-_KIND_TEXT = {ValueKind.SEQUENCE: "seq({})", ValueKind.OPTIONAL: "optional({})",
-              ValueKind.OPTIONAL_SEQUENCE: "optional(seq({}))"}
+_KIND_TEXT = {
+    ValueKind.SEQUENCE: "seq({})",
+    ValueKind.OPTIONAL: "optional({})",
+    ValueKind.OPTIONAL_SEQUENCE: "optional(seq({}))",
+}
 
 
 @dataclasses.dataclass(frozen=True)
