@@ -75,6 +75,7 @@ def main() -> None:
     from aivmm.backends._base import Config
     from aivmm.devices import discover
     from aivmm.models import load, zoo
+    from aivmm.options import DeployOptions
     from aivmm.runtime import BatchingConfig, Engine
 
     device = next(d for d in discover() if d.id == args.device)
@@ -90,8 +91,8 @@ def main() -> None:
     with Engine([device]) as engine:
         plain = engine.add("plain", spec, [(config, device)])
         batched = engine.add("batched", spec, [(config, device)],
-                             batching=BatchingConfig(args.max_batch, args.delay_ms, preferred_sizes=preferred,
-                                                     max_queue_size=4096))
+                             DeployOptions(batching=BatchingConfig(args.max_batch, args.delay_ms,
+                                                                   preferred_sizes=preferred, max_queue_size=4096)))
         for h in (plain, batched):
             for _ in range(20):
                 h.infer(feeds)

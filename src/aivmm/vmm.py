@@ -435,15 +435,8 @@ class VMM:
         # placement is the chosen candidate: it adopts the session measured while planning (``warm``).
         devices = {d.id: d for d in self._devices}
         placements = [(c.config, devices[c.config.device]) for c in plan.replicas(options.replicas)]
-        batching = options.batching
-        assert not isinstance(batching, Mapping)  # deploy() made it a BatchingConfig
         return self.engine.add(
-            name,
-            plan.chosen.model,
-            placements,
-            batching=batching,
-            isolation=options.isolation,
-            adopt={0: warm} if warm is not None else None,
+            name, plan.chosen.model, placements, options, adopt={0: warm} if warm is not None else None
         )
 
     def _upgrade(

@@ -101,13 +101,14 @@ def test_engine_on_gpu_overcommit_reloads_are_bit_identical(torch, tmp_path):
 
 def test_engine_on_gpu_batching_matches_single_requests(torch, tmp_path):
     from aivmm.backends._base import Config
+    from aivmm.options import DeployOptions
     from aivmm.runtime import BatchingConfig, Engine
     from aivmm.runtime._toy import inputs, mlp
 
     gpu = _gpu_device()
     spec = mlp(tmp_path / "m.onnx", width=512, layers=4)
     with Engine([gpu]) as engine:
-        batched = engine.add("b", spec, [(Config("torch", gpu.id), gpu)], batching=BatchingConfig(32, 2))
+        batched = engine.add("b", spec, [(Config("torch", gpu.id), gpu)], DeployOptions(batching=BatchingConfig(32, 2)))
         single = engine.add("s", spec, [(Config("torch", gpu.id), gpu)])
         feeds = [inputs(spec, 1, seed=i) for i in range(200)]
         with concurrent.futures.ThreadPoolExecutor(32) as pool:

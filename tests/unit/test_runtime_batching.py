@@ -12,6 +12,7 @@ import pytest
 from aivmm.backends import simulated
 from aivmm.backends._base import Config
 from aivmm.errors import ConfigError, ExecutionError, OverloadedError
+from aivmm.options import DeployOptions
 from aivmm.runtime import BatchingConfig, Engine
 from aivmm.runtime._batching import compat_key, merge, split
 from aivmm.runtime._toy import inputs, mlp, one_op, simulated_device
@@ -97,7 +98,8 @@ def test_compat_key_separates_shapes_and_dtypes():
 
 def _engine(dev, spec, **batching):
     engine = Engine([dev])
-    handle = engine.add("m", spec, [(Config("simulated", dev.id), dev)], batching=BatchingConfig(**batching))
+    options = DeployOptions(batching=BatchingConfig(**batching))
+    handle = engine.add("m", spec, [(Config("simulated", dev.id), dev)], options)
     return engine, handle
 
 
@@ -174,7 +176,7 @@ def test_batching_a_model_without_batch_dim_is_refused(specs):
     spec = dataclasses.replace(specs["add"], batch_dim=None)
     dev = simulated_device("nvidia:0")
     with Engine([dev]) as engine, pytest.raises(ConfigError, match="no batch dimension"):
-        engine.add("m", spec, [(Config("simulated", dev.id), dev)], batching=BatchingConfig())
+        engine.add("m", spec, [(Config("simulated", dev.id), dev)], DeployOptions(batching=BatchingConfig()))
 
 
 def test_full_queue_is_overloaded(specs):

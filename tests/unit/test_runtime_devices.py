@@ -10,6 +10,7 @@ import pytest
 from aivmm.backends import simulated
 from aivmm.backends._base import Config
 from aivmm.errors import ModelTooLargeError
+from aivmm.options import DeployOptions
 from aivmm.runtime import BatchingConfig, Engine, ModelState, plan_split
 from aivmm.runtime._toy import inputs, mlp, simulated_device
 
@@ -55,7 +56,7 @@ def test_batched_replicas(tmp_path):
     spec = mlp(tmp_path / "m.onnx", width=16, layers=1)
     a, b = simulated_device("nvidia:0", simulated_latency_ms=3), simulated_device("nvidia:1", simulated_latency_ms=3)
     with Engine([a, b]) as engine:
-        h = engine.add("m", spec, _place(a, b), batching=BatchingConfig(4, 2))
+        h = engine.add("m", spec, _place(a, b), DeployOptions(batching=BatchingConfig(4, 2)))
         feeds = [inputs(spec, 1, seed=i) for i in range(64)]
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             outs = list(pool.map(h.infer, feeds))
@@ -125,7 +126,7 @@ def test_model_on_a_failed_device_is_re_placed(tmp_path):
     spare = simulated_device("nvidia:0")
     failing = simulated_device("nvidia:1", fail_after=2)
     with Engine([spare, failing], failure_threshold=1) as engine:
-        h = engine.add("m", spec, _place(failing), batching=None)
+        h = engine.add("m", spec, _place(failing), DeployOptions(batching=None))
         x = inputs(spec)
         outs = [h.infer(x)["y"] for _ in range(6)]  # runs 3+ fail on nvidia:1; the retry runs on nvidia:0
         assert all(np.array_equal(o, outs[0]) for o in outs)
@@ -140,7 +141,7 @@ def test_failed_device_under_batched_traffic(tmp_path):
     good = simulated_device("nvidia:0")
     bad = simulated_device("nvidia:1", fail_after=0)
     with Engine([good, bad], failure_threshold=2) as engine:
-        h = engine.add("m", spec, _place(good, bad), batching=BatchingConfig(4, 2))
+        h = engine.add("m", spec, _place(good, bad), DeployOptions(batching=BatchingConfig(4, 2)))
         feeds = [inputs(spec, 1, seed=i) for i in range(60)]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             outs = list(pool.map(h.infer, feeds))

@@ -21,6 +21,7 @@ from aivmm.errors import (
     ModelNotReadyError,
     ModelTooLargeError,
 )
+from aivmm.options import DeployOptions
 from aivmm.runtime import BatchingConfig, Engine, ModelState, Tier
 from aivmm.runtime._toy import inputs, mlp, simulated_device
 
@@ -173,7 +174,8 @@ def test_reject_late_fails_early_and_deadlines_order_the_queue(models):
     spec = models["m0"]
     with Engine([dev]) as engine:
         # max_batch_size=1: no batching, but requests go through the device queue (EDF, priorities)
-        h = engine.add("q", spec, _place(dev), batching=BatchingConfig(max_batch_size=1, max_queue_delay_ms=0))
+        queued = DeployOptions(batching=BatchingConfig(max_batch_size=1, max_queue_delay_ms=0))
+        h = engine.add("q", spec, _place(dev), queued)
         x = inputs(spec)
         h.infer(x)  # measured: ~30 ms per run
         order: list[str] = []
@@ -222,7 +224,7 @@ def test_unload_under_traffic_fails_only_later_requests(models, batched):
     x = inputs(spec)
     with Engine([dev]) as engine:
         batching = BatchingConfig(max_batch_size=4, max_queue_delay_ms=1) if batched else None
-        h = engine.add("a", spec, _place(dev), batching=batching)
+        h = engine.add("a", spec, _place(dev), DeployOptions(batching=batching))
         want = h.infer(x)["y"]
         removed = threading.Event()
         outcomes: list[tuple[str, bool]] = []  # (result, arrived after remove() returned)
@@ -267,7 +269,7 @@ def test_unload_under_traffic_fails_only_later_requests(models, batched):
 def test_status_reports_devices_and_models(models):
     dev = simulated_device("nvidia:0")
     with Engine([dev], budgets={"nvidia:0": "1MiB"}) as engine:
-        h = engine.add("a", models["m0"], _place(dev), batching=BatchingConfig(4, 1))
+        h = engine.add("a", models["m0"], _place(dev), DeployOptions(batching=BatchingConfig(4, 1)))
         h.infer(inputs(models["m0"]))
         st = engine.status()
         d = st["devices"]["nvidia:0"]
@@ -295,7 +297,7 @@ def test_close_is_idempotent_and_releases_everything(models):
 def test_queued_request_for_an_evicted_model_prefetches_it(models):
     dev = simulated_device("nvidia:0")
     with Engine([dev], budgets={"nvidia:0": 80_000}) as engine:
-        a = engine.add("a", models["m0"], _place(dev), batching=BatchingConfig(4, 1))
+        a = engine.add("a", models["m0"], _place(dev), DeployOptions(batching=BatchingConfig(4, 1)))
         engine.add("b", models["m1"], _place(dev))
         engine.add("c", models["m2"], _place(dev))  # a third does not fit: something was evicted
         engine.get("b").infer(inputs(models["m1"]))
@@ -345,7 +347,7 @@ def test_out_of_memory_while_running_evicts_and_retries(models):
 def test_requests_queued_for_a_model_evicted_under_them_still_run(models):
     dev = simulated_device("nvidia:0", simulated_latency_ms=20)
     with Engine([dev], budgets={"nvidia:0": 45_000}) as engine:  # one model at a time
-        a = engine.add("a", models["m0"], _place(dev), batching=BatchingConfig(1, 0))
+        a = engine.add("a", models["m0"], _place(dev), DeployOptions(batching=BatchingConfig(1, 0)))
         x = inputs(models["m0"])
         queued = [a.submit(x) for _ in range(4)]
         b = engine.add("b", models["m1"], _place(dev))  # evicts "a" between two of its batches

@@ -12,6 +12,7 @@ import pytest
 from aivmm.backends._base import Config
 from aivmm.devices._types import Device, DeviceKind, Vendor
 from aivmm.errors import ExecutionError
+from aivmm.options import DeployOptions
 from aivmm.runtime import Engine, ModelState
 from aivmm.runtime._toy import inputs, mlp
 from aivmm.runtime._worker import WorkerSession, rss_bytes
@@ -42,7 +43,7 @@ def test_isolated_model_returns_its_memory_and_survives_a_crash(heavy):
     want = ort.InferenceSession(heavy.source, providers=["CPUExecutionProvider"]).run(None, x)[0]
     parent_before = rss_bytes()
     with Engine([CPU]) as engine:
-        h = engine.add("heavy", heavy, [(Config("onnxruntime", "cpu:0"), CPU)], isolation=True)
+        h = engine.add("heavy", heavy, [(Config("onnxruntime", "cpu:0"), CPU)], DeployOptions(isolation=True))
         np.testing.assert_allclose(h.infer(x)["y"], want, rtol=1e-5, atol=1e-5)
         session = h.replicas[0].session
         assert isinstance(session, WorkerSession)
@@ -73,4 +74,4 @@ def test_worker_load_error_is_reported(tmp_path):
     spec = mlp(tmp_path / "m.onnx", width=8, layers=1)
     (tmp_path / "m.onnx").write_bytes(b"not a model")
     with Engine([CPU]) as engine, pytest.raises((ModelLoadError, UnsupportedModelError, ExecutionError)):
-        engine.add("m", spec, [(Config("onnxruntime", "cpu:0"), CPU)], isolation=True)
+        engine.add("m", spec, [(Config("onnxruntime", "cpu:0"), CPU)], DeployOptions(isolation=True))

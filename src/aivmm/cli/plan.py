@@ -102,11 +102,11 @@ def _plan_llm(args: argparse.Namespace) -> int:
     """A decoder with a KV cache: the generation plan (what ``deploy`` would choose and why)."""
     from aivmm.devices import discover
     from aivmm.llm import plan_llm
+    from aivmm.options import DeployOptions
 
     devices = discover(args.simulate) if args.simulate else discover()
-    got = plan_llm(
-        args.model, devices, device=args.device, backend=args.backend, strict=args.strict, measure=not args.no_measure
-    )
+    options = DeployOptions(device=args.device, backend=args.backend, strict=args.strict, measure=not args.no_measure)
+    got = plan_llm(args.model, devices, options)
     kv, gplan, notes = got["kv"], got["plan"], got["notes"]
     if args.json:
         data = {"model": got["model"], "kind": "llm", "kv_cache": kv.to_json(), **gplan.to_json(), "notes": notes}

@@ -21,10 +21,10 @@ from aivmm.llm._sampling import Sampler
 from aivmm.llm._scheduler import Request, Scheduler
 from aivmm.llm._text import GenerationDefaults, TextCodec
 from aivmm.llm._types import Generation, KVLayout, LLMInfo, LLMStats, SamplingParams, TokenEvent
+from aivmm.options import DeployOptions
 from aivmm.vmm import DeployedModel
 
 if TYPE_CHECKING:
-    from aivmm.options import DeployOptions
     from aivmm.vmm import VMM
 
 # deploy(batching={...}) options an LLM understands
@@ -447,8 +447,6 @@ def is_llm_source(model: Any) -> bool:
 def _not_for_generation(deploy: DeployOptions) -> str:
     """The sentence naming the deploy options an LLM's generation plan does not apply ("" if none):
     said in the plan (refused with ``strict``) rather than dropped."""
-    from aivmm.options import DeployOptions
-
     unset = DeployOptions()
     names = [n for n in ("constraints", "replicas", "isolation", "fast_start", "replan_on_first_request")
              if getattr(deploy, n) != getattr(unset, n)]  # fmt: skip
@@ -460,7 +458,7 @@ def _not_for_generation(deploy: DeployOptions) -> str:
 
 def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -> DeployedLLM:
     """Plan generation for a decoder and start its scheduler (what VMM.deploy does for an LLM)."""
-    name, device, backend, strict, batching = deploy.name, deploy.device, deploy.backend, deploy.strict, deploy.batching
+    name, strict, batching = deploy.name, deploy.strict, deploy.batching
     options: dict[str, Any] = dict(OPTIONS)
     if batching is not None:
         if not isinstance(batching, Mapping):
@@ -483,13 +481,13 @@ def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ConfigError(f"LLM option {key} must be an integer >= {low}, got {v!r}")
-    src = _source(model, vmm.devices, device, backend, strict)
+    src = _source(model, vmm.devices, deploy)
     unapplied = _not_for_generation(deploy)
     if unapplied and strict:
         raise FallbackError(unapplied)
     path, spec = src.path, src.spec
     name = name or (path.name if path.is_dir() else spec.name)
-    gplan, runner = src.plan(deploy.measure, int(options["max_batch_size"] or 1))
+    gplan, runner = src.plan(int(options["max_batch_size"] or 1))
     plan = _as_plan(spec, gplan, [*src.notes, unapplied] if unapplied else src.notes)
     return DeployedLLM(vmm, name, spec, plan, gplan, runner, src.layout, src.folder, options, src.device)
 
@@ -504,28 +502,24 @@ class _Source:
     layout: KVLayout
     spec: Any
     hf: bool
-    backend: str | None
-    strict: bool
+    options: DeployOptions  # the deploy's, with the backend an HF directory runs on
     device: str
     notes: list[str]
 
-    def plan(self, measure: bool, batch: int) -> tuple[GenerationPlan, Any]:
+    def plan(self, batch: int) -> tuple[GenerationPlan, Any]:
         return plan_generation(
             self.file,
             self.layout,
+            self.options,
             device=self.device,
-            backend=self.backend,
-            strict=self.strict,
-            do_measure=measure and not self.hf,  # one candidate: nothing to choose between
             batch=batch,
             backends=("torch",) if self.hf else DEFAULT_BACKENDS,
         )
 
 
-def _source(
-    model: str | os.PathLike[str], devices: Sequence[Any], device: str | None, backend: str | None, strict: bool
-) -> _Source:
+def _source(model: str | os.PathLike[str], devices: Sequence[Any], options: DeployOptions) -> _Source:
     path = pathlib.Path(model)
+    device, backend, strict = options.device, options.backend, options.strict
     from aivmm.llm._torch_runner import hf_layout, is_hf_dir, weights_bytes
 
     hf = is_hf_dir(path) and not any(path.glob("*.onnx"))
@@ -535,7 +529,8 @@ def _source(
             msg = f"{path} is an HF directory (no ONNX file): it runs on torch, not {backend}"
             if strict:
                 raise FallbackError(msg)
-        backend = "torch"
+        # one candidate: nothing to choose between, so nothing to measure
+        options = options.replace(backend="torch", measure=False)
     else:
         file = model_file(path)
         folder = file.parent
@@ -564,24 +559,22 @@ def _source(
         from aivmm.models import load
 
         spec = load(file)
-    return _Source(path, file, folder, layout, spec, hf, backend, strict, cpu.id, notes)
+    return _Source(path, file, folder, layout, spec, hf, options, cpu.id, notes)
 
 
 def plan_llm(
     model: str | os.PathLike[str],
     devices: Sequence[Any],
+    options: DeployOptions | None = None,
     *,
-    device: str | None = None,
-    backend: str | None = None,
-    strict: bool = False,
-    measure: bool = True,
     batch: int = 16,
 ) -> dict[str, Any]:
-    """What deploying the decoder would choose, without deploying it (``aivmm plan`` on an LLM):
-    the generation plan (each runner's prefill and decode step costs, the choice and why), the KV
-    layout, and the notes deploy adds (fixed-shape decode sessions, device fallbacks)."""
-    src = _source(model, devices, device, backend, strict)
-    gplan, runner = src.plan(measure, batch)
+    """What deploying the decoder with ``options`` would choose, without deploying it (``aivmm
+    plan`` on an LLM): the generation plan (each runner's prefill and decode step costs, the choice
+    and why), the KV layout, and the notes deploy adds (fixed-shape decode sessions, device
+    fallbacks)."""
+    src = _source(model, devices, options or DeployOptions())
+    gplan, runner = src.plan(batch)
     notes = list(src.notes)
     weights = src.spec.size_bytes if src.path.is_dir() else _file_bytes(src.file)
     note = _fixed_shape_note(runner, int(OPTIONS["fixed_shape_sessions"] or 0), weights)

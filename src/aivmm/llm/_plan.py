@@ -23,6 +23,7 @@ from aivmm.errors import AivmmError, FallbackError, InfeasibleError
 from aivmm.llm._kvstore import BUCKET, _Sides
 from aivmm.llm._runners import RUNNERS
 from aivmm.llm._types import KVLayout
+from aivmm.options import DeployOptions
 
 DEFAULT_BACKENDS = ("onnxruntime", "openvino")
 # Thread settings measured per backend: the runtime's pool, and one thread (no pool to wake per
@@ -195,18 +196,22 @@ def measure(
 def plan_generation(
     path: pathlib.Path,
     layout: KVLayout,
+    options: DeployOptions,
     *,
     device: str,
-    backend: str | None = None,
-    strict: bool = False,
-    do_measure: bool = True,
     prompt_tokens: int = 32,
     new_tokens: int = 64,
     past_lengths: Sequence[int] | None = None,
     backends: Sequence[str] = DEFAULT_BACKENDS,
     batch: int = 1,
 ) -> tuple[GenerationPlan, Any]:
-    """The generation plan and the loaded runner it chose."""
+    """The generation plan and the loaded runner it chose.
+
+    ``options`` is the deploy's DeployOptions, passed whole: its ``backend`` pins the runner (with
+    ``strict`` a runner this model lacks is a FallbackError) and ``measure=False`` takes the first
+    runner that loads. ``device`` is where generation runs (the deploy resolved it).
+    """
+    backend, strict, do_measure = options.backend, options.strict, options.measure
     ctx = layout.context_length
     prompt_tokens = max(1, min(prompt_tokens, ctx // 4))
     new_tokens = max(1, min(new_tokens, ctx - prompt_tokens))

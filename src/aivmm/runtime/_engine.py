@@ -29,6 +29,7 @@ from aivmm.devices import Device
 from aivmm.errors import ConfigError, ModelClosedError
 from aivmm.memory import EvictionPolicy, Ledger, resolve_capacities
 from aivmm.models import ModelSpec
+from aivmm.options import DeployOptions
 from aivmm.runtime._batching import BatchingConfig
 from aivmm.runtime._catalog import ModelCatalog
 from aivmm.runtime._dispatch import Dispatcher
@@ -107,15 +108,18 @@ class Engine:
         name: str,
         spec: ModelSpec,
         placements: Sequence[Placement],
+        options: DeployOptions | None = None,
         *,
-        batching: BatchingConfig | None = None,
-        isolation: bool = False,
         split: bool | str = "auto",
         adopt: Mapping[int, WarmSession] | None = None,
     ) -> ModelHandle:
         """Deploy ``spec`` as ``name`` and return its handle once it is READY: several placements are
         replicas; a model too large for its device is split into pipeline stages across devices
         (``split="auto"``), or over the given placements' devices in order (``split=True``).
+
+        ``options`` is the deploy's :class:`~aivmm.DeployOptions`, passed whole: the engine reads its
+        ``batching`` (a BatchingConfig or a mapping of its keys) and ``isolation``; the placements
+        already say where the planner put the model.
 
         ``adopt`` maps a placement's index to a session already loaded with that placement's config
         (the planner's measured winner): that replica takes it, and its ledger reservation, instead
@@ -124,7 +128,7 @@ class Engine:
         This is the engine's one entry point for loading a model (see :class:`ModelLoader`)."""
         warm = dict(adopt or {})
         try:
-            return self._add(name, spec, placements, batching=batching, isolation=isolation, split=split, warm=warm)
+            return self._add(name, spec, placements, options or DeployOptions(), split=split, warm=warm)
         finally:
             for left in warm.values():  # not adopted (split, isolated, a failure): closed, memory released
                 left.session.close()
@@ -136,9 +140,8 @@ class Engine:
         name: str,
         spec: ModelSpec,
         placements: Sequence[Placement],
+        options: DeployOptions,
         *,
-        batching: BatchingConfig | None,
-        isolation: bool,
         split: bool | str,
         warm: dict[int, WarmSession],
     ) -> ModelHandle:
@@ -148,11 +151,14 @@ class Engine:
             raise ConfigError(f"model name must be a non-empty string, got {name!r}")
         if split not in (True, False, "auto"):
             raise ConfigError(f"split must be True, False or 'auto', got {split!r}")
-        if batching is not None and not isinstance(batching, BatchingConfig):
-            raise ConfigError(f"batching must be a BatchingConfig, got {type(batching).__name__}")
+        if not isinstance(options, DeployOptions):
+            raise ConfigError(f"options must be aivmm.DeployOptions, got {type(options).__name__}")
+        batching = options.batching
+        if isinstance(batching, Mapping):
+            batching = BatchingConfig.from_mapping(batching)
         placements = list(placements)
         self.loader.check(name, spec, placements, batching)
-        handle = ModelHandle(self.dispatcher, name, spec, batching=batching, isolation=isolation)
+        handle = ModelHandle(self.dispatcher, name, spec, batching=batching, isolation=options.isolation)
         self.catalog.add(handle)
         try:
             self.loader.load(handle, placements, split=split, adopt=warm)
