@@ -85,3 +85,10 @@ def test_cuda_round_trip_and_device_hand_off() -> None:
     with pytest.raises(InputError, match="host memory"):
         transfer.hand_off(on_device, "numpy")
     assert transfer.nbytes == 2 * host.nbytes
+
+
+def test_a_simulated_gpu_moves_as_the_host_does() -> None:
+    gpu = Device("nvidia:0", DeviceKind.GPU, Vendor.NVIDIA, "simulated gpu", 1 << 30, 1 << 30, simulated=True)
+    transfer = transfer_for(gpu)
+    host = np.arange(6, dtype=np.float32)
+    assert isinstance(transfer, CpuTransfer) and np.shares_memory(transfer.to_device(host), host)

@@ -88,6 +88,10 @@ def test_too_large_model_is_split_and_matches_the_unsplit_run(big, tmp_path):
         h = engine.add("big", big, _place(a))  # does not fit nvidia:0 alone: split="auto"
         got = h.infer(x)["y"]
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        # the cut's activation goes to each stage through its device's transfer layer (the host's)
+        pipeline = h.replicas[0].session
+        assert [t.name for t in pipeline.transfers] == ["cpu", "cpu"]
+        assert pipeline.transfers[1].nbytes == 3 * 128 * 4 and pipeline.transfers[0].nbytes == x["x"].nbytes
         st = engine.status()
         assert st["models"]["big"]["split"]["stages"][1]["device"] == "amd:0"
         assert "split into 2 stages" in st["models"]["big"]["events"][0]

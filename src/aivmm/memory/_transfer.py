@@ -3,8 +3,9 @@
 ``transfer_for(device)`` picks the implementation by the device's kind and vendor (a lazy table:
 an implementation's runtime is imported only when a device of its vendor asks for one):
 
-- the CPU: host memory *is* the device's memory, so moving is a view (DLPack where the source
-  exports it, no copy) and a hand-off between numpy and torch shares the buffer;
+- the CPU (and any simulated device): host memory *is* the device's memory, so moving is a view
+  (DLPack where the source exports it, no copy) and a hand-off between numpy and torch shares the
+  buffer;
 - NVIDIA and AMD GPUs: through torch's CUDA device type (ROCm builds reuse it), with pinned
   staging for bulk weights (:class:`~aivmm.memory.PinnedUploader`); refused with the reason where
   torch sees no such GPU.
@@ -91,8 +92,12 @@ _IMPLEMENTATIONS: dict[tuple[DeviceKind, Vendor | None], str] = {
 
 def transfer_for(device: Device) -> Transfer:
     """The transfer implementation for ``device``. Raises BackendUnavailableError naming why there
-    is none (a vendor without one, or its runtime not seeing the device)."""
-    target = _IMPLEMENTATIONS.get((device.kind, None if device.kind is DeviceKind.CPU else device.vendor))
+    is none (a vendor without one, or its runtime not seeing the device).
+
+    A simulated device of any kind keeps its tensors in host memory (the simulated backend runs on
+    the CPU), so it moves them as the CPU does."""
+    host = device.kind is DeviceKind.CPU or device.simulated
+    target = _IMPLEMENTATIONS.get((DeviceKind.CPU, None) if host else (device.kind, device.vendor))
     if target is None:
         raise BackendUnavailableError(
             f"no transfer layer for {device.vendor.value} {device.kind.value} devices ({device.id}); "

@@ -20,7 +20,8 @@ import numpy as np
 from aivmm.backends import Config, Session
 from aivmm.devices import Device
 from aivmm.dtypes import DType
-from aivmm.errors import ConfigError, ModelTooLargeError, missing_extra
+from aivmm.errors import BackendUnavailableError, ConfigError, ModelTooLargeError, missing_extra
+from aivmm.memory import Transfer, transfer_for
 from aivmm.models import ModelFormat, ModelSpec, TensorSpec
 
 
@@ -51,8 +52,11 @@ class SplitPlan:
         return sum(max(0, b) for b in self.cut_bytes_per_item) * batch / link_bytes_per_s
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "stages": [s.to_json() for s in self.stages],
-                "cut_bytes_per_item": list(self.cut_bytes_per_item)}
+        return {
+            "model": self.model,
+            "stages": [s.to_json() for s in self.stages],
+            "cut_bytes_per_item": list(self.cut_bytes_per_item),
+        }
 
 
 def _onnx() -> Any:
@@ -133,20 +137,26 @@ def plan_split(spec: ModelSpec, rooms: Sequence[tuple[str, int]]) -> SplitPlan:
         consumed: list[str] = []
         for node in graph.node[first:end]:
             for name in node.input:
-                if name and name not in init_bytes and name not in consumed and not (
-                    first <= produced_by.get(name, -1) < end
+                if (
+                    name
+                    and name not in init_bytes
+                    and name not in consumed
+                    and not (first <= produced_by.get(name, -1) < end)
                 ):
                     consumed.append(name)
         later_needs = {n for node in graph.node[end:] for n in node.input}
         outs = [
-            out for node in graph.node[first:end] for out in node.output
+            out
+            for node in graph.node[first:end]
+            for out in node.output
             if out and (out in later_needs or out in graph_outputs)
         ]
         inputs = tuple(n for n in consumed if n in graph_inputs or n in produced_by)
         stages.append(Stage(s, rooms[min(s, len(rooms) - 1)][0], first, end, pbytes, inputs, tuple(outs)))
         if s < len(bounds) - 1:
-            cut_bytes.append(sum(_item_bytes(onnx, types.get(n), spec.batch_dim) for n in outs
-                                 if n not in graph_outputs))
+            cut_bytes.append(
+                sum(_item_bytes(onnx, types.get(n), spec.batch_dim) for n in outs if n not in graph_outputs)
+            )
     return SplitPlan(spec.name, tuple(stages), tuple(cut_bytes))
 
 
@@ -166,9 +176,7 @@ def _item_bytes(onnx: Any, type_proto: Any, batch_dim: int | None) -> int:
 
 def _tensor_spec(onnx: Any, value_info: Any) -> TensorSpec:
     tt = value_info.type.tensor_type
-    shape = tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
-    )
+    shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
     return TensorSpec(value_info.name, DType.from_numpy(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), shape)
 
 
@@ -185,40 +193,62 @@ def build_stages(spec: ModelSpec, plan: SplitPlan, out_dir: pathlib.Path) -> lis
         path = out_dir / f"{spec.name.replace('/', '_')}.stage{stage.index}.onnx"
         onnx.save(sub, str(path))
         share = stage.parameter_bytes / max(1, spec.parameter_bytes)
-        specs.append(ModelSpec(
-            name=f"{spec.name}/stage{stage.index}",
-            format=ModelFormat.ONNX,
-            inputs=tuple(_tensor_spec(onnx, v) for v in sub.graph.input if v.name in stage.inputs),
-            outputs=tuple(_tensor_spec(onnx, v) for v in sub.graph.output),
-            parameters=int(spec.parameters * share),
-            parameter_bytes=stage.parameter_bytes,
-            peak_activation_bytes=spec.peak_activation_bytes // n_stages + 1,
-            opsets=dict(spec.opsets),
-            shapes_used=dict(spec.shapes_used),
-            source=str(path),
-            size_bytes=path.stat().st_size,
-            batch_dim=spec.batch_dim,
-        ))
+        specs.append(
+            ModelSpec(
+                name=f"{spec.name}/stage{stage.index}",
+                format=ModelFormat.ONNX,
+                inputs=tuple(_tensor_spec(onnx, v) for v in sub.graph.input if v.name in stage.inputs),
+                outputs=tuple(_tensor_spec(onnx, v) for v in sub.graph.output),
+                parameters=int(spec.parameters * share),
+                parameter_bytes=stage.parameter_bytes,
+                peak_activation_bytes=spec.peak_activation_bytes // n_stages + 1,
+                opsets=dict(spec.opsets),
+                shapes_used=dict(spec.shapes_used),
+                source=str(path),
+                size_bytes=path.stat().st_size,
+                batch_dim=spec.batch_dim,
+            )
+        )
     return specs
 
 
 class PipelineSession(Session):
-    """Runs stage sessions in order, moving the tensors that cross each cut between devices."""
+    """Runs stage sessions in order, moving the tensors that cross each cut between devices.
+
+    Each stage's outputs come back to the host (numpy); each stage's tensor inputs go to it through
+    the transfer layer of its device (``transfers[i]``, from :func:`aivmm.memory.transfer_for`):
+    a view on a CPU, a pinned copy to a GPU's memory. Where a device has no transfer layer here (a
+    vendor without one, or torch not seeing the GPU) that stage is handed host arrays and copies
+    them itself, as a stage session always can; ``report.notes`` says so.
+    """
 
     def __init__(self, model: ModelSpec, device: Device, config: Config, stages: Sequence[Session]) -> None:
         super().__init__(model, device, config)
         self.stages = list(stages)
+        self.transfers: list[Transfer | None] = []
+        notes = []
+        for i, stage in enumerate(self.stages):
+            notes.append(f"stage {i}: {stage.config.label()}")
+            try:
+                self.transfers.append(transfer_for(stage.device))
+            except BackendUnavailableError as exc:
+                self.transfers.append(None)
+                notes.append(f"stage {i}: handed host arrays ({exc})")
         self.report = dataclasses.replace(
             self.report,
             device_memory_bytes=sum(s.report.device_memory_bytes for s in stages),
-            notes=tuple(f"stage {i}: {s.config.label()}" for i, s in enumerate(stages)),
+            notes=tuple(notes),
         )
 
     def _run(self, feeds: Mapping[str, Any], output: str) -> dict[str, Any]:
         env: dict[str, Any] = dict(feeds)
-        for stage in self.stages:
-            # Intermediate tensors cross devices as host arrays: numpy between stages.
-            env.update(stage.run({t.name: env[t.name] for t in stage.inputs}, output="numpy"))
+        for stage, transfer in zip(self.stages, self.transfers):
+            given = {t.name: env[t.name] for t in stage.inputs}
+            if transfer is not None:
+                given = {
+                    t.name: transfer.to_device(given[t.name]) if t.is_tensor else given[t.name] for t in stage.inputs
+                }
+            env.update(stage.run(given, output="numpy"))
         return {t.name: env[t.name] for t in self.model.outputs}
 
     def memory_bytes(self) -> int:
