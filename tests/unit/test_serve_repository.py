@@ -54,6 +54,13 @@ def test_bad_triton_configs_are_config_errors(text: str, match: str) -> None:
         batching_config(cfg.batching)
 
 
+def test_triton_backend_is_read_from_backend_info() -> None:
+    # a registered backend whose BackendInfo lists ONNX is served; any other name is refused, listing them
+    assert from_pbtxt('backend: "onnxruntime"', "m").name == "m"
+    with pytest.raises(ConfigError, match="registered: .*onnxruntime"):
+        from_pbtxt('backend: "python"', "m")
+
+
 def test_aivmm_json_config_overrides_triton() -> None:
     cfg = merge_json(from_pbtxt(TRITON_CONFIG, "resnet"), """{
         "constraints": {"max_latency_ms": 20, "precision": "fp16"},

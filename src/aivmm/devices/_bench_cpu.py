@@ -104,8 +104,9 @@ def _torch_int8(budget: Budget) -> float:
 def _ort(precision: str) -> Callable[[Budget], float]:
     def measure(budget: Budget) -> float:
         import onnx
-        import onnxruntime as ort
         from onnx import TensorProto, helper
+
+        from aivmm.backends.ort import cpu_session
 
         rng = np.random.default_rng(0)
         tmp = Path(tempfile.mkdtemp(prefix="aivmm-bench-"))
@@ -135,7 +136,7 @@ def _ort(precision: str) -> Callable[[Budget], float]:
             model.ir_version = 8
             path = tmp / f"{precision}_{n}.onnx"
             onnx.save(model, path)
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            session = cpu_session(path)
             feeds = {"A": a}
             return lambda: session.run(None, feeds)
 

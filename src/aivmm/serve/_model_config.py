@@ -26,7 +26,7 @@ import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-from aivmm.errors import ConfigError
+from aivmm.errors import BackendUnavailableError, ConfigError
 
 # Keys that are deploy options as they are (aivmm.DeployOptions checks them); the others are the
 # repository's own (instances are replicas, device is a pin, versions and filename pick files).
@@ -128,8 +128,8 @@ def from_pbtxt(text: str, name: str, *, source: str = "config.pbtxt") -> ModelCo
         )
     if msg.platform and msg.platform not in ("onnxruntime_onnx", "openvino"):
         raise ConfigError(f"{source}: platform {msg.platform!r} is not served by aivmm (ONNX models only)")
-    if msg.backend and msg.backend not in ("onnxruntime", "openvino"):
-        raise ConfigError(f"{source}: backend {msg.backend!r} is not served by aivmm (ONNX models only)")
+    if msg.backend:
+        _check_backend(msg.backend, source)
     if msg.max_batch_size < 0:
         raise ConfigError(f"{source}: max_batch_size must be >= 0, got {msg.max_batch_size}")
     batching: dict[str, Any] | None = None
@@ -173,6 +173,24 @@ def from_pbtxt(text: str, name: str, *, source: str = "config.pbtxt") -> ModelCo
         max_batch_size=msg.max_batch_size,
         sources=(source,),
     )
+
+
+def _check_backend(name: str, source: str) -> None:
+    """A config's ``backend`` must be a registered aivmm backend whose BackendInfo says it loads
+    ONNX files (a served model is one); only the named backend's info is read (it may import its
+    runtime)."""
+    from aivmm.backends import registry
+    from aivmm.models import ModelFormat
+
+    try:
+        formats = registry.get(name).info().formats
+    except BackendUnavailableError:
+        formats = frozenset()
+    if ModelFormat.ONNX not in formats:
+        raise ConfigError(
+            f"{source}: backend {name!r} is not served by aivmm (ONNX models only, on a registered backend "
+            f"whose info lists the ONNX format; registered: {', '.join(registry.names())})"
+        )
 
 
 def merge_json(base: ModelConfig, text: str, *, source: str = "config.json", llm: bool = False) -> ModelConfig:
