@@ -54,7 +54,7 @@ def _raw_call(model: aivmm.DeployedModel) -> callable:
     """The runtime's own call on the very session aivmm created (same file, threads, spinning and
     optimisation level), so the ratio isolates aivmm's layers: execute → validation → engine fast
     path → Session.run."""
-    session = model._handle.replicas[0].session
+    session = model.handle.replicas[0].session
     if model.plan.chosen.config.backend == "onnxruntime":
         sess = session._sess  # onnxruntime.InferenceSession
         return lambda feeds: sess.run(None, feeds)

@@ -132,6 +132,12 @@ class DeployedModel:
         return self._options
 
     @property
+    def handle(self) -> Any:
+        """The engine's :class:`~aivmm.runtime.ModelHandle` serving this model now (its replicas,
+        stats and state); read-only: a fast-start upgrade or a re-plan puts a new one here."""
+        return self._handle
+
+    @property
     def state(self) -> Any:
         return self._handle.state
 

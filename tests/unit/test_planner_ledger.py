@@ -57,7 +57,7 @@ def test_deploy_parses_once_measures_each_config_once_and_the_engine_adopts_the_
         assert spy.parses == 1, "the loader's parse is shared by input generation, checks and loads"
         assert spy.loads[chosen] == 1, spy.loads  # measured once, raced and served by that same session
         assert max(spy.loads.values()) == 1  # the race reused every measured session too
-        replica = model._handle.replicas[0]
+        replica = model.handle.replicas[0]
         assert [m.kind for m in replica.loads] == ["load-adopted"]
         # Only the served replica holds memory: the losers' reservations were released.
         assert [e.key for e in v.engine.ledger.entries()] == [replica.key]
@@ -89,7 +89,7 @@ def test_a_device_full_of_another_model_is_left_out_with_the_reason_and_strict_r
         pinned = v.deploy(small, device="nvidia:0", measure=False, name="pinned")
         assert pinned.plan.chosen.config.device == "nvidia:0"
         assert any("evicts idle models" in n for n in pinned.plan.chosen.notes)
-        assert v.get("big")._handle.replicas[0].eviction_count == 1
+        assert v.get("big").handle.replicas[0].eviction_count == 1
         # Plans shaped by what else is resident are not cached: only big's own plan was stored.
         assert len(list((tmp_path / "cache" / "plans").glob("*.json"))) == 1
 
@@ -141,8 +141,8 @@ def test_a_replan_switches_to_the_session_it_measured(tmp_path, monkeypatch):
         new = model.replan(np.ones((3, 32), np.float32)).result(timeout=120)
         assert new.chosen.config.backend == "onnxruntime" and model.plan is new
         assert spy.loads[new.chosen.config.label()] == 1  # measured, then served by that same session
-        assert [m.kind for m in model._handle.replicas[0].loads] == ["load-adopted"]
-        assert [e.key for e in v.engine.ledger.entries()] == [model._handle.replicas[0].key]
+        assert [m.kind for m in model.handle.replicas[0].loads] == ["load-adopted"]
+        assert [e.key for e in v.engine.ledger.entries()] == [model.handle.replicas[0].key]
 
 
 def test_a_fast_start_upgrade_adopts_the_session_it_measured(tmp_path, monkeypatch):
@@ -162,10 +162,10 @@ def test_a_fast_start_upgrade_adopts_the_session_it_measured(tmp_path, monkeypat
         label = measured.chosen.config.label()
         if measured.chosen.config != quick.chosen.config:  # switched: to the session it measured
             assert spy.loads[label] == 1
-            assert [m.kind for m in model._handle.replicas[0].loads] == ["load-adopted"]
+            assert [m.kind for m in model.handle.replicas[0].loads] == ["load-adopted"]
         else:  # kept the quick placement: the engine's load and the measurement's
             assert spy.loads[label] == 2
-        assert [e.key for e in v.engine.ledger.entries()] == [model._handle.replicas[0].key]
+        assert [e.key for e in v.engine.ledger.entries()] == [model.handle.replicas[0].key]
 
 
 def test_external_weights_are_read_without_parsing_the_graph_again(tmp_path, monkeypatch):

@@ -233,15 +233,15 @@ def test_batching_is_work_conserving_once_it_has_learnt_the_batch_size():
     )
     queue.push(Request({}))
     now = queue.heap[0].arrival
-    ready, wait = DeviceExecutor._ready(queue, now)
+    ready, wait = DeviceExecutor.batch_ready(queue, now)
     assert not ready and wait > 0.4  # nothing learnt yet: wait as configured
     queue.recent_batch = 1.0  # low load: batches of one
-    assert DeviceExecutor._ready(queue, now) == (True, 0.0)
+    assert DeviceExecutor.batch_ready(queue, now) == (True, 0.0)
     queue.recent_batch = 4.0  # a closed loop of four clients
     for _ in range(2):
         queue.push(Request({}))
-    assert DeviceExecutor._ready(queue, now)[0] is False  # three queued: the fourth is likely on its way
+    assert DeviceExecutor.batch_ready(queue, now)[0] is False  # three queued: the fourth is likely on its way
     queue.push(Request({}))
-    assert DeviceExecutor._ready(queue, now) == (True, 0.0)
+    assert DeviceExecutor.batch_ready(queue, now) == (True, 0.0)
     queue.running_items = 4  # a batch of this queue still running: keep accumulating until the delay
-    assert DeviceExecutor._ready(queue, now)[0] is False
+    assert DeviceExecutor.batch_ready(queue, now)[0] is False

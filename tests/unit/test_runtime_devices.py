@@ -42,7 +42,7 @@ def test_replicas_share_work_by_outstanding_work():
     slow = simulated_device("amd:0", simulated_latency_ms=20)  # another vendor, ten times slower
     with Engine([fast, slow]) as engine:
         h = engine.add("m", spec, _place(fast, slow))
-        assert h._fast is None  # two replicas: dispatch chooses
+        assert h.fast_replica is None  # two replicas: dispatch chooses
         x = inputs(spec)
         want = h.infer(x)["y"]
         with concurrent.futures.ThreadPoolExecutor(12) as pool:

@@ -54,7 +54,7 @@ def test_infer_runs_on_the_fast_path_and_matches_onnxruntime(models):
     with Engine([dev]) as engine:
         handle = engine.add("a", spec, _place(dev))
         assert handle.state is ModelState.READY
-        assert handle._fast is not None  # no batching, one replica: the caller's thread runs it
+        assert handle.fast_replica is not None  # no batching, one replica: the caller's thread runs it
         np.testing.assert_array_equal(handle.infer(x)["y"], want)
         assert handle.stats()["requests"] == 1
 

@@ -57,7 +57,7 @@ def test_bad_triton_configs_are_config_errors(text: str, match: str) -> None:
 def test_triton_backend_is_read_from_backend_info() -> None:
     # a registered backend whose BackendInfo lists ONNX is served; any other name is refused, listing them
     assert from_pbtxt('backend: "onnxruntime"', "m").name == "m"
-    with pytest.raises(ConfigError, match="registered: .*onnxruntime"):
+    with pytest.raises(ConfigError, match=r"registered: .*onnxruntime"):
         from_pbtxt('backend: "python"', "m")
 
 

@@ -110,7 +110,7 @@ class DeviceExecutor:
                 # Evicted while requests waited for it: have it brought back (deduplicated upstream).
                 queue.stalled()
                 continue
-            ready, until = self._ready(queue, now)
+            ready, until = self.batch_ready(queue, now)
             if not ready:
                 wait = min(wait, until)
                 continue
@@ -121,7 +121,9 @@ class DeviceExecutor:
         return (best, self._take_batch(best)), 0.0
 
     @staticmethod
-    def _ready(queue: ReplicaQueue, now: float) -> tuple[bool, float]:
+    def batch_ready(queue: ReplicaQueue, now: float) -> tuple[bool, float]:
+        """Whether ``queue``'s head batch should run at ``now``, else the seconds it may still wait
+        (the dynamic batching decision: full, work-conserving, queue delay or a deadline reached)."""
         cfg = queue.batching
         if cfg is None or cfg.max_batch_size == 1:
             return True, 0.0

@@ -45,6 +45,12 @@ class ModelHandle:
         self.rejected = 0
         self._fast: Replica | None = None
 
+    @property
+    def fast_replica(self) -> Replica | None:
+        """The replica whose session runs requests in the caller's thread (no queue, no batching),
+        or None when the dispatcher chooses among replicas or batches them."""
+        return self._fast
+
     def refresh_fast_path(self) -> None:
         """The caller-thread path applies when there is nothing to schedule: no batching, one replica."""
         with self.lock:
