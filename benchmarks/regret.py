@@ -9,7 +9,8 @@ For each model, in one process:
    or, with ``--inputs generated``, with none (aivmm generates them) -> every candidate's measured
    latency and aivmm's choice;
 2. the oracle set, run by hand with each runtime's own API and an accurate fp32 setting: ONNX
-   Runtime ``InferenceSession`` at the ALL / EXTENDED / BASIC optimisation levels, OpenVINO
+   Runtime ``InferenceSession`` at the ALL / EXTENDED / BASIC optimisation levels (threads not
+   spinning unless ``--ort-spinning``), OpenVINO
    ``compile_model`` with ``INFERENCE_PRECISION_HINT=f32`` under the LATENCY and THROUGHPUT hints,
    and the torch backend in eager mode (torch has no ONNX runtime of its own; aivmm's lowering is
    the only way to run these files on torch). Each is checked against the fp32 reference
@@ -52,7 +53,7 @@ import realzoo
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
-def _ort(path: pathlib.Path, level: str) -> Runner:
+def _ort(path: pathlib.Path, level: str, spinning: bool) -> Runner:
     import onnxruntime as ort
 
     from aivmm.backends._ort_providers import physical_cores
@@ -66,6 +67,9 @@ def _ort(path: pathlib.Path, level: str) -> Runner:
     }[level]
     so.intra_op_num_threads = physical_cores(next(d for d in discover() if d.id == "cpu:0"))
     so.log_severity_level = 3
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return lambda feeds: [np.asarray(o) for o in sess.run(None, feeds)]
 
@@ -202,9 +206,9 @@ def one(name: str, args: argparse.Namespace, devices: Any) -> dict[str, Any]:
     keep: list[Any] = []
     oracle_info: dict[str, Any] = {}
     makers: list[tuple[str, Callable[[], Runner]]] = [
-        ("ort[all]", lambda: _ort(path, "all")),
-        ("ort[extended]", lambda: _ort(path, "extended")),
-        ("ort[basic]", lambda: _ort(path, "basic")),
+        ("ort[all]", lambda: _ort(path, "all", args.ort_spinning)),
+        ("ort[extended]", lambda: _ort(path, "extended", args.ort_spinning)),
+        ("ort[basic]", lambda: _ort(path, "basic", args.ort_spinning)),
         ("openvino[LATENCY,f32]", lambda: _ov(path, "LATENCY")),
         ("openvino[THROUGHPUT,f32]", lambda: _ov(path, "THROUGHPUT")),
     ]
@@ -327,6 +331,13 @@ def main() -> int:
         type=float,
         default=0.0,
         help="at least this many seconds of calls per configuration (more rounds for fast models)",
+    )
+    ap.add_argument(
+        "--ort-spinning",
+        action="store_true",
+        help="hand ONNX Runtime sessions keep their threads spinning (run 5 did): in this race of up to seven "
+        "sessions the spinning threads take the cores from whichever session runs next, aivmm's choice included "
+        "(benchmarks/ort_spinning.py); off by default, as aivmm's planner sets it when sessions share the cores",
     )
     ap.add_argument("--screen", type=float, default=3.0, help="race hand configs within this factor of the best")
     ap.add_argument("--out", type=pathlib.Path, help="write the rows as JSON")

@@ -103,10 +103,16 @@ class BackendInfo:
     value_kinds: frozenset[ValueKind] = frozenset({ValueKind.TENSOR})
     # Python loggers the runtime writes to: captured while candidates are measured, like its stderr.
     loggers: tuple[str, ...] = ()
+    # Options a CPU session takes when other sessions share its cores (the planner's finalist race
+    # keeps several open; a model deployed beside others): ONNX Runtime's {"allow_spinning": False},
+    # whose idle pool threads otherwise spin after each call and take the cores from the next
+    # session's call (benchmarks/ort_spinning.py). The planner sets them and says why in the plan.
+    shared_cores: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
         object.__setattr__(self, "versions", MappingProxyType(dict(self.versions)))
+        object.__setattr__(self, "shared_cores", MappingProxyType(dict(self.shared_cores)))
         effects = {k: MappingProxyType(dict(v)) for k, v in self.effects.items()}
         object.__setattr__(self, "effects", MappingProxyType(effects))
         if self.call_overhead_ms < 0:

@@ -6,7 +6,8 @@ sees an EP name. Config options (all optional):
 - ``execution_provider``: ``cpu``, ``cuda``, ``tensorrt``, ``migraphx``, ``rocm``, ``openvino``, ``dml``,
   ``coreml`` (default: the first available one for the device);
 - ``intra_op_threads`` (default: physical cores), ``inter_op_threads`` (default 1), ``allow_spinning``
-  (default True; the runtime sets False when sessions share cores, so idle threads do not burn them);
+  (default True; the planner sets False when other sessions share the CPU cores, ``BackendInfo.shared_cores``:
+  spinning idle threads take the cores from the other sessions' calls);
 - ``graph_optimization_level``: ``disable``, ``basic``, ``extended``, ``all`` (default ``all``);
 - ``disable_fallback``: True makes ONNX Runtime refuse to place nodes on the CPU EP (strict mode);
 - ``io_binding``: bind inputs and outputs by pointer (default: on for device-memory EPs);
@@ -90,6 +91,9 @@ _STATIC_INFO = BackendInfo(
     },
     thread_option="intra_op_threads",
     loggers=("onnxruntime",),
+    # GPT-2 (zoo), 2 cores, alone: spinning on 1.16-1.19 ms, off 1.29-1.32; beside an OpenVINO and a
+    # torch session called in turn, ORT's spinning made OpenVINO 1.2-1.6x and torch up to 3x slower.
+    shared_cores={"allow_spinning": False},
 )
 # EPs without an fp16 switch of their own: fp16 there means converting the graph before loading.
 _CONVERTED_FP16 = (_ort_providers.CUDA, _ort_providers.ROCM, _ort_providers.DML, _ort_providers.COREML)

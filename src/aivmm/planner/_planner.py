@@ -222,7 +222,10 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
             except (KeyError, ValueError, TypeError, AivmmError) as exc:
                 log.warning("plan cache entry unusable (%s); planning again", exc)
             else:
-                return dataclasses.replace(cached, cache_hit=True, planning_seconds=time.perf_counter() - t0)
+                # The cached measurement stands; beside other models now, the shared-cores options apply.
+                ranked = _share_cores(dataclasses.replace(req, measure=False), list(cached.ranked()))
+                return dataclasses.replace(cached, chosen=ranked[0], alternatives=tuple(ranked[1:]), cache_hit=True,
+                                           planning_seconds=time.perf_counter() - t0)
     if opts.fast_start and req.measure:
         with Bench() as nothing_measured:  # measure=False opens no session
             quick = _run(dataclasses.replace(req, measure=False, ready_only=True), t0, model_hash, nothing_measured)
@@ -689,7 +692,7 @@ def _same_but_runner(c: Candidate, other: Candidate) -> bool:
 
 def _run(req: _Request, t0: float, model_hash: str, bench: Bench) -> Plan:
     ev = _Evaluator(req, bench)
-    all_cands = enumerate_candidates(req.spec, req.devices, req.cons, req.backends)
+    all_cands = _share_cores(req, enumerate_candidates(req.spec, req.devices, req.cons, req.backends))
     clean: list[Candidate] = []
     rejected: list[Candidate] = []
     for c in all_cands:
@@ -741,6 +744,37 @@ def _run(req: _Request, t0: float, model_hash: str, bench: Bench) -> Plan:
         measured=req.measure,
         notes=tuple(ev.notes),
     )
+
+
+def _cores_shared(req: _Request, cands: Sequence[Candidate], device: str) -> str:
+    """Why sessions on the CPU ``device`` share its cores with others ('' when they do not): other
+    models held there in the memory ledger, or measuring several candidates (their sessions stay
+    open together through the finalist race, and the runtime adopts the measured one)."""
+    held = [e.key for e in req.ledger.entries(device)] if req.ledger is not None else []
+    if held:
+        req.ledger_shaped = True  # decided by what others hold now: not the model's plan in general
+        return f"{len(held)} other model(s) held on {device} in the memory ledger ({', '.join(sorted(held)[:3])})"
+    if req.measure and sum(not c.rejected for c in cands) > 1:
+        return "the candidates measured here stay open together through the finalist race"
+    return ""
+
+
+def _share_cores(req: _Request, cands: list[Candidate]) -> list[Candidate]:
+    """Every CPU candidate whose backend has options for shared cores (``BackendInfo.shared_cores``)
+    takes them, unset ones only, when its cores are shared: a decision the candidate's notes give
+    with the reason. Measured and served alike, since the runtime adopts the measured session."""
+    out = []
+    for c in cands:
+        extra = {k: v for k, v in backend_info(c.config.backend).shared_cores.items() if k not in c.config.options}
+        dev = next((d for d in req.devices if d.id == c.config.device), None)
+        on_cpu = dev is not None and dev.kind is DeviceKind.CPU
+        why = _cores_shared(req, cands, c.config.device) if extra and on_cpu else ""
+        if why:
+            opts = ", ".join(f"{k}={v}" for k, v in sorted(extra.items()))
+            config = dataclasses.replace(c.config, options={**c.config.options, **extra})
+            c = c.with_(config=config, notes=(*c.notes, f"{opts}: other sessions share the cores ({why})"))
+        out.append(c)
+    return out
 
 
 def _matches_pins(req: _Request, c: Candidate) -> bool:
