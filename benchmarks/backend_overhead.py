@@ -36,9 +36,12 @@ from aivmm.devices._types import Device
 
 
 def one_op(path: Path) -> Path:
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "one_op",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "one_op",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -51,17 +54,29 @@ def small_cnn(path: Path) -> Path:
     def w(name: str, *shape: int) -> onnx.TensorProto:
         return numpy_helper.from_array((r.standard_normal(shape) * 0.1).astype(np.float32), name)
 
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
-             helper.make_node("Relu", ["c2"], ["r2"]),
-             helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
-             helper.make_node("Flatten", ["p"], ["f"]),
-             helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1)]
-    g = helper.make_graph(nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-                          initializer=[w("w1", 16, 3, 3, 3), w("b1", 16), w("w2", 16, 16, 3, 3), w("b2", 16),
-                                       w("wf", 10, 16), w("bf", 10)])
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "small_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializer=[
+            w("w1", 16, 3, 3, 3),
+            w("b1", 16),
+            w("w2", 16, 16, 3, 3),
+            w("b2", 16),
+            w("wf", 10, 16),
+            w("bf", 10),
+        ],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
@@ -92,7 +107,7 @@ def measure(variants: dict[str, Callable[[], Any]], rounds: int, calls: int) -> 
     per_call: dict[str, list[float]] = {n: [] for n in names}
     ratios: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         block: dict[str, float] = {}
         for name in order:
             fn = variants[name]
@@ -103,8 +118,9 @@ def measure(variants: dict[str, Callable[[], Any]], rounds: int, calls: int) -> 
         for name in names:
             per_call[name].append(block[name])
             ratios[name].append(block[name] / block["raw"])
-    return {n: {"median_us": statistics.median(per_call[n]) / 1e3, "ratio": statistics.median(ratios[n])}
-            for n in names}
+    return {
+        n: {"median_us": statistics.median(per_call[n]) / 1e3, "ratio": statistics.median(ratios[n])} for n in names
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
 
         for model_name, build in (("one_op", one_op), ("small_cnn", small_cnn)):
             spec = aivmm.models.load(str(build(Path(tmp) / f"{model_name}.onnx")))
-            x = np.random.default_rng(1).standard_normal(
-                tuple(d if isinstance(d, int) else 1 for d in spec.inputs[0].shape)).astype(np.float32)
+            x = (
+                np.random.default_rng(1)
+                .standard_normal(tuple(d if isinstance(d, int) else 1 for d in spec.inputs[0].shape))
+                .astype(np.float32)
+            )
             feeds = {spec.inputs[0].name: x}
             for backend_name in args.backends.split(","):
                 backend = registry.get(backend_name)
@@ -137,17 +156,30 @@ def main(argv: list[str] | None = None) -> int:
                         "validated": lambda s=session, sp=spec, f=feeds: s.run(validate_feeds(sp, f)),
                     }
                     figures = measure(variants, args.rounds, args.calls)
-                rows.append({"model": model_name, "backend": backend_name, **{
-                    f"{k}_{m}": round(v[m], 4) for k, v in figures.items() for m in ("median_us", "ratio")}})
-    print(f"{'model':10} {'backend':12} {'raw us':>8} {'session us':>10} {'ratio':>6} {'validated us':>12} "
-          f"{'ratio':>6}")
+                rows.append(
+                    {
+                        "model": model_name,
+                        "backend": backend_name,
+                        **{f"{k}_{m}": round(v[m], 4) for k, v in figures.items() for m in ("median_us", "ratio")},
+                    }
+                )
+    print(
+        f"{'model':10} {'backend':12} {'raw us':>8} {'session us':>10} {'ratio':>6} {'validated us':>12} {'ratio':>6}"
+    )
     for row in rows:
-        print(f"{row['model']:10} {row['backend']:12} {row['raw_median_us']:8.2f} {row['session_median_us']:10.2f} "
-              f"{row['session_ratio']:6.3f} {row['validated_median_us']:12.2f} {row['validated_ratio']:6.3f}")
+        print(
+            f"{row['model']:10} {row['backend']:12} {row['raw_median_us']:8.2f} {row['session_median_us']:10.2f} "
+            f"{row['session_ratio']:6.3f} {row['validated_median_us']:12.2f} {row['validated_ratio']:6.3f}"
+        )
     if args.json:
-        meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
-                "cpus": os.cpu_count(), "rounds": args.rounds, "calls": args.calls}
+        meta = {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "python": platform.python_version(),
+            "machine": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "rounds": args.rounds,
+            "calls": args.calls,
+        }
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     return 0
 

@@ -51,8 +51,12 @@ def _level(handle: Any, feeds: dict[str, np.ndarray], clients: int, seconds: flo
         t.join()
     elapsed = time.perf_counter() - start
     lat = np.array(latencies) * 1e3
-    return {"clients": clients, "throughput": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99))}
+    return {
+        "clients": clients,
+        "throughput": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
 
 
 def main() -> None:
@@ -67,8 +71,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--slo-ms", type=float, default=None)
     ap.add_argument("--precision", default="fp32", help="fp32, fp16 or bf16 (a planner choice; fp16 on GPUs)")
-    ap.add_argument("--cuda-graphs", action="store_true",
-                    help="torch backend: replay CUDA graphs (batches padded to --preferred-sizes, one graph each)")
+    ap.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="torch backend: replay CUDA graphs (batches padded to --preferred-sizes, one graph each)",
+    )
     ap.add_argument("--preferred-sizes", default="", help="comma list: pad batches up to these sizes")
     args = ap.parse_args()
 
@@ -83,16 +90,22 @@ def main() -> None:
     feeds = zoo.sample_inputs(args.model, args.size, batch=1)
     from aivmm.dtypes import Precision
 
-    config = Config(args.backend, device.id, Precision.parse(args.precision),
-                    {"cuda_graphs": True} if args.cuda_graphs else {})
+    config = Config(
+        args.backend, device.id, Precision.parse(args.precision), {"cuda_graphs": True} if args.cuda_graphs else {}
+    )
     preferred = tuple(int(x) for x in args.preferred_sizes.split(",") if x)
     levels = [int(x) for x in args.levels.split(",")]
     results: dict[str, list[dict[str, float]]] = {}
     with Engine([device]) as engine:
         plain = engine.add("plain", spec, [(config, device)])
-        batched = engine.add("batched", spec, [(config, device)],
-                             DeployOptions(batching=BatchingConfig(args.max_batch, args.delay_ms,
-                                                                   preferred_sizes=preferred, max_queue_size=4096)))
+        batched = engine.add(
+            "batched",
+            spec,
+            [(config, device)],
+            DeployOptions(
+                batching=BatchingConfig(args.max_batch, args.delay_ms, preferred_sizes=preferred, max_queue_size=4096)
+            ),
+        )
         for h in (plain, batched):
             for _ in range(20):
                 h.infer(feeds)
@@ -111,25 +124,49 @@ def main() -> None:
         name: max((r for r in rows if r["p99_ms"] <= slo), key=lambda r: r["throughput"], default=None)
         for name, rows in results.items()
     }
-    ratio = (best["batched"]["throughput"] / best["unbatched"]["throughput"]
-             if best["batched"] and best["unbatched"] else float("nan"))
+    ratio = (
+        best["batched"]["throughput"] / best["unbatched"]["throughput"]
+        if best["batched"] and best["unbatched"]
+        else float("nan")
+    )
     print(f"# batching: {args.model}/{args.size} on {device.id} ({device.name}) via {args.backend} {args.precision}")
-    print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()},"
-          f" python {platform.python_version()}")
+    print(
+        f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()},"
+        f" python {platform.python_version()}"
+    )
     print(f"raw session, one client, batch 1: {raw_tput:.1f} inf/s")
-    print(f"SLO p99 <= {slo:.2f} ms; BatchingConfig(max_batch_size={args.max_batch},"
-          f" max_queue_delay_ms={args.delay_ms}); mean batch over the run {mean_batch:.2f}\n")
+    print(
+        f"SLO p99 <= {slo:.2f} ms; BatchingConfig(max_batch_size={args.max_batch},"
+        f" max_queue_delay_ms={args.delay_ms}); mean batch over the run {mean_batch:.2f}\n"
+    )
     print("| mode | clients | inf/s | p50 ms | p99 ms | within SLO |")
     print("|---|---:|---:|---:|---:|:---:|")
     for name, rows in results.items():
         for r in rows:
-            print(f"| {name} | {r['clients']} | {r['throughput']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
-                  f" {'yes' if r['p99_ms'] <= slo else 'no'} |")
-    print(f"\nbest within SLO: unbatched {best['unbatched'] and round(best['unbatched']['throughput'], 1)} inf/s,"
-          f" batched {best['batched'] and round(best['batched']['throughput'], 1)} inf/s -> ratio {ratio:.2f}x")
-    print(json.dumps({"benchmark": "batching", "device": device.id, "backend": args.backend, "model": args.model,
-                      "size": args.size, "slo_ms": slo, "ratio": ratio, "raw_inf_per_s": raw_tput,
-                      "results": results, "median_p99": statistics.median(r["p99_ms"] for r in results["batched"])}))
+            print(
+                f"| {name} | {r['clients']} | {r['throughput']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |"
+                f" {'yes' if r['p99_ms'] <= slo else 'no'} |"
+            )
+    print(
+        f"\nbest within SLO: unbatched {best['unbatched'] and round(best['unbatched']['throughput'], 1)} inf/s,"
+        f" batched {best['batched'] and round(best['batched']['throughput'], 1)} inf/s -> ratio {ratio:.2f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "benchmark": "batching",
+                "device": device.id,
+                "backend": args.backend,
+                "model": args.model,
+                "size": args.size,
+                "slo_ms": slo,
+                "ratio": ratio,
+                "raw_inf_per_s": raw_tput,
+                "results": results,
+                "median_p99": statistics.median(r["p99_ms"] for r in results["batched"]),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -86,10 +86,19 @@ class _Worker:
     """One worker subprocess and a thread turning its answers into a queue (for timed waits)."""
 
     def __init__(self, runner: str, kinds: Sequence[str], device: str, log: IO[str]) -> None:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", runner, "--kinds", ",".join(kinds),
-               "--device", device]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-                                     bufsize=1)
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            runner,
+            "--kinds",
+            ",".join(kinds),
+            "--device",
+            device,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1
+        )
         self.answers: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
         self.ready = self._next(_STARTUP_S)
@@ -123,8 +132,7 @@ class _Worker:
             self.stop()
             return Outcome(name, Status.TIMEOUT, reason=f"no answer within {timeout:g} s", seconds=elapsed)
         code = self.proc.returncode
-        return Outcome(name, Status.CRASH, reason=f"worker died (exit {code})", detail=f"exit {code}",
-                       seconds=elapsed)
+        return Outcome(name, Status.CRASH, reason=f"worker died (exit {code})", detail=f"exit {code}", seconds=elapsed)
 
     @property
     def alive(self) -> bool:
@@ -136,8 +144,9 @@ class _Worker:
         self.proc.wait(timeout=30)
 
 
-def run_chunk(runner: str, names: list[str], kinds: Sequence[str], device: str, timeout: float,
-              log: IO[str], progress: Any) -> list[Outcome]:
+def run_chunk(
+    runner: str, names: list[str], kinds: Sequence[str], device: str, timeout: float, log: IO[str], progress: Any
+) -> list[Outcome]:
     outcomes: list[Outcome] = []
     pending = collections.deque(names)
     w: _Worker | None = None
@@ -148,8 +157,7 @@ def run_chunk(runner: str, names: list[str], kinds: Sequence[str], device: str, 
                 if w.ready is None:
                     w.stop()
                     # The runner cannot even start (its runtime missing, say): every case errors the same.
-                    outcomes += [Outcome(n, Status.ERROR, reason="runner failed to start (see log)")
-                                 for n in pending]
+                    outcomes += [Outcome(n, Status.ERROR, reason="runner failed to start (see log)") for n in pending]
                     progress(runner, len(pending))
                     break
             name = pending.popleft()
@@ -203,8 +211,7 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
-def render(results: dict[str, list[Outcome]], kinds_of: dict[str, str], args: argparse.Namespace,
-           wall_s: float) -> str:
+def render(results: dict[str, list[Outcome]], kinds_of: dict[str, str], args: argparse.Namespace, wall_s: float) -> str:
     kinds = [k for k in KINDS if k in set(kinds_of.values())]
     runners = list(results)
     lines = [
@@ -237,12 +244,19 @@ def render(results: dict[str, list[Outcome]], kinds_of: dict[str, str], args: ar
             ks = [o for o in outs if kinds_of.get(o.test) == k]
             per_kind.append(f"{sum(o.status is Status.PASS for o in ks)} / {len(ks)}")
         lines.append(
-            f"| `{r}` | {RUNNERS[r]} | " + " | ".join(per_kind)
+            f"| `{r}` | {RUNNERS[r]} | "
+            + " | ".join(per_kind)
             + f" | **{by[Status.PASS]}** | {by[Status.FAIL]} | {by[Status.ERROR]} | "
             f"{by[Status.TIMEOUT] + by[Status.CRASH]} | {by[Status.SKIP]} |"
         )
-    lines += ["", *_goal(results), *_auto_section(results), *_only_section(results), *_none_section(results, kinds_of),
-              *_lowering_section(results)]
+    lines += [
+        "",
+        *_goal(results),
+        *_auto_section(results),
+        *_only_section(results),
+        *_none_section(results, kinds_of),
+        *_lowering_section(results),
+    ]
     lines += ["", "## Failures by reason", ""]
     for r in runners:
         bad = [o for o in results[r] if o.status not in (Status.PASS,)]
@@ -287,25 +301,36 @@ def _goal(results: dict[str, list[Outcome]]) -> list[str]:
     if singles:
         best = max(singles, key=lambda r: singles[r])
         verdict = "met" if auto > singles[best] else "NOT met"
-        out.append(f"- auto passes more than any single aivmm backend (best: `{best}` {singles[best]}): "
-                   f"{auto} vs {singles[best]}: **{verdict}**")
+        out.append(
+            f"- auto passes more than any single aivmm backend (best: `{best}` {singles[best]}): "
+            f"{auto} vs {singles[best]}: **{verdict}**"
+        )
         union = set().union(*(_passed(results, r) for r in singles))
         missed = union - _passed(results, "auto")
         verdict = "met" if not missed else "NOT met"
-        out.append(f"- auto passes every case some aivmm backend passes alone (onnxruntime, openvino, torch: "
-                   f"{len(union)} cases): **{verdict}**" + (f" ({len(missed)} missed)" if missed else ""))
+        out.append(
+            f"- auto passes every case some aivmm backend passes alone (onnxruntime, openvino, torch: "
+            f"{len(union)} cases): **{verdict}**" + (f" ({len(missed)} missed)" if missed else "")
+        )
         if "ort-native" in results:
             everyone = union | _passed(results, "ort-native")
             lost = everyone - _passed(results, "auto")
-            out.append(f"- ... and every case onnxruntime.backend passes too ({len(everyone)} cases in the union): "
-                       + ("**met**" if not lost else f"**NOT met**, {len(lost)} missed: {_names(lost, 30)}"))
+            out.append(
+                f"- ... and every case onnxruntime.backend passes too ({len(everyone)} cases in the union): "
+                + ("**met**" if not lost else f"**NOT met**, {len(lost)} missed: {_names(lost, 30)}")
+            )
         why = collections.Counter(o.reason for o in results["auto"] if o.test in missed)
-        out.append(f"- passed by at least one aivmm backend alone: {len(union)} (the most a perfect choice per model "
-                   f"could reach); auto misses {len(missed)} of them"
-                   + (": " + ", ".join(f"{n} × {_cell(r)}" for r, n in why.most_common()) if missed else ""))
+        out.append(
+            f"- passed by at least one aivmm backend alone: {len(union)} (the most a perfect choice per model "
+            f"could reach); auto misses {len(missed)} of them"
+            + (": " + ", ".join(f"{n} × {_cell(r)}" for r, n in why.most_common()) if missed else "")
+        )
         if missed:
-            out.append("  (a backend that returns wrong numbers does not fail, so auto keeps it; those cases: "
-                       + _names(missed, 20) + ")")
+            out.append(
+                "  (a backend that returns wrong numbers does not fail, so auto keeps it; those cases: "
+                + _names(missed, 20)
+                + ")"
+            )
     return [*out, ""]
 
 
@@ -315,11 +340,13 @@ def _auto_section(results: dict[str, list[Outcome]]) -> list[str]:
         return []
     served = collections.Counter(o.placement.split("@", 1)[0] or "?" for o in outs)
     retried = [o for o in outs if o.attempts]
-    lines = ["## Auto placement: who served the passing cases", "",
-             "| backend | passing cases |", "| --- | ---: |"]
+    lines = ["## Auto placement: who served the passing cases", "", "| backend | passing cases |", "| --- | ---: |"]
     lines += [f"| `{b}` | {n} |" for b, n in served.most_common()]
-    lines += ["", f"{len(retried)} passing cases needed more than one configuration (the planner's first choice "
-              "failed on the model; the next one was deployed and the attempt recorded)."]
+    lines += [
+        "",
+        f"{len(retried)} passing cases needed more than one configuration (the planner's first choice "
+        "failed on the model; the next one was deployed and the attempt recorded).",
+    ]
     for o in retried[:15]:
         lines.append(f"- `{o.test}` → `{o.placement}` after: {_cell('; '.join(o.attempts))[:300]}")
     return [*lines, ""]
@@ -329,24 +356,40 @@ def _only_section(results: dict[str, list[Outcome]]) -> list[str]:
     if "auto" not in results or "ort-native" not in results:
         return []
     auto, ort = _passed(results, "auto"), _passed(results, "ort-native")
-    lines = ["## Auto vs onnxruntime alone, case by case", "",
-             f"- pass with auto only ({len(auto - ort)}): " + _names(auto - ort),
-             f"- pass with onnxruntime.backend only ({len(ort - auto)}): " + _names(ort - auto), ""]
+    lines = [
+        "## Auto vs onnxruntime alone, case by case",
+        "",
+        f"- pass with auto only ({len(auto - ort)}): " + _names(auto - ort),
+        f"- pass with onnxruntime.backend only ({len(ort - auto)}): " + _names(ort - auto),
+        "",
+    ]
     return lines
 
 
 # Why no runner passes a case, from the auto runner's failure (the one that tried every backend).
-_NONE_CLASSES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p, re.IGNORECASE), c) for p, c in (
-    (r"element type \w+ is not supported", "element type no aivmm backend takes at the model boundary "
-     "(float8, float4, int2/int4, e8m0)"),
-    (r"sequence_type|optional_type", "sequence or optional values at the model boundary (aivmm's model spec "
-     "is tensor-only)"),
-    (r"wrong values|wrong output shape|wrong output dtype|wrong number", "every backend that runs it answers "
-     "differently from the reference"),
-    (r"opset newer|cannot run|cannot convert|no candidate|not registered|unsupported|FallbackError|no onnxruntime "
-     r"kernel", "operator or type no aivmm backend implements"),
-    (r"ExecutionError|failed running|RuntimeError", "every backend that loads it fails while running"),
-))
+_NONE_CLASSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(p, re.IGNORECASE), c)
+    for p, c in (
+        (
+            r"element type \w+ is not supported",
+            "element type no aivmm backend takes at the model boundary (float8, float4, int2/int4, e8m0)",
+        ),
+        (
+            r"sequence_type|optional_type",
+            "sequence or optional values at the model boundary (aivmm's model spec is tensor-only)",
+        ),
+        (
+            r"wrong values|wrong output shape|wrong output dtype|wrong number",
+            "every backend that runs it answers differently from the reference",
+        ),
+        (
+            r"opset newer|cannot run|cannot convert|no candidate|not registered|unsupported|FallbackError|"
+            r"no onnxruntime kernel",
+            "operator or type no aivmm backend implements",
+        ),
+        (r"ExecutionError|failed running|RuntimeError", "every backend that loads it fails while running"),
+    )
+)
 
 
 def _none_class(o: Outcome) -> str:
@@ -365,10 +408,15 @@ def _none_section(results: dict[str, list[Outcome]], kinds_of: dict[str, str]) -
     groups: dict[str, list[str]] = collections.defaultdict(list)
     for o in failing:
         groups[_none_class(o)].append(o.test.removeprefix("test_").removesuffix("_cpu"))
-    lines = ["## Node cases no runner passes", "",
-             f"{len(failing)} node cases pass with no runner here (auto, each aivmm backend alone, "
-             "onnxruntime.backend). Reason classes from the auto runner's failure, which tried every backend:", "",
-             "| reason class | count | cases |", "| --- | ---: | --- |"]
+    lines = [
+        "## Node cases no runner passes",
+        "",
+        f"{len(failing)} node cases pass with no runner here (auto, each aivmm backend alone, "
+        "onnxruntime.backend). Reason classes from the auto runner's failure, which tried every backend:",
+        "",
+        "| reason class | count | cases |",
+        "| --- | ---: | --- |",
+    ]
     for cls, names in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         lines.append(f"| {_cell(cls)} | {len(names)} | {', '.join(f'`{n}`' for n in sorted(names))} |")
     return [*lines, ""]
@@ -387,9 +435,13 @@ def _lowering_section(results: dict[str, list[Outcome]]) -> list[str]:
     if not blocked:
         return []
     top = ", ".join(f"`{op}` {n}" for op, n in blocked.most_common(30))
-    return ["## Torch lowering: operators it has no lowering for", "",
-            f"{len(blocked)} operators, blocking {sum(blocked.values())} cases (operator: cases): {top}"
-            + (" …" if len(blocked) > 30 else ""), ""]
+    return [
+        "## Torch lowering: operators it has no lowering for",
+        "",
+        f"{len(blocked)} operators, blocking {sum(blocked.values())} cases (operator: cases): {top}"
+        + (" …" if len(blocked) > 30 else ""),
+        "",
+    ]
 
 
 def _names(names: set[str], limit: int = 40) -> str:
@@ -410,8 +462,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="workers at once")
     p.add_argument("--names-file", help="run only the case names listed in this file (one a line)")
     p.add_argument("--write-subset", metavar="FILE", help="write the fixed CI subset (one case per operator) and exit")
-    p.add_argument("--write-expected", metavar="DIR",
-                   help="write expected_pass_<runner>.txt (the cases each runner passed) into DIR")
+    p.add_argument(
+        "--write-expected",
+        metavar="DIR",
+        help="write expected_pass_<runner>.txt (the cases each runner passed) into DIR",
+    )
     p.add_argument("--log", help="where the workers' stderr goes (default: a file in the temp directory)")
     p.add_argument("--render", metavar="JSON", help="write the report from an earlier run's --json file; run nothing")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -442,9 +497,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.write_subset:
         subset = _conformance.select_subset()
-        header = (f"# CI subset of the ONNX backend suite: the first node case of each operator, the simple\n"
-                  f"# models, and the cases auto placement won back (aivmm._conformance.WON_BACK).\n"
-                  f"# Written by `{args.command_line}`; onnx {_versions()['onnx']}.\n")
+        header = (
+            f"# CI subset of the ONNX backend suite: the first node case of each operator, the simple\n"
+            f"# models, and the cases auto placement won back (aivmm._conformance.WON_BACK).\n"
+            f"# Written by `{args.command_line}`; onnx {_versions()['onnx']}.\n"
+        )
         with open(args.write_subset, "w") as f:
             f.write(header + "\n".join(subset) + "\n")
         print(f"{len(subset)} cases -> {args.write_subset}", file=sys.stderr)
@@ -467,17 +524,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             done[runner] += n
             total = sum(done.values())
             if total % 200 == 0 or done[runner] == len(names):
-                print(f"  [{time.perf_counter() - start:6.0f} s] {runner}: {done[runner]}/{len(names)}",
-                      file=sys.stderr)
+                print(
+                    f"  [{time.perf_counter() - start:6.0f} s] {runner}: {done[runner]}/{len(names)}", file=sys.stderr
+                )
 
     # Chunks interleave the case list so each worker of a runner sees a mix of slow and fast cases.
-    chunks = [(r, names[i::args.jobs]) for r in runners for i in range(args.jobs)]
+    chunks = [(r, names[i :: args.jobs]) for r in runners for i in range(args.jobs)]
     log_path = args.log or os.path.join(tempfile.gettempdir(), "aivmm-conformance-workers.log")
     print(f"workers' stderr -> {log_path}", file=sys.stderr)
     results: dict[str, list[Outcome]] = {r: [] for r in runners}
     with open(log_path, "w") as log, concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_chunk, r, c, kinds, args.device, args.timeout, log, progress): r
-                   for r, c in chunks}
+        futures = {pool.submit(run_chunk, r, c, kinds, args.device, args.timeout, log, progress): r for r, c in chunks}
         for fut in concurrent.futures.as_completed(futures):
             results[futures[fut]] += fut.result()
     wall = time.perf_counter() - start
@@ -487,14 +544,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{r:12s} " + " ".join(f"{k}={v}" for k, v in sorted(c.items())), file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": args.command_line, "date": _now(), "wall_s": wall, "kinds": kinds_of,
-                       "results": {r: [o.to_json() for o in v] for r, v in results.items()}}, f, indent=1)
+            json.dump(
+                {
+                    "command": args.command_line,
+                    "date": _now(),
+                    "wall_s": wall,
+                    "kinds": kinds_of,
+                    "results": {r: [o.to_json() for o in v] for r, v in results.items()},
+                },
+                f,
+                indent=1,
+            )
     if args.write_expected:
         for r in runners:
             path = os.path.join(args.write_expected, f"expected_pass_{r.replace('-', '_')}.txt")
             with open(path, "w") as f:
-                f.write(f"# Cases the `{r}` runner passed; CI fails when one of them stops passing.\n"
-                        f"# Written by `{args.command_line}`.\n")
+                f.write(
+                    f"# Cases the `{r}` runner passed; CI fails when one of them stops passing.\n"
+                    f"# Written by `{args.command_line}`.\n"
+                )
                 f.write("".join(f"{o.test}\n" for o in results[r] if o.status is Status.PASS))
     report = render(results, kinds_of, args, wall)
     if args.out:

@@ -32,18 +32,23 @@ def _one_op_models(tmp: pathlib.Path) -> dict[str, tuple[pathlib.Path, dict[str,
     rng = np.random.default_rng(0)
     w = onh.from_array(rng.standard_normal((1024, 1024)).astype(np.float32), "w")
     gemm = oh.make_graph(
-        [oh.make_node("Gemm", ["x", "w"], ["y"])], "gemm",
+        [oh.make_node("Gemm", ["x", "w"], ["y"])],
+        "gemm",
         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 1024])],
-        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 1024])], [w],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 1024])],
+        [w],
     )
     relu = oh.make_graph(
-        [oh.make_node("Relu", ["x"], ["y"])], "relu",
+        [oh.make_node("Relu", ["x"], ["y"])],
+        "relu",
         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 16])],
         [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 16])],
     )
     out = {}
-    for name, graph, feed in (("one-op gemm 1x1024x1024", gemm, rng.standard_normal((1, 1024))),
-                              ("one-op relu 1x16", relu, rng.standard_normal((1, 16)))):
+    for name, graph, feed in (
+        ("one-op gemm 1x1024x1024", gemm, rng.standard_normal((1, 1024))),
+        ("one-op relu 1x16", relu, rng.standard_normal((1, 16))),
+    ):
         path = tmp / f"{graph.name}.onnx"
         onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
         out[name] = (path, {"x": feed.astype(np.float32)})
@@ -69,8 +74,7 @@ def _time(fn, feeds, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
-def measure(vmm: aivmm.VMM, label: str, path: pathlib.Path, feeds: dict, backend: str, rounds: int,
-            calls: int) -> dict:
+def measure(vmm: aivmm.VMM, label: str, path: pathlib.Path, feeds: dict, backend: str, rounds: int, calls: int) -> dict:
     model = vmm.deploy(path, backend=backend, strict=True, measure=False, name=f"{label}-{backend}")
     try:
         config = model.plan.chosen.config
@@ -86,8 +90,11 @@ def measure(vmm: aivmm.VMM, label: str, path: pathlib.Path, feeds: dict, backend
             raw_t.append(r)
             ours_t.append(a)
         return {
-            "model": label, "backend": backend, "config": config.label(),
-            "raw_us": statistics.median(raw_t) * 1e6, "aivmm_us": statistics.median(ours_t) * 1e6,
+            "model": label,
+            "backend": backend,
+            "config": config.label(),
+            "raw_us": statistics.median(raw_t) * 1e6,
+            "aivmm_us": statistics.median(ours_t) * 1e6,
             "ratio_median": statistics.median(ratios),
         }
     finally:
@@ -111,8 +118,10 @@ def main() -> None:
             for backend in ("onnxruntime", "openvino"):
                 calls = args.calls if "relu" in label else max(20, args.calls // 10)
                 rows.append(measure(vmm, label, path, feeds, backend, args.rounds, calls))
-    print(f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d')}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
     print("| model | backend | raw µs | aivmm µs | ratio (median of rounds) |")
     print("| --- | --- | ---: | ---: | ---: |")
     for r in rows:

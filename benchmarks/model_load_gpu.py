@@ -41,8 +41,16 @@ def main() -> None:
     shapes = []
     total = 0
     while total < args.gib * 2**30:
-        for shape in ((hidden, 3 * hidden), (hidden, hidden), (hidden, 4 * hidden), (4 * hidden, hidden),
-                      (hidden,), (hidden,), (3 * hidden,), (4 * hidden,)):
+        for shape in (
+            (hidden, 3 * hidden),
+            (hidden, hidden),
+            (hidden, 4 * hidden),
+            (4 * hidden, hidden),
+            (hidden,),
+            (hidden,),
+            (3 * hidden,),
+            (4 * hidden,),
+        ):
             shapes.append(shape)
             total += 2 * int(torch.Size(shape).numel())
     weights = {f"w{i}": torch.empty(s, dtype=torch.float16).normal_() for i, s in enumerate(shapes)}
@@ -78,20 +86,34 @@ def main() -> None:
         return report.bytes_per_second
 
     rows = {}
-    for name, fn in (("per-tensor pageable .to(cuda)", pageable), ("PinnedUploader (pageable source)", staged),
-                     ("PinnedHostTier.restore (pinned host tier)", host_tier)):
+    for name, fn in (
+        ("per-tensor pageable .to(cuda)", pageable),
+        ("PinnedUploader (pageable source)", staged),
+        ("PinnedHostTier.restore (pinned host tier)", host_tier),
+    ):
         fn()  # warm the allocator
         best = max(fn() for _ in range(args.repeats))
         rows[name] = best
     print(f"# model load to {torch.cuda.get_device_name(0)}, {nbytes / 2**30:.2f} GiB in {len(weights)} fp16 tensors")
-    print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()},"
-          f" torch {torch.__version__}, chunk {args.chunk_mib} MiB, best of {args.repeats}")
+    print(
+        f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()},"
+        f" torch {torch.__version__}, chunk {args.chunk_mib} MiB, best of {args.repeats}"
+    )
     print(f"pinned host-to-device peak: {peak / 1e9:.1f} GB/s\n")
     print("| path | GB/s | / pinned peak |\n|---|---:|---:|")
     for name, bw in rows.items():
         print(f"| {name} | {bw / 1e9:.1f} | {bw / peak:.2f} |")
-    print(json.dumps({"benchmark": "model_load_gpu", "peak_bytes_per_s": peak, "nbytes": nbytes,
-                      "rows": rows, "ratios": {k: v / peak for k, v in rows.items()}}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "model_load_gpu",
+                "peak_bytes_per_s": peak,
+                "nbytes": nbytes,
+                "rows": rows,
+                "ratios": {k: v / peak for k, v in rows.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

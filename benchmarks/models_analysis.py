@@ -49,25 +49,30 @@ def main() -> None:
             if ort is not None:
                 session.append(_timed(lambda p=path: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])))
             ratios.append(ours[-1] / raw[-1])
-        rows.append({
-            "model": name,
-            "file_mb": round(path.stat().st_size / 1e6, 1),
-            "parameters": spec.parameters,
-            "gflops": round(spec.flops / 1e9, 3),
-            "categories": [c.category.value for c in spec.categories],
-            "build_s": round(build, 2),
-            "onnx_load_s": round(statistics.median(raw), 3),
-            "aivmm_load_s": round(statistics.median(ours), 3),
-            "ratio_vs_onnx_load": round(statistics.median(ratios), 2),
-            "ort_session_s": round(statistics.median(session), 3) if session else None,
-        })
-        print(json.dumps(rows[-1]) if args.json else
-              f"{name:<10} {rows[-1]['file_mb']:7.1f} MB build {rows[-1]['build_s']:6.2f}s  onnx.load "
-              f"{rows[-1]['onnx_load_s']:6.3f}s  aivmm.load {rows[-1]['aivmm_load_s']:6.3f}s "
-              f"(x{rows[-1]['ratio_vs_onnx_load']})  ort session {rows[-1]['ort_session_s']}s", flush=True)
+        rows.append(
+            {
+                "model": name,
+                "file_mb": round(path.stat().st_size / 1e6, 1),
+                "parameters": spec.parameters,
+                "gflops": round(spec.flops / 1e9, 3),
+                "categories": [c.category.value for c in spec.categories],
+                "build_s": round(build, 2),
+                "onnx_load_s": round(statistics.median(raw), 3),
+                "aivmm_load_s": round(statistics.median(ours), 3),
+                "ratio_vs_onnx_load": round(statistics.median(ratios), 2),
+                "ort_session_s": round(statistics.median(session), 3) if session else None,
+            }
+        )
+        print(
+            json.dumps(rows[-1])
+            if args.json
+            else f"{name:<10} {rows[-1]['file_mb']:7.1f} MB build {rows[-1]['build_s']:6.2f}s  onnx.load "
+            f"{rows[-1]['onnx_load_s']:6.3f}s  aivmm.load {rows[-1]['aivmm_load_s']:6.3f}s "
+            f"(x{rows[-1]['ratio_vs_onnx_load']})  ort session {rows[-1]['ort_session_s']}s",
+            flush=True,
+        )
     if args.json:
-        print(json.dumps({"machine": platform.processor() or platform.machine(), "rounds": args.rounds,
-                          "rows": rows}))
+        print(json.dumps({"machine": platform.processor() or platform.machine(), "rounds": args.rounds, "rows": rows}))
 
 
 if __name__ == "__main__":

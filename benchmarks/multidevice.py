@@ -52,8 +52,11 @@ def _closed_loop(handle: Any, feeds: dict[str, np.ndarray], clients: int, second
     for t in threads:
         t.join()
     lat = np.array(latencies) * 1e3
-    return {"throughput": len(lat) / (time.perf_counter() - t0), "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99))}
+    return {
+        "throughput": len(lat) / (time.perf_counter() - t0),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
 
 
 def replicas(args: argparse.Namespace) -> None:
@@ -75,8 +78,9 @@ def replicas(args: argparse.Namespace) -> None:
         # The GPU replica is fed by host threads (kernel launches): leave it cores by capping the CPU
         # replica's threads, and replay CUDA graphs when asked so launches cost little host time.
         gpu_options = {"cuda_graphs": True} if args.gpu_cuda_graphs else {}
-        first_cfg = Config("onnxruntime", first.id, options={"intra_op_threads": args.cpu_threads}
-                           if args.cpu_threads else {})
+        first_cfg = Config(
+            "onnxruntime", first.id, options={"intra_op_threads": args.cpu_threads} if args.cpu_threads else {}
+        )
         second_cfg = Config("torch", second.id, Precision.parse(args.gpu_precision), gpu_options)
         alone = [(second_cfg, second)]
     else:
@@ -104,8 +108,10 @@ def replicas(args: argparse.Namespace) -> None:
     for name, r in rows.items():
         print(f"| {name} | {r['throughput']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
     values = list(rows.values())
-    print(f"\nthroughput ratio (replicas / one): {values[1]['throughput'] / values[0]['throughput']:.2f}x;"
-          f" requests per device: {share}")
+    print(
+        f"\nthroughput ratio (replicas / one): {values[1]['throughput'] / values[0]['throughput']:.2f}x;"
+        f" requests per device: {share}"
+    )
     print(json.dumps({"part": "replicas", "rows": rows, "share": share}))
 
 
@@ -141,15 +147,30 @@ def split(args: argparse.Namespace) -> None:
         used = {d: v["used_bytes"] for d, v in engine.status()["devices"].items()}
     diff = float(np.max(np.abs(got - want)))
     ms_split, ms_unsplit = statistics.median(t_split) * 1e3, statistics.median(t_unsplit) * 1e3
-    print(f"\n## split: {spec.parameter_bytes / 2**20:.1f} MiB model, budget {half / 2**20:.1f} MiB on each of"
-          f" {a.id} and {b.id}\n")
-    print(f"stages: {[(s.device, s.end_node - s.first_node, round(s.parameter_bytes / 2**20, 2)) for s in plan.stages]}"
-          f" (device, nodes, MiB); ledger used: {used}")
-    print(f"max |split - unsplit| = {diff:.3g}; batch 4 median latency: split {ms_split:.2f} ms, unsplit"
-          f" {ms_unsplit:.2f} ms (ratio {ms_split / ms_unsplit:.2f}); cut bytes per item {plan.cut_bytes_per_item},"
-          f" transfer estimate at 16 GB/s for batch 4: {plan.transfer_seconds(4, 16e9) * 1e6:.2f} us")
-    print(json.dumps({"part": "split", "max_abs_diff": diff, "split_ms": ms_split, "unsplit_ms": ms_unsplit,
-                      "plan": plan.to_json()}))
+    print(
+        f"\n## split: {spec.parameter_bytes / 2**20:.1f} MiB model, budget {half / 2**20:.1f} MiB on each of"
+        f" {a.id} and {b.id}\n"
+    )
+    print(
+        f"stages: {[(s.device, s.end_node - s.first_node, round(s.parameter_bytes / 2**20, 2)) for s in plan.stages]}"
+        f" (device, nodes, MiB); ledger used: {used}"
+    )
+    print(
+        f"max |split - unsplit| = {diff:.3g}; batch 4 median latency: split {ms_split:.2f} ms, unsplit"
+        f" {ms_unsplit:.2f} ms (ratio {ms_split / ms_unsplit:.2f}); cut bytes per item {plan.cut_bytes_per_item},"
+        f" transfer estimate at 16 GB/s for batch 4: {plan.transfer_seconds(4, 16e9) * 1e6:.2f} us"
+    )
+    print(
+        json.dumps(
+            {
+                "part": "split",
+                "max_abs_diff": diff,
+                "split_ms": ms_split,
+                "unsplit_ms": ms_unsplit,
+                "plan": plan.to_json(),
+            }
+        )
+    )
 
 
 def split_gpu(args: argparse.Namespace) -> None:
@@ -176,15 +197,29 @@ def split_gpu(args: argparse.Namespace) -> None:
         t_split = _median_latency(h, feeds, args.rounds)
     diff = max(float(np.max(np.abs(got[k] - want[k]))) for k in want)
     predicted = plan.transfer_seconds(1, gpu.properties.get("h2d_bytes_per_s", 25e9)) * 1e3
-    print(f"\n## split across {gpu.id} + {cpu.id}: {spec.name} ({args.size}), {spec.parameter_bytes / 2**20:.1f} MiB,"
-          f" GPU budget {budget / 2**20:.1f} MiB\n")
+    print(
+        f"\n## split across {gpu.id} + {cpu.id}: {spec.name} ({args.size}), {spec.parameter_bytes / 2**20:.1f} MiB,"
+        f" GPU budget {budget / 2**20:.1f} MiB\n"
+    )
     stages = [(st.device, st.end_node - st.first_node, round(st.parameter_bytes / 2**20, 1)) for st in plan.stages]
     print(f"stages: {stages} (device, nodes, MiB); cut bytes per item {plan.cut_bytes_per_item}")
-    print(f"max |split - whole on GPU| = {diff:.3g}; batch 1 median latency: split {t_split:.2f} ms, whole on the GPU"
-          f" with a larger budget {t_whole:.2f} ms (ratio {t_split / t_whole:.2f}); planner's transfer estimate"
-          f" {predicted * 1e3:.1f} us for the cut")
-    print(json.dumps({"part": "split-gpu", "max_abs_diff": diff, "split_ms": t_split, "whole_ms": t_whole,
-                      "predicted_transfer_ms": predicted, "plan": plan.to_json()}))
+    print(
+        f"max |split - whole on GPU| = {diff:.3g}; batch 1 median latency: split {t_split:.2f} ms, whole on the GPU"
+        f" with a larger budget {t_whole:.2f} ms (ratio {t_split / t_whole:.2f}); planner's transfer estimate"
+        f" {predicted * 1e3:.1f} us for the cut"
+    )
+    print(
+        json.dumps(
+            {
+                "part": "split-gpu",
+                "max_abs_diff": diff,
+                "split_ms": t_split,
+                "whole_ms": t_whole,
+                "predicted_transfer_ms": predicted,
+                "plan": plan.to_json(),
+            }
+        )
+    )
 
 
 def _median_latency(handle: Any, feeds: dict, rounds: int) -> float:
@@ -209,8 +244,10 @@ def main() -> None:
     ap.add_argument("--cpu-threads", type=int, default=0, help="intra-op threads of the CPU replica (0: default)")
     ap.add_argument("--no-replicas", action="store_true", help="only the split part")
     args = ap.parse_args()
-    print(f"# multidevice, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()},"
-          f" python {platform.python_version()}\n")
+    print(
+        f"# multidevice, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()},"
+        f" python {platform.python_version()}\n"
+    )
     if not args.no_replicas:
         replicas(args)
     split_gpu(args) if args.gpu else split(args)

@@ -47,8 +47,14 @@ def _traffic(n_models: int, rate: float, seconds: float, zipf: float, seed: int)
     return [(float(t), int(ranks[p])) for t, p in zip(arrivals, picks)]
 
 
-def _serve(engine: Any, handles: list[Any], feeds: list[dict[str, np.ndarray]], schedule: list[tuple[float, int]],
-           slo_s: float, workers: int) -> dict[str, Any]:
+def _serve(
+    engine: Any,
+    handles: list[Any],
+    feeds: list[dict[str, np.ndarray]],
+    schedule: list[tuple[float, int]],
+    slo_s: float,
+    workers: int,
+) -> dict[str, Any]:
     latencies = np.full(len(schedule), np.inf)
     errors: list[str] = []
     lock = threading.Lock()
@@ -97,8 +103,12 @@ def main() -> None:
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--device", default="cpu:0")
     ap.add_argument("--workers", type=int, default=32)
-    ap.add_argument("--simulated-gbps", type=float, default=0.0,
-                    help="serve on an emulated accelerator with a bus of this many GB/s (0: the real device)")
+    ap.add_argument(
+        "--simulated-gbps",
+        type=float,
+        default=0.0,
+        help="serve on an emulated accelerator with a bus of this many GB/s (0: the real device)",
+    )
     ap.add_argument("--device-ms", type=float, default=1.0, help="emulated device time per request")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="one MLP (4 layers) per width")
@@ -113,8 +123,12 @@ def main() -> None:
     if args.simulated_gbps:
         # An emulated accelerator: device time per request and a host-to-device bus of the given
         # speed, both serialised per device; the numbers still come from ONNX Runtime on this CPU.
-        device = simulated_device("nvidia:0", memory=2**34, simulated_latency_ms=args.device_ms,
-                                  simulated_h2d_bytes_per_s=args.simulated_gbps * 1e9)
+        device = simulated_device(
+            "nvidia:0",
+            memory=2**34,
+            simulated_latency_ms=args.device_ms,
+            simulated_h2d_bytes_per_s=args.simulated_gbps * 1e9,
+        )
         args.backend = "simulated"
     else:
         device = next(d for d in discover() if d.id == args.device)
@@ -151,15 +165,21 @@ def main() -> None:
             rows[name] = row
             print(f"{name}: {json.dumps(row)}", flush=True)
     ideal = rows["all-resident ideal"]
-    print(f"\n# overcommit: {len(specs)} models, {total / 2**20:.1f} MiB of weights, budget {budget / 2**20:.1f} MiB"
-          f" ({args.ratio:g}x), {device.id} via {args.backend}")
-    print(f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-          f"rate {args.rate:g}/s Poisson for {args.seconds:g} s, Zipf s={args.zipf}, SLO {args.slo_ms:g} ms\n")
+    print(
+        f"\n# overcommit: {len(specs)} models, {total / 2**20:.1f} MiB of weights, budget {budget / 2**20:.1f} MiB"
+        f" ({args.ratio:g}x), {device.id} via {args.backend}"
+    )
+    print(
+        f"date {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+        f"rate {args.rate:g}/s Poisson for {args.seconds:g} s, Zipf s={args.zipf}, SLO {args.slo_ms:g} ms\n"
+    )
     print("| policy | within SLO | goodput /s | vs ideal | p50 ms | p99 ms | loads | evictions | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in rows.items():
-        print(f"| {name} | {r['within_slo']:.3f} | {r['goodput']:.1f} | {r['goodput'] / ideal['goodput']:.3f} |"
-              f" {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['loads']} | {r['evictions']} | {r['errors']} |")
+        print(
+            f"| {name} | {r['within_slo']:.3f} | {r['goodput']:.1f} | {r['goodput'] / ideal['goodput']:.3f} |"
+            f" {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['loads']} | {r['evictions']} | {r['errors']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,9 @@ def _zoo_models(size: str, names: list[str] | None) -> list[tuple[str, pathlib.P
     for name in zoo.names():
         if names is not None and name not in names:
             continue
-        out.append((f"zoo-{size}:{name}", pathlib.Path(zoo.build(name, size=size)),
-                    dict(zoo.sample_inputs(name, size=size))))
+        out.append(
+            (f"zoo-{size}:{name}", pathlib.Path(zoo.build(name, size=size)), dict(zoo.sample_inputs(name, size=size)))
+        )
     return out
 
 
@@ -110,13 +111,19 @@ def _interleaved(runners: dict[str, Callable[[], float]], rounds: int, calls: in
 def _session_runner(candidate: Any, devices: dict[str, Any], feeds: dict[str, np.ndarray]) -> tuple[Any, Callable]:
     from aivmm.backends import registry
 
-    sess = registry.get(candidate.config.backend).load(candidate.model, devices[candidate.config.device],
-                                                         candidate.config)
+    sess = registry.get(candidate.config.backend).load(
+        candidate.model, devices[candidate.config.device], candidate.config
+    )
     return sess, _timer(lambda: sess.run(feeds))
 
 
-def bench_model(label: str, path: pathlib.Path, feeds: dict[str, np.ndarray] | None, args: argparse.Namespace,
-                devices: tuple[Any, ...]) -> dict[str, Any]:
+def bench_model(
+    label: str,
+    path: pathlib.Path,
+    feeds: dict[str, np.ndarray] | None,
+    args: argparse.Namespace,
+    devices: tuple[Any, ...],
+) -> dict[str, Any]:
     import onnxruntime as ort
 
     from aivmm.models import load
@@ -143,7 +150,7 @@ def bench_model(label: str, path: pathlib.Path, feeds: dict[str, np.ndarray] | N
     # "The best": the exhaustive run's leaders, re-timed beside the chosen one (its own ranking is
     # as noisy as any single measurement on a shared machine).
     contenders = {chosen.label: chosen}
-    for c in sorted(measured, key=lambda c: c.measurement.p50_ms)[:args.contenders]:
+    for c in sorted(measured, key=lambda c: c.measurement.p50_ms)[: args.contenders]:
         contenders.setdefault(c.label, c)
     by_id = {d.id: d for d in devices}
     sessions = []
@@ -183,14 +190,21 @@ def bench_model(label: str, path: pathlib.Path, feeds: dict[str, np.ndarray] | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="zoo-tiny,light:squeezenet,light:shufflenet,light:inception_v1,"
-                        "light:bvlc_alexnet,light:zfnet512,light:resnet50",
-                        help="comma list: zoo-tiny, zoo-full, zoo-tiny:NAME, zoo-full:NAME, light, light:NAME")
+    parser.add_argument(
+        "--models",
+        default="zoo-tiny,light:squeezenet,light:shufflenet,light:inception_v1,"
+        "light:bvlc_alexnet,light:zfnet512,light:resnet50",
+        help="comma list: zoo-tiny, zoo-full, zoo-tiny:NAME, zoo-full:NAME, light, light:NAME",
+    )
     parser.add_argument("--precision", default="fp32", help="precision policy (fp32, fp16, int8)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--contenders", type=int, default=3,
-                        help="how many of the exhaustive run's fastest are re-timed beside the chosen one")
+    parser.add_argument(
+        "--contenders",
+        type=int,
+        default=3,
+        help="how many of the exhaustive run's fastest are re-timed beside the chosen one",
+    )
     parser.add_argument("--out", type=pathlib.Path, help="write the JSON results here")
     args = parser.parse_args(argv)
 
@@ -240,10 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         "devices": [f"{d.id} {d.name} runtimes={list(d.runtimes)}" for d in devices],
         "precision_policy": args.precision,
         "geomean_chosen_over_best": round(math.exp(statistics.mean(math.log(r["chosen_over_best"]) for r in ok)), 4)
-        if ok else None,
+        if ok
+        else None,
         "max_chosen_over_best": max((r["chosen_over_best"] for r in ok), default=None),
         "geomean_chosen_over_ort_default": round(
-            math.exp(statistics.mean(math.log(r["chosen_over_ort_default"]) for r in ok)), 4) if ok else None,
+            math.exp(statistics.mean(math.log(r["chosen_over_ort_default"]) for r in ok)), 4
+        )
+        if ok
+        else None,
         "max_chosen_over_ort_default": max((r["chosen_over_ort_default"] for r in ok), default=None),
         "median_planning_s": statistics.median(r["planning_s"] for r in ok) if ok else None,
         "median_cache_hit_ms": statistics.median(r["cache_hit_ms"] for r in ok) if ok else None,

@@ -32,8 +32,21 @@ def machine() -> dict[str, Any]:
 @contextlib.contextmanager
 def server(repository: pathlib.Path, *extra: str, log: pathlib.Path | None = None) -> Iterator[dict[str, Any]]:
     """``aivmm serve`` on 127.0.0.1 with free ports; yields the ready event; stops it by pid."""
-    cmd = [sys.executable, "-m", "aivmm", "serve", "--model-repository", str(repository), "--http-port", "0",
-           "--grpc-port", "0", "--metrics-port", "-1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "aivmm",
+        "serve",
+        "--model-repository",
+        str(repository),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "-1",
+        *extra,
+    ]
     err = open(log or os.devnull, "wb")  # noqa: SIM115 - closed below, after the process
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
     try:
@@ -68,8 +81,9 @@ def _ready(proc: subprocess.Popen[bytes], timeout_s: float = 300.0) -> dict[str,
     raise RuntimeError("server not ready in time")
 
 
-def repository_with(tmp: pathlib.Path, name: str, model: pathlib.Path, config: dict[str, Any] | None = None
-                    ) -> pathlib.Path:
+def repository_with(
+    tmp: pathlib.Path, name: str, model: pathlib.Path, config: dict[str, Any] | None = None
+) -> pathlib.Path:
     """A one-model Triton-style repository holding ``model`` (hard link, else a copy: the server
     refuses symlinks that leave the repository, by design)."""
     d = tmp / name / "1"

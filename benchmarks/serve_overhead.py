@@ -49,11 +49,13 @@ def main() -> int:
     path = zoo.build(args.model, args.size)
     feeds = zoo.sample_inputs(args.model, args.size, batch=1)
     with VMM() as vmm, tempfile.TemporaryDirectory() as tmp:
-        local = vmm.deploy(path, backend=args.backend, device="cpu:0" if args.backend else None,
-                           strict=bool(args.backend))
+        local = vmm.deploy(
+            path, backend=args.backend, device="cpu:0" if args.backend else None, strict=bool(args.backend)
+        )
         chosen = local.plan.chosen.config
-        repo = serve_common.repository_with(pathlib.Path(tmp), args.model, path,
-                                            {"backend": chosen.backend, "device": chosen.device})
+        repo = serve_common.repository_with(
+            pathlib.Path(tmp), args.model, path, {"backend": chosen.backend, "device": chosen.device}
+        )
         with serve_common.server(repo) as ready:
             http_call = lg.http_target(f"127.0.0.1:{ready['http_port']}", args.model, feeds)()
             grpc_call = lg.grpc_target(f"127.0.0.1:{ready['grpc_port']}", args.model, feeds)()
@@ -66,21 +68,26 @@ def main() -> int:
             for i in range(args.rounds):
                 # Rotate the order: a runtime's threads keep spinning for a while after a call, which
                 # slows whatever runs right after it; rotation spreads that over all three.
-                turn = order[i % 3:] + order[:i % 3]
+                turn = order[i % 3 :] + order[: i % 3]
                 rows.append({name: _p50(calls[name], args.calls) for name in turn})
             import urllib.request
 
             with urllib.request.urlopen(f"http://127.0.0.1:{ready['http_port']}/v2/aivmm/status") as r:
                 served = json.load(r)["models"][0]["placement"]
     report = {
-        "benchmark": "serve_overhead", "model": f"{args.model}/{args.size}", "batch": 1,
-        "in_process_placement": chosen.label(), "server_placement": served,
+        "benchmark": "serve_overhead",
+        "model": f"{args.model}/{args.size}",
+        "batch": 1,
+        "in_process_placement": chosen.label(),
+        "server_placement": served,
         "in_process_p50_ms": round(statistics.median(r["local"] for r in rows) * 1e3, 3),
         "http_p50_ms": round(statistics.median(r["http"] for r in rows) * 1e3, 3),
         "grpc_p50_ms": round(statistics.median(r["grpc"] for r in rows) * 1e3, 3),
         "http_over_in_process": round(statistics.median(r["http"] / r["local"] for r in rows), 4),
         "grpc_over_in_process": round(statistics.median(r["grpc"] / r["local"] for r in rows), 4),
-        "rounds": args.rounds, "calls_per_round": args.calls, "machine": serve_common.machine(),
+        "rounds": args.rounds,
+        "calls_per_round": args.calls,
+        "machine": serve_common.machine(),
     }
     print(json.dumps(report, indent=2))
     return 0

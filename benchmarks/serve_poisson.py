@@ -53,23 +53,34 @@ def main() -> int:
             best = None
             for f in FRACTIONS:
                 r = lg.open_loop(factory, f * offline.throughput, args.duration, seed=int(f * 100))
-                row = {"fraction": f, **r.to_json(), "meets_bound": r.errors == 0 and r.percentile(99) * 1e3
-                       <= bound_ms}
+                row = {
+                    "fraction": f,
+                    **r.to_json(),
+                    "meets_bound": r.errors == 0 and r.percentile(99) * 1e3 <= bound_ms,
+                }
                 levels.append(row)
-                print(f"rate {r.level:.2f}/s: {r.throughput:.2f}/s p99 {row['p99_ms']:.1f} ms "
-                      f"{'ok' if row['meets_bound'] else 'over the bound'}", file=sys.stderr)
+                print(
+                    f"rate {r.level:.2f}/s: {r.throughput:.2f}/s p99 {row['p99_ms']:.1f} ms "
+                    f"{'ok' if row['meets_bound'] else 'over the bound'}",
+                    file=sys.stderr,
+                )
                 if row["meets_bound"]:
                     best = row
                 elif best is not None:
                     break  # past the knee: higher rates only queue more
     report = {
-        "benchmark": "serve_poisson", "model": f"{args.model}/{args.size}", "batching": args.batching,
+        "benchmark": "serve_poisson",
+        "model": f"{args.model}/{args.size}",
+        "batching": args.batching,
         "single_stream_p50_ms": round(single.percentile(50) * 1e3, 3),
-        "offline_throughput": round(offline.throughput, 3), "offline_concurrency": args.offline_concurrency,
+        "offline_throughput": round(offline.throughput, 3),
+        "offline_concurrency": args.offline_concurrency,
         "p99_bound_ms": round(bound_ms, 3),
         "poisson_throughput_at_bound": best["throughput"] if best else None,
         "ratio": round(best["throughput"] / offline.throughput, 4) if best and offline.throughput else None,
-        "levels": levels, "duration_s": args.duration, "machine": serve_common.machine(),
+        "levels": levels,
+        "duration_s": args.duration,
+        "machine": serve_common.machine(),
     }
     print(json.dumps(report, indent=2))
     return 0

@@ -38,13 +38,17 @@ def _sweep(factory: lg.Factory, levels: list[int], duration: float, label: str) 
     for c in levels:
         r = lg.closed_loop(factory, c, duration, warmup_s=2.0, label=label)
         out.append(r.to_json())
-        print(f"{label}: concurrency {c}: {r.throughput:.2f}/s p50 {r.percentile(50) * 1e3:.1f} ms "
-              f"p99 {r.percentile(99) * 1e3:.1f} ms errors {r.errors}", file=sys.stderr)
+        print(
+            f"{label}: concurrency {c}: {r.throughput:.2f}/s p50 {r.percentile(50) * 1e3:.1f} ms "
+            f"p99 {r.percentile(99) * 1e3:.1f} ms errors {r.errors}",
+            file=sys.stderr,
+        )
     return out
 
 
-def _aivmm(path: pathlib.Path, model: str, feeds: dict[str, Any], levels: list[int], duration: float,
-           tmp: pathlib.Path) -> tuple[list[dict[str, Any]], str]:
+def _aivmm(
+    path: pathlib.Path, model: str, feeds: dict[str, Any], levels: list[int], duration: float, tmp: pathlib.Path
+) -> tuple[list[dict[str, Any]], str]:
     repo = serve_common.repository_with(tmp, model, path, {"backend": "onnxruntime", "device": "cpu:0"})
     with serve_common.server(repo, "--load", model) as ready:
         url = f"127.0.0.1:{ready['http_port']}"
@@ -55,12 +59,13 @@ def _aivmm(path: pathlib.Path, model: str, feeds: dict[str, Any], levels: list[i
         return _sweep(lg.http_target(url, model, feeds), levels, duration, "aivmm"), placement
 
 
-def _ray(path: pathlib.Path, feeds: dict[str, Any], levels: list[int], duration: float,
-         intra_threads: int) -> list[dict[str, Any]]:
+def _ray(
+    path: pathlib.Path, feeds: dict[str, Any], levels: list[int], duration: float, intra_threads: int
+) -> list[dict[str, Any]]:
     import ray
     from ray import serve
 
-    (name, x), = feeds.items()
+    ((name, x),) = feeds.items()
     port = _free_port()
     ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False)
     try:
@@ -89,8 +94,9 @@ def _ray(path: pathlib.Path, feeds: dict[str, Any], levels: list[int], duration:
                 return Response(y.tobytes(), media_type="application/octet-stream")
 
         serve.run(OrtModel.bind(str(path), name, tuple(x.shape), intra_threads), route_prefix="/infer")
-        factory = lg.raw_http_target(f"127.0.0.1:{port}", "/infer", x.astype("float32").tobytes(),
-                                     {"Content-Type": "application/octet-stream"})
+        factory = lg.raw_http_target(
+            f"127.0.0.1:{port}", "/infer", x.astype("float32").tobytes(), {"Content-Type": "application/octet-stream"}
+        )
         return _sweep(factory, levels, duration, "ray-serve")
     finally:
         serve.shutdown()
@@ -126,16 +132,34 @@ def main() -> int:
         runs = [a1[i]] + ([a2[i]] if a2 else [])
         tput = sum(r["throughput"] for r in runs) / len(runs)  # the mean of the aivmm runs around Ray's
         p99 = sum(r["p99_ms"] for r in runs) / len(runs)
-        rows.append({"concurrency": c, "aivmm_throughput": round(tput, 3), "ray_throughput": b[i]["throughput"],
-                     "throughput_ratio": round(tput / b[i]["throughput"], 4) if b[i]["throughput"] else None,
-                     "aivmm_p99_ms": round(p99, 3), "ray_p99_ms": b[i]["p99_ms"],
-                     "p99_ratio": round(p99 / b[i]["p99_ms"], 4) if b[i]["p99_ms"] else None})
-    print(json.dumps({"benchmark": "serve_vs_ray", "model": f"{args.model}/{args.size}", "aivmm_placement": placement,
-                      "ray_session": f"onnxruntime CPU, intra_op_threads={threads}, graph_optimization=all",
-                      "duration_s": args.duration, "summary": rows,
-                      "aivmm_runs": [a1, a2], "ray": b, "machine": serve_common.machine(),
-                      "note": "aivmm figures: mean of the runs before and after Ray (A-B-A)"},
-                     indent=2))
+        rows.append(
+            {
+                "concurrency": c,
+                "aivmm_throughput": round(tput, 3),
+                "ray_throughput": b[i]["throughput"],
+                "throughput_ratio": round(tput / b[i]["throughput"], 4) if b[i]["throughput"] else None,
+                "aivmm_p99_ms": round(p99, 3),
+                "ray_p99_ms": b[i]["p99_ms"],
+                "p99_ratio": round(p99 / b[i]["p99_ms"], 4) if b[i]["p99_ms"] else None,
+            }
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "serve_vs_ray",
+                "model": f"{args.model}/{args.size}",
+                "aivmm_placement": placement,
+                "ray_session": f"onnxruntime CPU, intra_op_threads={threads}, graph_optimization=all",
+                "duration_s": args.duration,
+                "summary": rows,
+                "aivmm_runs": [a1, a2],
+                "ray": b,
+                "machine": serve_common.machine(),
+                "note": "aivmm figures: mean of the runs before and after Ray (A-B-A)",
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -55,6 +55,7 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "bf16": 8e-2}  # relative to max |outpu
 
 # -- hand-written models ------------------------------------------------------------------------
 
+
 class Bottleneck(nn.Module):
     def __init__(self, cin: int, width: int, stride: int, downsample: bool) -> None:
         super().__init__()
@@ -155,6 +156,7 @@ class Bert(nn.Module):
 
 # -- weights from the ONNX initializers -----------------------------------------------------------
 
+
 def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
@@ -215,6 +217,7 @@ def bert_from_onnx(model: onnx.ModelProto, size: str) -> Bert:
 
 
 # -- timing -------------------------------------------------------------------------------------
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -283,15 +286,19 @@ def run_model(name: str, args: argparse.Namespace, device: Device, tdev: torch.d
         variants["aivmm compile"] = {"compile": args.compile_mode}
     if tdev.type == "cuda":
         variants["aivmm cuda graphs"] = {"cuda_graphs": True}
-    sessions = {label: backend.load(spec, device, Config("torch", device.id, precision, options=opts))
-                for label, opts in variants.items()}
+    sessions = {
+        label: backend.load(spec, device, Config("torch", device.id, precision, options=opts))
+        for label, opts in variants.items()
+    }
     rows = []
     try:
         for batch in args.batches:
             feeds = zoo.sample_inputs(name, size=args.size, batch=batch, seed=0)
             on_device = {k: torch.from_numpy(v).to(tdev) for k, v in feeds.items()}
-            hand_inputs = [on_device[t.name].to(dtype) if on_device[t.name].is_floating_point() else on_device[t.name]
-                           for t in spec.inputs]
+            hand_inputs = [
+                on_device[t.name].to(dtype) if on_device[t.name].is_floating_point() else on_device[t.name]
+                for t in spec.inputs
+            ]
             # aivmm gets the very same tensors (already in the compute type: no cast, no copy per run).
             on_device = {t.name: x for t, x in zip(spec.inputs, hand_inputs)}
             with torch.inference_mode():
@@ -299,25 +306,37 @@ def run_model(name: str, args: argparse.Namespace, device: Device, tdev: torch.d
             got = _first(sessions["aivmm eager"].run(on_device, output="native")).float()
             error = float((got - want).abs().max() / max(1.0, float(want.abs().max())))
             if error > TOLERANCE[args.precision]:
-                raise SystemExit(f"{name} batch {batch}: aivmm and the hand-written model disagree "
-                                 f"(max relative error {error:.2e}); the comparison would not be fair")
+                raise SystemExit(
+                    f"{name} batch {batch}: aivmm and the hand-written model disagree "
+                    f"(max relative error {error:.2e}); the comparison would not be fair"
+                )
             # Large batches take longer per run and vary less: fewer runs keep the whole script short.
             small = batch == 1
             warmup = args.warmup if small else max(3, args.warmup // 4)
             iters = args.iters if small else max(5, args.iters // 3)
             timings: dict[str, float] = {}
             for label, session in sessions.items():
-                timings[label] = median_ms(lambda s=session, f=on_device: s.run(f, output="native"), tdev,
-                                           warmup, iters)
+                timings[label] = median_ms(
+                    lambda s=session, f=on_device: s.run(f, output="native"), tdev, warmup, iters
+                )
             timings["hand eager"] = median_ms(lambda i=hand_inputs: _hand_eager(hand, i), tdev, warmup, iters)
             if tdev.type == "cuda":
                 timings["hand cuda graphs"] = median_ms(hand_graph(hand, hand_inputs, tdev), tdev, warmup, iters)
             base = timings["hand eager"]
             for label, ms in timings.items():
-                rows.append({"model": name, "size": args.size, "batch": batch, "variant": label,
-                             "precision": args.precision, "latency_ms": round(ms, 4),
-                             "throughput_per_s": round(batch / ms * 1e3, 1), "ratio_vs_hand_eager": round(ms / base, 3),
-                             "check_rel_error": error})
+                rows.append(
+                    {
+                        "model": name,
+                        "size": args.size,
+                        "batch": batch,
+                        "variant": label,
+                        "precision": args.precision,
+                        "latency_ms": round(ms, 4),
+                        "throughput_per_s": round(batch / ms * 1e3, 1),
+                        "ratio_vs_hand_eager": round(ms / base, 3),
+                        "check_rel_error": error,
+                    }
+                )
                 print(f"  {name} b{batch} {label:18s} {ms:9.3f} ms", file=sys.stderr, flush=True)
     finally:
         for session in sessions.values():
@@ -326,11 +345,15 @@ def run_model(name: str, args: argparse.Namespace, device: Device, tdev: torch.d
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | batch | variant | latency ms (median) | items/s | vs hand eager |",
-             "| --- | ---: | --- | ---: | ---: | ---: |"]
+    lines = [
+        "| model | batch | variant | latency ms (median) | items/s | vs hand eager |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} ({r['size']}, {r['precision']}) | {r['batch']} | {r['variant']} | "
-                     f"{r['latency_ms']:.3f} | {r['throughput_per_s']:.1f} | {r['ratio_vs_hand_eager']:.2f} |")
+        lines.append(
+            f"| {r['model']} ({r['size']}, {r['precision']}) | {r['batch']} | {r['variant']} | "
+            f"{r['latency_ms']:.3f} | {r['throughput_per_s']:.1f} | {r['ratio_vs_hand_eager']:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -166,8 +166,15 @@ def run_case(case: Case, *, observe: Callable[[], tuple[str, tuple[str, ...]]] |
     assert isinstance(err, BaseException)
     if isinstance(err, AssertionError):
         status = Status.FAIL
-    return Outcome(case.name, status, reason=classify(err), detail=first_line(err), seconds=seconds,
-                   placement=placement, attempts=attempts)
+    return Outcome(
+        case.name,
+        status,
+        reason=classify(err),
+        detail=first_line(err),
+        seconds=seconds,
+        placement=placement,
+        attempts=attempts,
+    )
 
 
 def first_line(exc: BaseException) -> str:
@@ -185,12 +192,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"Arrays are not equal", "wrong values"),
         (r"Items are not equal.*ACTUAL: \d+", "wrong number of outputs"),
         (r"Could not find an implementation for (\w+)", r"no onnxruntime kernel for \1 (with these types)"),
-        (r"No (?:conversion rule|translator) found for operations?:?\s*([\w.:-]+)",
-         r"openvino: no conversion for \1"),
+        (r"No (?:conversion rule|translator) found for operations?:?\s*([\w.:-]+)", r"openvino: no conversion for \1"),
         (r"OpConversionFailure|conversion failed", "openvino: operator conversion failed"),
         (r"Unsupported model IR version", "IR version newer than the runtime"),
-        (r"opset \d+ is under development|opset.*(?:not supported|unsupported)|onnx ai.onnx opset version",
-         "opset newer than the runtime"),
+        (
+            r"opset \d+ is under development|opset.*(?:not supported|unsupported)|onnx ai.onnx opset version",
+            "opset newer than the runtime",
+        ),
     )
 )
 _NOISE = (
@@ -219,19 +227,38 @@ def classify(exc: BaseException) -> str:
 # so they stay won: a backend that runs and answers wrong (found by checking the first outputs
 # against the ONNX reference), and models of ai.onnx.ml operators only (no default opset).
 WON_BACK: tuple[str, ...] = (
-    "test_ai_onnx_ml_array_feature_extractor_cpu", "test_ai_onnx_ml_binarizer_cpu",
-    "test_ai_onnx_ml_label_encoder_string_int_cpu", "test_ai_onnx_ml_label_encoder_string_int_no_default_cpu",
-    "test_ai_onnx_ml_label_encoder_tensor_mapping_cpu", "test_ai_onnx_ml_label_encoder_tensor_value_only_mapping_cpu",
-    "test_ai_onnx_ml_tree_ensemble_set_membership_cpu", "test_ai_onnx_ml_tree_ensemble_single_tree_cpu",
-    "test_attention_4d_causal_fp16_cpu", "test_attention_4d_with_past_and_present_qk_matmul_bias_3d_mask_causal_cpu",
-    "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal_cpu", "test_dft_axis_cpu",
-    "test_dft_axis_opset19_cpu", "test_dft_cpu", "test_dft_irfft_cpu", "test_dft_irfft_opset19_cpu",
-    "test_dft_opset19_cpu", "test_dft_rfft_cpu", "test_dft_rfft_opset19_cpu", "test_gru_batchwise_cpu",
-    "test_lstm_batchwise_cpu", "test_resize_downsample_scales_cubic_align_corners_cpu",
-    "test_resize_downsample_scales_linear_align_corners_cpu", "test_simple_rnn_batchwise_cpu",
+    "test_ai_onnx_ml_array_feature_extractor_cpu",
+    "test_ai_onnx_ml_binarizer_cpu",
+    "test_ai_onnx_ml_label_encoder_string_int_cpu",
+    "test_ai_onnx_ml_label_encoder_string_int_no_default_cpu",
+    "test_ai_onnx_ml_label_encoder_tensor_mapping_cpu",
+    "test_ai_onnx_ml_label_encoder_tensor_value_only_mapping_cpu",
+    "test_ai_onnx_ml_tree_ensemble_set_membership_cpu",
+    "test_ai_onnx_ml_tree_ensemble_single_tree_cpu",
+    "test_attention_4d_causal_fp16_cpu",
+    "test_attention_4d_with_past_and_present_qk_matmul_bias_3d_mask_causal_cpu",
+    "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal_cpu",
+    "test_dft_axis_cpu",
+    "test_dft_axis_opset19_cpu",
+    "test_dft_cpu",
+    "test_dft_irfft_cpu",
+    "test_dft_irfft_opset19_cpu",
+    "test_dft_opset19_cpu",
+    "test_dft_rfft_cpu",
+    "test_dft_rfft_opset19_cpu",
+    "test_gru_batchwise_cpu",
+    "test_lstm_batchwise_cpu",
+    "test_resize_downsample_scales_cubic_align_corners_cpu",
+    "test_resize_downsample_scales_linear_align_corners_cpu",
+    "test_simple_rnn_batchwise_cpu",
     # sequence and optional values at the model boundary (the model spec was tensor-only)
-    "test_identity_opt_cpu", "test_identity_sequence_cpu", "test_if_seq_cpu", "test_loop13_seq_cpu",
-    "test_sequence_insert_at_back_cpu", "test_sequence_map_add_1_sequence_1_tensor_cpu", "test_split_to_sequence_1_cpu",
+    "test_identity_opt_cpu",
+    "test_identity_sequence_cpu",
+    "test_if_seq_cpu",
+    "test_loop13_seq_cpu",
+    "test_sequence_insert_at_back_cpu",
+    "test_sequence_map_add_1_sequence_1_tensor_cpu",
+    "test_split_to_sequence_1_cpu",
 )
 
 

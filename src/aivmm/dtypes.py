@@ -70,22 +70,40 @@ class DType(enum.Enum):
         try:
             return _FROM_KSERVE[name]
         except KeyError:
-            raise ConfigError(
-                f"unknown datatype {name!r}; expected one of {sorted(_FROM_KSERVE)}"
-            ) from None
+            raise ConfigError(f"unknown datatype {name!r}; expected one of {sorted(_FROM_KSERVE)}") from None
 
 
 _ITEMSIZE = {
-    DType.FLOAT32: 4, DType.FLOAT16: 2, DType.BFLOAT16: 2, DType.FLOAT64: 8,
-    DType.INT8: 1, DType.INT16: 2, DType.INT32: 4, DType.INT64: 8,
-    DType.UINT8: 1, DType.UINT16: 2, DType.UINT32: 4, DType.UINT64: 8,
-    DType.BOOL: 1, DType.STRING: 0,
+    DType.FLOAT32: 4,
+    DType.FLOAT16: 2,
+    DType.BFLOAT16: 2,
+    DType.FLOAT64: 8,
+    DType.INT8: 1,
+    DType.INT16: 2,
+    DType.INT32: 4,
+    DType.INT64: 8,
+    DType.UINT8: 1,
+    DType.UINT16: 2,
+    DType.UINT32: 4,
+    DType.UINT64: 8,
+    DType.BOOL: 1,
+    DType.STRING: 0,
 }
 _KSERVE = {
-    DType.FLOAT32: "FP32", DType.FLOAT16: "FP16", DType.BFLOAT16: "BF16", DType.FLOAT64: "FP64",
-    DType.INT8: "INT8", DType.INT16: "INT16", DType.INT32: "INT32", DType.INT64: "INT64",
-    DType.UINT8: "UINT8", DType.UINT16: "UINT16", DType.UINT32: "UINT32", DType.UINT64: "UINT64",
-    DType.BOOL: "BOOL", DType.STRING: "BYTES",
+    DType.FLOAT32: "FP32",
+    DType.FLOAT16: "FP16",
+    DType.BFLOAT16: "BF16",
+    DType.FLOAT64: "FP64",
+    DType.INT8: "INT8",
+    DType.INT16: "INT16",
+    DType.INT32: "INT32",
+    DType.INT64: "INT64",
+    DType.UINT8: "UINT8",
+    DType.UINT16: "UINT16",
+    DType.UINT32: "UINT32",
+    DType.UINT64: "UINT64",
+    DType.BOOL: "BOOL",
+    DType.STRING: "BYTES",
 }
 _FROM_KSERVE = {v: k for k, v in _KSERVE.items()}
 
@@ -109,6 +127,4 @@ class Precision(enum.Enum):
         try:
             return cls(text.strip().lower())
         except ValueError:
-            raise ConfigError(
-                f"unknown precision {text!r}; expected one of {[p.value for p in cls]}"
-            ) from None
+            raise ConfigError(f"unknown precision {text!r}; expected one of {[p.value for p in cls]}") from None

@@ -190,6 +190,4 @@ class PermissionDeniedError(ServingError, PermissionError):
 
 def missing_extra(module: str, extra: str) -> BackendUnavailableError:
     """The error for an optional dependency that is not installed."""
-    return BackendUnavailableError(
-        f"{module} is not installed: pip install \"aivmm[{extra}]\""
-    )
+    return BackendUnavailableError(f'{module} is not installed: pip install "aivmm[{extra}]"')

@@ -312,8 +312,13 @@ class AivmmBackendRep(onnx.backend.base.BackendRep):
                     raise first
                 tried = "; ".join(f"{a.config}: {a.error}" for a in self._attempts if not a.ok)
                 raise type(first)(f"{first} (every backend for {self.device.id} failed: {tried})") from first
-            log.warning("model %s: %s failed (%s); trying %s", self.path.name, self._attempts[-1].config,
-                        _first_line(cause), remaining[0])
+            log.warning(
+                "model %s: %s failed (%s); trying %s",
+                self.path.name,
+                self._attempts[-1].config,
+                _first_line(cause),
+                remaining[0],
+            )
             try:
                 self._open_auto(remaining[0])
                 return
@@ -355,12 +360,17 @@ class AivmmBackendRep(onnx.backend.base.BackendRep):
             self._tried.add(backend)
         try:
             deployed: DeployedModel = vmm.deploy(
-                self._spec, device=self.device.id, backend=backend, strict=True, name=name,
+                self._spec,
+                device=self.device.id,
+                backend=backend,
+                strict=True,
+                name=name,
                 measure=self.options.measure,
             )
         except AivmmError as exc:
-            self._attempts.append(Attempt(f"{backend or 'planner choice'}@{self.device.id}", False, "load",
-                                          _first_line(exc)))
+            self._attempts.append(
+                Attempt(f"{backend or 'planner choice'}@{self.device.id}", False, "load", _first_line(exc))
+            )
             raise
         chosen = deployed.plan.chosen.config
         self._tried.add(chosen.backend)
@@ -443,8 +453,7 @@ class AivmmBackendRep(onnx.backend.base.BackendRep):
                 self._attempts.append(Attempt(self.config, False, "validate", other))
                 self._close_unless(first[2])
             # No backend agrees with the reference: the planner's choice serves, as before the check.
-            log.warning("model %s: no backend matches the ONNX reference; %s keeps serving", self.path.name,
-                        first[1])
+            log.warning("model %s: no backend matches the ONNX reference; %s keeps serving", self.path.name, first[1])
             self._run_fn, self.config = first[0], first[1]
             self._set_closer(first[2])
             return out

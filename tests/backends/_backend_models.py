@@ -20,9 +20,14 @@ from aivmm.models._spec import ModelFormat, ModelSpec, TensorSpec
 
 OPSET = 17
 _ONNX_DTYPES = {
-    TensorProto.FLOAT: DType.FLOAT32, TensorProto.FLOAT16: DType.FLOAT16, TensorProto.DOUBLE: DType.FLOAT64,
-    TensorProto.INT64: DType.INT64, TensorProto.INT32: DType.INT32, TensorProto.INT8: DType.INT8,
-    TensorProto.UINT8: DType.UINT8, TensorProto.BOOL: DType.BOOL,
+    TensorProto.FLOAT: DType.FLOAT32,
+    TensorProto.FLOAT16: DType.FLOAT16,
+    TensorProto.DOUBLE: DType.FLOAT64,
+    TensorProto.INT64: DType.INT64,
+    TensorProto.INT32: DType.INT32,
+    TensorProto.INT8: DType.INT8,
+    TensorProto.UINT8: DType.UINT8,
+    TensorProto.BOOL: DType.BOOL,
 }
 
 
@@ -39,9 +44,12 @@ def _rng(seed: int = 0) -> np.random.Generator:
 
 def one_op(path: pathlib.Path) -> pathlib.Path:
     """y = relu(x), x: float32[N, 16]: the smallest model, for overhead and contract basics."""
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "one_op",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        "one_op",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+    )
     return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
@@ -58,12 +66,19 @@ def mlp(path: pathlib.Path) -> pathlib.Path:
         helper.make_node("Add", ["h2", "c"], ["out"], name="skip"),
         helper.make_node("ReduceSum", ["out", "axes"], ["aux"], name="sum", keepdims=0),
     ]
-    g = helper.make_graph(nodes, "mlp",
-                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 8]),
-                           helper.make_tensor_value_info("c", TensorProto.FLOAT, ["batch", 12])],
-                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 12]),
-                           helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["batch"])],
-                          initializer=[w1, b1, axes])
+    g = helper.make_graph(
+        nodes,
+        "mlp",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, ["batch", 12]),
+        ],
+        [
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 12]),
+            helper.make_tensor_value_info("aux", TensorProto.FLOAT, ["batch"]),
+        ],
+        initializer=[w1, b1, axes],
+    )
     return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
@@ -74,9 +89,14 @@ def small_cnn(path: pathlib.Path, channels: int = 16, size: int = 32) -> pathlib
     def init(name: str, shape: tuple[int, ...], scale: float) -> onnx.TensorProto:
         return numpy_helper.from_array((r.standard_normal(shape) * scale).astype(np.float32), name)
 
-    inits = [init("w1", (channels, 3, 3, 3), 0.2), init("b1", (channels,), 0.05),
-             init("w2", (channels, channels, 3, 3), 0.1), init("b2", (channels,), 0.05),
-             init("wf", (10, channels), 0.2), init("bf", (10,), 0.05)]
+    inits = [
+        init("w1", (channels, 3, 3, 3), 0.2),
+        init("b1", (channels,), 0.05),
+        init("w2", (channels, channels, 3, 3), 0.1),
+        init("b2", (channels,), 0.05),
+        init("wf", (10, channels), 0.2),
+        init("bf", (10,), 0.05),
+    ]
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
@@ -86,10 +106,13 @@ def small_cnn(path: pathlib.Path, channels: int = 16, size: int = 32) -> pathlib
         helper.make_node("Flatten", ["p"], ["f"], name="flat"),
         helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="fc", transB=1),
     ]
-    g = helper.make_graph(nodes, "small_cnn",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-                          initializer=inits)
+    g = helper.make_graph(
+        nodes,
+        "small_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        initializer=inits,
+    )
     return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
@@ -97,23 +120,33 @@ def int_ops(path: pathlib.Path) -> pathlib.Path:
     """Integer and static-shape input: idx int64[2, 3] -> idx * 3 + 1 (checks dtype plumbing)."""
     three = numpy_helper.from_array(np.array(3, dtype=np.int64), "three")
     one = numpy_helper.from_array(np.array(1, dtype=np.int64), "one")
-    g = helper.make_graph([helper.make_node("Mul", ["idx", "three"], ["m"], name="mul"),
-                           helper.make_node("Add", ["m", "one"], ["res"], name="add")], "int_ops",
-                          [helper.make_tensor_value_info("idx", TensorProto.INT64, [2, 3])],
-                          [helper.make_tensor_value_info("res", TensorProto.INT64, [2, 3])],
-                          initializer=[three, one])
+    g = helper.make_graph(
+        [
+            helper.make_node("Mul", ["idx", "three"], ["m"], name="mul"),
+            helper.make_node("Add", ["m", "one"], ["res"], name="add"),
+        ],
+        "int_ops",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, [2, 3])],
+        [helper.make_tensor_value_info("res", TensorProto.INT64, [2, 3])],
+        initializer=[three, one],
+    )
     return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
 def custom_op(path: pathlib.Path) -> pathlib.Path:
     """A model no runtime can run: an operator of an unknown domain."""
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["h"], name="relu"),
-                           helper.make_node("FancyOp", ["h"], ["y"], name="fancy", domain="com.example.aivmm")],
-                          "custom_op",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET),
-                                                helper.make_opsetid("com.example.aivmm", 1)])
+    g = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["h"], name="relu"),
+            helper.make_node("FancyOp", ["h"], ["y"], name="fancy", domain="com.example.aivmm"),
+        ],
+        "custom_op",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.example.aivmm", 1)]
+    )
     model.ir_version = 8
     onnx.save(model, str(path))  # the checker would refuse the unknown domain; that is the point
     return path
@@ -123,16 +156,26 @@ def qdq(path: pathlib.Path) -> pathlib.Path:
     """A pre-quantised (QDQ) model: int8 configurations need quantised operators."""
     scale = numpy_helper.from_array(np.array(0.05, dtype=np.float32), "s")
     zero = numpy_helper.from_array(np.array(0, dtype=np.int8), "z")
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="quant"),
-             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dequant"),
-             helper.make_node("Relu", ["dq"], ["y"], name="relu")]
-    g = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], initializer=[scale, zero])
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="quant"),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dequant"),
+        helper.make_node("Relu", ["dq"], ["y"], name="relu"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        initializer=[scale, zero],
+    )
     return _save(helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
 BUILDERS: dict[str, Callable[[pathlib.Path], pathlib.Path]] = {
-    "one_op": one_op, "mlp": mlp, "small_cnn": small_cnn, "int_ops": int_ops,
+    "one_op": one_op,
+    "mlp": mlp,
+    "small_cnn": small_cnn,
+    "int_ops": int_ops,
 }
 
 
@@ -159,13 +202,18 @@ def graph_spec(path: pathlib.Path) -> ModelSpec:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
     data = path.read_bytes()
     return ModelSpec(
-        name=path.stem, format=ModelFormat.ONNX,
-        inputs=_tensor_specs(list(model.graph.input), inits), outputs=_tensor_specs(list(model.graph.output), set()),
+        name=path.stem,
+        format=ModelFormat.ONNX,
+        inputs=_tensor_specs(list(model.graph.input), inits),
+        outputs=_tensor_specs(list(model.graph.output), set()),
         parameters=sum(int(np.prod(t.dims)) for t in model.graph.initializer),
         parameter_bytes=sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer),
-        operators=ops, opsets={o.domain or "ai.onnx": o.version for o in model.opset_import},
+        operators=ops,
+        opsets={o.domain or "ai.onnx": o.version for o in model.opset_import},
         quantized_operators=tuple(sorted(set(ops) & _QUANT_OPS)),
-        source=str(path), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data),
+        source=str(path),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
     )
 
 
@@ -211,8 +259,9 @@ def host_cpu() -> Device:
     features = {"fp32"} | (flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16"})
     if features & {"avx512_bf16", "amx_bf16"}:
         features.add("bf16")
-    mem = {k.strip(): v for k, _, v in (ln.partition(":") for ln in pathlib.Path("/proc/meminfo").read_text()
-                                          .splitlines())}
+    mem = {
+        k.strip(): v for k, _, v in (ln.partition(":") for ln in pathlib.Path("/proc/meminfo").read_text().splitlines())
+    }
     total = int(mem["MemTotal"].split()[0]) * 1024
     free = int(mem["MemAvailable"].split()[0]) * 1024
     return Device("cpu:0", DeviceKind.CPU, Vendor.INTEL, "host cpu", total, free, features=frozenset(features))

@@ -83,8 +83,11 @@ def reference(model_id: str, spec: ModelSpec, feeds: dict[str, np.ndarray]) -> d
 
 def offered(case, spec: ModelSpec) -> list[Precision]:
     backend = registry.get(case.backend)
-    return [p for p in (Precision.FP32, Precision.FP16, Precision.BF16)
-            if backend.check(spec, case.device, Config(case.backend, case.device.id, p))]
+    return [
+        p
+        for p in (Precision.FP32, Precision.FP16, Precision.BF16)
+        if backend.check(spec, case.device, Config(case.backend, case.device.id, p))
+    ]
 
 
 def assert_close(got: dict, ref: dict, precision: Precision, where: str) -> None:
@@ -97,8 +100,13 @@ def assert_close(got: dict, ref: dict, precision: Precision, where: str) -> None
             np.testing.assert_array_equal(actual, expected, err_msg=f"{where}: {name}")
             continue
         scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
-        np.testing.assert_allclose(actual.astype(np.float64), expected.astype(np.float64), rtol=rtol,
-                                   atol=atol * scale, err_msg=f"{where}: {name} at {precision.value}")
+        np.testing.assert_allclose(
+            actual.astype(np.float64),
+            expected.astype(np.float64),
+            rtol=rtol,
+            atol=atol * scale,
+            err_msg=f"{where}: {name} at {precision.value}",
+        )
 
 
 @pytest.mark.parametrize("model_id", MODELS)
@@ -106,8 +114,9 @@ def test_outputs_match_onnxruntime_cpu_fp32(case, model_id, resolve):
     spec, feeds = resolve(model_id)
     ref = reference(model_id, spec, feeds)
     precisions = offered(case, spec)
-    assert Precision.FP32 in precisions or case.device.kind is DeviceKind.NPU, \
+    assert Precision.FP32 in precisions or case.device.kind is DeviceKind.NPU, (
         f"{case.id} offers no fp32 for {model_id}: {precisions}"
+    )
     backend = registry.get(case.backend)
     for precision in precisions:
         with backend.load(spec, case.device, Config(case.backend, case.device.id, precision)) as session:

@@ -48,12 +48,15 @@ def test_pinned_staging_round_trip_matches(cpu, specs):
 def _cuda_device() -> Device:
     torch = _torch()
     props = torch.cuda.get_device_properties(0)
-    return Device("nvidia:0", DeviceKind.GPU, Vendor.NVIDIA, props.name, props.total_memory,
-                  props.total_memory // 2, index=0)
+    return Device(
+        "nvidia:0", DeviceKind.GPU, Vendor.NVIDIA, props.name, props.total_memory, props.total_memory // 2, index=0
+    )
 
 
-@pytest.mark.skipif("CUDAExecutionProvider" not in onnxruntime.get_available_providers(),
-                    reason="needs onnxruntime-gpu (CUDAExecutionProvider)")
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in onnxruntime.get_available_providers(),
+    reason="needs onnxruntime-gpu (CUDAExecutionProvider)",
+)
 def test_cuda_session_binds_device_tensors_without_copy(specs):
     torch = _torch()
     spec = specs["mlp"]

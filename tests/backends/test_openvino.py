@@ -20,18 +20,22 @@ pytest.importorskip("openvino")
 OV = registry.get("openvino")
 
 
-def device(dev_id: str, kind: DeviceKind, vendor: Vendor = Vendor.INTEL, index: int = 0,
-           features: frozenset[str] = frozenset()) -> Device:
+def device(
+    dev_id: str, kind: DeviceKind, vendor: Vendor = Vendor.INTEL, index: int = 0, features: frozenset[str] = frozenset()
+) -> Device:
     return Device(dev_id, kind, vendor, dev_id, 16 << 30, 16 << 30, index=index, features=features)
 
 
-@pytest.mark.parametrize(("dev", "name"), [
-    (device("cpu:0", DeviceKind.CPU, Vendor.AMD), "CPU"),
-    (device("intel-gpu:1", DeviceKind.GPU, index=1), "GPU.1"),
-    (device("intel-npu:0", DeviceKind.NPU), "NPU"),
-    (device("nvidia:0", DeviceKind.GPU, Vendor.NVIDIA), None),
-    (device("amd:0", DeviceKind.GPU, Vendor.AMD), None),
-])
+@pytest.mark.parametrize(
+    ("dev", "name"),
+    [
+        (device("cpu:0", DeviceKind.CPU, Vendor.AMD), "CPU"),
+        (device("intel-gpu:1", DeviceKind.GPU, index=1), "GPU.1"),
+        (device("intel-npu:0", DeviceKind.NPU), "NPU"),
+        (device("nvidia:0", DeviceKind.GPU, Vendor.NVIDIA), None),
+        (device("amd:0", DeviceKind.GPU, Vendor.AMD), None),
+    ],
+)
 def test_devices_map_to_openvino_names(dev, name):
     assert _openvino_devices.device_name(dev) == name
 
@@ -110,8 +114,7 @@ def test_auto_and_hetero_targets():
     gpu1 = device("intel-gpu:1", DeviceKind.GPU, index=1)
     assert _openvino_devices.target(cpu, {}) == ("CPU", ("CPU",))
     assert _openvino_devices.target(gpu1, {"device_mode": "AUTO"}) == ("AUTO:GPU.1,CPU", ("GPU.1", "CPU"))
-    assert _openvino_devices.target(gpu1, {"device_mode": "hetero:GPU.1,CPU"}) == ("HETERO:GPU.1,CPU",
-                                                                                   ("GPU.1", "CPU"))
+    assert _openvino_devices.target(gpu1, {"device_mode": "hetero:GPU.1,CPU"}) == ("HETERO:GPU.1,CPU", ("GPU.1", "CPU"))
     assert _openvino_devices.target(cpu, {"device_mode": "AUTO"}) == ("AUTO:CPU", ("CPU",))
     with pytest.raises(ConfigError, match=r"does not include GPU\.1"):
         _openvino_devices.target(gpu1, {"device_mode": "HETERO:CPU"})
@@ -133,12 +136,15 @@ def test_auto_and_hetero_run_and_report(cpu, specs, mode):
         np.testing.assert_array_equal(got[name], expected[name])
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"streams": 2}, "unknown openvino option"),
-    ({"performance_hint": "FAST"}, "performance_hint"),
-    ({"num_streams": 0}, "num_streams"),
-    ({"device_mode": "MULTI"}, "device_mode"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"streams": 2}, "unknown openvino option"),
+        ({"performance_hint": "FAST"}, "performance_hint"),
+        ({"num_streams": 0}, "num_streams"),
+        ({"device_mode": "MULTI"}, "device_mode"),
+    ],
+)
 def test_bad_options_are_refused(cpu, specs, options, message):
     config = Config("openvino", cpu.id, options=options)
     assert not OV.check(specs["one_op"], cpu, config)
@@ -183,8 +189,12 @@ def test_devices_from_discovery_examples_get_openvino_names_and_precisions():
     from aivmm.devices import discover
 
     examples = pathlib.Path(__file__).parents[2] / "src/aivmm/devices/examples"
-    found = {d.id: d.with_(simulated=False) for p in sorted(examples.glob("*.json"))
-             for d in discover(simulate=str(p)) if d.simulated}
+    found = {
+        d.id: d.with_(simulated=False)
+        for p in sorted(examples.glob("*.json"))
+        for d in discover(simulate=str(p))
+        if d.simulated
+    }
     assert _openvino_devices.device_name(found["intel-gpu:0"]) == "GPU.0"
     assert _openvino_devices.device_name(found["intel-npu:0"]) == "NPU"
     assert _openvino_devices.device_name(found["nvidia:0"]) is None

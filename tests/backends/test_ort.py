@@ -26,14 +26,17 @@ def gpu(vendor: Vendor, index: int = 0, kind: DeviceKind = DeviceKind.GPU, prefi
     return Device(f"{prefix}:{index}", kind, vendor, f"{vendor.value} accelerator", 80 << 30, 80 << 30, index=index)
 
 
-@pytest.mark.parametrize(("device", "expected"), [
-    (gpu(Vendor.NVIDIA), ["cuda", "tensorrt"]),
-    (gpu(Vendor.AMD), ["migraphx", "rocm"]),
-    (gpu(Vendor.INTEL, prefix="intel-gpu"), ["openvino"]),
-    (gpu(Vendor.INTEL, kind=DeviceKind.NPU, prefix="intel-npu"), ["openvino"]),
-    (gpu(Vendor.APPLE), ["coreml"]),
-    (gpu(Vendor.OTHER), []),
-])
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        (gpu(Vendor.NVIDIA), ["cuda", "tensorrt"]),
+        (gpu(Vendor.AMD), ["migraphx", "rocm"]),
+        (gpu(Vendor.INTEL, prefix="intel-gpu"), ["openvino"]),
+        (gpu(Vendor.INTEL, kind=DeviceKind.NPU, prefix="intel-npu"), ["openvino"]),
+        (gpu(Vendor.APPLE), ["coreml"]),
+        (gpu(Vendor.OTHER), []),
+    ],
+)
 def test_devices_map_to_execution_providers(device, expected):
     assert [c.short for c in _ort_providers.choices_for(device)] == expected
 
@@ -58,11 +61,13 @@ def test_provider_options_follow_device_index_and_precision(tmp_path):
     trt = _ort_providers.provider_options(_ort_providers.TENSORRT, nvidia3, Precision.FP16, {}, tmp_path)
     assert (trt["device_id"], trt["trt_fp16_enable"], trt["trt_int8_enable"]) == ("3", "1", "0")
     assert trt["trt_engine_cache_path"].startswith(str(tmp_path))
-    intel = _ort_providers.provider_options(_ort_providers.OPENVINO, gpu(Vendor.INTEL, 1, prefix="intel-gpu"),
-                                            Precision.FP16, {}, tmp_path)
+    intel = _ort_providers.provider_options(
+        _ort_providers.OPENVINO, gpu(Vendor.INTEL, 1, prefix="intel-gpu"), Precision.FP16, {}, tmp_path
+    )
     assert (intel["device_type"], intel["precision"]) == ("GPU.1", "FP16")
-    npu = _ort_providers.provider_options(_ort_providers.OPENVINO, gpu(Vendor.INTEL, kind=DeviceKind.NPU),
-                                          Precision.FP16, {}, tmp_path)
+    npu = _ort_providers.provider_options(
+        _ort_providers.OPENVINO, gpu(Vendor.INTEL, kind=DeviceKind.NPU), Precision.FP16, {}, tmp_path
+    )
     assert npu["device_type"] == "NPU"
 
 
@@ -75,8 +80,12 @@ def test_asking_for_an_ep_that_cannot_drive_the_device(cpu, specs):
 
 
 def test_session_options_threads_spinning_and_optimisation(cpu, specs):
-    options = {"intra_op_threads": 1, "inter_op_threads": 1, "allow_spinning": False,
-               "graph_optimization_level": "basic"}
+    options = {
+        "intra_op_threads": 1,
+        "inter_op_threads": 1,
+        "allow_spinning": False,
+        "graph_optimization_level": "basic",
+    }
     with ORT.load(specs["mlp"], cpu, Config("onnxruntime", cpu.id, options=options)) as session:
         so = session._sess.get_session_options()
         assert so.intra_op_num_threads == 1 and so.inter_op_num_threads == 1
@@ -94,12 +103,15 @@ def test_physical_cores_prefers_the_device_figure(cpu):
     assert 1 <= _ort_providers.physical_cores() <= (len(__import__("os").sched_getaffinity(0)))
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"threads": 2}, "unknown onnxruntime option"),
-    ({"intra_op_threads": 0}, "positive int"),
-    ({"graph_optimization_level": "max"}, "graph_optimization_level"),
-    ({"execution_provider": "quantum"}, "unknown execution_provider"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"threads": 2}, "unknown onnxruntime option"),
+        ({"intra_op_threads": 0}, "positive int"),
+        ({"graph_optimization_level": "max"}, "graph_optimization_level"),
+        ({"execution_provider": "quantum"}, "unknown execution_provider"),
+    ],
+)
 def test_bad_options_are_refused(cpu, specs, options, message):
     config = Config("onnxruntime", cpu.id, options=options)
     assert not ORT.check(specs["one_op"], cpu, config)
@@ -116,23 +128,43 @@ def test_cpu_precisions_are_fp32_and_prequantised_int8(cpu, specs):
 
 
 def _model(nodes, opset: int, extra_opsets=(), functions=()) -> onnx.ModelProto:
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset), *extra_opsets],
-                             functions=list(functions))
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
+    return helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", opset), *extra_opsets], functions=list(functions)
+    )
 
 
 def test_operators_are_read_through_subgraphs_and_functions():
-    then = helper.make_graph([helper.make_node("Sinh", ["x"], ["t"])], "then", [],
-                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 4])])
-    other = helper.make_graph([helper.make_node("Cosh", ["x"], ["e"])], "else", [],
-                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 4])])
-    fn = helper.make_function("local.fns", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])],
-                              [helper.make_opsetid("", 17)])
-    model = _model([helper.make_node("Constant", [], ["c"], value=helper.make_tensor("v", TensorProto.BOOL, [], [1])),
-                    helper.make_node("If", ["c"], ["h"], then_branch=then, else_branch=other),
-                    helper.make_node("Twice", ["h"], ["y"], domain="local.fns")],
-                   17, [helper.make_opsetid("local.fns", 1)], [fn])
+    then = helper.make_graph(
+        [helper.make_node("Sinh", ["x"], ["t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2, 4])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Cosh", ["x"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2, 4])],
+    )
+    fn = helper.make_function(
+        "local.fns", "Twice", ["a"], ["b"], [helper.make_node("Add", ["a", "a"], ["b"])], [helper.make_opsetid("", 17)]
+    )
+    model = _model(
+        [
+            helper.make_node("Constant", [], ["c"], value=helper.make_tensor("v", TensorProto.BOOL, [], [1])),
+            helper.make_node("If", ["c"], ["h"], then_branch=then, else_branch=other),
+            helper.make_node("Twice", ["h"], ["y"], domain="local.fns"),
+        ],
+        17,
+        [helper.make_opsetid("local.fns", 1)],
+        [fn],
+    )
     ops = _ort_ops.model_operators(model)
     assert {("", "Sinh", 17), ("", "Cosh", 17), ("", "If", 17), ("", "Add", 17)} <= ops
     assert not any(op == "Twice" for _, op, _ in ops)
@@ -147,8 +179,11 @@ def test_operator_newer_than_the_model_opset_is_reported():
 
 
 def test_contrib_operators_are_known():
-    model = _model([helper.make_node("FastGelu", ["x"], ["y"], domain="com.microsoft")], 17,
-                   [helper.make_opsetid("com.microsoft", 1)])
+    model = _model(
+        [helper.make_node("FastGelu", ["x"], ["y"], domain="com.microsoft")],
+        17,
+        [helper.make_opsetid("com.microsoft", 1)],
+    )
     assert _ort_ops.unsupported(_ort_ops.model_operators(model)) == []
 
 
@@ -158,8 +193,9 @@ def test_nodes_placed_on_another_ep_are_reported(model_dir):
     so = onnxruntime.SessionOptions()
     so.log_severity_level = 3
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
-    sess = onnxruntime.InferenceSession(str(model_dir / "mlp.onnx"), so,
-                                        providers=["AzureExecutionProvider", "CPUExecutionProvider"])
+    sess = onnxruntime.InferenceSession(
+        str(model_dir / "mlp.onnx"), so, providers=["AzureExecutionProvider", "CPUExecutionProvider"]
+    )
     fallback = _fallback_nodes(sess, "AzureExecutionProvider")
     assert fallback and all(f.endswith("-> CPU") for f in fallback)
     assert any("(Relu)" in f for f in fallback)
@@ -187,8 +223,10 @@ def test_io_binding_on_cpu_matches_and_binds_torch_memory(cpu, specs):
     torch = pytest.importorskip("torch")
     spec = specs["mlp"]
     feeds = random_inputs(spec, batch=3)
-    with ORT.load(spec, cpu, Config("onnxruntime", cpu.id)) as plain, \
-            ORT.load(spec, cpu, Config("onnxruntime", cpu.id, options={"io_binding": True})) as bound:
+    with (
+        ORT.load(spec, cpu, Config("onnxruntime", cpu.id)) as plain,
+        ORT.load(spec, cpu, Config("onnxruntime", cpu.id, options={"io_binding": True})) as bound,
+    ):
         expected = plain.run(validate_feeds(spec, feeds))
         got = bound.run(validate_feeds(spec, {k: torch.from_numpy(v) for k, v in feeds.items()}))
         native = bound.run(validate_feeds(spec, feeds), output="native")
@@ -200,8 +238,10 @@ def test_io_binding_on_cpu_matches_and_binds_torch_memory(cpu, specs):
 
 def test_runtime_failure_is_an_execution_error(cpu, specs):
     spec = specs["int_ops"]
-    with ORT.load(spec, cpu, Config("onnxruntime", cpu.id)) as session, \
-            pytest.raises(ExecutionError, match="onnxruntime failed running 'int_ops'"):
+    with (
+        ORT.load(spec, cpu, Config("onnxruntime", cpu.id)) as session,
+        pytest.raises(ExecutionError, match="onnxruntime failed running 'int_ops'"),
+    ):
         session.run({"idx": np.zeros((5, 5), np.int64)})  # bypasses validate_feeds on purpose
 
 
@@ -239,8 +279,9 @@ def test_fallback_nodes_from_a_real_profile(model_dir, tmp_path, specs):
     so.log_severity_level = 3
     so.enable_profiling = True
     so.profile_file_prefix = str(tmp_path / "profile")
-    sess = onnxruntime.InferenceSession(str(model_dir / "mlp.onnx"), so,
-                                        providers=["AzureExecutionProvider", "CPUExecutionProvider"])
+    sess = onnxruntime.InferenceSession(
+        str(model_dir / "mlp.onnx"), so, providers=["AzureExecutionProvider", "CPUExecutionProvider"]
+    )
     sess.run(None, validate_feeds(specs["mlp"], random_inputs(specs["mlp"])))
     path = sess.end_profiling()
     fallback = _fallback_from_profile(path, "AzureExecutionProvider")
@@ -265,8 +306,12 @@ def _example_devices() -> list[Device]:
 def test_devices_from_discovery_examples_map_and_explain(cpu):
     devices = {d.id: d for d in _example_devices()}
     assert {"nvidia:0", "amd:0", "intel-gpu:0", "intel-npu:0"} <= set(devices)
-    expected = {"nvidia:0": ["cuda", "tensorrt"], "amd:0": ["migraphx", "rocm"], "intel-gpu:0": ["openvino"],
-                "intel-npu:0": ["openvino"]}
+    expected = {
+        "nvidia:0": ["cuda", "tensorrt"],
+        "amd:0": ["migraphx", "rocm"],
+        "intel-gpu:0": ["openvino"],
+        "intel-npu:0": ["openvino"],
+    }
     available = set(onnxruntime.get_available_providers())
     for dev_id, shorts in expected.items():
         choices = _ort_providers.choices_for(devices[dev_id])

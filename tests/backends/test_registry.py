@@ -17,7 +17,7 @@ from aivmm.backends import Backend, BackendInfo, Config, Support, registry
 from aivmm.devices import Device, DeviceKind, Vendor
 from aivmm.errors import BackendUnavailableError, ConfigError
 
-PLUGIN = textwrap.dedent('''
+PLUGIN = textwrap.dedent("""
     from aivmm.backends import Backend, BackendInfo, Support
     from aivmm.models import ModelFormat
 
@@ -37,7 +37,7 @@ PLUGIN = textwrap.dedent('''
 
         def _load(self, model, device, config):
             raise NotImplementedError
-''')
+""")
 
 
 def install_dist(root: pathlib.Path, dist: str, entry_points: dict[str, str], module: str | None = None) -> None:
@@ -148,7 +148,7 @@ def test_register_refuses_bad_targets_and_builtin_removal():
 # A third-party runtime as a vendor would ship it: onnx's reference evaluator behind the Backend
 # interface, for a simulated accelerator (hardware these machines lack). It describes itself only
 # through its BackendInfo; nothing in aivmm names it.
-ACME = textwrap.dedent('''
+ACME = textwrap.dedent("""
     import logging
 
     import numpy as np
@@ -194,7 +194,7 @@ ACME = textwrap.dedent('''
 
         def _load(self, model, device, config):
             return AcmeSession(model, device, config)
-''')
+""")
 
 
 @pytest.fixture
@@ -209,9 +209,18 @@ def acme(plugin_path, monkeypatch):
 def _accelerator() -> Device:
     # Simulated: the stock 'simulated' backend (ONNX Runtime underneath) spends 3 ms a call on it,
     # so the plugin, which adds no device time, is the fastest runtime for it.
-    return Device(id="acme:0", kind=DeviceKind.NPU, vendor=Vendor.OTHER, name="acme accelerator",
-                  memory_total_bytes=2**30, memory_free_bytes=2**30, runtimes=("acme", "simulated"),
-                  properties={"simulated_latency_ms": 3.0}, simulated=True, source="simulated")
+    return Device(
+        id="acme:0",
+        kind=DeviceKind.NPU,
+        vendor=Vendor.OTHER,
+        name="acme accelerator",
+        memory_total_bytes=2**30,
+        memory_free_bytes=2**30,
+        runtimes=("acme", "simulated"),
+        properties={"simulated_latency_ms": 3.0},
+        simulated=True,
+        source="simulated",
+    )
 
 
 def test_entry_point_backend_is_planned_measured_chosen_and_cached(acme, caplog):
@@ -237,8 +246,11 @@ def test_entry_point_backend_is_planned_measured_chosen_and_cached(acme, caplog)
         assert chosen.measurement.p50_ms < min(c.measurement.p50_ms for c in others)
         feeds = _models.random_inputs(first.spec, batch=2)
         got = first.execute(feeds)
-        want = registry.get("onnxruntime").load(first.spec, _models.host_cpu(),
-                                                Config("onnxruntime", _models.host_cpu().id)).run(feeds)
+        want = (
+            registry.get("onnxruntime")
+            .load(first.spec, _models.host_cpu(), Config("onnxruntime", _models.host_cpu().id))
+            .run(feeds)
+        )
         for name in want:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
 

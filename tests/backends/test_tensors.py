@@ -14,12 +14,17 @@ from aivmm.errors import ConfigError, InputError
 from aivmm.models._spec import ModelFormat, ModelSpec, TensorSpec
 
 SPEC = ModelSpec(
-    name="two_in", format=ModelFormat.ONNX,
+    name="two_in",
+    format=ModelFormat.ONNX,
     inputs=(TensorSpec("ids", DType.INT64, ("batch", 4)), TensorSpec("img", DType.FLOAT32, ("batch", 3, 8, 8))),
     outputs=(TensorSpec("y", DType.FLOAT32, ("batch", 10)),),
 )
-ONE = ModelSpec(name="one_in", format=ModelFormat.ONNX, inputs=(TensorSpec("x", DType.FLOAT32, (None, 16)),),
-                outputs=(TensorSpec("y", DType.FLOAT32, (None, 16)),))
+ONE = ModelSpec(
+    name="one_in",
+    format=ModelFormat.ONNX,
+    inputs=(TensorSpec("x", DType.FLOAT32, (None, 16)),),
+    outputs=(TensorSpec("y", DType.FLOAT32, (None, 16)),),
+)
 
 
 def good() -> dict[str, np.ndarray]:
@@ -43,14 +48,17 @@ def test_single_array_for_a_two_input_model_names_the_inputs():
         tensors.validate_feeds(SPEC, np.zeros((2, 4), np.int64))
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda f: f.update(extra=f.pop("img")), r"unknown input\(s\) \['extra'\]; missing input\(s\) \['img'\]"),
-    (lambda f: f.pop("ids"), r"missing input\(s\) \['ids'\]"),
-    (lambda f: f.update(ids=f["ids"].astype(np.int32)), r"'ids'.*dtype int32, expected int64"),
-    (lambda f: f.update(img=f["img"][0]), r"'img'.*rank 3.*expected rank 4"),
-    (lambda f: f.update(img=np.zeros((2, 3, 8, 9), np.float32)), r"'img'.*dimension 3 is 9, expected 8"),
-    (lambda f: f.update(img=np.zeros((5, 3, 8, 8), np.float32)), r"dimension 'batch' is 2 in input 'ids' but 5"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.update(extra=f.pop("img")), r"unknown input\(s\) \['extra'\]; missing input\(s\) \['img'\]"),
+        (lambda f: f.pop("ids"), r"missing input\(s\) \['ids'\]"),
+        (lambda f: f.update(ids=f["ids"].astype(np.int32)), r"'ids'.*dtype int32, expected int64"),
+        (lambda f: f.update(img=f["img"][0]), r"'img'.*rank 3.*expected rank 4"),
+        (lambda f: f.update(img=np.zeros((2, 3, 8, 9), np.float32)), r"'img'.*dimension 3 is 9, expected 8"),
+        (lambda f: f.update(img=np.zeros((5, 3, 8, 8), np.float32)), r"dimension 'batch' is 2 in input 'ids' but 5"),
+    ],
+)
 def test_bad_feeds_raise_with_the_signature(change, message):
     feeds = good()
     change(feeds)
@@ -130,9 +138,11 @@ def test_unknown_output_kind_and_missing_framework():
 
 
 def test_interop_imports_no_framework():
-    code = ("import sys, numpy as np; from aivmm.backends import tensors; from aivmm.models._spec import *; "
-            "tensors.framework_of(np.zeros(1)); tensors.to_numpy(np.zeros(1)); "
-            "print([m for m in ('torch', 'cupy', 'jax') if m in sys.modules])")
+    code = (
+        "import sys, numpy as np; from aivmm.backends import tensors; from aivmm.models._spec import *; "
+        "tensors.framework_of(np.zeros(1)); tensors.to_numpy(np.zeros(1)); "
+        "print([m for m in ('torch', 'cupy', 'jax') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -181,11 +191,11 @@ def test_cuda_tensor_to_numpy_copies_to_host():
         tensors.host_view(t)
 
 
-
 def test_a_symbol_repeated_in_one_input_must_have_one_size():
     # found by the property test: the one-input fast path once skipped this check
-    spec = ModelSpec(name="square", format=ModelFormat.ONNX,
-                     inputs=(TensorSpec("x", DType.FLOAT32, (1, "n", "n")),), outputs=())
+    spec = ModelSpec(
+        name="square", format=ModelFormat.ONNX, inputs=(TensorSpec("x", DType.FLOAT32, (1, "n", "n")),), outputs=()
+    )
     ok = np.zeros((1, 3, 3), np.float32)
     assert tensors.validate_feeds(spec, ok)["x"] is ok
     for bad in (np.zeros((1, 1, 2), np.float32), {"x": np.zeros((1, 2, 3), np.float32)}):

@@ -31,8 +31,15 @@ from aivmm.models._spec import ModelFormat, ModelSpec, TensorSpec  # noqa: E402
 OPSET = 18
 
 
-def _save(path: pathlib.Path, nodes: list, inputs: list, outputs: list, inits: list = (), opset: int = OPSET,
-          extra_opsets: tuple = ()) -> pathlib.Path:
+def _save(
+    path: pathlib.Path,
+    nodes: list,
+    inputs: list,
+    outputs: list,
+    inits: list = (),
+    opset: int = OPSET,
+    extra_opsets: tuple = (),
+) -> pathlib.Path:
     graph = helper.make_graph(nodes, path.stem, inputs, outputs, list(inits))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), *extra_opsets])
     model.ir_version = 8
@@ -70,16 +77,23 @@ def conv_model(tmp_path_factory) -> pathlib.Path:
         helper.make_node("GlobalAveragePool", ["rc"], ["g"]),
         helper.make_node("Flatten", ["g"], ["y"]),
     ]
-    return _save(tmp_path_factory.mktemp("torch") / "conv.onnx", nodes,
-                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    return _save(
+        tmp_path_factory.mktemp("torch") / "conv.onnx",
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        inits,
+    )
 
 
 @pytest.fixture(scope="module")
 def identity_model(tmp_path_factory) -> pathlib.Path:
-    return _save(tmp_path_factory.mktemp("torch") / "identity.onnx", [helper.make_node("Identity", ["x"], ["y"])],
-                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    return _save(
+        tmp_path_factory.mktemp("torch") / "identity.onnx",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
 
 
 def _ort(spec: ModelSpec, feeds: dict) -> dict:
@@ -90,6 +104,7 @@ def _ort(spec: ModelSpec, feeds: dict) -> dict:
 
 # -- devices ------------------------------------------------------------------------------------
 
+
 def _gpu(vendor: Vendor, prefix: str) -> Device:
     return Device(f"{prefix}:0", DeviceKind.GPU, vendor, f"{vendor.value} gpu", 8 << 30, 8 << 30)
 
@@ -99,10 +114,15 @@ def test_cpu_is_always_driven(backend, cpu):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
-@pytest.mark.parametrize(("vendor", "prefix", "needle"), [
-    (Vendor.NVIDIA, "nvidia", "CUDA"), (Vendor.AMD, "amd", "ROCm"), (Vendor.INTEL, "intel-gpu", "XPU"),
-    (Vendor.APPLE, "apple", "MPS"),
-])
+@pytest.mark.parametrize(
+    ("vendor", "prefix", "needle"),
+    [
+        (Vendor.NVIDIA, "nvidia", "CUDA"),
+        (Vendor.AMD, "amd", "ROCm"),
+        (Vendor.INTEL, "intel-gpu", "XPU"),
+        (Vendor.APPLE, "apple", "MPS"),
+    ],
+)
 def test_gpu_without_torch_support_is_refused_by_name(backend, conv_model, vendor, prefix, needle):
     device = _gpu(vendor, prefix)
     support = backend.drives(device)
@@ -127,8 +147,8 @@ def test_info_lists_the_planner_options(backend):
 
 # -- precisions and outputs ---------------------------------------------------------------------
 
-@pytest.mark.parametrize(("precision", "tol"), [(Precision.FP32, 1e-5), (Precision.FP16, 2e-2),
-                                                (Precision.BF16, 6e-2)])
+
+@pytest.mark.parametrize(("precision", "tol"), [(Precision.FP32, 1e-5), (Precision.FP16, 2e-2), (Precision.BF16, 6e-2)])
 def test_precisions_match_onnxruntime_and_cast_back(backend, cpu, conv_model, precision, tol):
     spec = spec_of(conv_model)
     x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
@@ -159,6 +179,7 @@ def test_channels_last_gives_the_same_answer(backend, cpu, conv_model):
 
 
 # -- inputs: no copies, DLPack, bad input ----------------------------------------------------------
+
 
 def test_tensor_already_on_the_device_is_not_copied(backend, cpu, identity_model):
     spec = spec_of(identity_model)
@@ -209,18 +230,24 @@ def test_wrong_rank_names_the_input(backend, cpu, conv_model):
 
 
 def test_unknown_output_kind_is_a_config_error(backend, cpu, identity_model):
-    with backend.load(spec_of(identity_model), cpu, Config("torch", cpu.id)) as session, \
-            pytest.raises(ConfigError, match="cupy"):
+    with (
+        backend.load(spec_of(identity_model), cpu, Config("torch", cpu.id)) as session,
+        pytest.raises(ConfigError, match="cupy"),
+    ):
         session.run({"x": np.zeros((1, 4), np.float32)}, output="cupy")
 
 
 # -- options ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("options", "needle"), [
-    ({"fast": True}, "unknown torch option 'fast'"),
-    ({"compile": "turbo"}, "compile='turbo'"),
-    ({"cuda_graphs": True}, "cuda_graphs needs a CUDA or ROCm GPU"),
-])
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"fast": True}, "unknown torch option 'fast'"),
+        ({"compile": "turbo"}, "compile='turbo'"),
+        ({"cuda_graphs": True}, "cuda_graphs needs a CUDA or ROCm GPU"),
+    ],
+)
 def test_bad_options_are_refused(backend, cpu, conv_model, options, needle):
     config = Config("torch", cpu.id, options=options)
     support = backend.check(spec_of(conv_model), cpu, config)
@@ -231,11 +258,15 @@ def test_bad_options_are_refused(backend, cpu, conv_model, options, needle):
 
 # -- refusals: before loading, naming operator, domain and opset ---------------------------------
 
+
 def test_unknown_operator_is_refused_with_domain_and_opset(backend, cpu, tmp_path):
-    path = _save(tmp_path / "custom.onnx", [helper.make_node("Warp", ["x"], ["y"], domain="com.example")],
-                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
-                 extra_opsets=(helper.make_opsetid("com.example", 3),))
+    path = _save(
+        tmp_path / "custom.onnx",
+        [helper.make_node("Warp", ["x"], ["y"], domain="com.example")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        extra_opsets=(helper.make_opsetid("com.example", 3),),
+    )
     spec = _plain_spec(path)
     support = backend.check(spec, cpu, Config("torch", cpu.id))
     assert not support
@@ -247,10 +278,14 @@ def test_unknown_operator_is_refused_with_domain_and_opset(backend, cpu, tmp_pat
 def test_known_mismatch_is_refused_not_answered(backend, cpu, tmp_path):
     # Antialiased Resize: the filter footprint depends on the scale; the lowering does not follow it.
     scales = numpy_helper.from_array(np.array([1, 1, 0.5, 0.5], np.float32), "scales")
-    path = _save(tmp_path / "aa.onnx", [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear",
-                                                         antialias=1)],
-                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])], [scales], opset=19)
+    path = _save(
+        tmp_path / "aa.onnx",
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear", antialias=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [scales],
+        opset=19,
+    )
     spec = _plain_spec(path)
     support = backend.check(spec, cpu, Config("torch", cpu.id))
     assert not support and any("antialias" in r and "Resize" in r for r in support.reasons)
@@ -261,8 +296,13 @@ def test_known_mismatch_is_refused_not_answered(backend, cpu, tmp_path):
 def test_unreadable_file_is_a_model_load_error(backend, cpu, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a protobuf at all")
-    spec = ModelSpec("bad", ModelFormat.ONNX, (TensorSpec("x", DType.FLOAT32, (1,)),),
-                     (TensorSpec("y", DType.FLOAT32, (1,)),), source=str(bad))
+    spec = ModelSpec(
+        "bad",
+        ModelFormat.ONNX,
+        (TensorSpec("x", DType.FLOAT32, (1,)),),
+        (TensorSpec("y", DType.FLOAT32, (1,)),),
+        source=str(bad),
+    )
     assert not backend.check(spec, cpu, Config("torch", cpu.id))
     with pytest.raises(ModelLoadError, match=r"bad\.onnx"):
         backend.load(spec, cpu, Config("torch", cpu.id))
@@ -272,14 +312,16 @@ def _plain_spec(path: pathlib.Path) -> ModelSpec:
     model = onnx.load(str(path))
 
     def specs(values):
-        return tuple(TensorSpec(v.name, DType.FLOAT32, tuple(d.dim_value or d.dim_param for d in
-                                                              v.type.tensor_type.shape.dim)) for v in values)
+        return tuple(
+            TensorSpec(v.name, DType.FLOAT32, tuple(d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim))
+            for v in values
+        )
 
-    return ModelSpec(path.stem, ModelFormat.ONNX, specs(model.graph.input), specs(model.graph.output),
-                     source=str(path))
+    return ModelSpec(path.stem, ModelFormat.ONNX, specs(model.graph.input), specs(model.graph.output), source=str(path))
 
 
 # -- native torch models ------------------------------------------------------------------------
+
 
 class _TwoHeads(torch.nn.Module):
     def __init__(self) -> None:
@@ -324,16 +366,25 @@ def test_native_module_needs_a_module(backend, cpu):
 
 # -- the lowering's guarantees ------------------------------------------------------------------
 
+
 def test_weights_are_buffers_and_shape_constants_stay_on_the_host(conv_model, tmp_path):
     shape = numpy_helper.from_array(np.array([0, -1], np.int64), "shape")
     w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
-    path = _save(tmp_path / "reshape.onnx", [helper.make_node("MatMul", ["x", "w"], ["m"]),
-                                             helper.make_node("Shape", ["m"], ["s"]),
-                                             helper.make_node("Reshape", ["m", "shape"], ["y"]),
-                                             helper.make_node("Reshape", ["m", "s"], ["z"])],
-                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]),
-                  helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2, 3])], [shape, w])
+    path = _save(
+        tmp_path / "reshape.onnx",
+        [
+            helper.make_node("MatMul", ["x", "w"], ["m"]),
+            helper.make_node("Shape", ["m"], ["s"]),
+            helper.make_node("Reshape", ["m", "shape"], ["y"]),
+            helper.make_node("Reshape", ["m", "s"], ["z"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 2, 3]),
+        ],
+        [shape, w],
+    )
     gm = lower(onnx.load(str(path)))
     buffers = dict(gm.named_buffers())
     assert any(t.shape == (4, 3) for t in buffers.values())  # the weight moves with .to()
@@ -347,25 +398,42 @@ def test_weights_are_buffers_and_shape_constants_stay_on_the_host(conv_model, tm
 def test_subgraph_reads_outer_run_time_values(tmp_path):
     # Loop body reads 'step' (computed at run time in the outer graph) and 'bias' (an outer initializer).
     body = helper.make_graph(
-        [helper.make_node("Add", ["acc_in", "step"], ["acc_mid"]),
-         helper.make_node("Add", ["acc_mid", "bias"], ["acc_out"]),
-         helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Identity", ["acc_out"], ["scan"])],
+        [
+            helper.make_node("Add", ["acc_in", "step"], ["acc_mid"]),
+            helper.make_node("Add", ["acc_mid", "bias"], ["acc_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["acc_out"], ["scan"]),
+        ],
         "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2]),
-         helper.make_tensor_value_info("scan", TensorProto.FLOAT, [2])])
-    inits = [numpy_helper.from_array(np.array(3, np.int64), "trip"), numpy_helper.from_array(np.array(True), "cond"),
-             numpy_helper.from_array(np.array([0.5, 0.5], np.float32), "bias")]
-    path = _save(tmp_path / "loop.onnx",
-                 [helper.make_node("Mul", ["x", "x"], ["step"]),
-                  helper.make_node("Loop", ["trip", "cond", "x"], ["final", "history"], body=body)],
-                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                 [helper.make_tensor_value_info("final", TensorProto.FLOAT, [2]),
-                  helper.make_tensor_value_info("history", TensorProto.FLOAT, [3, 2])], inits)
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("scan", TensorProto.FLOAT, [2]),
+        ],
+    )
+    inits = [
+        numpy_helper.from_array(np.array(3, np.int64), "trip"),
+        numpy_helper.from_array(np.array(True), "cond"),
+        numpy_helper.from_array(np.array([0.5, 0.5], np.float32), "bias"),
+    ]
+    path = _save(
+        tmp_path / "loop.onnx",
+        [
+            helper.make_node("Mul", ["x", "x"], ["step"]),
+            helper.make_node("Loop", ["trip", "cond", "x"], ["final", "history"], body=body),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [
+            helper.make_tensor_value_info("final", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("history", TensorProto.FLOAT, [3, 2]),
+        ],
+        inits,
+    )
     assert refusals(onnx.load(str(path))) == []
     gm = lower(onnx.load(str(path)))
     x = torch.tensor([1.0, 2.0])
@@ -379,8 +447,13 @@ def test_lowering_failure_names_the_node(tmp_path):
     # Reshape to an impossible shape: caught while folding constants, reported with the node.
     data = numpy_helper.from_array(np.ones(6, np.float32), "data")
     shape = numpy_helper.from_array(np.array([4, 4], np.int64), "shape")
-    path = _save(tmp_path / "bad_reshape.onnx", [helper.make_node("Reshape", ["data", "shape"], ["y"], name="r1")],
-                 [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])], [data, shape])
+    path = _save(
+        tmp_path / "bad_reshape.onnx",
+        [helper.make_node("Reshape", ["data", "shape"], ["y"], name="r1")],
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        [data, shape],
+    )
     with pytest.raises(LoweringError, match="Reshape 'r1'"):
         lower(onnx.load(str(path)))
 
@@ -390,8 +463,13 @@ def test_rnn_with_too_few_activations_is_refused_by_name(tmp_path):
     w = numpy_helper.from_array(np.ones((1, 8, 3), np.float32), "w")
     r = numpy_helper.from_array(np.ones((1, 8, 2), np.float32), "r")
     lstm = helper.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=2, activations=["Sigmoid", "Tanh"])
-    path = _save(tmp_path / "lstm.onnx", [lstm], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1, 3])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, r])
+    path = _save(
+        tmp_path / "lstm.onnx",
+        [lstm],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w, r],
+    )
     with pytest.raises(LoweringError, match="2 activations given; LSTM with direction 'forward' needs 3"):
         lower(onnx.load(str(path)))
 
@@ -406,13 +484,18 @@ def test_constants_live_where_their_consumers_run(tmp_path):
     # Shape result is shape arithmetic: it must stay on the host (not a buffer), so reshapes never sync.
     idx = numpy_helper.from_array(np.array([2, 0], np.int64), "idx")
     tail = numpy_helper.from_array(np.array([-1], np.int64), "tail")
-    path = _save(tmp_path / "where.onnx",
-                 [helper.make_node("Gather", ["x", "idx"], ["g"], axis=1),
-                  helper.make_node("Shape", ["g"], ["s"], end=1),
-                  helper.make_node("Concat", ["s", "tail"], ["shape"], axis=0),
-                  helper.make_node("Reshape", ["g", "shape"], ["y"])],
-                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [idx, tail])
+    path = _save(
+        tmp_path / "where.onnx",
+        [
+            helper.make_node("Gather", ["x", "idx"], ["g"], axis=1),
+            helper.make_node("Shape", ["g"], ["s"], end=1),
+            helper.make_node("Concat", ["s", "tail"], ["shape"], axis=0),
+            helper.make_node("Reshape", ["g", "shape"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [idx, tail],
+    )
     gm = lower(onnx.load(str(path)))
     buffers = [t.tolist() for t in gm.buffers() if t.dtype == torch.int64]
     assert [2, 0] in buffers and [-1] not in buffers
@@ -446,8 +529,8 @@ def test_channels_last_is_refused_without_convolutions(backend, cpu, identity_mo
 
 # -- device mapping on builds this machine lacks (a stand-in torch module with the attributes torch has) --
 
-def _fake_torch(*, cuda: str | None = None, hip: str | None = None, gpus: int = 0, xpus: int = 0,
-                mps: bool = False):
+
+def _fake_torch(*, cuda: str | None = None, hip: str | None = None, gpus: int = 0, xpus: int = 0, mps: bool = False):
     from types import SimpleNamespace
 
     return SimpleNamespace(
@@ -460,24 +543,30 @@ def _fake_torch(*, cuda: str | None = None, hip: str | None = None, gpus: int = 
     )
 
 
-@pytest.mark.parametrize(("fake", "device", "expected"), [
-    (dict(cuda="13.0", gpus=2), _gpu(Vendor.NVIDIA, "nvidia").with_(id="nvidia:1", index=1), "cuda:1"),
-    (dict(hip="6.2", gpus=2), _gpu(Vendor.AMD, "amd").with_(id="amd:1", index=1), "cuda:1"),
-    (dict(xpus=1), _gpu(Vendor.INTEL, "intel-gpu"), "xpu:0"),
-    (dict(mps=True), _gpu(Vendor.APPLE, "apple"), "mps"),
-])
+@pytest.mark.parametrize(
+    ("fake", "device", "expected"),
+    [
+        (dict(cuda="13.0", gpus=2), _gpu(Vendor.NVIDIA, "nvidia").with_(id="nvidia:1", index=1), "cuda:1"),
+        (dict(hip="6.2", gpus=2), _gpu(Vendor.AMD, "amd").with_(id="amd:1", index=1), "cuda:1"),
+        (dict(xpus=1), _gpu(Vendor.INTEL, "intel-gpu"), "xpu:0"),
+        (dict(mps=True), _gpu(Vendor.APPLE, "apple"), "mps"),
+    ],
+)
 def test_device_strings_for_each_vendor(fake, device, expected):
     from aivmm.backends.torch._devices import torch_device
 
     assert str(torch_device(_fake_torch(**fake), device)) == expected
 
 
-@pytest.mark.parametrize(("fake", "device", "needle"), [
-    (dict(hip="6.2", gpus=1), _gpu(Vendor.NVIDIA, "nvidia"), "no CUDA support"),  # a ROCm build, NVIDIA GPU
-    (dict(cuda="13.0", gpus=1), _gpu(Vendor.AMD, "amd"), "no ROCm (HIP) support"),
-    (dict(cuda="13.0", gpus=1), _gpu(Vendor.NVIDIA, "nvidia").with_(id="nvidia:3", index=3), "sees only 1 GPU"),
-    (dict(cuda="13.0", gpus=0), _gpu(Vendor.NVIDIA, "nvidia"), "is_available() is False"),
-])
+@pytest.mark.parametrize(
+    ("fake", "device", "needle"),
+    [
+        (dict(hip="6.2", gpus=1), _gpu(Vendor.NVIDIA, "nvidia"), "no CUDA support"),  # a ROCm build, NVIDIA GPU
+        (dict(cuda="13.0", gpus=1), _gpu(Vendor.AMD, "amd"), "no ROCm (HIP) support"),
+        (dict(cuda="13.0", gpus=1), _gpu(Vendor.NVIDIA, "nvidia").with_(id="nvidia:3", index=3), "sees only 1 GPU"),
+        (dict(cuda="13.0", gpus=0), _gpu(Vendor.NVIDIA, "nvidia"), "is_available() is False"),
+    ],
+)
 def test_device_refusals_name_the_missing_piece(fake, device, needle):
     from aivmm.backends.torch._devices import torch_device
 
@@ -486,10 +575,15 @@ def test_device_refusals_name_the_missing_piece(fake, device, needle):
 
 
 def test_inputs_are_passed_by_name_whatever_the_signature_order(backend, cpu, tmp_path):
-    path = _save(tmp_path / "sub.onnx", [helper.make_node("Sub", ["a", "b"], ["y"])],
-                 [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2]),
-                  helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    path = _save(
+        tmp_path / "sub.onnx",
+        [helper.make_node("Sub", ["a", "b"], ["y"])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     spec = _plain_spec(path)
     reordered = ModelSpec(spec.name, spec.format, tuple(reversed(spec.inputs)), spec.outputs, source=spec.source)
     a, b = np.array([5.0, 7.0], np.float32), np.array([1.0, 2.0], np.float32)
@@ -502,9 +596,17 @@ def test_inputs_are_passed_by_name_whatever_the_signature_order(backend, cpu, tm
 
 # -- GPU candidates, TF32, compile caches, capture-safe lowering (checked here without a GPU) -----
 
+
 def _cuda_device(**props) -> Device:
-    return Device("nvidia:0", DeviceKind.GPU, Vendor.NVIDIA, "NVIDIA H200", 141 << 30, 140 << 30,
-                  properties={"compute_capability": "9.0", "driver_version": "580.159.04", **props})
+    return Device(
+        "nvidia:0",
+        DeviceKind.GPU,
+        Vendor.NVIDIA,
+        "NVIDIA H200",
+        141 << 30,
+        140 << 30,
+        properties={"compute_capability": "9.0", "driver_version": "580.159.04", **props},
+    )
 
 
 def test_gpu_candidates_cover_graphs_compile_layout_and_tf32(backend, conv_model, identity_model):
@@ -517,8 +619,9 @@ def test_gpu_candidates_cover_graphs_compile_layout_and_tf32(backend, conv_model
         assert {**runner, "channels_last": True} in bf16 and runner in bf16
         assert {**runner, "tf32": True} in fp32 and {**runner, "channels_last": True, "tf32": True} in fp32
     assert not any("tf32" in o for o in bf16)
-    assert not any("channels_last" in o for o in backend.candidate_options(spec_of(identity_model), gpu,
-                                                                            Precision.FP16))
+    assert not any(
+        "channels_last" in o for o in backend.candidate_options(spec_of(identity_model), gpu, Precision.FP16)
+    )
 
 
 def test_cpu_candidates_are_the_option_product_without_gpu_modes(backend, cpu, conv_model):
@@ -562,17 +665,25 @@ def test_embedding_tables_and_position_ids_move_to_the_device(tmp_path):
     table = numpy_helper.from_array(r.standard_normal((512, 8)).astype(np.float32), "table")
     one = numpy_helper.from_array(np.array([1], np.int64), "one")
     zero = numpy_helper.from_array(np.array([0], np.int64), "zero")
-    path = _save(tmp_path / "emb.onnx",
-                 [helper.make_node("Shape", ["x"], ["s"], start=1, end=2),
-                  helper.make_node("Slice", ["pos", "zero", "s", "one"], ["ids"]),
-                  helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
-                  helper.make_node("ConstantOfShape", ["s"], ["ones"],
-                                   value=numpy_helper.from_array(np.array([1], np.int64))),
-                  helper.make_node("Add", ["x", "e"], ["y"]),
-                  helper.make_node("Identity", ["ones"], ["n"])],
-                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 8])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 8]),
-                  helper.make_tensor_value_info("n", TensorProto.INT64, ["S"])], [pos, table, one, zero])
+    path = _save(
+        tmp_path / "emb.onnx",
+        [
+            helper.make_node("Shape", ["x"], ["s"], start=1, end=2),
+            helper.make_node("Slice", ["pos", "zero", "s", "one"], ["ids"]),
+            helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+            helper.make_node(
+                "ConstantOfShape", ["s"], ["ones"], value=numpy_helper.from_array(np.array([1], np.int64))
+            ),
+            helper.make_node("Add", ["x", "e"], ["y"]),
+            helper.make_node("Identity", ["ones"], ["n"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 8])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 8]),
+            helper.make_tensor_value_info("n", TensorProto.INT64, ["S"]),
+        ],
+        [pos, table, one, zero],
+    )
     gm = lower(onnx.load(str(path)))
     buffers = {tuple(t.shape) for t in gm.buffers()}
     assert (1, 512) in buffers and (512, 8) in buffers
@@ -587,12 +698,20 @@ def test_embedding_tables_and_position_ids_move_to_the_device(tmp_path):
 def test_shared_zero_biases_behind_identity_still_fuse_to_linear(tmp_path):
     w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
     b = numpy_helper.from_array(np.zeros(4, np.float32), "b")
-    path = _save(tmp_path / "shared.onnx",
-                 [helper.make_node("Identity", ["b"], ["b1"]), helper.make_node("Identity", ["b"], ["b2"]),
-                  helper.make_node("MatMul", ["x", "w"], ["m1"]), helper.make_node("Add", ["b1", "m1"], ["h"]),
-                  helper.make_node("MatMul", ["h", "w"], ["m2"]), helper.make_node("Add", ["m2", "b2"], ["y"])],
-                 [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w, b])
+    path = _save(
+        tmp_path / "shared.onnx",
+        [
+            helper.make_node("Identity", ["b"], ["b1"]),
+            helper.make_node("Identity", ["b"], ["b2"]),
+            helper.make_node("MatMul", ["x", "w"], ["m1"]),
+            helper.make_node("Add", ["b1", "m1"], ["h"]),
+            helper.make_node("MatMul", ["h", "w"], ["m2"]),
+            helper.make_node("Add", ["m2", "b2"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [w, b],
+    )
     gm = lower(onnx.load(str(path)))
     assert gm.fused.get("Linear") == 2
     x = torch.randn(3, 4)

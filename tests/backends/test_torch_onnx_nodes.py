@@ -57,10 +57,7 @@ def cases() -> dict[str, Any]:
         warnings.simplefilter("ignore")
         collected = collect_testcases()
     ours = set(supported())
-    return {
-        c.name: c for c in collected
-        if c.kind == "node" and _tensor_io(c.model) and _ops_of(c.model.graph) <= ours
-    }
+    return {c.name: c for c in collected if c.kind == "node" and _tensor_io(c.model) and _ops_of(c.model.graph) <= ours}
 
 
 def _as_array(value: Any) -> np.ndarray:
@@ -113,8 +110,9 @@ def run_case(case: Any) -> str:
                 if want.dtype.name == "bfloat16":
                     rtol = max(rtol, BFLOAT16_RTOL)
                 atol = max(case.atol, LOOSER_ATOL.get(case.name, 0.0))
-                np.testing.assert_allclose(got_np.astype(np.float64), want.astype(np.float64), rtol=rtol,
-                                           atol=atol, err_msg=f"output {i}")
+                np.testing.assert_allclose(
+                    got_np.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol, err_msg=f"output {i}"
+                )
             else:
                 np.testing.assert_array_equal(got_np, want, err_msg=f"output {i}")
     return "pass"

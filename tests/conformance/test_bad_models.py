@@ -127,7 +127,9 @@ CLI_CASES = [  # each costs a fresh interpreter importing torch: a few, one per 
 
 
 @pytest.mark.parametrize(("command", "name", "says"), CLI_CASES)
-def test_cli_exits_with_one_error_line(command: str, name: str, says: str, corpus: dict[str, _bad_models.Mutant]) -> None:
+def test_cli_exits_with_one_error_line(
+    command: str, name: str, says: str, corpus: dict[str, _bad_models.Mutant]
+) -> None:
     argv = [sys.executable, "-m", "aivmm", command, str(corpus[name].path)]
     if command == "run":
         argv.append("--random")

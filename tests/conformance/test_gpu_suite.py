@@ -17,11 +17,22 @@ from aivmm.onnx_backend import AivmmBackend, with_backend
 # A spread of operator families a GPU backend must get right (elementwise, reductions, matmul, conv,
 # normalisation, indexing, shape ops, activations).
 CASES = [
-    "test_abs_cuda", "test_add_bcast_cuda", "test_relu_cuda", "test_sigmoid_cuda", "test_matmul_2d_cuda",
-    "test_gemm_default_no_bias_cuda", "test_conv_with_strides_padding_cuda", "test_maxpool_2d_default_cuda",
-    "test_reduce_mean_default_axes_keepdims_example_cuda", "test_softmax_axis_1_cuda", "test_gather_0_cuda",
-    "test_transpose_default_cuda", "test_reshape_reordered_all_dims_cuda", "test_concat_2d_axis_0_cuda",
-    "test_batchnorm_example_cuda", "test_layer_normalization_2d_axis0_cuda",
+    "test_abs_cuda",
+    "test_add_bcast_cuda",
+    "test_relu_cuda",
+    "test_sigmoid_cuda",
+    "test_matmul_2d_cuda",
+    "test_gemm_default_no_bias_cuda",
+    "test_conv_with_strides_padding_cuda",
+    "test_maxpool_2d_default_cuda",
+    "test_reduce_mean_default_axes_keepdims_example_cuda",
+    "test_softmax_axis_1_cuda",
+    "test_gather_0_cuda",
+    "test_transpose_default_cuda",
+    "test_reshape_reordered_all_dims_cuda",
+    "test_concat_2d_axis_0_cuda",
+    "test_batchnorm_example_cuda",
+    "test_layer_normalization_2d_axis0_cuda",
 ]
 
 
@@ -58,7 +69,8 @@ def _matmul_model():  # type: ignore[no-untyped-def]
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["y"])], "mm",
+        [helper.make_node("MatMul", ["a", "b"], ["y"])],
+        "mm",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [64, 64]) for n in "ab"],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])],
     )

@@ -36,8 +36,15 @@ B = np.ones((2, 3), np.float32)
 # (no "gpu" in a parameter: conftest skips every test whose keywords mention it)
 @pytest.mark.parametrize("device", ["CPU", "cpu:0", "CPU:0", "CUDA", "CUDA:3", "intel-npu:1", "nvidia:2"])
 def test_device_strings_map_to_aivmm_ids(device: str) -> None:
-    expected = {"CPU": "cpu:0", "cpu:0": "cpu:0", "CPU:0": "cpu:0", "CUDA": "nvidia:0", "CUDA:3": "nvidia:3",
-                "intel-npu:1": "intel-npu:1", "nvidia:2": "nvidia:2"}[device]
+    expected = {
+        "CPU": "cpu:0",
+        "cpu:0": "cpu:0",
+        "CPU:0": "cpu:0",
+        "CUDA": "nvidia:0",
+        "CUDA:3": "nvidia:3",
+        "intel-npu:1": "intel-npu:1",
+        "nvidia:2": "nvidia:2",
+    }[device]
     assert device_id(device) == expected
 
 
@@ -143,17 +150,24 @@ def _conv_integer_with_padding() -> tuple[onnx.ModelProto, list[np.ndarray], np.
 
     node = helper.make_node("ConvInteger", ["x", "w", "x_zero_point", "w_zero_point"], ["y"], pads=[1, 1, 1, 1])
     graph = helper.make_graph(
-        [node], "convinteger",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 1, 3, 3]),
-         helper.make_tensor_value_info("w", TensorProto.UINT8, [2, 1, 2, 2]),
-         helper.make_tensor_value_info("x_zero_point", TensorProto.UINT8, []),
-         helper.make_tensor_value_info("w_zero_point", TensorProto.UINT8, [2])],  # per output channel
+        [node],
+        "convinteger",
+        [
+            helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 1, 3, 3]),
+            helper.make_tensor_value_info("w", TensorProto.UINT8, [2, 1, 2, 2]),
+            helper.make_tensor_value_info("x_zero_point", TensorProto.UINT8, []),
+            helper.make_tensor_value_info("w_zero_point", TensorProto.UINT8, [2]),
+        ],  # per output channel
         [helper.make_tensor_value_info("y", TensorProto.INT32, [1, 2, 4, 4])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 10)])
     model.ir_version = 8
-    inputs = [np.arange(2, 11, dtype=np.uint8).reshape(1, 1, 3, 3), np.ones((2, 1, 2, 2), np.uint8),
-              np.array(1, np.uint8), np.array([0, 1], np.uint8)]
+    inputs = [
+        np.arange(2, 11, dtype=np.uint8).reshape(1, 1, 3, 3),
+        np.ones((2, 1, 2, 2), np.uint8),
+        np.array(1, np.uint8),
+        np.array([0, 1], np.uint8),
+    ]
     (expected,) = ReferenceEvaluator(model).run(None, dict(zip(("x", "w", "x_zero_point", "w_zero_point"), inputs)))
     return model, inputs, expected
 
@@ -199,12 +213,16 @@ def _resize_align_corners() -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
     run it and answer differently from the spec. Expected output from onnx's reference evaluator."""
     from onnx.reference import ReferenceEvaluator
 
-    node = helper.make_node("Resize", ["X", "", "scales"], ["Y"], mode="linear",
-                            coordinate_transformation_mode="align_corners")
+    node = helper.make_node(
+        "Resize", ["X", "", "scales"], ["Y"], mode="linear", coordinate_transformation_mode="align_corners"
+    )
     scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, 0.6, 0.6])
     graph = helper.make_graph(
-        [node], "resize", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 2, 4])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1, 1, 2])], initializer=[scales],
+        [node],
+        "resize",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 2, 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 1, 1, 2])],
+        initializer=[scales],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
     x = np.arange(1, 9, dtype=np.float32).reshape(1, 1, 2, 4)

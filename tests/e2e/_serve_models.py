@@ -24,7 +24,8 @@ def scale(path: pathlib.Path, k: float) -> pathlib.Path:
     from onnx import TensorProto, helper, numpy_helper
 
     g = helper.make_graph(
-        [helper.make_node("Mul", ["x", "k"], ["y"])], "scale",
+        [helper.make_node("Mul", ["x", "k"], ["y"])],
+        "scale",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
         [numpy_helper.from_array(np.array(k, np.float32), "k")],
@@ -37,14 +38,22 @@ def mixed(path: pathlib.Path) -> pathlib.Path:
     from onnx import TensorProto, helper, numpy_helper
 
     g = helper.make_graph(
-        [helper.make_node("Add", ["h", "h"], ["h2"]), helper.make_node("Not", ["b"], ["nb"]),
-         helper.make_node("Mul", ["i", "three"], ["i2"])], "mixed",
-        [helper.make_tensor_value_info("h", TensorProto.FLOAT16, ["N", 2]),
-         helper.make_tensor_value_info("b", TensorProto.BOOL, ["N", 2]),
-         helper.make_tensor_value_info("i", TensorProto.INT64, ["N", 2])],
-        [helper.make_tensor_value_info("h2", TensorProto.FLOAT16, ["N", 2]),
-         helper.make_tensor_value_info("nb", TensorProto.BOOL, ["N", 2]),
-         helper.make_tensor_value_info("i2", TensorProto.INT64, ["N", 2])],
+        [
+            helper.make_node("Add", ["h", "h"], ["h2"]),
+            helper.make_node("Not", ["b"], ["nb"]),
+            helper.make_node("Mul", ["i", "three"], ["i2"]),
+        ],
+        "mixed",
+        [
+            helper.make_tensor_value_info("h", TensorProto.FLOAT16, ["N", 2]),
+            helper.make_tensor_value_info("b", TensorProto.BOOL, ["N", 2]),
+            helper.make_tensor_value_info("i", TensorProto.INT64, ["N", 2]),
+        ],
+        [
+            helper.make_tensor_value_info("h2", TensorProto.FLOAT16, ["N", 2]),
+            helper.make_tensor_value_info("nb", TensorProto.BOOL, ["N", 2]),
+            helper.make_tensor_value_info("i2", TensorProto.INT64, ["N", 2]),
+        ],
         [numpy_helper.from_array(np.array(3, np.int64), "three")],
     )
     return _save(g, path)
@@ -63,7 +72,8 @@ def heavy(path: pathlib.Path, layers: int = 32, width: int = 256) -> pathlib.Pat
         nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [out]))
         prev = out
     g = helper.make_graph(
-        nodes, "heavy",
+        nodes,
+        "heavy",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
         inits,

@@ -53,8 +53,7 @@ class RunningServer:
 
 @contextlib.contextmanager
 def running_server(args: list[str], log: pathlib.Path, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
-    cmd = [sys.executable, "-m", "aivmm", "serve", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-           *args]
+    cmd = [sys.executable, "-m", "aivmm", "serve", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args]
     with log.open("wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **(env or {})})
     server = None

@@ -29,8 +29,19 @@ AUTH_GRPC = {"authorization": f"Bearer {TOKEN}"}
 @pytest.fixture(scope="module")
 def server(model_repository: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     log = tmp_path_factory.mktemp("log") / "server.err"
-    args = ["--model-repository", str(model_repository), "--token", TOKEN, "--no-measure",
-            "--max-inflight", "4", "--body-timeout-s", "2", "--request-timeout-s", "30"]
+    args = [
+        "--model-repository",
+        str(model_repository),
+        "--token",
+        TOKEN,
+        "--no-measure",
+        "--max-inflight",
+        "4",
+        "--body-timeout-s",
+        "2",
+        "--request-timeout-s",
+        "30",
+    ]
     with running_server(args, log) as s:
         yield s
         assert s.proc.poll() is None, s.stderr()
@@ -46,8 +57,9 @@ def gc(server: RunningServer) -> Any:
     return tritongrpc.InferenceServerClient(server.grpc)
 
 
-def raw(server: RunningServer, method: str, path: str, body: bytes | None = None,
-        headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any] | bytes]:
+def raw(
+    server: RunningServer, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any] | bytes]:
     conn = http.client.HTTPConnection(*server.http.split(":"), timeout=30)
     try:
         conn.request(method, path, body=body, headers=headers or {})
@@ -139,8 +151,11 @@ def _mixed_inputs(mod: Any, binary: bool = True) -> list[Any]:
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_fp16_bool_int64_over_http(hc: Any, binary: bool) -> None:
-    res = hc.infer("mixed", _mixed_inputs(tritonhttp, binary),
-                   outputs=[tritonhttp.InferRequestedOutput(n, binary_data=binary) for n in ("h2", "nb", "i2")])
+    res = hc.infer(
+        "mixed",
+        _mixed_inputs(tritonhttp, binary),
+        outputs=[tritonhttp.InferRequestedOutput(n, binary_data=binary) for n in ("h2", "nb", "i2")],
+    )
     assert res.as_numpy("h2").dtype == np.float16 and res.as_numpy("h2").tolist() == [[3.0, -4.0]]
     assert res.as_numpy("nb").tolist() == [[False, True]]
     assert res.as_numpy("i2").tolist() == [[21, -27]]
@@ -210,21 +225,38 @@ def _binary_body(header: dict[str, Any], payload: bytes) -> tuple[bytes, dict[st
 
 BAD_REQUESTS = [
     ("malformed JSON", b'{"inputs": [', {}, 400, "not valid JSON"),
-    ("wrong datatype string", json.dumps({"inputs": [{"name": "x", "datatype": "FLOAT32", "shape": [1, 4],
-                                                      "data": [1, 2, 3, 4]}]}).encode(), {}, 400, "unknown datatype"),
-    ("data length vs shape", json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4],
-                                                     "data": [1, 2, 3]}]}).encode(), {}, 400, "3 data elements"),
+    (
+        "wrong datatype string",
+        json.dumps({"inputs": [{"name": "x", "datatype": "FLOAT32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}).encode(),
+        {},
+        400,
+        "unknown datatype",
+    ),
+    (
+        "data length vs shape",
+        json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [1, 2, 3]}]}).encode(),
+        {},
+        400,
+        "3 data elements",
+    ),
     ("JSON array", b"[]", {}, 400, "JSON object"),
-    ("binary header lies", *_binary_body({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
-                                                      "parameters": {"binary_data_size": 64}}]}, b"\0" * 16),
-     400, "runs past the end"),
+    (
+        "binary header lies",
+        *_binary_body(
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 64}}]},
+            b"\0" * 16,
+        ),
+        400,
+        "runs past the end",
+    ),
     ("header length lies", b'{"inputs": []}', {"Inference-Header-Content-Length": "9999"}, 400, "body has 14 bytes"),
     ("bad encoding", b"{}", {"Content-Encoding": "br"}, 415, "Content-Encoding"),
 ]
 
 
-@pytest.mark.parametrize(("what", "body", "headers", "status", "message"), BAD_REQUESTS,
-                         ids=[r[0] for r in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("what", "body", "headers", "status", "message"), BAD_REQUESTS, ids=[r[0] for r in BAD_REQUESTS]
+)
 def test_malformed_requests_get_4xx_with_a_message(
     server: RunningServer, what: str, body: bytes, headers: dict[str, str], status: int, message: str
 ) -> None:
@@ -233,12 +265,15 @@ def test_malformed_requests_get_4xx_with_a_message(
     assert_healthy(server)
 
 
-@pytest.mark.parametrize(("path", "status", "message"), [
-    ("/v2/models/ghost/infer", 404, "unknown model"),
-    ("/v2/models/double/versions/7/infer", 404, "no loaded version 7"),
-    ("/v2/models/double/versions/abc/infer", 404, "not a positive integer"),
-    ("/v2/models/..%2F..%2Fetc/infer", 404, "no route"),  # decoded path: never reaches a model lookup
-])
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("/v2/models/ghost/infer", 404, "unknown model"),
+        ("/v2/models/double/versions/7/infer", 404, "no loaded version 7"),
+        ("/v2/models/double/versions/abc/infer", 404, "not a positive integer"),
+        ("/v2/models/..%2F..%2Fetc/infer", 404, "no route"),  # decoded path: never reaches a model lookup
+    ],
+)
 def test_unknown_models_and_versions(server: RunningServer, path: str, status: int, message: str) -> None:
     body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
     code, answer = raw(server, "POST", path, body.encode())
@@ -253,8 +288,9 @@ def test_method_and_route_errors(server: RunningServer) -> None:
 def test_gzip_body(server: RunningServer) -> None:
     import gzip
 
-    body = gzip.compress(json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4],
-                                                 "data": [1, 2, 3, 4]}]}).encode())
+    body = gzip.compress(
+        json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}).encode()
+    )
     code, answer = raw(server, "POST", "/v2/models/flat/infer", body, {"Content-Encoding": "gzip"})
     assert code == 200 and answer["outputs"][0]["data"] == [5.0, 10.0, 15.0, 20.0]
 
@@ -270,8 +306,14 @@ def _read_status(sock: socket.socket) -> tuple[int, bytes]:
     while True:
         head, sep, body = data.partition(b"\r\n\r\n")
         if sep:
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                           if line.lower().startswith(b"content-length:")), 0)
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
             if len(body) >= length:
                 break
         chunk = sock.recv(65536)
@@ -307,7 +349,7 @@ def test_100mb_chunked_body_is_cut_off(server: RunningServer) -> None:
 
 def test_slow_client_gets_408_and_others_are_served(server: RunningServer, hc: Any) -> None:
     with _socket(server) as s:
-        s.sendall(b"POST /v2/models/flat/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"inp")
+        s.sendall(b'POST /v2/models/flat/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"inp')
         inp = tritonhttp.InferInput("x", [2, 4], "FP32")
         inp.set_data_from_numpy(X)
         assert hc.infer("flat", [inp]).as_numpy("y") is not None  # the stalled client blocks nobody
@@ -522,10 +564,19 @@ def test_metrics_and_status(server: RunningServer) -> None:
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
-    for name in ("aivmm_requests_total", "aivmm_request_duration_seconds_bucket", "aivmm_request_stage_seconds",
-                 "aivmm_request_errors_total", "aivmm_model_loads_total", "aivmm_model_load_duration_seconds",
-                 "aivmm_device_memory_free_bytes", "aivmm_device_memory_used_bytes", "aivmm_model_residency",
-                 "aivmm_device_utilization_ratio", "aivmm_replica_loads_total"):
+    for name in (
+        "aivmm_requests_total",
+        "aivmm_request_duration_seconds_bucket",
+        "aivmm_request_stage_seconds",
+        "aivmm_request_errors_total",
+        "aivmm_model_loads_total",
+        "aivmm_model_load_duration_seconds",
+        "aivmm_device_memory_free_bytes",
+        "aivmm_device_memory_used_bytes",
+        "aivmm_model_residency",
+        "aivmm_device_utilization_ratio",
+        "aivmm_replica_loads_total",
+    ):
         assert name in text, name
     assert 'aivmm_request_errors_total{error="InputError",model="double"}' in text
     # the runtime times each request's queue and compute stages (the server's "execute" spans both)
@@ -559,17 +610,48 @@ def test_status_and_top_cli(server: RunningServer, hc: Any, capsys: pytest.Captu
     assert "cannot read" in capsys.readouterr().err
 
 
-def test_bench_cli_against_the_server(server: RunningServer, tmp_path: pathlib.Path,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_cli_against_the_server(
+    server: RunningServer, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from aivmm.cli.main import main
 
-    rc = main(["bench", f"http://{server.http}", "--model", "flat", "--concurrency", "1,2", "--rate", "50",
-               "--duration", "0.4", "--warmup", "0.1", "--json", "--plot", str(tmp_path)])
+    rc = main(
+        [
+            "bench",
+            f"http://{server.http}",
+            "--model",
+            "flat",
+            "--concurrency",
+            "1,2",
+            "--rate",
+            "50",
+            "--duration",
+            "0.4",
+            "--warmup",
+            "0.1",
+            "--json",
+            "--plot",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     doc = json.loads(capsys.readouterr().out)
     assert [r["mode"] for r in doc["results"]] == ["closed", "closed", "open"]
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in doc["results"])
     assert (tmp_path / "latency_cdf.png").stat().st_size > 1000 and (tmp_path / "throughput.png").exists()
-    rc = main(["bench", f"grpc://{server.grpc}", "--model", "double", "--concurrency", "1", "--duration", "0.3",
-               "--warmup", "0", "--json"])
+    rc = main(
+        [
+            "bench",
+            f"grpc://{server.grpc}",
+            "--model",
+            "double",
+            "--concurrency",
+            "1",
+            "--duration",
+            "0.3",
+            "--warmup",
+            "0",
+            "--json",
+        ]
+    )
     assert rc == 0 and json.loads(capsys.readouterr().out)["results"][0]["requests"] > 0

@@ -78,9 +78,14 @@ def test_measured_figures_are_positive_plausible_and_bounded(gpu, tmp_path, monk
 
 def test_benchmark_script_records_json_with_figures(tmp_path) -> None:
     out = tmp_path / "aivmm_devices_h100.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/devices_gpu.py"), str(out)],
-                          capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "AIVMM_CACHE_DIR": str(tmp_path / "cache")})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/devices_gpu.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "AIVMM_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert out.exists(), proc.stderr
     devices = {d["id"]: d for d in json.loads(out.read_text())}
     assert devices["nvidia:0"]["figures"]["matmul_tflops"]["bf16"] > 0

@@ -77,8 +77,13 @@ def _assert_close(got: dict, ref: dict, precision: Precision, where: str) -> Non
             np.testing.assert_array_equal(have, want, err_msg=f"{where} {name}")
             continue
         scale = max(1.0, float(np.abs(want).max())) if want.size else 1.0
-        np.testing.assert_allclose(have.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol * scale,
-                                   err_msg=f"{where} {name} {precision.value}")
+        np.testing.assert_allclose(
+            have.astype(np.float64),
+            want.astype(np.float64),
+            rtol=rtol,
+            atol=atol * scale,
+            err_msg=f"{where} {name} {precision.value}",
+        )
 
 
 @pytest.mark.parametrize("precision", [Precision.FP32, Precision.FP16, Precision.BF16])
@@ -140,9 +145,12 @@ def test_torch_compile_gives_the_eager_answer(backend, gpu, cpu, mode):
 
 @pytest.fixture(scope="module")
 def identity(tmp_path_factory) -> pathlib.Path:
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path_factory.mktemp("torch_gpu") / "identity.onnx"
     onnx.save(model, str(path))
@@ -185,7 +193,14 @@ def test_peak_memory_counts_the_load_and_the_runs(backend, gpu, cpu):
 
 
 def test_a_gpu_torch_cannot_see_is_refused(backend):
-    ghost = Device(f"nvidia:{torch.cuda.device_count()}", DeviceKind.GPU, Vendor.NVIDIA, "ghost", 1 << 30, 1 << 30,
-                   index=torch.cuda.device_count())
+    ghost = Device(
+        f"nvidia:{torch.cuda.device_count()}",
+        DeviceKind.GPU,
+        Vendor.NVIDIA,
+        "ghost",
+        1 << 30,
+        1 << 30,
+        index=torch.cuda.device_count(),
+    )
     support = backend.drives(ghost)
     assert not support and any("sees only" in r for r in support.reasons)

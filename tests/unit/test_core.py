@@ -11,9 +11,25 @@ from aivmm.planner.constraints import Constraints, parse_bytes
 
 def test_exported_members_are_pinned():
     assert aivmm.__all__ == [
-        "VMM", "Constraints", "DType", "DeployOptions", "DeployedLLM", "DeployedModel", "Device", "DeviceKind",
-        "FinishReason", "Generation", "Objective", "Precision", "PrecisionPolicy", "SamplingParams", "TokenEvent",
-        "Vendor", "__version__", "discover", "errors",
+        "VMM",
+        "Constraints",
+        "DType",
+        "DeployOptions",
+        "DeployedLLM",
+        "DeployedModel",
+        "Device",
+        "DeviceKind",
+        "FinishReason",
+        "Generation",
+        "Objective",
+        "Precision",
+        "PrecisionPolicy",
+        "SamplingParams",
+        "TokenEvent",
+        "Vendor",
+        "__version__",
+        "discover",
+        "errors",
     ]
 
 
@@ -34,17 +50,27 @@ def test_dtype_roundtrips():
     assert Precision.parse("BF16") is Precision.BF16
 
 
-@pytest.mark.parametrize(("text", "value"), [("512MiB", 512 * 2**20), ("20GiB", 20 * 2**30), ("1.5GB", 1_500_000_000),
-                                             ("1024", 1024)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("512MiB", 512 * 2**20), ("20GiB", 20 * 2**30), ("1.5GB", 1_500_000_000), ("1024", 1024)]
+)
 def test_parse_bytes(text, value):
     assert parse_bytes(text) == value
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"max_latency_ms": -1}, {"max_latency_ms": float("nan")}, {"max_memory_bytes": "lots"},
-    {"prefer": "gpu", "exclude": "gpu"}, {"prefer": "quantum"}, {"latency_percentile": 90},
-    {"objective": "speed"}, {"precision": "int4"}, {"batch_size": 0},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_latency_ms": -1},
+        {"max_latency_ms": float("nan")},
+        {"max_memory_bytes": "lots"},
+        {"prefer": "gpu", "exclude": "gpu"},
+        {"prefer": "quantum"},
+        {"latency_percentile": 90},
+        {"objective": "speed"},
+        {"precision": "int4"},
+        {"batch_size": 0},
+    ],
+)
 def test_bad_constraints_raise(kwargs):
     with pytest.raises(ConfigError):
         Constraints(**kwargs)

@@ -90,17 +90,25 @@ def test_kfd_only_topologies_list_every_gpu_node(
 
 
 def test_kfd_details_partition_memory_bus_and_hive(tmp_path: Path, fixtures_dir: Path) -> None:
-    mi308 = _amd.probe(sys_root(tmp_path / "a", kfd_topology=fixtures_dir / SYSFS /
-                                "kfd-topology__mi308x__k8s-device-plugin"), use_amdsmi=False).devices
+    mi308 = _amd.probe(
+        sys_root(tmp_path / "a", kfd_topology=fixtures_dir / SYSFS / "kfd-topology__mi308x__k8s-device-plugin"),
+        use_amdsmi=False,
+    ).devices
     # mem_banks size_in_bytes: 48 GiB per partition, one partition recorded 16 MiB short
     assert {d.memory_total_bytes for d in mi308} == {51539607552, 51522830336}
-    mi210 = _amd.probe(sys_root(tmp_path / "b", kfd_topology=fixtures_dir / SYSFS /
-                                "kfd-topology__mi210-xgmi__k8s-device-plugin"), use_amdsmi=False).devices
+    mi210 = _amd.probe(
+        sys_root(tmp_path / "b", kfd_topology=fixtures_dir / SYSFS / "kfd-topology__mi210-xgmi__k8s-device-plugin"),
+        use_amdsmi=False,
+    ).devices
     assert mi210[0].properties["compute_units"] == 104  # 416 SIMDs / 4 per CU, the MI210's CU count
     assert len({d.properties["xgmi_hive_id"] for d in mi210}) == 2  # two 4-GPU xGMI hives
     assert mi210[0].properties["pci_bus_id"] == "0000:63:00.0"  # location_id 25344
-    mi300 = _amd.probe(sys_root(tmp_path / "c", kfd_topology=fixtures_dir / SYSFS /
-                                "kfd-topology__mi300x-cpx-8gpu__k8s-device-plugin"), use_amdsmi=False)
+    mi300 = _amd.probe(
+        sys_root(
+            tmp_path / "c", kfd_topology=fixtures_dir / SYSFS / "kfd-topology__mi300x-cpx-8gpu__k8s-device-plugin"
+        ),
+        use_amdsmi=False,
+    )
     assert mi300.devices[0].properties["compute_units"] == 38  # CPX: one XCD of 38 CUs per partition
 
 
@@ -115,8 +123,17 @@ def test_intel_card_is_not_taken_for_amd(tmp_path: Path, fixtures_dir: Path) -> 
     assert _amd.probe(sys_root(tmp_path, {"card1": intel}), use_amdsmi=False).devices == ()
 
 
-@pytest.mark.parametrize(("version", "name"), [(90010, "gfx90a"), (90402, "gfx942"), (110003, "gfx1103"),
-                                               (100301, "gfx1031"), (90006, "gfx906"), (90008, "gfx908")])
+@pytest.mark.parametrize(
+    ("version", "name"),
+    [
+        (90010, "gfx90a"),
+        (90402, "gfx942"),
+        (110003, "gfx1103"),
+        (100301, "gfx1031"),
+        (90006, "gfx906"),
+        (90008, "gfx908"),
+    ],
+)
 def test_gfx_target_version_decoding(version: int, name: str) -> None:
     assert _amd.gfx_name(version) == name
 
@@ -139,13 +156,23 @@ def fake_amdsmi(static_json: dict[str, Any]) -> types.SimpleNamespace:
 
     def vram(h: int) -> dict[str, Any]:
         v = gpus[h]["vram"]
-        return {"vram_type": v["type"], "vram_vendor": v["vendor"], "vram_size": v["size"]["value"],
-                "vram_bit_width": v["bit_width"]}
+        return {
+            "vram_type": v["type"],
+            "vram_vendor": v["vendor"],
+            "vram_size": v["size"]["value"],
+            "vram_bit_width": v["bit_width"],
+        }
 
     def pcie(h: int) -> dict[str, Any]:
         bus = gpus[h]["bus"]
-        return {"pcie_static": {"max_pcie_width": bus["max_pcie_width"], "max_pcie_speed": bus["max_pcie_speed"],
-                                "pcie_interface_version": bus["pcie_interface_version"], "slot_type": bus["slot_type"]}}
+        return {
+            "pcie_static": {
+                "max_pcie_width": bus["max_pcie_width"],
+                "max_pcie_speed": bus["max_pcie_speed"],
+                "pcie_interface_version": bus["pcie_interface_version"],
+                "slot_type": bus["slot_type"],
+            }
+        }
 
     def power(h: int) -> dict[str, Any]:
         return {"power_cap": gpus[h]["limit"]["socket_power"]["value"] * 1_000_000}
@@ -190,8 +217,9 @@ def test_amdsmi_recorded_mi210(tmp_path: Path, mi210_static: dict[str, Any]) -> 
     assert smi._state["shutdown"] == 1
 
 
-def test_failing_amdsmi_falls_back_to_sysfs_and_says_so(tmp_path: Path, fixtures_dir: Path,
-                                                         mi210_static: dict[str, Any]) -> None:
+def test_failing_amdsmi_falls_back_to_sysfs_and_says_so(
+    tmp_path: Path, fixtures_dir: Path, mi210_static: dict[str, Any]
+) -> None:
     smi = fake_amdsmi(mi210_static)
 
     def fail(flags: Any = None) -> None:
@@ -201,12 +229,14 @@ def test_failing_amdsmi_falls_back_to_sysfs_and_says_so(tmp_path: Path, fixtures
     device_dir = fixtures_dir / SYSFS / "drm-card-device__radeon-rx6900xt__amdgpu-sysfs-rs"
     report = _amd.probe(sys_root(tmp_path, {"card0": card_with_device(tmp_path, device_dir)}), smi)
     assert [d.source for d in report.devices] == ["sysfs"]
-    assert report.reason == ("amdsmi_init failed: AmdSmiLibraryException: AMDSMI_STATUS_DRIVER_NOT_LOADED; "
-                             "read sysfs instead")
+    assert report.reason == (
+        "amdsmi_init failed: AmdSmiLibraryException: AMDSMI_STATUS_DRIVER_NOT_LOADED; read sysfs instead"
+    )
 
 
-def test_amdsmi_failure_without_sysfs_gpu_is_absent_with_both_reasons(tmp_path: Path,
-                                                                      mi210_static: dict[str, Any]) -> None:
+def test_amdsmi_failure_without_sysfs_gpu_is_absent_with_both_reasons(
+    tmp_path: Path, mi210_static: dict[str, Any]
+) -> None:
     smi = fake_amdsmi(mi210_static)
     smi.amdsmi_get_processor_handles = lambda: []
     report = _amd.probe(sys_root(tmp_path), smi)

@@ -40,8 +40,9 @@ def test_cpu_measurement_is_positive_cached_and_says_who_measured(cpu: Device, c
 
 
 def test_cached_figures_are_not_measured_again(cpu: Device, monkeypatch: pytest.MonkeyPatch) -> None:
-    first = bench.DeviceFigures("cpu:0", "numpy", {"fp32": 0.25}, {"fp32": "numpy"}, 20.0,
-                                fingerprint=bench.fingerprint(cpu))
+    first = bench.DeviceFigures(
+        "cpu:0", "numpy", {"fp32": 0.25}, {"fp32": "numpy"}, 20.0, fingerprint=bench.fingerprint(cpu)
+    )
     bench._store(first)
 
     def forbidden(*args: object, **kwargs: object) -> None:
@@ -100,10 +101,16 @@ def test_unknown_cpu_runtime_is_refused(cpu: Device) -> None:
 
 
 def test_simulated_devices_carry_their_figures() -> None:
-    spec = [{
-        "id": "nvidia:5", "kind": "gpu", "vendor": "nvidia", "name": "H100 replay", "memory_total_bytes": 2**36,
-        "figures": {"runtime": "torch", "matmul_tflops": {"bf16": 700.0}, "memory_bandwidth_gbps": 3000.0},
-    }]
+    spec = [
+        {
+            "id": "nvidia:5",
+            "kind": "gpu",
+            "vendor": "nvidia",
+            "name": "H100 replay",
+            "memory_total_bytes": 2**36,
+            "figures": {"runtime": "torch", "matmul_tflops": {"bf16": 700.0}, "memory_bandwidth_gbps": 3000.0},
+        }
+    ]
     (device,) = [d for d in discover(spec, include_runtimes=False) if d.simulated]
     figures = bench.figures(device)
     assert figures is not None and figures.device_id == "nvidia:5"
@@ -116,8 +123,16 @@ def test_simulated_devices_carry_their_figures() -> None:
 
 def h100(**props: object) -> Device:
     base = {"uuid": "GPU-5d2a6a0e-0000-1111-2222-333344445555", "pci_bus_id": "00000000:00:06.0"}
-    return Device("nvidia:0", DeviceKind.GPU, Vendor.NVIDIA, "NVIDIA H100 80GB HBM3", 85520809984, 85017493504,
-                  properties={**base, **props}, source="nvml")
+    return Device(
+        "nvidia:0",
+        DeviceKind.GPU,
+        Vendor.NVIDIA,
+        "NVIDIA H100 80GB HBM3",
+        85520809984,
+        85017493504,
+        properties={**base, **props},
+        source="nvml",
+    )
 
 
 def test_nvidia_without_cuda_torch_says_why() -> None:
@@ -127,8 +142,10 @@ def test_nvidia_without_cuda_torch_says_why() -> None:
         pytest.skip("this machine has CUDA")
     ok, why = bench.can_measure(h100())
     assert not ok and "torch with CUDA is not installed" in why
-    assert bench.can_measure(h100(), "onnxruntime") == (False, "NVIDIA GPUs are measured with torch.cuda, not "
-                                                              "'onnxruntime'")
+    assert bench.can_measure(h100(), "onnxruntime") == (
+        False,
+        "NVIDIA GPUs are measured with torch.cuda, not 'onnxruntime'",
+    )
 
 
 @pytest.mark.parametrize(
@@ -140,15 +157,18 @@ def test_nvidia_without_cuda_torch_says_why() -> None:
         ([(None, 0, 7), (None, 0, 6)], 1),
     ],
 )
-def test_nvml_device_is_mapped_to_its_torch_index(monkeypatch: pytest.MonkeyPatch,
-                                                  visible: list[tuple[str | None, int, int]], expected: int) -> None:
+def test_nvml_device_is_mapped_to_its_torch_index(
+    monkeypatch: pytest.MonkeyPatch, visible: list[tuple[str | None, int, int]], expected: int
+) -> None:
     import types
 
     torch = pytest.importorskip("torch")
     from aivmm.devices import _bench_cuda
 
-    props = [types.SimpleNamespace(**({"uuid": u} if u else {}), pci_domain_id=0, pci_bus_id=b, pci_device_id=d)
-             for u, b, d in visible]
+    props = [
+        types.SimpleNamespace(**({"uuid": u} if u else {}), pci_domain_id=0, pci_bus_id=b, pci_device_id=d)
+        for u, b, d in visible
+    ]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(props))
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props[i])
     assert _bench_cuda.torch_index(h100()) == expected

@@ -52,8 +52,9 @@ def test_simulate_flag_adds_the_example_devices(capsys: pytest.CaptureFixture[st
     assert ids[0] == "cpu:0" and ids[-3:] == ["amd:0", "intel-gpu:0", "intel-npu:0"]
 
 
-def test_environment_simulation_shows_in_the_table(capsys: pytest.CaptureFixture[str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_simulation_shows_in_the_table(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AIVMM_SIMULATE", str(MIXED))
     assert main(["devices"]) == 0
     out = capsys.readouterr().out
@@ -87,8 +88,9 @@ def test_check_reports_a_failing_runtime_and_exits_1(capsys: pytest.CaptureFixtu
             return Support.yes()
 
         def info(self) -> BackendInfo:
-            return BackendInfo(self.name, frozenset({ModelFormat.ONNX}), frozenset({DeviceKind.CPU}),
-                               frozenset({Precision.FP32}))
+            return BackendInfo(
+                self.name, frozenset({ModelFormat.ONNX}), frozenset({DeviceKind.CPU}), frozenset({Precision.FP32})
+            )
 
         def drives(self, device):  # type: ignore[no-untyped-def]
             return Support.yes()
@@ -108,8 +110,11 @@ def test_check_reports_a_failing_runtime_and_exits_1(capsys: pytest.CaptureFixtu
 
 def test_bench_uses_cached_figures_and_explains_missing_ones(capsys: pytest.CaptureFixture[str]) -> None:
     cpu = next(d for d in discover(include_runtimes=False) if d.id == "cpu:0")
-    bench._store(bench.DeviceFigures("cpu:0", "numpy", {"fp32": 0.123}, {"fp32": "numpy"}, 21.0,
-                                     fingerprint=bench.fingerprint(cpu)))
+    bench._store(
+        bench.DeviceFigures(
+            "cpu:0", "numpy", {"fp32": 0.123}, {"fp32": "numpy"}, 21.0, fingerprint=bench.fingerprint(cpu)
+        )
+    )
     devices = {d["id"]: d for d in run_json(capsys, "--bench", "--simulate", str(MIXED))}
     assert devices["cpu:0"]["figures"]["matmul_tflops"] == {"fp32": 0.123}
     assert devices["amd:0"]["figures"] is None
@@ -118,8 +123,9 @@ def test_bench_uses_cached_figures_and_explains_missing_ones(capsys: pytest.Capt
     assert "0.123" in capsys.readouterr().out
 
 
-def test_malformed_simulation_file_exits_2_naming_file_and_field(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_malformed_simulation_file_exits_2_naming_file_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text('[{"id": "amd:0", "kind": "gpu"}]')
     assert main(["devices", "--simulate", str(bad)]) == 2
@@ -150,8 +156,9 @@ BLOCKER = textwrap.dedent("""
 def test_devices_works_with_numpy_only(tmp_path: Path, args: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if k != "AIVMM_SIMULATE"}
     env["AIVMM_CACHE_DIR"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True, timeout=120,
-                          env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert "cpu:0" in proc.stdout  # plain-text table: rich is hidden too
     assert "nvidia: absent: pynvml is not installed" in proc.stdout

@@ -91,8 +91,10 @@ def test_arm_server_features_and_topology_from_sysfs(tmp_path: Path) -> None:
 def test_hyperthreads_count_once_as_physical_cores(tmp_path: Path) -> None:
     blocks = []
     for n in range(4):  # 2 cores x 2 threads, as x86 /proc/cpuinfo pairs them
-        blocks.append(f"processor\t: {n}\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n"
-                      f"physical id\t: 0\ncore id\t\t: {n % 2}\nflags\t\t: fpu avx avx2 fma f16c\n")
+        blocks.append(
+            f"processor\t: {n}\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\n"
+            f"physical id\t: 0\ncore id\t\t: {n % 2}\nflags\t\t: fpu avx avx2 fma f16c\n"
+        )
     (tmp_path / "proc").mkdir()
     (tmp_path / "proc/cpuinfo").write_text("\n".join(blocks))
     (tmp_path / "proc/meminfo").write_text("MemTotal: 1024 kB\nMemAvailable: 512 kB\n")

@@ -94,7 +94,9 @@ def test_answers_are_cached_until_refresh(probe_name: str) -> None:
     second = discover_report(include_runtimes=False, probes=[probe_name])
     third = discover_report(include_runtimes=False, probes=[probe_name], refresh=True)
     assert [r.probe(probe_name).reason for r in (first, second, third)] == [
-        "absent: call 1", "absent: call 1", "absent: call 2"
+        "absent: call 1",
+        "absent: call 1",
+        "absent: call 2",
     ]
 
 
@@ -157,16 +159,32 @@ def test_list_of_dicts_argument() -> None:
         ('[{"id": "amd0", "kind": "gpu", "memory_total_bytes": 1}]', "amd0.id", "expected 'prefix:index'"),
         ('[{"id": "amd:0", "kind": "tpu", "memory_total_bytes": 1}]', "amd:0.kind", "expected one of"),
         ('[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": "64GB"}]', "amd:0.memory_total_bytes", "expected int"),
-        ('[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1, "memory_free_bytes": 2}]',
-         "amd:0.memory_free_bytes", "need 0 <= free"),
-        ('[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1, "features": "fp16"}]', "amd:0.features",
-         "expected list"),
-        ('[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1}, {"id": "amd:0", "kind": "gpu",'
-         ' "memory_total_bytes": 1}]', "amd:0.id", "duplicates the device at position 0"),
-        ('[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1, "figures": 3}]', "amd:0.figures",
-         "expected an object"),
-        ('[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1, "figures": {"matmul_tflops": {"bf16": "fast"}}}]',
-         "amd:0.figures", "malformed device figures: ValueError"),
+        (
+            '[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1, "memory_free_bytes": 2}]',
+            "amd:0.memory_free_bytes",
+            "need 0 <= free",
+        ),
+        (
+            '[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1, "features": "fp16"}]',
+            "amd:0.features",
+            "expected list",
+        ),
+        (
+            '[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1}, {"id": "amd:0", "kind": "gpu",'
+            ' "memory_total_bytes": 1}]',
+            "amd:0.id",
+            "duplicates the device at position 0",
+        ),
+        (
+            '[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1, "figures": 3}]',
+            "amd:0.figures",
+            "expected an object",
+        ),
+        (
+            '[{"id": "amd:0", "kind": "gpu", "memory_total_bytes": 1, "figures": {"matmul_tflops": {"bf16": "fast"}}}]',
+            "amd:0.figures",
+            "malformed device figures: ValueError",
+        ),
     ],
 )
 def test_malformed_spec_names_file_and_field(tmp_path: Path, content: str, field: str, problem: str) -> None:
@@ -279,9 +297,11 @@ def test_importing_devices_loads_no_sdk_or_runtime() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, aivmm.devices, aivmm.devices.bench;"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "{'pynvml', 'amdsmi', 'openvino', 'torch', 'onnxruntime', 'onnx'}))")
+    code = (
+        "import sys, aivmm.devices, aivmm.devices.bench;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'pynvml', 'amdsmi', 'openvino', 'torch', 'onnxruntime', 'onnx'}))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.strip() == "[]"
 

@@ -38,7 +38,7 @@ def add_npu_from_transcript(root: Path, transcript: str) -> None:
         match = re.match(r"\$ cat (?:/sys/class/accel/accel0/device|\$ACCEL)/(\S+)$", line.strip())
         if match:
             block = []
-            for follow in lines[i + 1:]:
+            for follow in lines[i + 1 :]:
                 if follow.startswith(("$", "```")):
                     break
                 block.append(follow)
@@ -116,16 +116,46 @@ def core_a770(fixtures_dir: Path) -> RecordedCore:
 @pytest.mark.parametrize(
     ("tree", "card", "driver", "name", "slot", "integrated", "link"),
     [
-        ("drm-card__arc-a380_i915__lact", "card1", "i915", "Intel Arc A380 Graphics", "0000:0b:00.0", False,
-         {"pcie_gen_current": 1, "pcie_width_current": 1}),
-        ("drm-card__arc-b580_xe__lact", "card1", "xe", "Intel Arc B580 Graphics", "0000:09:00.0", False,
-         {"pcie_gen_current": 1, "pcie_width_current": 1, "pcie_gen_max": 1, "pcie_width_max": 1}),
-        ("drm-card__tigerlake-igpu_xe__lact", "card0", "xe", "Intel Iris Xe Graphics (Tiger Lake)", "0000:00:02.0",
-         True, {}),
+        (
+            "drm-card__arc-a380_i915__lact",
+            "card1",
+            "i915",
+            "Intel Arc A380 Graphics",
+            "0000:0b:00.0",
+            False,
+            {"pcie_gen_current": 1, "pcie_width_current": 1},
+        ),
+        (
+            "drm-card__arc-b580_xe__lact",
+            "card1",
+            "xe",
+            "Intel Arc B580 Graphics",
+            "0000:09:00.0",
+            False,
+            {"pcie_gen_current": 1, "pcie_width_current": 1, "pcie_gen_max": 1, "pcie_width_max": 1},
+        ),
+        (
+            "drm-card__tigerlake-igpu_xe__lact",
+            "card0",
+            "xe",
+            "Intel Iris Xe Graphics (Tiger Lake)",
+            "0000:00:02.0",
+            True,
+            {},
+        ),
     ],
 )
-def test_recorded_gpu_trees(tmp_path: Path, fixtures_dir: Path, tree: str, card: str, driver: str, name: str,
-                            slot: str, integrated: bool, link: dict[str, int]) -> None:
+def test_recorded_gpu_trees(
+    tmp_path: Path,
+    fixtures_dir: Path,
+    tree: str,
+    card: str,
+    driver: str,
+    name: str,
+    slot: str,
+    integrated: bool,
+    link: dict[str, int],
+) -> None:
     root = sys_root(tmp_path, {card: fixtures_dir / INTEL / "sysfs" / tree / card})
     report = _intel.probe(root, openvino=False)
     (gpu,) = report.devices
@@ -215,8 +245,10 @@ def test_openvino_failure_is_reported_and_sysfs_devices_remain(tmp_path: Path, f
     b580 = fixtures_dir / INTEL / "sysfs/drm-card__arc-b580_xe__lact/card1"
     report = _intel.probe(sys_root(tmp_path, {"card1": b580}), core_factory=broken)
     assert [d.name for d in report.devices] == ["Intel Arc B580 Graphics"]
-    assert report.reason == "OpenVINO failed to list devices: RuntimeError: Failed to create plugin " \
-                            "libopenvino_intel_gpu_plugin.so"
+    assert (
+        report.reason == "OpenVINO failed to list devices: RuntimeError: Failed to create plugin "
+        "libopenvino_intel_gpu_plugin.so"
+    )
 
 
 def test_amd_and_nvidia_cards_are_not_intel(tmp_path: Path, fixtures_dir: Path) -> None:

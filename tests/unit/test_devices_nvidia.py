@@ -162,7 +162,7 @@ def recorded_h100_root(tmp_path: Path, fixtures_dir: Path) -> Path:
     pci.mkdir(parents=True)
     (pci / "0000:00:06.0").symlink_to(recorded / "0000_00_06.0", target_is_directory=True)
     text = (recorded / "proc_driver_nvidia/version_and_gpus_information.txt").read_text()
-    information = text[text.index("Model:"):]
+    information = text[text.index("Model:") :]
     gpu = tmp_path / "proc/driver/nvidia/gpus/0000:00:06.0"
     gpu.mkdir(parents=True)
     (gpu / "information").write_text(information)
@@ -183,8 +183,10 @@ def test_without_nvml_the_gpu_is_listed_from_sysfs_with_the_reason(
     assert props["pcie_gen_current"] == 5 and props["pcie_width_current"] == 16 and props["pcie_gen_max"] == 5
     assert gpu.memory_total_bytes == 0 and props["memory_total_known"] is False  # unknown, not guessed
     assert "compute_capability" not in props
-    assert report.reason == ('NVML unusable (pynvml is not installed (pip install "aivmm[nvidia]")): listed '
-                             "from sysfs, memory and compute capability unknown")
+    assert report.reason == (
+        'NVML unusable (pynvml is not installed (pip install "aivmm[nvidia]")): listed '
+        "from sysfs, memory and compute capability unknown"
+    )
 
 
 def test_failing_nvml_falls_back_to_sysfs(recording: dict[str, Any], tmp_path: Path, fixtures_dir: Path) -> None:
@@ -211,8 +213,7 @@ def test_hung_nvml_times_out_and_discovery_returns(recording: dict[str, Any]) ->
     nvml.nvmlInit = lambda: release.wait(30)  # a stalled driver call, bounded so the thread ends
     register_probe("test-hung-nvml", lambda: _nvidia.probe(nvml))
     try:
-        report = discover_report(timeout_s=0.3, include_runtimes=False, refresh=True,
-                                 probes=["cpu", "test-hung-nvml"])
+        report = discover_report(timeout_s=0.3, include_runtimes=False, refresh=True, probes=["cpu", "test-hung-nvml"])
         assert report.probe("test-hung-nvml").reason == "absent: timed out after 0.3 s"
         assert report.probe("cpu").devices  # the other probes still answered
         # discovery returned while the stalled call is still in progress: it did not wait for it

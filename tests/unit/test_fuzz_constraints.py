@@ -24,12 +24,34 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=20),
     st.binary(max_size=8),
-    st.sampled_from(["50", "99", "fp16", "int8", "latency", "throughput", "gpu", "nvidia:0", "cpu:0,amd",
-                     "512MiB", "1.5GB", "-1", "nan", "inf", "1e9", "intel-gpu", "bf16", " EXACT "]),
+    st.sampled_from(
+        [
+            "50",
+            "99",
+            "fp16",
+            "int8",
+            "latency",
+            "throughput",
+            "gpu",
+            "nvidia:0",
+            "cpu:0,amd",
+            "512MiB",
+            "1.5GB",
+            "-1",
+            "nan",
+            "inf",
+            "1e9",
+            "intel-gpu",
+            "bf16",
+            " EXACT ",
+        ]
+    ),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5),
-                                                                                           inner, max_size=3),
-                      max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
 
 
 def _accepts_or_config_error(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -51,8 +73,9 @@ def test_constraints_kwargs_never_crash(kwargs: dict) -> None:
 
 
 @FAST
-@given(st.one_of(st.none(), st.dictionaries(st.one_of(st.sampled_from(FIELDS), st.text(max_size=12)), values,
-                                            max_size=5)))
+@given(
+    st.one_of(st.none(), st.dictionaries(st.one_of(st.sampled_from(FIELDS), st.text(max_size=12)), values, max_size=5))
+)
 def test_from_mapping_never_crashes(data: dict | None) -> None:
     c = _accepts_or_config_error(Constraints.from_mapping, data)
     if c is not None and data:
@@ -60,8 +83,9 @@ def test_from_mapping_never_crashes(data: dict | None) -> None:
 
 
 @FAST
-@given(st.dictionaries(st.text(min_size=1, max_size=12).filter(lambda k: k not in FIELDS), values,
-                       min_size=1, max_size=3))
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=12).filter(lambda k: k not in FIELDS), values, min_size=1, max_size=3)
+)
 def test_from_mapping_names_unknown_keys(data: dict) -> None:
     with pytest.raises(ConfigError) as info:
         Constraints.from_mapping(data)
@@ -69,8 +93,16 @@ def test_from_mapping_names_unknown_keys(data: dict) -> None:
 
 
 @FAST
-@given(st.one_of(st.text(max_size=30), st.integers(min_value=-(2**80), max_value=2**80), st.binary(max_size=10),
-                 st.floats(allow_nan=True), st.none(), st.booleans()))
+@given(
+    st.one_of(
+        st.text(max_size=30),
+        st.integers(min_value=-(2**80), max_value=2**80),
+        st.binary(max_size=10),
+        st.floats(allow_nan=True),
+        st.none(),
+        st.booleans(),
+    )
+)
 def test_parse_bytes_never_crashes(text: object) -> None:
     n = _accepts_or_config_error(parse_bytes, text)
     if n is not None:
@@ -78,10 +110,13 @@ def test_parse_bytes_never_crashes(text: object) -> None:
 
 
 @FAST
-@given(st.integers(min_value=0, max_value=10**6),
-       st.sampled_from([("", 1), ("B", 1), ("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30), ("kb", 10**3),
-                        ("GB", 10**9), ("T", 10**12)]),
-       st.sampled_from(["", " "]))
+@given(
+    st.integers(min_value=0, max_value=10**6),
+    st.sampled_from(
+        [("", 1), ("B", 1), ("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30), ("kb", 10**3), ("GB", 10**9), ("T", 10**12)]
+    ),
+    st.sampled_from(["", " "]),
+)
 def test_parse_bytes_units(n: int, unit: tuple[str, int], space: str) -> None:
     assert parse_bytes(f"{n}{space}{unit[0]}") == n * unit[1]
 
@@ -95,8 +130,14 @@ def test_parse_bytes_fractions(x: float, unit: str) -> None:
 
 
 @FAST
-@given(st.one_of(st.text(max_size=25), st.sampled_from(["gpu", "NVIDIA:0", " cpu ", "intel-npu:1", "amd:x",
-                                                         ":0", "nvidia:", "intel-gpu", "npu", "apple"])))
+@given(
+    st.one_of(
+        st.text(max_size=25),
+        st.sampled_from(
+            ["gpu", "NVIDIA:0", " cpu ", "intel-npu:1", "amd:x", ":0", "nvidia:", "intel-gpu", "npu", "apple"]
+        ),
+    )
+)
 def test_hardware_selector_parse(text: str) -> None:
     sel = _accepts_or_config_error(HardwareSelector.parse, text)
     if sel is not None:

@@ -37,10 +37,13 @@ def _valid_model() -> onnx.ModelProto:
         helper.make_node("Softmax", ["y"], ["p"], axis=-1, name="softmax"),
     ]
     graph = helper.make_graph(
-        nodes, "fuzz",
+        nodes,
+        "fuzz",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2]),
-         helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 2])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 2]),
+        ],
         initializer=[w, b, fc],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -86,8 +89,11 @@ def test_truncated_file(scratch: pathlib.Path, cut: int) -> None:
 
 
 @FAST
-@given(st.lists(st.tuples(st.integers(min_value=0, max_value=len(VALID_BYTES) - 1), st.integers(0, 255)),
-                min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=0, max_value=len(VALID_BYTES) - 1), st.integers(0, 255)), min_size=1, max_size=8
+    )
+)
 def test_overwritten_bytes(scratch: pathlib.Path, edits: list[tuple[int, int]]) -> None:
     data = bytearray(VALID_BYTES)
     for pos, value in edits:
@@ -182,16 +188,32 @@ def _attribute(m: onnx.ModelProto, v: int) -> None:
 
 
 MUTATIONS: list[Callable[[onnx.ModelProto, int], None]] = [
-    _set_elem_type, _set_dim, _set_opset, _set_ir, _drop_initializer, _rewire, _rename_op, _custom_domain,
-    _cycle, _weight_dims, _external, _no_outputs, _duplicate_output, _attribute,
+    _set_elem_type,
+    _set_dim,
+    _set_opset,
+    _set_ir,
+    _drop_initializer,
+    _rewire,
+    _rename_op,
+    _custom_domain,
+    _cycle,
+    _weight_dims,
+    _external,
+    _no_outputs,
+    _duplicate_output,
+    _attribute,
 ]
 
 
 @FAST
-@given(st.lists(st.tuples(st.sampled_from(MUTATIONS), st.integers(min_value=-(2**31), max_value=2**31)),
-                min_size=1, max_size=3))
-def test_mutated_model(scratch: pathlib.Path, mutations: list[tuple[Callable[[onnx.ModelProto, int], None], int]]
-                       ) -> None:
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(MUTATIONS), st.integers(min_value=-(2**31), max_value=2**31)), min_size=1, max_size=3
+    )
+)
+def test_mutated_model(
+    scratch: pathlib.Path, mutations: list[tuple[Callable[[onnx.ModelProto, int], None], int]]
+) -> None:
     model = onnx.ModelProto()
     model.CopyFrom(VALID)
     for mutate, value in mutations:

@@ -49,9 +49,16 @@ def test_bad_reserve_fraction(fraction):
 
 
 def _spec(params: int, act: int, batch_used: int = 1) -> ModelSpec:
-    return ModelSpec("m", ModelFormat.ONNX, (TensorSpec("x", DType.FLOAT32, ("N", 4)),), (),
-                     parameters=params, parameter_bytes=4 * params, peak_activation_bytes=act,
-                     shapes_used={"x": (batch_used, 4)})
+    return ModelSpec(
+        "m",
+        ModelFormat.ONNX,
+        (TensorSpec("x", DType.FLOAT32, ("N", 4)),),
+        (),
+        parameters=params,
+        parameter_bytes=4 * params,
+        peak_activation_bytes=act,
+        shapes_used={"x": (batch_used, 4)},
+    )
 
 
 def test_footprint_scales_weights_by_precision_and_activations_by_batch():

@@ -46,8 +46,9 @@ def test_light_models(name: str) -> None:
     assert spec.flops > 0 and spec.batch_dim is None  # fixed batch of 1
 
 
-def _save(tmp_path: pathlib.Path, nodes: list, inputs: list, outputs: list, inits: list,
-          opsets: list | None = None) -> pathlib.Path:
+def _save(
+    tmp_path: pathlib.Path, nodes: list, inputs: list, outputs: list, inits: list, opsets: list | None = None
+) -> pathlib.Path:
     graph = helper.make_graph(nodes, "g", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=opsets or [helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -64,10 +65,20 @@ vi = helper.make_tensor_value_info
 
 
 def test_plain_mlp_is_other(tmp_path: pathlib.Path) -> None:
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
-             helper.make_node("MatMul", ["b", "w2"], ["y"])]
-    spec = load(_save(tmp_path, nodes, [vi("x", F, ["batch", 32])], [vi("y", F, ["batch", 4])],
-                      [_w("w1", (32, 16)), _w("w2", (16, 4))]))
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["b"]),
+        helper.make_node("MatMul", ["b", "w2"], ["y"]),
+    ]
+    spec = load(
+        _save(
+            tmp_path,
+            nodes,
+            [vi("x", F, ["batch", 32])],
+            [vi("y", F, ["batch", 4])],
+            [_w("w1", (32, 16)), _w("w2", (16, 4))],
+        )
+    )
     assert [c.category for c in spec.categories] == [Category.OTHER]
     assert "MatMul" in spec.categories[0].evidence[0]
 
@@ -91,9 +102,16 @@ def test_unrolled_recurrence_is_rnn(tmp_path: pathlib.Path) -> None:
 
 def test_fused_attention_op_is_transformer(tmp_path: pathlib.Path) -> None:
     node = helper.make_node("Attention", ["x", "w", "b"], ["y"], domain="com.microsoft", num_heads=2)
-    spec = load(_save(tmp_path, [node], [vi("x", F, ["batch", 8, 16])], [vi("y", F, ["batch", 8, 16])],
-                      [_w("w", (16, 48)), _w("b", (48,))],
-                      [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]))
+    spec = load(
+        _save(
+            tmp_path,
+            [node],
+            [vi("x", F, ["batch", 8, 16])],
+            [vi("y", F, ["batch", 8, 16])],
+            [_w("w", (16, 48)), _w("b", (48,))],
+            [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        )
+    )
     assert spec.primary_category is Category.TRANSFORMER
     assert spec.categories[0].subtype == ""  # no token ids: not a language model
     assert spec.custom_domains == ("com.microsoft",)
@@ -119,8 +137,12 @@ def test_vision_transformer_with_a_patch_conv(tmp_path: pathlib.Path) -> None:
         helper.make_node("Transpose", ["r"], ["x"], perm=[0, 2, 1]),
         *_attention_nodes([helper.make_node("Identity", ["s0"], ["s1"])]),
     ]
-    inits = [_w("patch", (16, 3, 4, 4)), numpy_helper.from_array(np.array([0, 16, 16], np.int64), "shape"),
-             _w("wq", (16, 16)), _w("wk", (16, 16))]
+    inits = [
+        _w("patch", (16, 3, 4, 4)),
+        numpy_helper.from_array(np.array([0, 16, 16], np.int64), "shape"),
+        _w("wq", (16, 16)),
+        _w("wk", (16, 16)),
+    ]
     spec = load(_save(tmp_path, nodes, [vi("img", F, ["batch", 3, 16, 16])], [vi("y", F, ["batch", 16, 16])], inits))
     assert spec.primary_category is Category.TRANSFORMER
     cnn = next(c for c in spec.categories if c.category is Category.CNN)
@@ -134,8 +156,13 @@ def test_trilu_mask_makes_a_causal_decoder(tmp_path: pathlib.Path) -> None:
         helper.make_node("Cast", ["tri"], ["cond"], to=TensorProto.BOOL),
         *_attention_nodes([helper.make_node("Where", ["cond", "s0", "neg"], ["s1"])]),
     ]
-    inits = [_w("emb", (100, 16)), numpy_helper.from_array(np.ones((8, 8), np.float32), "ones"),
-             numpy_helper.from_array(np.array(-1e4, np.float32), "neg"), _w("wq", (16, 16)), _w("wk", (16, 16))]
+    inits = [
+        _w("emb", (100, 16)),
+        numpy_helper.from_array(np.ones((8, 8), np.float32), "ones"),
+        numpy_helper.from_array(np.array(-1e4, np.float32), "neg"),
+        _w("wq", (16, 16)),
+        _w("wk", (16, 16)),
+    ]
     spec = load(_save(tmp_path, nodes, [vi("ids", I64, ["batch", 8])], [vi("y", F, ["batch", 8, 16])], inits))
     top = spec.categories[0]
     assert top.category is Category.TRANSFORMER and top.subtype == "causal-decoder-llm"
@@ -149,10 +176,22 @@ def test_padding_mask_from_an_input_is_not_causal(tmp_path: pathlib.Path) -> Non
         helper.make_node("Unsqueeze", ["cond", "axis1"], ["cond3"]),
         *_attention_nodes([helper.make_node("Where", ["cond3", "s0", "neg"], ["s1"])]),
     ]
-    inits = [_w("emb", (100, 16)), numpy_helper.from_array(np.array(-1e4, np.float32), "neg"),
-             numpy_helper.from_array(np.array([1], np.int64), "axis1"), _w("wq", (16, 16)), _w("wk", (16, 16))]
-    spec = load(_save(tmp_path, nodes, [vi("ids", I64, ["batch", 8]), vi("mask", I64, ["batch", 8])],
-                      [vi("y", F, ["batch", 8, 16])], inits))
+    inits = [
+        _w("emb", (100, 16)),
+        numpy_helper.from_array(np.array(-1e4, np.float32), "neg"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        _w("wq", (16, 16)),
+        _w("wk", (16, 16)),
+    ]
+    spec = load(
+        _save(
+            tmp_path,
+            nodes,
+            [vi("ids", I64, ["batch", 8]), vi("mask", I64, ["batch", 8])],
+            [vi("y", F, ["batch", 8, 16])],
+            inits,
+        )
+    )
     assert spec.categories[0].subtype == "encoder-llm"
 
 
@@ -164,8 +203,12 @@ def test_single_table_embedding_bag_recommender(tmp_path: pathlib.Path) -> None:
         helper.make_node("Relu", ["h"], ["r"]),
         helper.make_node("Gemm", ["r", "w2"], ["y"]),
     ]
-    inits = [_w("table", (5000, 16)), numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-             _w("w1", (16, 8)), _w("w2", (8, 1))]
+    inits = [
+        _w("table", (5000, 16)),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        _w("w1", (16, 8)),
+        _w("w2", (8, 1)),
+    ]
     spec = load(_save(tmp_path, nodes, [vi("items", I64, ["batch", 20])], [vi("y", F, ["batch", 1])], inits))
     assert spec.primary_category is Category.RECOMMENDER
     assert any("5000 rows" in e for e in spec.categories[0].evidence)
@@ -195,8 +238,9 @@ def test_hybrid_hints_take_the_conservative_side() -> None:
     assert crnn.max_batch == 8 and Precision.INT8 not in crnn.precisions and Precision.FP32 in crnn.precisions
     assert len(crnn.reasons) == 2
     # A low-confidence second category does not narrow the hints.
-    vit = category_hints(_spec(CategoryScore(Category.TRANSFORMER, 0.9, ("a",)),
-                               CategoryScore(Category.CNN, 0.3, ("s",))))
+    vit = category_hints(
+        _spec(CategoryScore(Category.TRANSFORMER, 0.9, ("a",)), CategoryScore(Category.CNN, 0.3, ("s",)))
+    )
     assert vit.max_batch == 16
 
 

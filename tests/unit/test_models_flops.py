@@ -17,8 +17,16 @@ from aivmm.models import ModelSpec, load  # noqa: E402
 F = TensorProto.FLOAT
 
 
-def _save(tmp_path: pathlib.Path, nodes: list, inputs: list, outputs: list, inits: list | None = None,
-          opset: int = 17, extra_opsets: list | None = None, name: str = "m") -> pathlib.Path:
+def _save(
+    tmp_path: pathlib.Path,
+    nodes: list,
+    inputs: list,
+    outputs: list,
+    inits: list | None = None,
+    opset: int = 17,
+    extra_opsets: list | None = None,
+    name: str = "m",
+) -> pathlib.Path:
     graph = helper.make_graph(nodes, name, inputs, outputs, inits or [])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), *(extra_opsets or [])])
     model.ir_version = 8
@@ -35,15 +43,27 @@ def _vi(name: str, shape: list, elem: int = F) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, elem, shape)
 
 
-def _one(tmp_path: pathlib.Path, node: onnx.NodeProto, inputs: list, outputs: list, inits: list | None = None,
-         shapes: dict | None = None) -> ModelSpec:
+def _one(
+    tmp_path: pathlib.Path,
+    node: onnx.NodeProto,
+    inputs: list,
+    outputs: list,
+    inits: list | None = None,
+    shapes: dict | None = None,
+) -> ModelSpec:
     return load(_save(tmp_path, [node], inputs, outputs, inits), shapes=shapes)
 
 
 def test_conv_counts_macs_per_output_element_and_bias(tmp_path: pathlib.Path) -> None:
     node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])
-    spec = _one(tmp_path, node, [_vi("x", ["batch", 3, 32, 32])], [_vi("y", ["batch", 16, 32, 32])],
-                [_w("w", (16, 3, 3, 3)), _w("b", (16,))], shapes={"x": (4, 3, 32, 32)})
+    spec = _one(
+        tmp_path,
+        node,
+        [_vi("x", ["batch", 3, 32, 32])],
+        [_vi("y", ["batch", 16, 32, 32])],
+        [_w("w", (16, 3, 3, 3)), _w("b", (16,))],
+        shapes={"x": (4, 3, 32, 32)},
+    )
     macs = 4 * 16 * 32 * 32 * (3 * 3 * 3)
     assert spec.macs == macs
     assert spec.flops == 2 * macs + 4 * 16 * 32 * 32
@@ -53,8 +73,7 @@ def test_conv_counts_macs_per_output_element_and_bias(tmp_path: pathlib.Path) ->
 
 
 def test_grouped_strided_conv(tmp_path: pathlib.Path) -> None:
-    node = helper.make_node("Conv", ["x", "w"], ["y"], group=8, strides=[2, 2], kernel_shape=[3, 3],
-                            pads=[1, 1, 1, 1])
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=8, strides=[2, 2], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     spec = _one(tmp_path, node, [_vi("x", [1, 8, 16, 16])], [_vi("y", [1, 8, 8, 8])], [_w("w", (8, 1, 3, 3))])
     assert spec.macs == 8 * 8 * 8 * 9  # depthwise: one input channel per output channel
     assert spec.flops == 2 * spec.macs
@@ -68,8 +87,14 @@ def test_conv_transpose(tmp_path: pathlib.Path) -> None:
 
 def test_gemm_with_bias_and_transposed_weight(tmp_path: pathlib.Path) -> None:
     node = helper.make_node("Gemm", ["a", "w", "c"], ["y"], transB=1)
-    spec = _one(tmp_path, node, [_vi("a", ["batch", 64])], [_vi("y", ["batch", 128])],
-                [_w("w", (128, 64)), _w("c", (128,))], shapes={"a": (8, 64)})
+    spec = _one(
+        tmp_path,
+        node,
+        [_vi("a", ["batch", 64])],
+        [_vi("y", ["batch", 128])],
+        [_w("w", (128, 64)), _w("c", (128,))],
+        shapes={"a": (8, 64)},
+    )
     assert spec.macs == 8 * 64 * 128
     assert spec.flops == 2 * 8 * 64 * 128 + 8 * 128
 
@@ -96,8 +121,13 @@ def test_einsum_with_ellipsis_broadcast(tmp_path: pathlib.Path) -> None:
 def test_recurrent_ops(tmp_path: pathlib.Path, op: str, gates: int) -> None:
     seq, batch, features, hidden = 10, 2, 8, 16
     node = helper.make_node(op, ["x", "W", "R"], ["y"], hidden_size=hidden)
-    spec = _one(tmp_path, node, [_vi("x", [seq, batch, features])], [_vi("y", [seq, 1, batch, hidden])],
-                [_w("W", (1, gates * hidden, features)), _w("R", (1, gates * hidden, hidden))])
+    spec = _one(
+        tmp_path,
+        node,
+        [_vi("x", [seq, batch, features])],
+        [_vi("y", [seq, 1, batch, hidden])],
+        [_w("W", (1, gates * hidden, features)), _w("R", (1, gates * hidden, hidden))],
+    )
     assert spec.macs == seq * batch * gates * hidden * (features + hidden)
     assert spec.flops >= 2 * spec.macs
     assert spec.parameters == gates * hidden * (features + hidden)
@@ -110,8 +140,12 @@ def test_attention_pattern_counts_qk_and_av(tmp_path: pathlib.Path) -> None:
         helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
         helper.make_node("MatMul", ["p", "v"], ["y"]),
     ]
-    path = _save(tmp_path, nodes, [_vi("q", [b, h, s, d]), _vi("kt", [b, h, d, s]), _vi("v", [b, h, s, d])],
-                 [_vi("y", [b, h, s, d])])
+    path = _save(
+        tmp_path,
+        nodes,
+        [_vi("q", [b, h, s, d]), _vi("kt", [b, h, d, s]), _vi("v", [b, h, s, d])],
+        [_vi("y", [b, h, s, d])],
+    )
     spec = load(path)
     independent = 2 * (b * h * s * s * d) * 2  # QK^T and AV, 2 FLOPs per MAC
     assert spec.macs == 2 * b * h * s * s * d
@@ -132,8 +166,9 @@ def test_attention_pattern_counts_qk_and_av(tmp_path: pathlib.Path) -> None:
 def test_cheap_ops(tmp_path: pathlib.Path, op: str, attrs: dict, out_shape: list, expected: int) -> None:
     inputs = ["x"] if op != "ReduceSum" else ["x", "axes"]
     inits = [numpy_helper.from_array(np.array([3], np.int64), "axes")] if op == "ReduceSum" else []
-    spec = _one(tmp_path, helper.make_node(op, inputs, ["y"], **attrs), [_vi("x", [2, 3, 4, 4])],
-                [_vi("y", out_shape)], inits)
+    spec = _one(
+        tmp_path, helper.make_node(op, inputs, ["y"], **attrs), [_vi("x", [2, 3, 4, 4])], [_vi("y", out_shape)], inits
+    )
     assert spec.flops == expected
 
 
@@ -142,8 +177,11 @@ def test_normalisations(tmp_path: pathlib.Path) -> None:
         helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["bn"]),
         helper.make_node("LayerNormalization", ["bn", "g2", "b2"], ["y"], axis=-1),
     ]
-    inits = [_w(n, (3,)) for n in ("g", "b", "m")] + [numpy_helper.from_array(np.ones(3, np.float32), "v"),
-                                                      _w("g2", (5,)), _w("b2", (5,))]
+    inits = [_w(n, (3,)) for n in ("g", "b", "m")] + [
+        numpy_helper.from_array(np.ones(3, np.float32), "v"),
+        _w("g2", (5,)),
+        _w("b2", (5,)),
+    ]
     spec = load(_save(tmp_path, nodes, [_vi("x", [2, 3, 5])], [_vi("y", [2, 3, 5])], inits))
     assert spec.per_operator_flops == {"LayerNormalization": 5 * 30, "BatchNormalization": 2 * 30}
     assert spec.parameters == 4 * 3 + 2 * 5
@@ -161,8 +199,10 @@ def test_quantised_graph_is_reported_and_counted(tmp_path: pathlib.Path) -> None
         helper.make_node("MatMulInteger", ["xq", "w", "xz", "wz"], ["acc"]),
         helper.make_node("Cast", ["acc"], ["y"], to=F),
     ]
-    inits = [numpy_helper.from_array(np.ones((16, 8), np.uint8), "w"),
-             numpy_helper.from_array(np.array(0, np.uint8), "wz")]
+    inits = [
+        numpy_helper.from_array(np.ones((16, 8), np.uint8), "w"),
+        numpy_helper.from_array(np.array(0, np.uint8), "wz"),
+    ]
     spec = load(_save(tmp_path, nodes, [_vi("x", ["batch", 16])], [_vi("y", ["batch", 8])], inits))
     assert spec.quantized_operators == ("DynamicQuantizeLinear", "MatMulInteger")
     assert spec.macs == 16 * 8
@@ -180,8 +220,10 @@ def test_peak_activation_liveness(tmp_path: pathlib.Path) -> None:
     spec = load(_save(tmp_path, nodes, [_vi("x", [1, 1000])], [_vi("z", [1, 1000])]))
     assert spec.peak_activation_bytes == 3 * 4000  # x is dead after the Sigmoid; a, b, y at the Add
     chain = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["z"])]
-    assert load(_save(tmp_path, chain, [_vi("x", [1, 1000])], [_vi("z", [1, 1000])], name="c")
-                ).peak_activation_bytes == 2 * 4000
+    assert (
+        load(_save(tmp_path, chain, [_vi("x", [1, 1000])], [_vi("z", [1, 1000])], name="c")).peak_activation_bytes
+        == 2 * 4000
+    )
 
 
 def test_peak_scales_with_bound_batch(tmp_path: pathlib.Path) -> None:
@@ -206,8 +248,11 @@ def test_if_counts_the_costlier_branch_and_recurses_into_histogram(tmp_path: pat
 
 def test_loop_multiplies_the_body_by_a_constant_trip_count(tmp_path: pathlib.Path) -> None:
     body = helper.make_graph(
-        [helper.make_node("MatMul", ["h", "w"], ["h2"]), helper.make_node("Tanh", ["h2"], ["h3"]),
-         helper.make_node("Identity", ["cond"], ["cond_out"])],
+        [
+            helper.make_node("MatMul", ["h", "w"], ["h2"]),
+            helper.make_node("Tanh", ["h2"], ["h3"]),
+            helper.make_node("Identity", ["cond"], ["cond_out"]),
+        ],
         "body",
         [_vi("i", [], TensorProto.INT64), _vi("cond", [], TensorProto.BOOL), _vi("h", [1, 8])],
         [_vi("cond_out", [], TensorProto.BOOL), _vi("h3", [1, 8])],
@@ -242,8 +287,10 @@ def test_if_decided_by_input_shapes_counts_the_taken_branch(tmp_path: pathlib.Pa
     spec = load(path, shapes={"x": (4, 4)})
     assert spec.macs == 64
     assert any("taken one counted" in w for w in spec.warnings)
-    swapped = load(_save(tmp_path, _rank_if("x", "Add", "MatMul"), [_vi("x", ["n", 4])], [_vi("y", ["n", 4])],
-                         name="swapped"), shapes={"x": (4, 4)})
+    swapped = load(
+        _save(tmp_path, _rank_if("x", "Add", "MatMul"), [_vi("x", ["n", 4])], [_vi("y", ["n", 4])], name="swapped"),
+        shapes={"x": (4, 4)},
+    )
     assert swapped.macs == 0 and swapped.flops == 16 + 1  # the taken Add (and the Equal), not the MatMul
 
 
@@ -258,8 +305,11 @@ def test_if_on_an_input_value_is_an_upper_bound_and_says_so(tmp_path: pathlib.Pa
 def test_loop_trip_count_read_from_an_input_shape(tmp_path: pathlib.Path) -> None:
     # for t in range(x.shape[0]): h = tanh(h @ w) -- torch.jit.script's export of a time loop
     body = helper.make_graph(
-        [helper.make_node("MatMul", ["h", "w"], ["h2"]), helper.make_node("Tanh", ["h2"], ["h3"]),
-         helper.make_node("Identity", ["cond"], ["cond_out"])],
+        [
+            helper.make_node("MatMul", ["h", "w"], ["h2"]),
+            helper.make_node("Tanh", ["h2"], ["h3"]),
+            helper.make_node("Identity", ["cond"], ["cond_out"]),
+        ],
         "body",
         [_vi("i", [], TensorProto.INT64), _vi("cond", [], TensorProto.BOOL), _vi("h", [1, 8])],
         [_vi("cond_out", [], TensorProto.BOOL), _vi("h3", [1, 8])],
@@ -270,8 +320,9 @@ def test_loop_trip_count_read_from_an_input_shape(tmp_path: pathlib.Path) -> Non
         helper.make_node("Gather", ["xs", "zero"], ["steps"]),
         helper.make_node("Loop", ["steps", "", "h0"], ["h_final"], body=body),
     ]
-    path = _save(tmp_path, nodes, [_vi("x", ["time", 8]), _vi("h0", [1, 8])], [_vi("h_final", [1, 8])],
-                 [zero, _w("w", (8, 8))])
+    path = _save(
+        tmp_path, nodes, [_vi("x", ["time", 8]), _vi("h0", [1, 8])], [_vi("h_final", [1, 8])], [zero, _w("w", (8, 8))]
+    )
     spec = load(path, shapes={"x": (7, 8)})
     assert spec.macs == 7 * 64
     assert not any(w.startswith("Loop:") for w in spec.warnings)
@@ -307,14 +358,23 @@ def test_dynamic_quantize_lstm_reads_its_transposed_weights(tmp_path: pathlib.Pa
     zero = numpy_helper.from_array(np.zeros((1,), np.int8), "zero")
     head = _w("head", (h, 5))
     lstm = helper.make_node(
-        "DynamicQuantizeLSTM", ["x", "w", "r", "", "", "", "", "", "scale", "zero", "scale", "zero"], ["y"],
-        domain="com.microsoft", hidden_size=h,
+        "DynamicQuantizeLSTM",
+        ["x", "w", "r", "", "", "", "", "", "scale", "zero", "scale", "zero"],
+        ["y"],
+        domain="com.microsoft",
+        hidden_size=h,
     )
     squeeze = helper.make_node("Squeeze", ["y", "axis"], ["ys"])
     nodes = [lstm, squeeze, helper.make_node("MatMul", ["ys", "head"], ["o"])]
     axis = numpy_helper.from_array(np.array([1], np.int64), "axis")
-    path = _save(tmp_path, nodes, [_vi("x", [seq, 1, i])], [_vi("o", [seq, 1, 5])], [w, r, scale, zero, head, axis],
-                 extra_opsets=[helper.make_opsetid("com.microsoft", 1)])
+    path = _save(
+        tmp_path,
+        nodes,
+        [_vi("x", [seq, 1, i])],
+        [_vi("o", [seq, 1, 5])],
+        [w, r, scale, zero, head, axis],
+        extra_opsets=[helper.make_opsetid("com.microsoft", 1)],
+    )
     spec = load(path)
     assert spec.per_operator_flops["DynamicQuantizeLSTM"] >= 2 * seq * 4 * h * (i + h)
     assert spec.macs == seq * 4 * h * (i + h) + seq * h * 5
@@ -327,24 +387,39 @@ def test_group_query_attention_attends_over_past_and_new_positions(tmp_path: pat
         "GroupQueryAttention",
         ["q", "k", "v", "past_k", "past_v", "seqlens", "total"],
         ["o", "present_k", "present_v"],
-        domain="com.microsoft", num_heads=hq, kv_num_heads=hkv,
+        domain="com.microsoft",
+        num_heads=hq,
+        kv_num_heads=hkv,
     )
     inputs = [
-        _vi("q", [b, s_new, hq * d]), _vi("k", [b, s_new, hkv * d]), _vi("v", [b, s_new, hkv * d]),
-        _vi("past_k", [b, hkv, past, d]), _vi("past_v", [b, hkv, past, d]),
-        _vi("seqlens", [b], TensorProto.INT32), _vi("total", [], TensorProto.INT32),
+        _vi("q", [b, s_new, hq * d]),
+        _vi("k", [b, s_new, hkv * d]),
+        _vi("v", [b, s_new, hkv * d]),
+        _vi("past_k", [b, hkv, past, d]),
+        _vi("past_v", [b, hkv, past, d]),
+        _vi("seqlens", [b], TensorProto.INT32),
+        _vi("total", [], TensorProto.INT32),
     ]
-    path = _save(tmp_path, [node], inputs, [_vi("o", [b, s_new, hq * d])],
-                 extra_opsets=[helper.make_opsetid("com.microsoft", 1)])
+    path = _save(
+        tmp_path, [node], inputs, [_vi("o", [b, s_new, hq * d])], extra_opsets=[helper.make_opsetid("com.microsoft", 1)]
+    )
     spec = load(path)
     assert spec.macs == 2 * b * hq * s_new * (past + s_new) * d  # QK^T and AV per query head
 
 
 def test_unknown_custom_op_is_reported_not_guessed(tmp_path: pathlib.Path) -> None:
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
-             helper.make_node("FancyOp", ["a"], ["y"], domain="com.example")]
-    path = _save(tmp_path, nodes, [_vi("x", [2, 4])], [_vi("y", [2, 4])], [_w("w", (4, 4))],
-                 extra_opsets=[helper.make_opsetid("com.example", 1)])
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"]),
+        helper.make_node("FancyOp", ["a"], ["y"], domain="com.example"),
+    ]
+    path = _save(
+        tmp_path,
+        nodes,
+        [_vi("x", [2, 4])],
+        [_vi("y", [2, 4])],
+        [_w("w", (4, 4))],
+        extra_opsets=[helper.make_opsetid("com.example", 1)],
+    )
     spec = load(path)
     assert spec.custom_domains == ("com.example",)
     assert spec.macs == 2 * 4 * 4
@@ -358,8 +433,14 @@ def test_large_constant_nodes_count_as_parameters(tmp_path: pathlib.Path) -> Non
     big = helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.ones((10, 10), np.float32)))
     scale = helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(np.array(2.0, np.float32)))
     shape = helper.make_node("Constant", [], ["shp"], value=numpy_helper.from_array(np.array([2, 50], np.int64)))
-    nodes = [big, scale, shape, helper.make_node("Mul", ["x", "k"], ["a"]), helper.make_node("Mul", ["a", "s"], ["b"]),
-             helper.make_node("Reshape", ["b", "shp"], ["y"])]
+    nodes = [
+        big,
+        scale,
+        shape,
+        helper.make_node("Mul", ["x", "k"], ["a"]),
+        helper.make_node("Mul", ["a", "s"], ["b"]),
+        helper.make_node("Reshape", ["b", "shp"], ["y"]),
+    ]
     spec = load(_save(tmp_path, nodes, [_vi("x", [10, 10])], [_vi("y", [2, 50])]))
     assert spec.parameters == 100 and spec.parameter_bytes == 400
 

@@ -19,8 +19,9 @@ from aivmm.models import ModelSpec, load, zoo  # noqa: E402
 
 DOCUMENTED = (ModelLoadError, UnsupportedModelError, InputError, ConfigError)
 MODELS = ("resnet50", "bert-base", "lstm", "fno", "dlrm")
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                           HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 
 @functools.cache
@@ -62,8 +63,7 @@ def test_truncated_and_spliced(scratch: pathlib.Path, name: str, cut: float, jun
     _load(scratch, raw[:at] + junk + raw[at:])
 
 
-MUTATIONS = ("drop_node", "op_type", "input_dim", "drop_initializer", "opset", "rename_input", "attribute",
-             "domain")
+MUTATIONS = ("drop_node", "op_type", "input_dim", "drop_initializer", "opset", "rename_input", "attribute", "domain")
 
 
 @SETTINGS

@@ -32,8 +32,13 @@ def _conv_model(channels: object = 3, opset: int = 17) -> onnx.ModelProto:
         helper.make_node("Flatten", ["g"], ["f"]),
         helper.make_node("MatMul", ["f", "fc"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", F, ["batch", channels, 16, 16])],
-                              [helper.make_tensor_value_info("y", F, ["batch", 4])], [w, fc])
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", F, ["batch", channels, 16, 16])],
+        [helper.make_tensor_value_info("y", F, ["batch", 4])],
+        [w, fc],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
@@ -69,8 +74,14 @@ def test_hash_detects_a_changed_file(model_path: pathlib.Path) -> None:
 
 def test_external_data_is_located_hashed_and_not_loaded(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "ext.onnx"
-    onnx.save(_conv_model(), path, save_as_external_data=True, all_tensors_to_one_file=True,
-              location="ext.bin", size_threshold=0)
+    onnx.save(
+        _conv_model(),
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.bin",
+        size_threshold=0,
+    )
     spec = load(path)
     assert spec.external_data
     assert spec.parameters == 8 * 27 + 32 and spec.parameter_bytes == 4 * spec.parameters
@@ -91,8 +102,13 @@ def test_model_over_2gb_is_analysed_without_reading_weights(tmp_path: pathlib.Pa
         entry = weight.external_data.add()
         entry.key, entry.value = key, value
     node = helper.make_node("Gather", ["emb", "ids"], ["y"])
-    graph = helper.make_graph([node], "big", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 8])],
-                              [helper.make_tensor_value_info("y", F, ["batch", 8, cols])], [weight])
+    graph = helper.make_graph(
+        [node],
+        "big",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 8])],
+        [helper.make_tensor_value_info("y", F, ["batch", 8, cols])],
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path = tmp_path / "big.onnx"
@@ -239,9 +255,13 @@ def test_shape_values_must_be_positive_integers(model_path: pathlib.Path, bad: o
 def test_shape_contradicting_the_weights(tmp_path: pathlib.Path) -> None:
     """The feature dim is symbolic, but the weight needs 4 features: 5 contradicts the model."""
     vi = helper.make_tensor_value_info
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
-                              [vi("x", F, ["batch", "features"])], [vi("y", F, ["batch", 2])],
-                              [numpy_helper.from_array(np.ones((4, 2), np.float32), "w")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mm",
+        [vi("x", F, ["batch", "features"])],
+        [vi("y", F, ["batch", 2])],
+        [numpy_helper.from_array(np.ones((4, 2), np.float32), "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "sym.onnx"
     onnx.save(model, path)
@@ -253,8 +273,9 @@ def test_shape_contradicting_the_weights(tmp_path: pathlib.Path) -> None:
 def test_symbolic_dims_shared_across_inputs_must_agree(tmp_path: pathlib.Path) -> None:
     node = helper.make_node("Add", ["a", "b"], ["y"])
     vi = helper.make_tensor_value_info
-    graph = helper.make_graph([node], "add", [vi("a", F, ["batch", 4]), vi("b", F, ["batch", 4])],
-                              [vi("y", F, ["batch", 4])])
+    graph = helper.make_graph(
+        [node], "add", [vi("a", F, ["batch", 4]), vi("b", F, ["batch", 4])], [vi("y", F, ["batch", 4])]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "add.onnx"
     onnx.save(model, path)
@@ -291,8 +312,13 @@ def test_large_weight_whose_data_does_not_match_its_dims(tmp_path: pathlib.Path)
     vi = helper.make_tensor_value_info
     w = numpy_helper.from_array(np.ones((100, 64), np.float32), "w")
     w.dims[0] = 10_000  # claims 2.56 MB in a file of 26 kB
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm", [vi("x", F, ["batch", 10_000])],
-                              [vi("y", F, ["batch", 64])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mm",
+        [vi("x", F, ["batch", 10_000])],
+        [vi("y", F, ["batch", 64])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "big.onnx"
     path.write_bytes(model.SerializeToString())
@@ -305,8 +331,9 @@ def test_batch_dim_of_a_time_major_model(tmp_path: pathlib.Path) -> None:
     w = numpy_helper.from_array(np.ones((1, 16, 8), np.float32), "W")
     r = numpy_helper.from_array(np.ones((1, 16, 4), np.float32), "R")
     node = helper.make_node("RNN", ["x", "W", "R"], ["y"], hidden_size=4)
-    graph = helper.make_graph([node], "rnn", [vi("x", F, ["seq", "batch", 8])], [vi("y", F, ["seq", 1, "batch", 4])],
-                              [w, r])
+    graph = helper.make_graph(
+        [node], "rnn", [vi("x", F, ["seq", "batch", 8])], [vi("y", F, ["seq", 1, "batch", 4])], [w, r]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "tm.onnx"
     onnx.save(model, path)
@@ -317,8 +344,13 @@ def test_batch_dim_of_a_time_major_model(tmp_path: pathlib.Path) -> None:
 
 def test_input_without_a_declared_shape(tmp_path: pathlib.Path) -> None:
     vi = helper.make_tensor_value_info
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm", [vi("x", F, None)],
-                              [vi("y", F, None)], [numpy_helper.from_array(np.ones((4, 2), np.float32), "w")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mm",
+        [vi("x", F, None)],
+        [vi("y", F, None)],
+        [numpy_helper.from_array(np.ones((4, 2), np.float32), "w")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "unranked.onnx"
     onnx.save(model, path)
@@ -336,8 +368,13 @@ def test_weight_with_more_data_than_its_dims(tmp_path: pathlib.Path) -> None:
     vi = helper.make_tensor_value_info
     w = numpy_helper.from_array(np.ones((200, 64), np.float32), "w")
     w.dims[0] = 100  # 51200 bytes of data, dims claim 25600
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm", [vi("x", F, ["batch", 100])],
-                              [vi("y", F, ["batch", 64])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mm",
+        [vi("x", F, ["batch", 100])],
+        [vi("y", F, ["batch", 64])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(ModelLoadError, match=r"'w' holds more: 51200 bytes.*\[100, 64\] need 25600"):
         load(_save(model, tmp_path / "long.onnx"))
@@ -367,8 +404,10 @@ def test_constant_inside_a_subgraph_is_checked_too(tmp_path: pathlib.Path) -> No
 def test_operators_that_contradict_each_other(tmp_path: pathlib.Path, edit: str, says: str) -> None:
     vi = helper.make_tensor_value_info
     w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
-             helper.make_node("Softmax", ["h"], ["y"], name="sm", axis=-1)]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+        helper.make_node("Softmax", ["h"], ["y"], name="sm", axis=-1),
+    ]
     out = vi("y", TensorProto.INT64 if edit == "output-type" else F, ["batch", 4])
     if edit == "weight-type":
         w = numpy_helper.from_array(np.ones((8, 4), np.int32), "w")
@@ -396,7 +435,6 @@ def test_a_model_of_ai_onnx_ml_operators_only_loads(tmp_path: pathlib.Path) -> N
     model.graph.output[0].name = "z"
     with pytest.raises(UnsupportedModelError, match=r"domain ''.*does not import"):
         load(_save(model, tmp_path / "ml-relu.onnx"))
-
 
 
 def test_symbolic_shape_inference_loads_without_onnxruntime_tools() -> None:

@@ -113,8 +113,9 @@ def test_shapes_rebind_the_batch() -> None:
 def test_exported_program_keeps_dynamic_dims_symbolic() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(Crnn(), (torch.randn(2, 1, 16, 32),),
-                                      dynamic_shapes={"image": {0: torch.export.Dim("batch")}})
+        program = torch.export.export(
+            Crnn(), (torch.randn(2, 1, 16, 32),), dynamic_shapes={"image": {0: torch.export.Dim("batch")}}
+        )
     spec = load(program)
     assert spec.format is ModelFormat.TORCH_EXPORTED
     assert isinstance(spec.inputs[0].shape[0], str) and spec.inputs[0].shape[1:] == (1, 16, 32)
@@ -138,8 +139,9 @@ def test_encoder() -> None:
 
 
 def test_recommender_scientific_and_spectral() -> None:
-    rec = load(Recommender(), example_inputs=(torch.randn(3, 4), torch.randint(0, 500, (3, 5)),
-                                              torch.randint(0, 500, (3, 2))))
+    rec = load(
+        Recommender(), example_inputs=(torch.randn(3, 4), torch.randint(0, 500, (3, 5)), torch.randint(0, 500, (3, 2)))
+    )
     assert rec.primary_category is Category.RECOMMENDER and [t.name for t in rec.inputs] == ["dense", "user", "item"]
     pinn = load(Pinn(), example_inputs=torch.rand(16, 2))
     assert pinn.primary_category is Category.SCIENTIFIC

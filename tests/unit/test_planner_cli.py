@@ -26,10 +26,36 @@ def _parse(argv):
 
 
 def test_every_flag_reaches_the_constraints():
-    c = _parse(["--max-latency-ms", "5", "--latency-percentile", "99", "--max-memory", "512MiB",
-                "--max-power-w", "70", "--max-energy-j", "0.5", "--min-throughput", "100", "--precision", "int8",
-                "--tolerance", "0.01", "--prefer", "nvidia:0,gpu", "--prefer", "cpu", "--exclude", "npu",
-                "--objective", "throughput", "--batch-size", "8"])
+    c = _parse(
+        [
+            "--max-latency-ms",
+            "5",
+            "--latency-percentile",
+            "99",
+            "--max-memory",
+            "512MiB",
+            "--max-power-w",
+            "70",
+            "--max-energy-j",
+            "0.5",
+            "--min-throughput",
+            "100",
+            "--precision",
+            "int8",
+            "--tolerance",
+            "0.01",
+            "--prefer",
+            "nvidia:0,gpu",
+            "--prefer",
+            "cpu",
+            "--exclude",
+            "npu",
+            "--objective",
+            "throughput",
+            "--batch-size",
+            "8",
+        ]
+    )
     assert (c.max_latency_ms, c.latency_percentile, c.max_memory_bytes) == (5.0, 99, 512 * 2**20)
     assert (c.max_power_w, c.max_energy_j, c.min_throughput, c.tolerance) == (70.0, 0.5, 100.0, 0.01)
     assert c.precision is PrecisionPolicy.INT8 and c.objective is Objective.THROUGHPUT and c.batch_size == 8
@@ -40,8 +66,16 @@ def test_no_flags_are_the_defaults():
     assert _parse([]) == type(_parse([]))()
 
 
-@pytest.mark.parametrize("argv", [["--max-memory", "lots"], ["--max-latency-ms", "-2"], ["--prefer", "quantum"],
-                                  ["--prefer", "gpu", "--exclude", "gpu"], ["--precision", "int4"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--max-memory", "lots"],
+        ["--max-latency-ms", "-2"],
+        ["--prefer", "quantum"],
+        ["--prefer", "gpu", "--exclude", "gpu"],
+        ["--precision", "int4"],
+    ],
+)
 def test_bad_flags_are_config_errors(argv):
     with pytest.raises(ConfigError, match="bad constraint flag"):
         _parse(argv)

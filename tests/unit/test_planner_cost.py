@@ -18,13 +18,25 @@ from aivmm.planner._figures import Capability, capability
 
 def _spec(flops: int, params: int, acts: int = 0, category: Category = Category.CNN) -> ModelSpec:
     x = TensorSpec("x", DType.FLOAT32, (1, 16))
-    return ModelSpec(name="m", format=ModelFormat.ONNX, inputs=(x,), outputs=(x,), flops=flops,
-                     parameter_bytes=params, peak_activation_bytes=acts,
-                     categories=(CategoryScore(category, 0.9, ()),))
+    return ModelSpec(
+        name="m",
+        format=ModelFormat.ONNX,
+        inputs=(x,),
+        outputs=(x,),
+        flops=flops,
+        parameter_bytes=params,
+        peak_activation_bytes=acts,
+        categories=(CategoryScore(category, 0.9, ()),),
+    )
 
 
-CAP = Capability({Precision.FP32: 1.0, Precision.FP16: 4.0, Precision.BF16: 4.0, Precision.INT8: 8.0},
-                 bandwidth_gbs=100.0, h2d_gbs=None, power_w=None, source="test")
+CAP = Capability(
+    {Precision.FP32: 1.0, Precision.FP16: 4.0, Precision.BF16: 4.0, Precision.INT8: 8.0},
+    bandwidth_gbs=100.0,
+    h2d_gbs=None,
+    power_w=None,
+    source="test",
+)
 
 
 def test_compute_bound_model_scales_with_flops_and_precision():
@@ -75,8 +87,13 @@ def test_discrete_device_pays_transfers_and_energy_uses_the_power_limit():
 def test_capability_prefers_measured_figures(monkeypatch):
     class Fig:
         def to_json(self):
-            return {"matmul_tflops": {"fp32": 2.0, "bf16": 9.0}, "memory_bandwidth_gbps": 55.0,
-                    "h2d_pinned_gbps": 20.0, "h2d_pageable_gbps": 5.0, "d2h_pinned_gbps": 1.0}
+            return {
+                "matmul_tflops": {"fp32": 2.0, "bf16": 9.0},
+                "memory_bandwidth_gbps": 55.0,
+                "h2d_pinned_gbps": 20.0,
+                "h2d_pageable_gbps": 5.0,
+                "d2h_pinned_gbps": 1.0,
+            }
 
     import aivmm.devices.bench as bench
 
@@ -122,8 +139,10 @@ def test_measurements_teach_the_cost_model(tmp_path, monkeypatch):
     assert after.chosen.prediction.latency_ms == pytest.approx(before.chosen.prediction.latency_ms * learned)
     assert any("learned from earlier measurements" in n for n in after.chosen.notes)
     # the correction moves the prediction toward what was measured
-    assert abs(math.log(after.chosen.prediction.latency_ms / m.p50_ms)) < abs(
-        math.log(before.chosen.prediction.latency_ms / m.p50_ms)) + 1e-9
+    assert (
+        abs(math.log(after.chosen.prediction.latency_ms / m.p50_ms))
+        < abs(math.log(before.chosen.prediction.latency_ms / m.p50_ms)) + 1e-9
+    )
 
 
 def test_calibration_clamps_and_ignores_nonsense(tmp_path, monkeypatch):

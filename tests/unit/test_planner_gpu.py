@@ -1,6 +1,6 @@
 """The planner on a real NVIDIA GPU (run on the device machine; skipped without CUDA).
 
-    python -m pytest -q tests/unit/test_planner_gpu.py
+python -m pytest -q tests/unit/test_planner_gpu.py
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ def test_half_precision_on_the_gpu_is_checked_against_fp32(big_spec):
 
     devices = discover()
     p = plan(big_spec, devices, {"precision": "fp16", "batch_size": 64, "prefer": ["gpu"]}, budget_s=6.0)
-    half = [c for c in (*p.ranked(), *p.rejected)
-            if c.config.device.startswith("nvidia:") and c.precision.value in ("fp16", "bf16")
-            and c.measurement is not None]
+    half = [
+        c
+        for c in (*p.ranked(), *p.rejected)
+        if c.config.device.startswith("nvidia:") and c.precision.value in ("fp16", "bf16") and c.measurement is not None
+    ]
     assert half, p.explain()
     assert all(c.accuracy is not None for c in half)
     print(p.explain())

@@ -20,7 +20,6 @@ from aivmm.errors import InfeasibleError  # noqa: E402
 from aivmm.models import load  # noqa: E402
 from aivmm.planner import RejectReason, plan  # noqa: E402
 
-
 # ONNX Runtime runs Silero; torch's eager candidates fail on bad inputs and its compiling ones are
 # too slow to load within the budget, so they are never measured: the case this file is about.
 _TWO = ("onnxruntime", "torch")

@@ -40,8 +40,18 @@ def test_measured_plan_explains_itself(spec):
     data = json.loads(json.dumps(p.to_json()))
     for key in ("chosen", "alternatives", "rejected", "fallbacks", "planning_seconds", "cache_hit"):
         assert key in data
-    for key in ("backend", "device", "precision", "options", "latency_ms", "latency_ms_predicted",
-                "latency_ms_measured", "p99_ms", "memory_bytes", "energy_j"):
+    for key in (
+        "backend",
+        "device",
+        "precision",
+        "options",
+        "latency_ms",
+        "latency_ms_predicted",
+        "latency_ms_measured",
+        "p99_ms",
+        "memory_bytes",
+        "energy_j",
+    ):
         assert key in data["chosen"]
     assert data["chosen"]["precision"] == "fp32"
     # the default precision policy is exact: every lowered candidate is kept as rejected, with why
@@ -91,14 +101,17 @@ def test_unknown_device_and_backend_fail_before_work(spec):
         plan(spec, [cpu()], backend="tensorflow")
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"constraints": {"exclude": ["cpu"]}}, "exclude every device"),
-    ({"constraints": {"max_latency_ms": -1}}, "positive"),
-    ({"constraints": {"bogus": 1}}, "unknown constraint"),
-    ({"budget_s": 0}, "budget_s"),
-    ({"top_k": 0}, "top_k"),
-    ({"device": "cpu:0", "constraints": {"exclude": ["cpu:0"]}}, "exclude"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"constraints": {"exclude": ["cpu"]}}, "exclude every device"),
+        ({"constraints": {"max_latency_ms": -1}}, "positive"),
+        ({"constraints": {"bogus": 1}}, "unknown constraint"),
+        ({"budget_s": 0}, "budget_s"),
+        ({"top_k": 0}, "top_k"),
+        ({"device": "cpu:0", "constraints": {"exclude": ["cpu:0"]}}, "exclude"),
+    ],
+)
 def test_bad_input_is_a_config_error(spec, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         plan(spec, [cpu()], **kwargs)
@@ -146,22 +159,36 @@ def test_a_model_too_large_for_the_device_is_rejected(spec):
     tiny = sim_gpu(memory=1024)
     p = plan(spec, [cpu(), tiny], backends=("onnxruntime", "simulated"), **FAST)
     assert p.chosen.config.device == "cpu:0"
-    assert any(r.reason is RejectReason.DOES_NOT_FIT for c in p.rejected for r in c.rejections
-               if c.config.device == "nvidia:0")
+    assert any(
+        r.reason is RejectReason.DOES_NOT_FIT for c in p.rejected for r in c.rejections if c.config.device == "nvidia:0"
+    )
 
 
 def test_pin_that_cannot_run_falls_back_and_says_so(spec, caplog):
     with caplog.at_level(logging.WARNING):
-        p = plan(spec, [cpu(), sim_gpu()], backend="openvino", device="nvidia:0",
-                 backends=("onnxruntime", "openvino", "simulated"), **FAST)
+        p = plan(
+            spec,
+            [cpu(), sim_gpu()],
+            backend="openvino",
+            device="nvidia:0",
+            backends=("onnxruntime", "openvino", "simulated"),
+            **FAST,
+        )
     assert p.fallbacks and "nvidia:0" in p.fallbacks[0] and "placed on" in p.fallbacks[0]
     assert any("cannot run" in r.message for r in caplog.records)
 
 
 def test_strict_pin_refuses_the_fallback(spec):
     with pytest.raises(FallbackError, match="openvino"):
-        plan(spec, [cpu(), sim_gpu()], backend="openvino", device="nvidia:0", strict=True,
-             backends=("onnxruntime", "openvino", "simulated"), **FAST)
+        plan(
+            spec,
+            [cpu(), sim_gpu()],
+            backend="openvino",
+            device="nvidia:0",
+            strict=True,
+            backends=("onnxruntime", "openvino", "simulated"),
+            **FAST,
+        )
 
 
 def test_honoured_pin_rejects_the_others_as_not_pinned(spec):
@@ -213,8 +240,13 @@ def test_a_torch_module_is_checked_against_its_own_fp32_run():
 
 
 def test_replicas_share_the_chosen_model_file(spec):
-    p = plan(spec, [cpu(), sim_gpu(0), sim_gpu(1)], {"precision": "int8"}, backends=("onnxruntime", "simulated"),
-             measure=False)
+    p = plan(
+        spec,
+        [cpu(), sim_gpu(0), sim_gpu(1)],
+        {"precision": "int8"},
+        backends=("onnxruntime", "simulated"),
+        measure=False,
+    )
     reps = p.replicas(4)
     assert reps[0] is p.chosen and len(reps) == 4
     assert all(c.transform == p.chosen.transform for c in reps)

@@ -29,8 +29,15 @@ def _rapl(root, packages=1, value=1_000_000):
 def test_profile_is_bounded_and_reports_percentiles(tmp_path):
     spec = load(mlp(tmp_path / "m.onnx"))
     feeds = sample_inputs(spec)
-    m, outputs = profile(registry.get("onnxruntime"), spec, cpu(), Config("onnxruntime", "cpu:0"), feeds,
-                         Budget(seconds=10.0, warmup_runs=2, min_runs=3, max_runs=7), rapl_root=str(tmp_path / "x"))
+    m, outputs = profile(
+        registry.get("onnxruntime"),
+        spec,
+        cpu(),
+        Config("onnxruntime", "cpu:0"),
+        feeds,
+        Budget(seconds=10.0, warmup_runs=2, min_runs=3, max_runs=7),
+        rapl_root=str(tmp_path / "x"),
+    )
     assert m.runs == 7  # max_runs stops it long before the 10 s budget
     assert m.warmup_runs == 2
     assert 0 < m.p50_ms <= m.p99_ms
@@ -42,8 +49,15 @@ def test_profile_is_bounded_and_reports_percentiles(tmp_path):
 def test_profile_reads_rapl_energy(tmp_path):
     spec = load(mlp(tmp_path / "m.onnx"))
     root = _rapl(tmp_path / "powercap")
-    m, _ = profile(registry.get("onnxruntime"), spec, cpu(), Config("onnxruntime", "cpu:0"), sample_inputs(spec),
-                   Budget(seconds=0.05, warmup_runs=1, min_runs=2, max_runs=5), rapl_root=str(root))
+    m, _ = profile(
+        registry.get("onnxruntime"),
+        spec,
+        cpu(),
+        Config("onnxruntime", "cpu:0"),
+        sample_inputs(spec),
+        Budget(seconds=0.05, warmup_runs=1, min_runs=2, max_runs=5),
+        rapl_root=str(root),
+    )
     assert m.energy_source == "rapl" and m.energy_j == 0.0  # the fake counter did not move
 
 
@@ -63,8 +77,9 @@ def test_energy_counters_say_why_not(tmp_path):
     assert meter is None and "simulated" in why
 
 
-@pytest.mark.parametrize("kwargs", [{"seconds": 0}, {"min_runs": 0}, {"min_runs": 5, "max_runs": 2},
-                                    {"warmup_runs": -1}])
+@pytest.mark.parametrize(
+    "kwargs", [{"seconds": 0}, {"min_runs": 0}, {"min_runs": 5, "max_runs": 2}, {"warmup_runs": -1}]
+)
 def test_bad_budget(kwargs):
     with pytest.raises(ConfigError):
         Budget(**kwargs)
@@ -75,8 +90,10 @@ def test_race_interleaves_finalists_one_at_a_time(tmp_path):
 
     spec = load(mlp(tmp_path / "m.onnx"))
     ort = registry.get("onnxruntime")
-    entries = [(ort, spec, cpu(), Config("onnxruntime", "cpu:0", options={"graph_optimization_level": level}))
-               for level in ("all", "basic")]
+    entries = [
+        (ort, spec, cpu(), Config("onnxruntime", "cpu:0", options={"graph_optimization_level": level}))
+        for level in ("all", "basic")
+    ]
     budget = Budget(seconds=1e-3, warmup_runs=1, min_runs=2, max_runs=8)
     r = race_rounds(entries, sample_inputs(spec), budget, block=4, max_extensions=0)
     assert [len(x) for x in r.rounds] == [2, 2]  # min_runs rounds each, bounded by the budget
@@ -93,8 +110,7 @@ def test_race_goes_on_while_the_leaders_are_within_the_noise_margin(tmp_path):
     same = Config("onnxruntime", "cpu:0", options={"graph_optimization_level": "all"})
     budget = Budget(seconds=1e-3, warmup_runs=1, min_runs=2, max_runs=8)
     # The same configuration twice: medians within any margin, so the race is lengthened to its cap.
-    r = race_rounds([(ort, spec, cpu(), same)] * 2, sample_inputs(spec), budget, block=4, margin=10.0,
-                    max_extensions=2)
+    r = race_rounds([(ort, spec, cpu(), same)] * 2, sample_inputs(spec), budget, block=4, margin=10.0, max_extensions=2)
     assert r.extended == 2 and len(r.rounds[0]) > 2
 
 

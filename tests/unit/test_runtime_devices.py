@@ -103,8 +103,10 @@ def test_too_large_model_is_split_and_matches_the_unsplit_run(big, tmp_path):
 
 def test_split_false_refuses(big):
     a, b = simulated_device("nvidia:0"), simulated_device("nvidia:1")
-    with Engine([a, b], budgets={"nvidia:0": 150_000, "nvidia:1": 150_000}) as engine, \
-            pytest.raises(ModelTooLargeError, match="split='auto'"):
+    with (
+        Engine([a, b], budgets={"nvidia:0": 150_000, "nvidia:1": 150_000}) as engine,
+        pytest.raises(ModelTooLargeError, match="split='auto'"),
+    ):
         engine.add("big", big, _place(a), split=False)
 
 

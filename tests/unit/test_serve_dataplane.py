@@ -23,15 +23,18 @@ EXAMPLES = pathlib.Path(__file__).parents[2] / "src" / "aivmm" / "devices" / "ex
 
 
 def _pbtxt(kind: str, gpus: str = "") -> str:
-    return f'instance_group [ {{ count: 1 kind: {kind} {gpus} }} ]'
+    return f"instance_group [ {{ count: 1 kind: {kind} {gpus} }} ]"
 
 
 @pytest.fixture
 def plane(tmp_path: pathlib.Path) -> DataPlane:
     from aivmm.vmm import VMM
 
-    for name, cfg in (("on_gpu", _pbtxt("KIND_GPU", "gpus: [ 0 ]")), ("on_cpu", _pbtxt("KIND_CPU")),
-                      ("gpu_three", _pbtxt("KIND_GPU", "gpus: [ 3 ]"))):
+    for name, cfg in (
+        ("on_gpu", _pbtxt("KIND_GPU", "gpus: [ 0 ]")),
+        ("on_cpu", _pbtxt("KIND_CPU")),
+        ("gpu_three", _pbtxt("KIND_GPU", "gpus: [ 3 ]")),
+    ):
         _serve_models.scale(tmp_path / name / "1" / "model.onnx", 2.0)
         (tmp_path / name / "config.pbtxt").write_text(cfg)
     vmm = VMM(simulate=EXAMPLES / "h100-80gb.json")
@@ -57,8 +60,7 @@ def test_instance_group_kinds_pin_vendor_neutrally(plane: DataPlane) -> None:
             np.testing.assert_array_equal(resp.outputs[0][1], x * 2)
         with pytest.raises(ConfigError, match=r"asks for GPU 3 but this server has 1 such device\(s\): \['nvidia:0'\]"):
             await plane.load("gpu_three")
-        assert plane.index()[0] == {"name": "gpu_three", "state": "UNAVAILABLE",
-                                    "reason": plane.index()[0]["reason"]}
+        assert plane.index()[0] == {"name": "gpu_three", "state": "UNAVAILABLE", "reason": plane.index()[0]["reason"]}
 
     asyncio.run(go())
 
@@ -113,8 +115,12 @@ def test_a_model_with_sequence_io_is_refused_at_load_with_the_reason(tmp_path: p
     from aivmm.vmm import VMM
 
     seq = helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, ["n"])
-    graph = helper.make_graph([helper.make_node("SequenceLength", ["s"], ["n"])], "seqlen", [seq],
-                              [helper.make_tensor_value_info("n", TensorProto.INT64, [])])
+    graph = helper.make_graph(
+        [helper.make_node("SequenceLength", ["s"], ["n"])],
+        "seqlen",
+        [seq],
+        [helper.make_tensor_value_info("n", TensorProto.INT64, [])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     (tmp_path / "seqlen" / "1").mkdir(parents=True)

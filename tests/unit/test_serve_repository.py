@@ -37,15 +37,18 @@ def test_triton_config_as_it_is() -> None:
     assert cfg.versions.select([1, 2, 3, 4]) == [1, 3]
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ('name: "other"', "does not match its directory"),
-    ('platform: "tensorrt_plan"', "not served by aivmm"),
-    ('backend: "python"', "not served by aivmm"),
-    ("max_batch_size: 0 dynamic_batching { }", "needs max_batch_size > 0"),
-    ("max_batch_size: 4 dynamic_batching { preferred_batch_size: [ 8 ] }", "preferred_sizes"),
-    ("max_batch_size: [", "config.pbtxt"),
-    ("max_batch_size: \"eight\"", "config.pbtxt"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('name: "other"', "does not match its directory"),
+        ('platform: "tensorrt_plan"', "not served by aivmm"),
+        ('backend: "python"', "not served by aivmm"),
+        ("max_batch_size: 0 dynamic_batching { }", "needs max_batch_size > 0"),
+        ("max_batch_size: 4 dynamic_batching { preferred_batch_size: [ 8 ] }", "preferred_sizes"),
+        ("max_batch_size: [", "config.pbtxt"),
+        ('max_batch_size: "eight"', "config.pbtxt"),
+    ],
+)
 def test_bad_triton_configs_are_config_errors(text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         cfg = from_pbtxt(text, "m")
@@ -62,27 +65,33 @@ def test_triton_backend_is_read_from_backend_info() -> None:
 
 
 def test_aivmm_json_config_overrides_triton() -> None:
-    cfg = merge_json(from_pbtxt(TRITON_CONFIG, "resnet"), """{
+    cfg = merge_json(
+        from_pbtxt(TRITON_CONFIG, "resnet"),
+        """{
         "constraints": {"max_latency_ms": 20, "precision": "fp16"},
         "batching": {"max_batch_size": 4, "max_queue_delay_ms": 1},
-        "instances": 1, "device": "cpu:0", "versions": "all", "replan_on_first_request": true}""")
+        "instances": 1, "device": "cpu:0", "versions": "all", "replan_on_first_request": true}""",
+    )
     assert cfg.replan_on_first_request and cfg.to_json()["replan_on_first_request"] is True
     assert cfg.constraints == {"max_latency_ms": 20, "precision": "fp16"}
     assert cfg.batching == {"max_batch_size": 4, "max_queue_delay_ms": 1}
     assert cfg.pin.device_id == "cpu:0" and cfg.instances == 1 and cfg.versions.kind == "all"
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ('{"constraint": {}}', "unknown key"),
-    ('{"constraints": {"max_latency": 3}}', "unknown constraint"),
-    ('{"batching": {"max_batch": 3}}', "unknown batching key"),
-    ('{"instances": 0}', "instances"),
-    ('{"device": "gpu"}', "device id"),
-    ('{"filename": "../x.onnx"}', "plain file name"),
-    ('{"versions": [0]}', "versions"),
-    ('{"replan_on_first_request": "yes"}', "replan_on_first_request"),
-    ("{oops", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ('{"constraint": {}}', "unknown key"),
+        ('{"constraints": {"max_latency": 3}}', "unknown constraint"),
+        ('{"batching": {"max_batch": 3}}', "unknown batching key"),
+        ('{"instances": 0}', "instances"),
+        ('{"device": "gpu"}', "device id"),
+        ('{"filename": "../x.onnx"}', "plain file name"),
+        ('{"versions": [0]}', "versions"),
+        ('{"replan_on_first_request": "yes"}', "replan_on_first_request"),
+        ("{oops", "not valid JSON"),
+    ],
+)
 def test_bad_json_configs(text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         merge_json(from_pbtxt("", "m"), text)

@@ -37,8 +37,10 @@ def test_binary_round_trip_every_numeric_type(dtype: DType) -> None:
 
 def test_binary_decode_is_a_view_of_the_body() -> None:
     arr = np.arange(6, dtype=np.float32)
-    body, n = _binary_body({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3],
-                                         "parameters": {"binary_data_size": 24}}]}, arr.tobytes())
+    body, n = _binary_body(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "parameters": {"binary_data_size": 24}}]},
+        arr.tobytes(),
+    )
     req = http.decode_request(body, n, "m", "")
     x = req.inputs["x"]
     assert x.shape == (2, 3) and np.array_equal(x.ravel(), arr)
@@ -57,13 +59,19 @@ def test_bytes_layout_round_trip() -> None:
 
 
 def test_json_tensors_flat_and_nested_fp16_bool_bytes() -> None:
-    body = json.dumps({"id": "r1", "inputs": [
-        {"name": "a", "datatype": "FP16", "shape": [2, 2], "data": [[1.5, 2], [3, 4]]},
-        {"name": "b", "datatype": "BOOL", "shape": [3], "data": [True, False, True]},
-        {"name": "c", "datatype": "BYTES", "shape": [2], "data": ["x", "yz"]},
-        {"name": "d", "datatype": "INT8", "shape": [2], "data": [-128, 127]},
-    ], "outputs": [{"name": "o", "parameters": {"binary_data": True}}],
-        "parameters": {"binary_data_output": False}}).encode()
+    body = json.dumps(
+        {
+            "id": "r1",
+            "inputs": [
+                {"name": "a", "datatype": "FP16", "shape": [2, 2], "data": [[1.5, 2], [3, 4]]},
+                {"name": "b", "datatype": "BOOL", "shape": [3], "data": [True, False, True]},
+                {"name": "c", "datatype": "BYTES", "shape": [2], "data": ["x", "yz"]},
+                {"name": "d", "datatype": "INT8", "shape": [2], "data": [-128, 127]},
+            ],
+            "outputs": [{"name": "o", "parameters": {"binary_data": True}}],
+            "parameters": {"binary_data_output": False},
+        }
+    ).encode()
     req = http.decode_request(body, None, "m", "3")
     assert req.inputs["a"].dtype == np.float16 and req.inputs["a"][0, 0] == 1.5
     assert req.inputs["b"].dtype == np.bool_ and req.inputs["b"].tolist() == [True, False, True]
@@ -72,19 +80,22 @@ def test_json_tensors_flat_and_nested_fp16_bool_bytes() -> None:
     assert req.id == "r1" and req.version == "3" and req.outputs[0].binary is True and not req.binary_output
 
 
-@pytest.mark.parametrize(("item", "match"), [
-    ({"name": "x", "datatype": "FLOAT", "shape": [1], "data": [1]}, "unknown datatype 'FLOAT'"),
-    ({"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}, "1 data elements for shape"),
-    ({"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}, "non-negative integers"),
-    ({"name": "x", "datatype": "INT32", "shape": [1], "data": [1.5]}, "must be integers"),
-    ({"name": "x", "datatype": "INT8", "shape": [1], "data": [300]}, "do not fit INT8"),
-    ({"name": "x", "datatype": "BOOL", "shape": [1], "data": [1]}, "must be booleans"),
-    ({"name": "x", "datatype": "FP32", "shape": [2], "data": ["a", "b"]}, "must be numbers"),
-    ({"name": "x", "datatype": "FP32", "shape": [2], "data": [[1], [2, 3]]}, "regular array"),
-    ({"name": "x", "datatype": "BYTES", "shape": [1], "data": [1]}, "must be strings"),
-    ({"name": "x", "datatype": "FP32", "shape": [1]}, "neither 'data' nor"),
-    ({"datatype": "FP32", "shape": [1], "data": [1]}, "needs a 'name'"),
-])
+@pytest.mark.parametrize(
+    ("item", "match"),
+    [
+        ({"name": "x", "datatype": "FLOAT", "shape": [1], "data": [1]}, "unknown datatype 'FLOAT'"),
+        ({"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}, "1 data elements for shape"),
+        ({"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}, "non-negative integers"),
+        ({"name": "x", "datatype": "INT32", "shape": [1], "data": [1.5]}, "must be integers"),
+        ({"name": "x", "datatype": "INT8", "shape": [1], "data": [300]}, "do not fit INT8"),
+        ({"name": "x", "datatype": "BOOL", "shape": [1], "data": [1]}, "must be booleans"),
+        ({"name": "x", "datatype": "FP32", "shape": [2], "data": ["a", "b"]}, "must be numbers"),
+        ({"name": "x", "datatype": "FP32", "shape": [2], "data": [[1], [2, 3]]}, "regular array"),
+        ({"name": "x", "datatype": "BYTES", "shape": [1], "data": [1]}, "must be strings"),
+        ({"name": "x", "datatype": "FP32", "shape": [1]}, "neither 'data' nor"),
+        ({"datatype": "FP32", "shape": [1], "data": [1]}, "needs a 'name'"),
+    ],
+)
 def test_bad_json_tensors_name_the_problem(item: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):
         http.decode_request(json.dumps({"inputs": [item]}).encode(), None, "m", "")
@@ -147,10 +158,17 @@ def test_bf16_from_json_rounds_to_nearest_even() -> None:
 
 # -- hypothesis: random and mutated bodies only ever raise InputError --------------------------------
 def _valid_binary() -> tuple[bytes, int]:
-    return _binary_body({"inputs": [
-        {"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}},
-        {"name": "s", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": 11}},
-    ], "outputs": [{"name": "y"}]}, np.ones(4, np.float32).tobytes(), t.pack_bytes([b"abc", b""]))
+    return _binary_body(
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1, 4], "parameters": {"binary_data_size": 16}},
+                {"name": "s", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": 11}},
+            ],
+            "outputs": [{"name": "y"}],
+        },
+        np.ones(4, np.float32).tobytes(),
+        t.pack_bytes([b"abc", b""]),
+    )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -174,7 +192,7 @@ def test_mutated_valid_bodies_raise_only_input_errors(data: st.DataObject) -> No
         if op == "flip" and buf:
             buf[pos] = data.draw(st.integers(0, 255))
         elif op == "cut":
-            del buf[pos:pos + data.draw(st.integers(1, 8))]
+            del buf[pos : pos + data.draw(st.integers(1, 8))]
         else:
             buf[pos:pos] = data.draw(st.binary(min_size=1, max_size=8))
     try:
@@ -185,12 +203,15 @@ def test_mutated_valid_bodies_raise_only_input_errors(data: st.DataObject) -> No
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=20,
-), st.sampled_from(["FP32", "INT64", "BOOL", "BYTES", "FP16", "UINT8", "bogus"]),
-   st.lists(st.integers(-1, 4), max_size=3))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+        lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+        max_leaves=20,
+    ),
+    st.sampled_from(["FP32", "INT64", "BOOL", "BYTES", "FP16", "UINT8", "bogus"]),
+    st.lists(st.integers(-1, 4), max_size=3),
+)
 def test_random_json_tensors_raise_only_input_errors(data: object, datatype: str, shape: list[int]) -> None:
     body = json.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": data}]}).encode()
     with contextlib.suppress(InputError):

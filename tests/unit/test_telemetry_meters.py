@@ -127,6 +127,8 @@ def test_intel_npu_recorded_on_a_lunar_lake(tmp_path: pathlib.Path, fixtures_dir
     busy.write_text(f"{979473 + 10_000_000}\n")  # 10 s busy: more than the wall time since, so clamped
     (second,) = meter.sample()
     assert second.utilization == 1.0
-    assert meter.energy(0) == (None, "Intel NPUs expose no energy counter (their power is inside the CPU "
-                                     "package's RAPL count)")
+    assert meter.energy(0) == (
+        None,
+        "Intel NPUs expose no energy counter (their power is inside the CPU package's RAPL count)",
+    )
     assert "no Intel NPU" in IntelNpuMeter(tmp_path / "none").unavailable

@@ -13,15 +13,26 @@ STATUS = {
     "models": [{"name": "resnet", "version": "1", "state": "READY", "inflight": 3}],
     "vmm_names": {"resnet:1:1": ["resnet", "1"]},
     "vmm": {
-        "devices": {"cpu:0": {"budget_bytes": 1000, "used_bytes": 250, "free_bytes": 750, "resident": ["r"]},
-                    "nvidia:0": {"budget_bytes": 80, "used_bytes": 60, "free_bytes": 20}},
-        "models": {"resnet:1:1": {
-            "queue_length": 5, "rejected": 2, "batches": {"count": 10, "mean_size": 3.5},
-            "replicas": [
-                {"device": "nvidia:0", "tier": "device", "loads": [{"seconds": 0.5}, {"seconds": 0.25}],
-                 "evictions": [{"seconds": 0.1}]},
-                {"device": "cpu:0", "tier": "host", "loads": [], "evictions": []},
-            ]}},
+        "devices": {
+            "cpu:0": {"budget_bytes": 1000, "used_bytes": 250, "free_bytes": 750, "resident": ["r"]},
+            "nvidia:0": {"budget_bytes": 80, "used_bytes": 60, "free_bytes": 20},
+        },
+        "models": {
+            "resnet:1:1": {
+                "queue_length": 5,
+                "rejected": 2,
+                "batches": {"count": 10, "mean_size": 3.5},
+                "replicas": [
+                    {
+                        "device": "nvidia:0",
+                        "tier": "device",
+                        "loads": [{"seconds": 0.5}, {"seconds": 0.25}],
+                        "evictions": [{"seconds": 0.1}],
+                    },
+                    {"device": "cpu:0", "tier": "host", "loads": [], "evictions": []},
+                ],
+            }
+        },
     },
 }
 
@@ -46,8 +57,11 @@ def _scrape(m: ServerMetrics) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
     text = m.render()[0].decode()
-    return {f"{s.name}{sorted(s.labels.items())}": s.value for fam in text_string_to_metric_families(text)
-            for s in fam.samples}
+    return {
+        f"{s.name}{sorted(s.labels.items())}": s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def test_scrape_reads_status_and_samplers() -> None:
@@ -102,7 +116,11 @@ def test_every_documented_name_is_exported() -> None:
 
 
 def test_device_rows_merge_ledger_and_readings() -> None:
-    rows = {r["id"]: r for r in device_rows(STATUS, {"nvidia:0": Reading("nvidia:0", 0.5, 200.0),
-                                                     "amd:0": Reading("amd:0", 0.1, None, None, 5, 10)})}
+    rows = {
+        r["id"]: r
+        for r in device_rows(
+            STATUS, {"nvidia:0": Reading("nvidia:0", 0.5, 200.0), "amd:0": Reading("amd:0", 0.1, None, None, 5, 10)}
+        )
+    }
     assert rows["cpu:0"]["memory_free_bytes"] == 750 and rows["nvidia:0"]["power_w"] == 200.0
     assert rows["amd:0"]["memory_free_bytes"] == 5

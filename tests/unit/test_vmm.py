@@ -157,8 +157,17 @@ def test_memory_budget_string_is_applied(relu):
 
 
 def test_simulated_devices_are_used_when_asked(relu, tmp_path):
-    spec = [{"id": "amd:0", "kind": "gpu", "vendor": "amd", "name": "AMD Instinct MI210",
-             "memory_total_bytes": 64 * 2**30, "memory_free_bytes": 64 * 2**30, "features": ["fp16", "bf16"]}]
+    spec = [
+        {
+            "id": "amd:0",
+            "kind": "gpu",
+            "vendor": "amd",
+            "name": "AMD Instinct MI210",
+            "memory_total_bytes": 64 * 2**30,
+            "memory_free_bytes": 64 * 2**30,
+            "features": ["fp16", "bf16"],
+        }
+    ]
     path = tmp_path / "sim.json"
     path.write_text(json.dumps(spec))
     with aivmm.VMM(simulate=path) as v:
@@ -171,16 +180,25 @@ def test_simulated_devices_are_used_when_asked(relu, tmp_path):
 def test_cli_run_json(relu):
     proc = subprocess.run(
         [sys.executable, "-m", "aivmm", "run", str(relu), "--random", "--repeat", "3", "--json", "--no-measure"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["device"] == "cpu:0"
     assert report["backend"]
     assert report["latency_ms"] > 0
-    assert report["outputs"] == [{"name": "y", "shape": [1, 4], "dtype": "float32", "min": pytest.approx(report[
-        "outputs"][0]["min"]), "max": pytest.approx(report["outputs"][0]["max"]),
-        "mean": pytest.approx(report["outputs"][0]["mean"])}]
+    assert report["outputs"] == [
+        {
+            "name": "y",
+            "shape": [1, 4],
+            "dtype": "float32",
+            "min": pytest.approx(report["outputs"][0]["min"]),
+            "max": pytest.approx(report["outputs"][0]["max"]),
+            "mean": pytest.approx(report["outputs"][0]["mean"]),
+        }
+    ]
 
 
 def test_cli_run_writes_outputs(relu, tmp_path):
@@ -188,9 +206,21 @@ def test_cli_run_writes_outputs(relu, tmp_path):
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "aivmm", "run", str(relu), "--input", f"x={tmp_path / 'x.npy'}",
-         "--output-dir", str(out), "--no-measure"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "aivmm",
+            "run",
+            str(relu),
+            "--input",
+            f"x={tmp_path / 'x.npy'}",
+            "--output-dir",
+            str(out),
+            "--no-measure",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "ran on cpu:0" in proc.stdout
@@ -201,7 +231,9 @@ def test_cli_run_bad_input_is_a_clear_error(relu, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 4), np.int32))
     proc = subprocess.run(
         [sys.executable, "-m", "aivmm", "run", str(relu), "--input", f"x={tmp_path / 'x.npy'}", "--no-measure"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "dtype int32" in proc.stderr and "Traceback" not in proc.stderr
@@ -213,9 +245,11 @@ def _gemm_model(path: pathlib.Path) -> pathlib.Path:
     rng = np.random.default_rng(0)
     w = onh.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w")
     graph = oh.make_graph(
-        [oh.make_node("MatMul", ["x", "w"], ["h"]), oh.make_node("Relu", ["h"], ["y"])], "gemm",
+        [oh.make_node("MatMul", ["x", "w"], ["h"]), oh.make_node("Relu", ["h"], ["y"])],
+        "gemm",
         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 64])],
-        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 64])], [w],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 64])],
+        [w],
     )
     onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
     return path
@@ -230,8 +264,10 @@ def test_a_transformed_choice_is_loaded_from_its_own_file(vmm, tmp_path):
         x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
         y = model.execute(x)["y"]
         assert y.shape == (2, 64)
-        assert np.max(np.abs(y - np.maximum(x @ onnx.numpy_helper.to_array(onnx.load(path).graph.initializer[0]),
-                                            0))) <= 10.0
+        assert (
+            np.max(np.abs(y - np.maximum(x @ onnx.numpy_helper.to_array(onnx.load(path).graph.initializer[0]), 0)))
+            <= 10.0
+        )
         replica = vmm.status()["models"]["int8"]["replicas"][0]
         assert replica["config"] == chosen.config.label()
         if chosen.transform is not None:

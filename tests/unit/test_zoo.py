@@ -177,8 +177,17 @@ def test_cli_analyze(cache: pathlib.Path, capsys: pytest.CaptureFixture[str], tm
 
     assert main(["analyze", "gpt2", "--json", "--shape", "input_ids=2x16"]) == 0
     data = json.loads(capsys.readouterr().out)
-    for key in ("inputs", "outputs", "parameters", "parameter_bytes", "flops", "peak_activation_bytes",
-                "operators", "categories", "hints"):
+    for key in (
+        "inputs",
+        "outputs",
+        "parameters",
+        "parameter_bytes",
+        "flops",
+        "peak_activation_bytes",
+        "operators",
+        "categories",
+        "hints",
+    ):
         assert key in data
     assert data["name"] == "gpt2" and data["shapes_used"] == {"input_ids": [2, 16]}
     assert data["categories"][0]["subtype"] == "causal-decoder-llm"

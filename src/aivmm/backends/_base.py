@@ -277,8 +277,9 @@ class Backend(abc.ABC):
             if not support and (memory or error is not OutOfMemoryError):
                 raise error(f"{self.name} cannot load {model.name!r} on {device.id}: " + "; ".join(support.reasons))
 
-    def _requirements(self, model: ModelSpec, device: Device,
-                      config: Config) -> Iterator[tuple[Support, type[AivmmError]]]:
+    def _requirements(
+        self, model: ModelSpec, device: Device, config: Config
+    ) -> Iterator[tuple[Support, type[AivmmError]]]:
         """Each requirement with the error class its failure raises, in the order load checks them.
 
         Stops after a failure that makes the later checks meaningless (runtime missing, device not driven).
@@ -300,9 +301,10 @@ class Backend(abc.ABC):
         boxed = [t.describe() for t in (*model.inputs, *model.outputs) if t.kind not in info.value_kinds]
         if boxed:
             more = f" (+{len(boxed) - 3} more)" if len(boxed) > 3 else ""
-            yield Support.no(
-                f"{self.name} takes tensors only at the model boundary, not {', '.join(boxed[:3])}{more}"
-            ), UnsupportedModelError
+            yield (
+                Support.no(f"{self.name} takes tensors only at the model boundary, not {', '.join(boxed[:3])}{more}"),
+                UnsupportedModelError,
+            )
             return
         if config.precision not in info.precisions:
             yield Support.no(f"{self.name} does not offer precision {config.precision.value}"), ConfigError

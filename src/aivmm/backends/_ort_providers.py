@@ -42,9 +42,7 @@ OPENVINO = EpChoice("openvino", "OpenVINOExecutionProvider", False, _FP_INT8, "p
 DML = EpChoice("dml", "DmlExecutionProvider", True, _FP, "pip install onnxruntime-directml (Windows)")
 COREML = EpChoice("coreml", "CoreMLExecutionProvider", False, _FP, "onnxruntime on macOS")
 
-BY_SHORT: dict[str, EpChoice] = {
-    ep.short: ep for ep in (CPU, CUDA, TENSORRT, MIGRAPHX, ROCM, OPENVINO, DML, COREML)
-}
+BY_SHORT: dict[str, EpChoice] = {ep.short: ep for ep in (CPU, CUDA, TENSORRT, MIGRAPHX, ROCM, OPENVINO, DML, COREML)}
 
 
 def choices_for(device: Device) -> tuple[EpChoice, ...]:
@@ -126,8 +124,9 @@ def _cap_by_affinity(cores: int) -> int:
     return max(1, min(cores, allowed))
 
 
-def provider_options(choice: EpChoice, device: Device, precision: Precision, options: Mapping[str, Any],
-                     cache_dir: pathlib.Path) -> dict[str, str]:
+def provider_options(
+    choice: EpChoice, device: Device, precision: Precision, options: Mapping[str, Any], cache_dir: pathlib.Path
+) -> dict[str, str]:
     """The provider options for one EP, from aivmm's Config options (string values, as ORT wants)."""
     opts: dict[str, str] = {}
     if choice is CPU:

@@ -170,11 +170,14 @@ class OpenVinoBackend(Backend):
             return Support.no(f"{device.id} is simulated: only the 'simulated' backend drives it")
         name = ovd.device_name(device)
         if name is None:
-            return Support.no(f"OpenVINO drives CPUs and Intel GPUs/NPUs, not {device.vendor.value} "
-                              f"{device.kind.value} {device.id}")
+            return Support.no(
+                f"OpenVINO drives CPUs and Intel GPUs/NPUs, not {device.vendor.value} {device.kind.value} {device.id}"
+            )
         if not ovd.is_listed(name, self._devices):
-            return Support.no(f"OpenVINO does not list {name} for {device.id} (available: {list(self._devices)}); "
-                              "is its driver installed?")
+            return Support.no(
+                f"OpenVINO does not list {name} for {device.id} (available: {list(self._devices)}); "
+                "is its driver installed?"
+            )
         return Support.yes()
 
     def device_precisions(self, device: Device) -> frozenset[Precision]:
@@ -192,12 +195,22 @@ class OpenVinoBackend(Backend):
             return
         offered = self.device_precisions(device)
         if config.precision not in offered:
-            yield Support.no(f"precision {config.precision.value} is not available on {device.id} with OpenVINO "
-                             f"(offered: {sorted(p.value for p in offered)})"), ConfigError
+            yield (
+                Support.no(
+                    f"precision {config.precision.value} is not available on {device.id} with OpenVINO "
+                    f"(offered: {sorted(p.value for p in offered)})"
+                ),
+                ConfigError,
+            )
             return
         if config.precision is Precision.INT8 and not model.quantized_operators:
-            yield Support.no(f"int8 on openvino runs pre-quantised models; {model.name!r} has no quantised "
-                             "operators (quantise it first)"), ConfigError
+            yield (
+                Support.no(
+                    f"int8 on openvino runs pre-quantised models; {model.name!r} has no quantised "
+                    "operators (quantise it first)"
+                ),
+                ConfigError,
+            )
         support, _ = self._coverage_of(model, compile_target, config.options.get("device_mode") is not None)
         yield support, UnsupportedModelError
 
@@ -216,24 +229,32 @@ class OpenVinoBackend(Backend):
             partial = frontend.convert_partially(input_model)
         except Exception as exc:  # the frontend raises plain RuntimeErrors for unreadable files
             raise ModelLoadError(f"openvino cannot read {model.name!r} ({path}): {exc}") from exc
-        missing = sorted({
-            f"{a.get('ONNX_META_domain') + '.' if a.get('ONNX_META_domain') else ''}{a.get('ONNX_META_type')}"
-            for op in partial.get_ordered_ops() if "FrameworkNode" in op.get_type_name()
-            for a in (op.get_attributes(),)
-        })
+        missing = sorted(
+            {
+                f"{a.get('ONNX_META_domain') + '.' if a.get('ONNX_META_domain') else ''}{a.get('ONNX_META_type')}"
+                for op in partial.get_ordered_ops()
+                if "FrameworkNode" in op.get_type_name()
+                for a in (op.get_attributes(),)
+            }
+        )
         assignment: dict[str, str] = {}
         if missing:
             import openvino
 
-            support = Support.no(f"openvino {openvino.get_version().split('-')[0]} cannot convert "
-                                 f"{model.name!r}: no conversion rule for {', '.join(missing)}")
+            support = Support.no(
+                f"openvino {openvino.get_version().split('-')[0]} cannot convert "
+                f"{model.name!r}: no conversion rule for {', '.join(missing)}"
+            )
         else:
             assignment = dict(self._core.query_model(partial, compile_target))
-            unplaced = [op.get_friendly_name() for op in partial.get_ordered_ops()
-                        if op.get_friendly_name() not in assignment]
+            unplaced = [
+                op.get_friendly_name() for op in partial.get_ordered_ops() if op.get_friendly_name() not in assignment
+            ]
             if unplaced and not composite:  # AUTO / HETERO place such nodes on their other devices
-                support = Support.no(f"{compile_target} cannot run {len(unplaced)} node(s) of {model.name!r}: "
-                                     + ", ".join(unplaced[:10]))
+                support = Support.no(
+                    f"{compile_target} cannot run {len(unplaced)} node(s) of {model.name!r}: "
+                    + ", ".join(unplaced[:10])
+                )
             else:
                 support = Support.yes()
         del partial, input_model  # framework nodes first, then the input model they point into
@@ -249,11 +270,14 @@ class OpenVinoBackend(Backend):
         hetero = compile_target.startswith("HETERO")
         primary = {devices[0], "GPU" if devices[0] == "GPU.0" else devices[0]}
         # HETERO's query_model says where each node goes; AUTO answers "AUTO" for all (checked after compile).
-        fallback = tuple(sorted(f"{node} -> {dev}" for node, dev in assignment.items()
-                                if hetero and dev not in primary))
+        fallback = tuple(
+            sorted(f"{node} -> {dev}" for node, dev in assignment.items() if hetero and dev not in primary)
+        )
         if fallback and options.get("disable_fallback"):
-            raise FallbackError(f"strict mode: {len(fallback)} node(s) of {model.name!r} would run elsewhere than "
-                                f"{devices[0]}: {', '.join(fallback[:10])}")
+            raise FallbackError(
+                f"strict mode: {len(fallback)} node(s) of {model.name!r} would run elsewhere than "
+                f"{devices[0]}: {', '.join(fallback[:10])}"
+            )
         precision_hint = ovd.hint(config.precision, device)
         per_device: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision_hint}
         properties: dict[str, Any] = {"PERFORMANCE_HINT": str(options.get("performance_hint", "LATENCY")).upper()}
@@ -279,10 +303,10 @@ class OpenVinoBackend(Backend):
         except Exception as exc:  # OpenVINO raises RuntimeError with the plugin's message
             text = str(exc)
             if "out of memory" in text.lower() or "bad_alloc" in text.lower():
-                raise OutOfMemoryError(f"out of memory compiling {model.name!r} for {compile_target}: {text}") \
-                    from exc
-            raise UnsupportedModelError(f"openvino could not compile {model.name!r} for {compile_target}: {text}") \
-                from exc
+                raise OutOfMemoryError(f"out of memory compiling {model.name!r} for {compile_target}: {text}") from exc
+            raise UnsupportedModelError(
+                f"openvino could not compile {model.name!r} for {compile_target}: {text}"
+            ) from exc
         notes = [f"compiled for {compile_target}", f"INFERENCE_PRECISION_HINT={precision_hint}"]
         executing = _execution_devices(compiled)
         if executing:
@@ -296,10 +320,14 @@ class OpenVinoBackend(Backend):
             actual = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
             notes.append(f"precision in effect: {actual}")
         if fallback:
-            log.warning("%s on %s: %d node(s) placed elsewhere: %s", model.name, compile_target, len(fallback),
-                        ", ".join(fallback[:10]))
-        report = LoadReport(0.0, device_memory_bytes=model.parameter_bytes, fallback_nodes=fallback,
-                            notes=tuple(notes))
+            log.warning(
+                "%s on %s: %d node(s) placed elsewhere: %s",
+                model.name,
+                compile_target,
+                len(fallback),
+                ", ".join(fallback[:10]),
+            )
+        report = LoadReport(0.0, device_memory_bytes=model.parameter_bytes, fallback_nodes=fallback, notes=tuple(notes))
         return OpenVinoSession(model, device, config, compiled, report)
 
 

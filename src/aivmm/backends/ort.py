@@ -66,8 +66,16 @@ from aivmm.models import ModelFormat, ModelSpec, ValueKind, onnx_model, onnx_mod
 log = logging.getLogger(__name__)
 
 OPTIONS: tuple[str, ...] = (
-    "execution_provider", "intra_op_threads", "inter_op_threads", "allow_spinning", "graph_optimization_level",
-    "disable_fallback", "io_binding", "arena", "cudnn_conv_algo_search", "engine_cache_dir",
+    "execution_provider",
+    "intra_op_threads",
+    "inter_op_threads",
+    "allow_spinning",
+    "graph_optimization_level",
+    "disable_fallback",
+    "io_binding",
+    "arena",
+    "cudnn_conv_algo_search",
+    "engine_cache_dir",
 )
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
 # What the planner knows about this runtime before it is imported (the rest is filled in by info()).
@@ -170,8 +178,11 @@ class OrtBackend(Backend):
             _STATIC_INFO,
             device_kinds=frozenset(kinds),
             precisions=precisions,
-            versions={**self.versions(), "onnxruntime": onnxruntime.__version__,
-                      "providers": ",".join(sorted(self._providers))},
+            versions={
+                **self.versions(),
+                "onnxruntime": onnxruntime.__version__,
+                "providers": ",".join(sorted(self._providers)),
+            },
             value_kinds=frozenset(ValueKind),  # ORT's Python binding takes lists and None as they are
         )
 
@@ -187,8 +198,9 @@ class OrtBackend(Backend):
             return Support.no(f"{device.id} is simulated: only the 'simulated' backend drives it")
         wanted = _ort_providers.choices_for(device)
         if not wanted:
-            return Support.no(f"onnxruntime has no execution provider for {device.vendor.value} "
-                              f"{device.kind.value} {device.id}")
+            return Support.no(
+                f"onnxruntime has no execution provider for {device.vendor.value} {device.kind.value} {device.id}"
+            )
         usable = _ort_providers.available_choices(device, self._providers)
         if not usable:
             return Support.no(
@@ -208,19 +220,28 @@ class OrtBackend(Backend):
             return
         if config.precision not in self._precisions(choice):
             offered = sorted(p.value for p in self._precisions(choice))
-            yield Support.no(f"precision {config.precision.value} is not available on {device.id} through "
-                             f"{choice.provider} (offered: {offered})"), ConfigError
+            yield (
+                Support.no(
+                    f"precision {config.precision.value} is not available on {device.id} through "
+                    f"{choice.provider} (offered: {offered})"
+                ),
+                ConfigError,
+            )
             return
         if config.precision is Precision.INT8 and not model.quantized_operators:
-            yield Support.no(f"int8 on onnxruntime runs pre-quantised models; {model.name!r} has no quantised "
-                             "operators (quantise it first)"), ConfigError
+            yield (
+                Support.no(
+                    f"int8 on onnxruntime runs pre-quantised models; {model.name!r} has no quantised "
+                    "operators (quantise it first)"
+                ),
+                ConfigError,
+            )
         yield self._operator_support(model), UnsupportedModelError
 
     def _operator_support(self, model: ModelSpec) -> Support:
         if not _ort_ops.schemas_reachable():
             return Support.yes("operator schemas not reachable: coverage is decided at load")
-        key = (str(model.source) if not isinstance(model.source, bytes | bytearray) else "<bytes>",
-               model.sha256)
+        key = (str(model.source) if not isinstance(model.source, bytes | bytearray) else "<bytes>", model.sha256)
         with self._ops_lock:
             missing = self._ops_cache.get(key) if model.sha256 else None
         if missing is None:
@@ -231,8 +252,7 @@ class OrtBackend(Backend):
         if missing:
             import onnxruntime
 
-            return Support.no(f"onnxruntime {onnxruntime.__version__} cannot run {model.name!r}: "
-                              + "; ".join(missing))
+            return Support.no(f"onnxruntime {onnxruntime.__version__} cannot run {model.name!r}: " + "; ".join(missing))
         return Support.yes()
 
     # --- loading --------------------------------------------------------------------------------
@@ -265,22 +285,28 @@ class OrtBackend(Backend):
             so.enable_cpu_mem_arena = False
 
         root = cache_dir()
-        providers: list[tuple[str, dict[str, str]]] = [(
-            choice.provider,
-            _ort_providers.provider_options(choice, device, config.precision, options, root),
-        )]
+        providers: list[tuple[str, dict[str, str]]] = [
+            (
+                choice.provider,
+                _ort_providers.provider_options(choice, device, config.precision, options, root),
+            )
+        ]
         if choice is _ort_providers.TENSORRT and _ort_providers.CUDA.provider in self._providers:
-            providers.append((_ort_providers.CUDA.provider, _ort_providers.provider_options(
-                _ort_providers.CUDA, device, config.precision, options, root)))
+            providers.append(
+                (
+                    _ort_providers.CUDA.provider,
+                    _ort_providers.provider_options(_ort_providers.CUDA, device, config.precision, options, root),
+                )
+            )
         if choice is not _ort_providers.CPU and not strict:
             providers.append((_ort_providers.CPU.provider, {}))
 
-        notes: list[str] = [f"execution provider {choice.provider}",
-                            f"intra_op_threads={so.intra_op_num_threads}"]
+        notes: list[str] = [f"execution provider {choice.provider}", f"intra_op_threads={so.intra_op_num_threads}"]
         source = self._model_source(model, choice, config.precision, notes)
         try:
-            sess = ort.InferenceSession(source, so, providers=[p for p, _ in providers],
-                                        provider_options=[o for _, o in providers])
+            sess = ort.InferenceSession(
+                source, so, providers=[p for p, _ in providers], provider_options=[o for _, o in providers]
+            )
         except Exception as exc:  # ORT raises Fail / InvalidGraph / NotImplemented / RuntimeException
             raise _translate_load_error(exc, model, device, choice, strict) from exc
         # InferenceSession.run otherwise answers an EP failure by switching the session to the CPU EP
@@ -296,13 +322,21 @@ class OrtBackend(Backend):
         fallback = _fallback_nodes(sess, choice.provider)
         if fallback and strict:
             # disable_cpu_ep_fallback covers the CPU EP only; TensorRT handing nodes to CUDA is a fallback too.
-            raise FallbackError(f"strict mode: {len(fallback)} node(s) of {model.name!r} would not run on "
-                                f"{choice.provider}: {', '.join(fallback[:10])}")
+            raise FallbackError(
+                f"strict mode: {len(fallback)} node(s) of {model.name!r} would not run on "
+                f"{choice.provider}: {', '.join(fallback[:10])}"
+            )
         if fallback:
-            log.warning("%s on %s: %d node(s) run on another execution provider: %s", model.name, device.id,
-                        len(fallback), ", ".join(fallback[:10]))
-        report = LoadReport(0.0, device_memory_bytes=model.parameter_bytes, fallback_nodes=tuple(fallback),
-                            notes=tuple(notes))
+            log.warning(
+                "%s on %s: %d node(s) run on another execution provider: %s",
+                model.name,
+                device.id,
+                len(fallback),
+                ", ".join(fallback[:10]),
+            )
+        report = LoadReport(
+            0.0, device_memory_bytes=model.parameter_bytes, fallback_nodes=tuple(fallback), notes=tuple(notes)
+        )
         if profile_primary is not None:
             notes.append("fallback nodes are read from the profile of the first run")
             report = dataclasses.replace(report, notes=tuple(notes))
@@ -310,8 +344,9 @@ class OrtBackend(Backend):
         io_binding = bool(options.get("io_binding", choice.gpu)) and _tensors_only(model)
         return OrtSession(model, device, config, sess, choice, report, io_binding, profile_primary)
 
-    def _model_source(self, model: ModelSpec, choice: _ort_providers.EpChoice, precision: Precision,
-                      notes: list[str]) -> Any:
+    def _model_source(
+        self, model: ModelSpec, choice: _ort_providers.EpChoice, precision: Precision, notes: list[str]
+    ) -> Any:
         source = model.source
         if precision is Precision.FP16 and choice in _CONVERTED_FP16:
             from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -343,9 +378,15 @@ def _no_spinning(so: Any) -> None:
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
 
-def cpu_session(path: str | os.PathLike[str], *, graph_optimization_level: str = "all", threads: int | None = None,
-                allow_spinning: bool = True, optimized_model_path: str | os.PathLike[str] | None = None,
-                free_dims: Sequence[tuple[str, int]] = ()) -> Any:
+def cpu_session(
+    path: str | os.PathLike[str],
+    *,
+    graph_optimization_level: str = "all",
+    threads: int | None = None,
+    allow_spinning: bool = True,
+    optimized_model_path: str | os.PathLike[str] | None = None,
+    free_dims: Sequence[tuple[str, int]] = (),
+) -> Any:
     """A plain ``onnxruntime.InferenceSession`` on the CPU execution provider, for aivmm's own uses of
     ONNX Runtime's API outside a :class:`Session`: the fp32 reference of the accuracy checks, the graph
     passes (which write ``optimized_model_path``), the LLM step runner's IOBinding. ``free_dims``:
@@ -355,8 +396,9 @@ def cpu_session(path: str | os.PathLike[str], *, graph_optimization_level: str =
     ONNX Runtime's own exception when the model does not load (the caller says what it was loading for).
     """
     if graph_optimization_level not in _OPT_LEVELS:
-        raise ConfigError(f"graph_optimization_level must be one of {list(_OPT_LEVELS)}, "
-                          f"got {graph_optimization_level!r}")
+        raise ConfigError(
+            f"graph_optimization_level must be one of {list(_OPT_LEVELS)}, got {graph_optimization_level!r}"
+        )
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -410,14 +452,19 @@ def _fallback_from_profile(path: str, primary: str) -> list[str]:
         provider = args.get("provider")
         if event.get("cat") != "Node" or not provider or provider == primary:
             continue
-        name = str(event.get("name", "")).removesuffix("_kernel_time").removesuffix("_fence_before") \
+        name = (
+            str(event.get("name", ""))
+            .removesuffix("_kernel_time")
+            .removesuffix("_fence_before")
             .removesuffix("_fence_after")
+        )
         found.setdefault(name, f"{name} ({args.get('op_name', '?')}) -> {provider.removesuffix('ExecutionProvider')}")
     return list(found.values())
 
 
-def _translate_load_error(exc: Exception, model: ModelSpec, device: Device, choice: _ort_providers.EpChoice,
-                          strict: bool) -> Exception:
+def _translate_load_error(
+    exc: Exception, model: ModelSpec, device: Device, choice: _ort_providers.EpChoice, strict: bool
+) -> Exception:
     text = str(exc)
     lower = text.lower()
     where = f"{model.name!r} on {device.id} ({choice.provider})"
@@ -425,8 +472,12 @@ def _translate_load_error(exc: Exception, model: ModelSpec, device: Device, choi
         return FallbackError(f"strict mode: part of {where} would run on the CPU: {text}")
     if "out of memory" in lower or "bad_alloc" in lower or "failed to allocate" in lower:
         return OutOfMemoryError(f"out of memory loading {where}: {text}")
-    if ("could not find an implementation" in lower or "not a registered function/op" in lower
-            or "no opset import for domain" in lower or "unsupported" in lower):
+    if (
+        "could not find an implementation" in lower
+        or "not a registered function/op" in lower
+        or "no opset import for domain" in lower
+        or "unsupported" in lower
+    ):
         return UnsupportedModelError(f"onnxruntime cannot run {where}: {text}")
     if "protobuf parsing failed" in lower or "no such file" in lower or "load model" in lower:
         return ModelLoadError(f"onnxruntime cannot load {where}: {text}")
@@ -436,9 +487,17 @@ def _translate_load_error(exc: Exception, model: ModelSpec, device: Device, choi
 class OrtSession(Session):
     """An ``InferenceSession`` behind aivmm's Session; ``run`` is thread-safe (ORT's run is)."""
 
-    def __init__(self, model: ModelSpec, device: Device, config: Config, sess: Any,
-                 choice: _ort_providers.EpChoice, report: LoadReport, io_binding: bool,
-                 profile_primary: str | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelSpec,
+        device: Device,
+        config: Config,
+        sess: Any,
+        choice: _ort_providers.EpChoice,
+        report: LoadReport,
+        io_binding: bool,
+        profile_primary: str | None = None,
+    ) -> None:
         super().__init__(model, device, config)
         self.report = report
         self._sess = sess
@@ -451,8 +510,7 @@ class OrtSession(Session):
         expected = [o.name for o in model.outputs]
         if expected and self._out_names != expected:
             raise ModelLoadError(f"onnxruntime outputs {self._out_names} differ from the model's {expected}")
-        self._device_type = "cuda" if choice.gpu and choice in (_ort_providers.CUDA, _ort_providers.TENSORRT) \
-            else "cpu"
+        self._device_type = "cuda" if choice.gpu and choice in (_ort_providers.CUDA, _ort_providers.TENSORRT) else "cpu"
         # The binding's own run: feeds are validated by aivmm already, and the Python wrapper's extra work
         # is input-name validation plus the silent EP fallback disabled above.
         self._c_run = getattr(getattr(sess, "_sess", None), "run", None) or sess.run
@@ -501,8 +559,13 @@ class OrtSession(Session):
         with contextlib.suppress(OSError):
             pathlib.Path(path).unlink()
         if fallback:
-            log.warning("%s on %s: %d node(s) ran on another execution provider: %s", self.model.name,
-                        self.device.id, len(fallback), ", ".join(fallback[:10]))
+            log.warning(
+                "%s on %s: %d node(s) ran on another execution provider: %s",
+                self.model.name,
+                self.device.id,
+                len(fallback),
+                ", ".join(fallback[:10]),
+            )
             self.report = dataclasses.replace(self.report, fallback_nodes=tuple(fallback))
 
     def _run_plain(self, feeds: Mapping[str, Any], output: str) -> dict[str, Any]:

@@ -175,8 +175,16 @@ def _host() -> Device:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         pages = 0
-    return Device("cpu:0", DeviceKind.CPU, Vendor.OTHER, "host CPU (for simulated devices)", pages, pages,
-                  runtimes=("onnxruntime",), source="simulated-host")
+    return Device(
+        "cpu:0",
+        DeviceKind.CPU,
+        Vendor.OTHER,
+        "host CPU (for simulated devices)",
+        pages,
+        pages,
+        runtimes=("onnxruntime",),
+        source="simulated-host",
+    )
 
 
 class SimulatedBackend(Backend):
@@ -224,8 +232,9 @@ class SimulatedBackend(Backend):
         options = {k: v for k, v in config.options.items() if k not in ("max_batch",)}
         return Config("onnxruntime", _host().id, precision, options), notes
 
-    def _requirements(self, model: ModelSpec, device: Device,
-                      config: Config) -> Iterator[tuple[Support, type[AivmmError]]]:
+    def _requirements(
+        self, model: ModelSpec, device: Device, config: Config
+    ) -> Iterator[tuple[Support, type[AivmmError]]]:
         failed = False
         for support, error in super()._requirements(model, device, config):
             failed = failed or not support
@@ -251,8 +260,8 @@ class SimulatedBackend(Backend):
             raise
         session = SimulatedSession(model, device, config, inner, nbytes)
         session.report = dataclasses.replace(
-            inner.report, device_memory_bytes=nbytes,
-            notes=(f"runs on ONNX Runtime CPU; memory charged to simulated {device.id}", *notes,
-                   *inner.report.notes),
+            inner.report,
+            device_memory_bytes=nbytes,
+            notes=(f"runs on ONNX Runtime CPU; memory charged to simulated {device.id}", *notes, *inner.report.notes),
         )
         return session

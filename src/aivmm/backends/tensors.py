@@ -79,10 +79,18 @@ def is_host(x: Any) -> bool:
 # --- dtypes and shapes without conversion -----------------------------------------------------------
 
 _TORCH_DTYPES: dict[str, DType] = {
-    "torch.float32": DType.FLOAT32, "torch.float16": DType.FLOAT16, "torch.bfloat16": DType.BFLOAT16,
-    "torch.float64": DType.FLOAT64, "torch.int8": DType.INT8, "torch.int16": DType.INT16,
-    "torch.int32": DType.INT32, "torch.int64": DType.INT64, "torch.uint8": DType.UINT8,
-    "torch.uint16": DType.UINT16, "torch.uint32": DType.UINT32, "torch.uint64": DType.UINT64,
+    "torch.float32": DType.FLOAT32,
+    "torch.float16": DType.FLOAT16,
+    "torch.bfloat16": DType.BFLOAT16,
+    "torch.float64": DType.FLOAT64,
+    "torch.int8": DType.INT8,
+    "torch.int16": DType.INT16,
+    "torch.int32": DType.INT32,
+    "torch.int64": DType.INT64,
+    "torch.uint8": DType.UINT8,
+    "torch.uint16": DType.UINT16,
+    "torch.uint32": DType.UINT32,
+    "torch.uint64": DType.UINT64,
     "torch.bool": DType.BOOL,
 }
 _NP_DTYPES: dict[np.dtype, DType] = {}
@@ -155,8 +163,11 @@ def _compile(spec: ModelSpec) -> _Fast:
         name, dtype, rank, fixed, symbols = checks[0]
         # A symbol repeated within the one input ("batch" twice) must have one size: pairs of axes to compare.
         first_axis: dict[str, int] = {}
-        same = tuple((first_axis.setdefault(sym, axis), axis) for axis, sym in symbols
-                     if first_axis.setdefault(sym, axis) != axis)
+        same = tuple(
+            (first_axis.setdefault(sym, axis), axis)
+            for axis, sym in symbols
+            if first_axis.setdefault(sym, axis) != axis
+        )
 
         def fast(inputs: Any) -> dict[str, Any] | None:
             if type(inputs) is dict:
@@ -264,15 +275,18 @@ def _container(spec: ModelSpec, ts: TensorSpec, value: Any) -> Any:
     if value is None:
         if ts.kind.is_optional:
             return None
-        raise InputError(f"input {ts.name!r} of model {spec.name!r} is not optional, got None; "
-                         f"signature: {spec.signature()}")
+        raise InputError(
+            f"input {ts.name!r} of model {spec.name!r} is not optional, got None; signature: {spec.signature()}"
+        )
     if not ts.kind.is_sequence:
         value = _as_array(value, ts)
         _check_one(spec, ts, value, {})
         return value
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (list, tuple)):
-        raise InputError(f"input {ts.name!r} of model {spec.name!r} is a sequence: pass a list of arrays, "
-                         f"got {type(value).__name__}; signature: {spec.signature()}")
+        raise InputError(
+            f"input {ts.name!r} of model {spec.name!r} is a sequence: pass a list of arrays, "
+            f"got {type(value).__name__}; signature: {spec.signature()}"
+        )
     items = [_as_array(item, ts) for item in value]
     for item in items:
         _check_one(spec, ts, item, {})
@@ -396,8 +410,9 @@ def convert_outputs(outputs: dict[str, Any], output: str) -> dict[str, Any]:
         return outputs
     if output == "torch":
         torch = _framework_module("torch")
-        return {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-                for k, v in outputs.items()}
+        return {
+            k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in outputs.items()
+        }
     if output == "cupy":
         cupy = _framework_module("cupy")
         return {k: cupy.asarray(v) for k, v in outputs.items()}  # host-to-device copy: cupy lives on the GPU

@@ -10,8 +10,13 @@ from typing import Any
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="an ONNX file or a zoo model name (see 'aivmm zoo list')")
-    parser.add_argument("--shape", action="append", default=[], metavar="NAME=1x3x224x224",
-                        help="bind an input's shape for the FLOPs and memory figures (repeatable)")
+    parser.add_argument(
+        "--shape",
+        action="append",
+        default=[],
+        metavar="NAME=1x3x224x224",
+        help="bind an input's shape for the FLOPs and memory figures (repeatable)",
+    )
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny", help="zoo model size (default tiny)")
     parser.add_argument("--json", action="store_true", help="print the analysis as JSON")
 
@@ -91,20 +96,27 @@ def render(spec: Any, hints: Any) -> str:
         lines.append(f"  {c.category.value}{subtype} {c.confidence:.2f}")
         lines.extend(f"    - {e}" for e in c.evidence)
     top = list(spec.operators.items())[:8]
-    lines.append("operators:       " + ", ".join(f"{op} x{n}" for op, n in top)
-                 + (f", ... ({len(spec.operators)} kinds)" if len(spec.operators) > len(top) else ""))
+    lines.append(
+        "operators:       "
+        + ", ".join(f"{op} x{n}" for op, n in top)
+        + (f", ... ({len(spec.operators)} kinds)" if len(spec.operators) > len(top) else "")
+    )
     flops = list(spec.per_operator_flops.items())[:5]
     if flops and spec.flops:
         lines.append("FLOPs by op:     " + ", ".join(f"{op} {100 * v / spec.flops:.1f}%" for op, v in flops))
-    for label, values in (("control flow", spec.control_flow), ("quantised ops", spec.quantized_operators),
-                          ("custom domains", spec.custom_domains)):
+    for label, values in (
+        ("control flow", spec.control_flow),
+        ("quantised ops", spec.quantized_operators),
+        ("custom domains", spec.custom_domains),
+    ):
         if values:
             lines.append(f"{label + ':':<17}{', '.join(values)}")
     lines.append(f"batch dimension: {spec.batch_dim if spec.batch_dim is not None else 'none'}")
     lines.append(
         f"planner hints:   batch <= {hints.max_batch} within {hints.batch_timeout_ms:g} ms, precisions "
         f"{'/'.join(p.value for p in hints.precisions)}, runtimes {', '.join(hints.runtimes)}"
-        + (", memory-bound" if hints.memory_bound else "") + (", sequential" if hints.sequential else "")
+        + (", memory-bound" if hints.memory_bound else "")
+        + (", sequential" if hints.sequential else "")
     )
     lines.extend(f"warning: {w}" for w in spec.warnings)
     return "\n".join(lines)

@@ -28,21 +28,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name on the server (default: the only one loaded)")
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny", help="zoo model size (default tiny)")
     parser.add_argument("--batch", type=int, default=1, help="items per request (default 1)")
-    parser.add_argument("--concurrency", default="1,2,4",
-                        help="closed-loop levels, comma-separated (default 1,2,4; '' to skip)")
+    parser.add_argument(
+        "--concurrency", default="1,2,4", help="closed-loop levels, comma-separated (default 1,2,4; '' to skip)"
+    )
     parser.add_argument("--rate", default="", help="open-loop Poisson rates in requests/s, comma-separated")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per level (default 5, at most 600)")
     parser.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up per closed-loop level")
     parser.add_argument("--json-tensors", action="store_true", help="HTTP: send JSON tensors instead of binary")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--plot", type=pathlib.Path, metavar="DIR",
-                        help="write latency_cdf.png and throughput.png (needs matplotlib)")
+    parser.add_argument(
+        "--plot", type=pathlib.Path, metavar="DIR", help="write latency_cdf.png and throughput.png (needs matplotlib)"
+    )
     parser.add_argument("--no-measure", action="store_true", help="in-process: plan without measuring")
     parser.add_argument("--device", help="in-process: pin a device id")
     parser.add_argument("--prompt-tokens", type=int, default=16, help="LLM mode: prompt length (default 16)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="LLM mode: tokens per request (default 64)")
-    parser.add_argument("--llm", action="store_true",
-                        help="LLM mode against a server URL (OpenAI /v1/completions, streamed; needs --model)")
+    parser.add_argument(
+        "--llm",
+        action="store_true",
+        help="LLM mode against a server URL (OpenAI /v1/completions, streamed; needs --model)",
+    )
 
 
 def _levels(text: str, kind: type, flag: str) -> list[Any]:
@@ -64,8 +69,7 @@ def _server_model(url: str, name: str | None) -> tuple[str, dict[str, Any]]:
 
     base = url.rstrip("/")
     if name is None:
-        with urllib.request.urlopen(urllib.request.Request(f"{base}/v2/repository/index", data=b"{}"),
-                                    timeout=30) as r:
+        with urllib.request.urlopen(urllib.request.Request(f"{base}/v2/repository/index", data=b"{}"), timeout=30) as r:
             ready = [m["name"] for m in json.load(r) if m.get("state") == "READY"]
         if len(ready) != 1:
             raise ConfigError(f"--model is needed: the server has {len(ready)} ready models {sorted(set(ready))}")
@@ -158,16 +162,28 @@ def run(args: argparse.Namespace) -> int:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         err = Console(stderr=True)
-        with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=err,
-                      transient=True) as progress:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(), console=err, transient=True
+        ) as progress:
             for c in concurrency:
                 task = progress.add_task(f"closed loop, concurrency {c}", total=1.0)
-                results.append(lg.closed_loop(factory, c, args.duration, warmup_s=args.warmup, label=label,
-                                              progress=functools.partial(_advance, progress, task)))
+                results.append(
+                    lg.closed_loop(
+                        factory,
+                        c,
+                        args.duration,
+                        warmup_s=args.warmup,
+                        label=label,
+                        progress=functools.partial(_advance, progress, task),
+                    )
+                )
             for r in rates:
                 task = progress.add_task(f"open loop, {r:g}/s", total=1.0)
-                results.append(lg.open_loop(factory, r, args.duration, label=label,
-                                            progress=functools.partial(_advance, progress, task)))
+                results.append(
+                    lg.open_loop(
+                        factory, r, args.duration, label=label, progress=functools.partial(_advance, progress, task)
+                    )
+                )
     finally:
         if resource is not None:
             resource.close()
@@ -209,8 +225,12 @@ def _run_llm(args: argparse.Namespace, concurrency: list[int]) -> int:
         results = [closed_loop_openai(args.target, args.model, n, args.duration, **kw) for n in concurrency]
     else:
         with VMM() as vmm:
-            llm = vmm.deploy(args.target, device=args.device, measure=not args.no_measure,
-                             batching={"max_batch_size": max(concurrency)})
+            llm = vmm.deploy(
+                args.target,
+                device=args.device,
+                measure=not args.no_measure,
+                batching={"max_batch_size": max(concurrency)},
+            )
             if not isinstance(llm, DeployedLLM):
                 raise UnsupportedModelError(f"{args.target} is not a decoder with a KV cache")
             label = f"{args.target} in-process on {llm.generation_plan.chosen.label}"
@@ -219,15 +239,21 @@ def _run_llm(args: argparse.Namespace, concurrency: list[int]) -> int:
     if args.json:
         print(json.dumps({"target": label, "mode": "llm", "results": [r.to_json() for r in results]}, indent=2))
         return 0 if all(r.requests for r in results) else 1
-    table = Table(title=f"aivmm bench (LLM): {label}, {args.prompt_tokens}-token prompts, "
-                        f"{args.max_new_tokens} new tokens")
+    table = Table(
+        title=f"aivmm bench (LLM): {label}, {args.prompt_tokens}-token prompts, {args.max_new_tokens} new tokens"
+    )
     for col in ("streams", "requests", "errors", "tokens/s", "TTFT p50/p90/p99 ms", "TPOT p50/p90/p99 ms"):
         table.add_column(col, justify="right")
     for r in results:
         j = r.to_json()
-        table.add_row(str(r.concurrency), str(r.requests), str(r.errors), f"{r.tokens_per_s:.1f}",
-                      "/".join(f"{j['ttft_ms'][q]:.2f}" for q in ("p50", "p90", "p99")),
-                      "/".join(f"{j['tpot_ms'][q]:.3f}" for q in ("p50", "p90", "p99")))
+        table.add_row(
+            str(r.concurrency),
+            str(r.requests),
+            str(r.errors),
+            f"{r.tokens_per_s:.1f}",
+            "/".join(f"{j['ttft_ms'][q]:.2f}" for q in ("p50", "p90", "p99")),
+            "/".join(f"{j['tpot_ms'][q]:.3f}" for q in ("p50", "p90", "p99")),
+        )
     Console().print(table)
     return 0 if all(r.requests for r in results) else 1
 
@@ -242,13 +268,22 @@ def _print_table(label: str, results: list[Any]) -> None:
     for r in results:
         j = r.to_json()
         level = f"{int(r.level)} workers" if r.mode == "closed" else f"{r.level:g}/s"
-        table.add_row(r.mode, level, str(j["requests"]), str(j["errors"]), f"{j['throughput']:.1f}",
-                      f"{j['p50_ms']:.2f}", f"{j['p90_ms']:.2f}", f"{j['p99_ms']:.2f}")
+        table.add_row(
+            r.mode,
+            level,
+            str(j["requests"]),
+            str(j["errors"]),
+            f"{j['throughput']:.1f}",
+            f"{j['p50_ms']:.2f}",
+            f"{j['p90_ms']:.2f}",
+            f"{j['p99_ms']:.2f}",
+        )
     Console().print(table)
     for r in results:
         for sample in r.error_samples[:2]:
-            Console(stderr=True).print(f"[red]error[/red] ({r.mode} {r.level:g}): {sample}", markup=True,
-                                       highlight=False)
+            Console(stderr=True).print(
+                f"[red]error[/red] ({r.mode} {r.level:g}): {sample}", markup=True, highlight=False
+            )
 
 
 def plot(results: list[Any], out_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -286,8 +321,9 @@ def plot(results: list[Any], out_dir: pathlib.Path) -> list[pathlib.Path]:
         ax.set_xlabel("concurrency")
         ax.set_ylabel("requests / s")
         ax2 = ax.twinx()
-        ax2.plot([r.level for r in closed], [r.percentile(99) * 1e3 for r in closed], "s--", color="tab:red",
-                 label="p99")
+        ax2.plot(
+            [r.level for r in closed], [r.percentile(99) * 1e3 for r in closed], "s--", color="tab:red", label="p99"
+        )
         ax2.set_ylabel("p99 latency (ms)")
         ax.set_title("throughput against concurrency")
         ax.grid(True, alpha=0.3)

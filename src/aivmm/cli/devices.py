@@ -86,8 +86,16 @@ def _device_table(report: DiscoveryReport) -> Table:
         precisions = [p for p in _PRECISIONS if p in d.features]
         name = d.name + (" [simulated]" if d.simulated else "")
         memory = f"{_gib(d.memory_free_bytes)}/{_gib(d.memory_total_bytes)}" if d.memory_total_bytes else "unknown"
-        rows.append([d.id, name, memory, " ".join(precisions), " ".join(sorted(d.features - set(precisions))),
-                     " ".join(d.runtimes) or "-"])
+        rows.append(
+            [
+                d.id,
+                name,
+                memory,
+                " ".join(precisions),
+                " ".join(sorted(d.features - set(precisions))),
+                " ".join(d.runtimes) or "-",
+            ]
+        )
     return f"aivmm devices ({len(rows)})", header, rows
 
 
@@ -100,21 +108,30 @@ def _figures_table(figures: dict[str, tuple[Any, str]]) -> Table:
             rows.append([device_id, *("-" for _ in _PRECISIONS), "-", "-", "-", f"not measured: {why}"])
             continue
         cells = [f"{fig.matmul_tflops[p]:.3g}" if p in fig.matmul_tflops else "-" for p in _PRECISIONS]
-        numbers = [f"{v:.1f}" if v else "-" for v in (fig.memory_bandwidth_gbps, fig.h2d_pinned_gbps,
-                                                      fig.h2d_pageable_gbps)]
+        numbers = [
+            f"{v:.1f}" if v else "-" for v in (fig.memory_bandwidth_gbps, fig.h2d_pinned_gbps, fig.h2d_pageable_gbps)
+        ]
         by = ", ".join(f"{p}:{r}" for p, r in fig.measured_by.items())
         rows.append([device_id, *cells, *numbers, f"{why} ({by})"])
     return "measured figures (matmul per precision, copies)", header, rows
 
 
 def _check_table(checks: dict[str, tuple[Any, ...]]) -> Table:
-    rows = [[device_id, r.runtime or "-", r.status.value.upper(), r.detail]
-            for device_id, results in checks.items() for r in results]
+    rows = [
+        [device_id, r.runtime or "-", r.status.value.upper(), r.detail]
+        for device_id, results in checks.items()
+        for r in results
+    ]
     return "check: Add(a, b) on every device through every runtime", ["ID", "RUNTIME", "RESULT", "DETAIL"], rows
 
 
-def _render(report: DiscoveryReport, figures: dict[str, tuple[Any, str]], checks: dict[str, tuple[Any, ...]],
-            bench: bool, check: bool) -> None:
+def _render(
+    report: DiscoveryReport,
+    figures: dict[str, tuple[Any, str]],
+    checks: dict[str, tuple[Any, ...]],
+    bench: bool,
+    check: bool,
+) -> None:
     tables = [_device_table(report)]
     if bench:
         tables.append(_figures_table(figures))

@@ -24,12 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aivmm.cli._constraint_flags import add_constraint_arguments
 
     parser.add_argument("model", nargs="?", help="an ONNX file or a zoo name (default: every zoo model)")
-    parser.add_argument("--input", action="append", default=[], metavar="FILE.npz|NAME=FILE.npy",
-                        help="inputs from a .npz (one array per input name), NAME=FILE.npy, or FILE.npy for a "
-                             "one-input model (repeatable); they are also what the planner measures with")
-    parser.add_argument("--random", action="store_true",
-                        help="random inputs shaped by the model's signature (the default for zoo models "
-                             "is their sample inputs)")
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="FILE.npz|NAME=FILE.npy",
+        help="inputs from a .npz (one array per input name), NAME=FILE.npy, or FILE.npy for a "
+        "one-input model (repeatable); they are also what the planner measures with",
+    )
+    parser.add_argument(
+        "--random",
+        action="store_true",
+        help="random inputs shaped by the model's signature (the default for zoo models is their sample inputs)",
+    )
     parser.add_argument("--device", help="pin a device id (cpu:0, nvidia:0, ...)")
     parser.add_argument("--backend", help="pin a backend (onnxruntime, openvino, torch, ...)")
     parser.add_argument("--strict", action="store_true", help="refuse any fallback from the pinned device/backend")
@@ -45,8 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
     """``-v`` after the command too (``aivmm run m.onnx -v``): the runtimes' captured output while
     measuring is logged at INFO. SUPPRESS keeps a ``-v`` given before the command."""
-    parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
-                        help="more logging: the runtimes' full output while measuring (-vv for debug)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="more logging: the runtimes' full output while measuring (-vv for debug)",
+    )
 
 
 def _load_array(label: str, path: str) -> np.ndarray:
@@ -123,8 +135,14 @@ def _run_one(vmm: Any, target: str, args: argparse.Namespace, constraints: Any, 
         model_ref = load(model_ref)
         given = _parse_inputs(args.input, model_ref)
     deployed = vmm.deploy(
-        model_ref, constraints, device=args.device, backend=args.backend, strict=args.strict,
-        name=zoo_name or pathlib.Path(target).stem, measure=not args.no_measure, sample_inputs=given,
+        model_ref,
+        constraints,
+        device=args.device,
+        backend=args.backend,
+        strict=args.strict,
+        name=zoo_name or pathlib.Path(target).stem,
+        measure=not args.no_measure,
+        sample_inputs=given,
     )
     try:
         if given is not None:
@@ -159,8 +177,9 @@ def _run_one(vmm: Any, target: str, args: argparse.Namespace, constraints: Any, 
             "runs": repeat,
             "fallbacks": list(deployed.plan.fallbacks),
             "inputs": {k: {"shape": list(np.shape(v)), "dtype": str(np.asarray(v).dtype)} for k, v in feeds.items()},
-            "inputs_from": "--input" if given is not None else ("zoo sample" if zoo_name and not args.random
-                                                                 else "generated"),
+            "inputs_from": "--input"
+            if given is not None
+            else ("zoo sample" if zoo_name and not args.random else "generated"),
             "outputs": [{"name": k, **_summary(v)} for k, v in outputs.items()],
         }
     finally:
@@ -200,9 +219,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"devices: {devices}")
     for r in reports:
         opts = ",".join(f"{k}={v}" for k, v in r["options"].items())
-        print(f"\n{r['model']} [{r['category']}] ran on {r['device']} with {r['backend']} {r['precision']}"
-              + (f" ({opts})" if opts else "")
-              + f": {r['latency_ms']:.3f} ms" + (f" (median of {r['runs']})" if r["runs"] > 1 else ""))
+        print(
+            f"\n{r['model']} [{r['category']}] ran on {r['device']} with {r['backend']} {r['precision']}"
+            + (f" ({opts})" if opts else "")
+            + f": {r['latency_ms']:.3f} ms"
+            + (f" (median of {r['runs']})" if r["runs"] > 1 else "")
+        )
         for note in r["fallbacks"]:
             print(f"  fallback: {note}")
         for o in r["outputs"]:

@@ -8,11 +8,20 @@ import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", nargs="?", choices=("list", "build"), default="list",
-                        help="list the models (default) or build them into the cache")
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "build"),
+        default="list",
+        help="list the models (default) or build them into the cache",
+    )
     parser.add_argument("names", nargs="*", metavar="NAME", help="models to build (default: all)")
-    parser.add_argument("--size", choices=("tiny", "full"), default="tiny",
-                        help="tiny (tests, demos) or full (the real architecture's size, for benchmarks)")
+    parser.add_argument(
+        "--size",
+        choices=("tiny", "full"),
+        default="tiny",
+        help="tiny (tests, demos) or full (the real architecture's size, for benchmarks)",
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even when cached")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
@@ -48,8 +57,15 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         start = time.perf_counter()
         path = zoo.build(name, args.size, force=args.force)
-        built.append({"name": name, "size": args.size, "path": str(path), "bytes": path.stat().st_size,
-                      "seconds": round(time.perf_counter() - start, 3)})
+        built.append(
+            {
+                "name": name,
+                "size": args.size,
+                "path": str(path),
+                "bytes": path.stat().st_size,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
         if not args.json:
             row = built[-1]
             print(f"{name:<10} {args.size:<5} {row['bytes'] / 1e6:9.1f} MB  {row['seconds']:6.2f} s  {path}")

@@ -29,7 +29,10 @@ def kernels(runtime: str) -> dict[str, Callable[[Budget], float]]:
     table: dict[str, dict[str, Callable[[Budget], float]]] = {
         "numpy": {"fp32": _numpy_fp32},
         "torch": {
-            "fp32": _torch("float32"), "bf16": _torch("bfloat16"), "fp16": _torch("float16"), "int8": _torch_int8,
+            "fp32": _torch("float32"),
+            "bf16": _torch("bfloat16"),
+            "fp16": _torch("float16"),
+            "int8": _torch_int8,
         },
         "onnxruntime": {"fp32": _ort("fp32"), "int8": _ort("int8")},
     }
@@ -125,7 +128,8 @@ def _ort(precision: str) -> Callable[[Budget], float]:
                 a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
                 a = rng.standard_normal((n, n), dtype=np.float32)
             graph = helper.make_graph(
-                [node], f"matmul_{precision}_{n}",
+                [node],
+                f"matmul_{precision}_{n}",
                 [helper.make_tensor_value_info("A", a_type, [n, n])],
                 [helper.make_tensor_value_info("Y", y_type, [n, n])],
                 [onnx.numpy_helper.from_array(b, "B")],

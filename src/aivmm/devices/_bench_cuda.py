@@ -103,7 +103,9 @@ def matmul_tflops(device: Device, budget: Budget) -> tuple[dict[str, float], lis
         return lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
 
     plan: list[tuple[str, Callable[[int], Callable[[], object]]]] = [
-        ("fp32", floats(torch.float32)), ("tf32", floats(torch.float32)), ("fp16", floats(torch.float16)),
+        ("fp32", floats(torch.float32)),
+        ("tf32", floats(torch.float32)),
+        ("fp16", floats(torch.float16)),
     ]
     if cc >= (8, 0):
         plan.append(("bf16", floats(torch.bfloat16)))

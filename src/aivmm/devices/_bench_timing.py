@@ -48,9 +48,7 @@ def wall(fn: Callable[[], object]) -> Callable[[], float]:
     return run
 
 
-def grow(
-    time_at: Callable[[int], float], sizes: Sequence[int], *, target_s: float, budget: Budget
-) -> int:
+def grow(time_at: Callable[[int], float], sizes: Sequence[int], *, target_s: float, budget: Budget) -> int:
     """The first size whose single run takes at least ``target_s`` (or the largest tried)."""
     chosen = sizes[0]
     for size in sizes:

@@ -90,8 +90,15 @@ def _torch_spec() -> Any:
             return a + b
 
     inputs, outputs = _tensors()
-    return ModelSpec(name="aivmm-check-add", format=ModelFormat.TORCH_MODULE, inputs=inputs, outputs=outputs,
-                     operators={"add": 1}, source=Add(), flops=int(np.prod(_SHAPE)))
+    return ModelSpec(
+        name="aivmm-check-add",
+        format=ModelFormat.TORCH_MODULE,
+        inputs=inputs,
+        outputs=outputs,
+        operators={"add": 1},
+        source=Add(),
+        flops=int(np.prod(_SHAPE)),
+    )
 
 
 def check_device(device: Device) -> tuple[CheckResult, ...]:
@@ -136,8 +143,9 @@ def _check_one(device: Device, runtime: str, onnx_spec: Any) -> CheckResult:
         backend = registry.get(runtime)
         spec, label = _spec_for(backend, onnx_spec)
         if spec is None:
-            return CheckResult(device.id, runtime, CheckStatus.SKIPPED,
-                               'onnx is not installed (pip install "aivmm[onnx]")')
+            return CheckResult(
+                device.id, runtime, CheckStatus.SKIPPED, 'onnx is not installed (pip install "aivmm[onnx]")'
+            )
         session = backend.load(spec, device, Config(backend=runtime, device=device.id))
         outputs = session.run({"a": a, "b": b})
         y = np.asarray(outputs["y"] if "y" in outputs else next(iter(outputs.values())))

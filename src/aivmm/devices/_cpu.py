@@ -13,15 +13,33 @@ from aivmm.devices._types import Device, DeviceKind, ProbeReport, Vendor
 
 # /proc/cpuinfo flag -> feature name reported in Device.features (only those inference cares about).
 _X86_FEATURES = {
-    "avx": "avx", "avx2": "avx2", "fma": "fma", "f16c": "f16c",
-    "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512vl": "avx512vl",
-    "avx512_bf16": "avx512_bf16", "avx512_vnni": "avx512_vnni", "avx512_fp16": "avx512_fp16",
-    "avx_vnni": "avx_vnni", "amx_bf16": "amx_bf16", "amx_int8": "amx_int8", "amx_tile": "amx_tile",
+    "avx": "avx",
+    "avx2": "avx2",
+    "fma": "fma",
+    "f16c": "f16c",
+    "avx512f": "avx512f",
+    "avx512bw": "avx512bw",
+    "avx512vl": "avx512vl",
+    "avx512_bf16": "avx512_bf16",
+    "avx512_vnni": "avx512_vnni",
+    "avx512_fp16": "avx512_fp16",
+    "avx_vnni": "avx_vnni",
+    "amx_bf16": "amx_bf16",
+    "amx_int8": "amx_int8",
+    "amx_tile": "amx_tile",
     "amx_fp16": "amx_fp16",
 }
 _ARM_FEATURES = {
-    "asimd": "neon", "neon": "neon", "asimdhp": "asimdhp", "fphp": "fphp", "asimddp": "dotprod",
-    "sve": "sve", "sve2": "sve2", "bf16": "bf16", "i8mm": "i8mm", "sme": "sme",
+    "asimd": "neon",
+    "neon": "neon",
+    "asimdhp": "asimdhp",
+    "fphp": "fphp",
+    "asimddp": "dotprod",
+    "sve": "sve",
+    "sve2": "sve2",
+    "bf16": "bf16",
+    "i8mm": "i8mm",
+    "sme": "sme",
 }
 # Features that mean the CPU computes a precision natively (not by converting to fp32 first).
 _NATIVE_PRECISION = {
@@ -139,9 +157,11 @@ def _numa_nodes(base: Path) -> list[dict[str, object]]:
         for line in meminfo.splitlines():
             if "MemTotal:" in line:
                 total = _kib(line.split("MemTotal:")[1])
-        nodes.append({
-            "node": int(node.name[4:]),
-            "cpus": parse_cpu_list(read_text(node / "cpulist")),
-            "memory_total_bytes": total,
-        })
+        nodes.append(
+            {
+                "node": int(node.name[4:]),
+                "cpus": parse_cpu_list(read_text(node / "cpulist")),
+                "memory_total_bytes": total,
+            }
+        )
     return nodes

@@ -25,9 +25,19 @@ _NPU_DRIVERS = ("intel_vpu",)
 # Intel puts the integrated GPU at PCI 00:02.0 on every client platform since Sandy Bridge.
 _IGPU_SLOT = re.compile(r"^[0-9a-f]{4}:00:02\.0$", re.IGNORECASE)
 _OV_PROPERTIES = (
-    "FULL_DEVICE_NAME", "DEVICE_TYPE", "DEVICE_ARCHITECTURE", "DEVICE_UUID", "DEVICE_PCI_INFO",
-    "OPTIMIZATION_CAPABILITIES", "DEVICE_GOPS", "GPU_DEVICE_TOTAL_MEM_SIZE", "GPU_EXECUTION_UNITS_COUNT",
-    "NPU_DEVICE_TOTAL_MEM_SIZE", "NPU_DEVICE_ALLOC_MEM_SIZE", "NPU_DRIVER_VERSION", "DEVICE_ID",
+    "FULL_DEVICE_NAME",
+    "DEVICE_TYPE",
+    "DEVICE_ARCHITECTURE",
+    "DEVICE_UUID",
+    "DEVICE_PCI_INFO",
+    "OPTIMIZATION_CAPABILITIES",
+    "DEVICE_GOPS",
+    "GPU_DEVICE_TOTAL_MEM_SIZE",
+    "GPU_EXECUTION_UNITS_COUNT",
+    "NPU_DEVICE_TOTAL_MEM_SIZE",
+    "NPU_DEVICE_ALLOC_MEM_SIZE",
+    "NPU_DRIVER_VERSION",
+    "DEVICE_ID",
 )
 
 
@@ -220,9 +230,18 @@ def _gops(value: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, number in items:
         text = str(getattr(key, "type_name", None) or key)
-        for token, precision in (("bfloat16", "bf16"), ("bf16", "bf16"), ("float16", "fp16"), ("f16", "fp16"),
-                                 ("float32", "fp32"), ("f32", "fp32"), ("uint8", None), ("u8", None),
-                                 ("int8", "int8"), ("i8", "int8")):
+        for token, precision in (
+            ("bfloat16", "bf16"),
+            ("bf16", "bf16"),
+            ("float16", "fp16"),
+            ("f16", "fp16"),
+            ("float32", "fp32"),
+            ("f32", "fp32"),
+            ("uint8", None),
+            ("u8", None),
+            ("int8", "int8"),
+            ("i8", "int8"),
+        ):
             if token in text:
                 if precision:
                     out[precision] = max(out.get(precision, 0.0), float(number))
@@ -274,9 +293,11 @@ def _merge(sysfs: list[dict[str, Any]], ov: list[dict[str, Any]]) -> list[dict[s
 
 def _device(prefix: str, index: int, facts: dict[str, Any], kind: DeviceKind) -> Device:
     device_id = facts["device_id"]
-    name = facts["name"] or (
-        _pci_ids.name_for(_pci_ids.INTEL, device_id) if device_id is not None else None
-    ) or (f"Intel {kind.value.upper()} 0x{device_id:04x}" if device_id is not None else f"Intel {kind.value.upper()}")
+    name = (
+        facts["name"]
+        or (_pci_ids.name_for(_pci_ids.INTEL, device_id) if device_id is not None else None)
+        or (f"Intel {kind.value.upper()} 0x{device_id:04x}" if device_id is not None else f"Intel {kind.value.upper()}")
+    )
     total = int(facts["memory"] or 0)
     used = facts["memory_used"]
     props = dict(facts["props"])

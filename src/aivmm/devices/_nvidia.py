@@ -23,8 +23,16 @@ from aivmm.devices._sysfs import list_dir, pci_identity, pcie_link, read_int, re
 from aivmm.devices._types import Device, DeviceKind, ProbeReport, Vendor
 
 _ARCHITECTURES = {
-    2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere", 8: "ada",
-    9: "hopper", 10: "blackwell", 13: "rubin",
+    2: "kepler",
+    3: "maxwell",
+    4: "pascal",
+    5: "volta",
+    6: "turing",
+    7: "ampere",
+    8: "ada",
+    9: "hopper",
+    10: "blackwell",
+    13: "rubin",
 }
 
 
@@ -95,10 +103,12 @@ def _device(nvml: Any, index: int, driver: str | None, cuda: int | None) -> Devi
     draw = _optional(nvml.nvmlDeviceGetPowerUsage, handle)
     if draw is not None:
         props["power_draw_w"] = round(draw / 1000.0, 1)
-    for key, fn in (("pcie_gen_current", "nvmlDeviceGetCurrPcieLinkGeneration"),
-                    ("pcie_gen_max", "nvmlDeviceGetMaxPcieLinkGeneration"),
-                    ("pcie_width_current", "nvmlDeviceGetCurrPcieLinkWidth"),
-                    ("pcie_width_max", "nvmlDeviceGetMaxPcieLinkWidth")):
+    for key, fn in (
+        ("pcie_gen_current", "nvmlDeviceGetCurrPcieLinkGeneration"),
+        ("pcie_gen_max", "nvmlDeviceGetMaxPcieLinkGeneration"),
+        ("pcie_width_current", "nvmlDeviceGetCurrPcieLinkWidth"),
+        ("pcie_width_max", "nvmlDeviceGetMaxPcieLinkWidth"),
+    ):
         value = _optional(getattr(nvml, fn, None), handle)
         if value is not None:
             props[key] = int(value)
@@ -166,8 +176,9 @@ def _fallback(root: str | Path, why: str) -> ProbeReport:
     report = probe_sysfs(root)
     if not report.devices:
         return ProbeReport("nvidia", reason=f"absent: {why}")
-    return ProbeReport("nvidia", report.devices, f"NVML unusable ({why}): listed from sysfs, memory and "
-                                                  "compute capability unknown")
+    return ProbeReport(
+        "nvidia", report.devices, f"NVML unusable ({why}): listed from sysfs, memory and compute capability unknown"
+    )
 
 
 def probe_sysfs(root: str | Path = "/") -> ProbeReport:
@@ -197,18 +208,20 @@ def probe_sysfs(root: str | Path = "/") -> ProbeReport:
         numa = read_int(device_dir / "numa_node")
         if numa is not None and numa >= 0:
             props["numa_node"] = numa
-        devices.append(Device(
-            id=f"nvidia:{index}",
-            kind=DeviceKind.GPU,
-            vendor=Vendor.NVIDIA,
-            name=name or f"NVIDIA GPU 0x{device_id or 0:04x}",
-            memory_total_bytes=0,
-            memory_free_bytes=0,
-            index=index,
-            features=frozenset({"fp32"}),
-            properties={k: v for k, v in props.items() if v is not None},
-            source="sysfs",
-        ))
+        devices.append(
+            Device(
+                id=f"nvidia:{index}",
+                kind=DeviceKind.GPU,
+                vendor=Vendor.NVIDIA,
+                name=name or f"NVIDIA GPU 0x{device_id or 0:04x}",
+                memory_total_bytes=0,
+                memory_free_bytes=0,
+                index=index,
+                features=frozenset({"fp32"}),
+                properties={k: v for k, v in props.items() if v is not None},
+                source="sysfs",
+            )
+        )
     if not devices:
         return ProbeReport("nvidia", reason=f"absent: no NVIDIA GPU under {base / 'sys/bus/pci/devices'}")
     return ProbeReport("nvidia", tuple(devices))

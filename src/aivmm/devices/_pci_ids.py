@@ -42,16 +42,23 @@ REVISIONS: dict[tuple[int, int, int], str] = {
 
 # AMD GPUs that are integrated into the CPU package (APUs). The kernel exposes no "integrated" flag
 # in sysfs that holds on every generation, so the ids of APU graphics are listed here.
-AMD_APUS: frozenset[int] = frozenset({
-    0x15BF, 0x15C8,  # Phoenix 1/2 (Radeon 780M/760M, 740M)
-    0x1681,  # Rembrandt (680M)
-    0x164E,  # Raphael (Ryzen 7000 desktop iGPU)
-    0x1636, 0x1638, 0x164C,  # Renoir, Cezanne, Lucienne
-    0x15D8, 0x15DD,  # Picasso, Raven Ridge
-    0x163F,  # Van Gogh (Steam Deck)
-    0x1506,  # Mendocino
-    0x150E, 0x1586,  # Strix Point, Strix Halo
-})
+AMD_APUS: frozenset[int] = frozenset(
+    {
+        0x15BF,
+        0x15C8,  # Phoenix 1/2 (Radeon 780M/760M, 740M)
+        0x1681,  # Rembrandt (680M)
+        0x164E,  # Raphael (Ryzen 7000 desktop iGPU)
+        0x1636,
+        0x1638,
+        0x164C,  # Renoir, Cezanne, Lucienne
+        0x15D8,
+        0x15DD,  # Picasso, Raven Ridge
+        0x163F,  # Van Gogh (Steam Deck)
+        0x1506,  # Mendocino
+        0x150E,
+        0x1586,  # Strix Point, Strix Halo
+    }
+)
 
 
 def name_for(vendor: int, device: int, revision: int | None = None) -> str | None:

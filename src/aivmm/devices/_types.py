@@ -138,8 +138,11 @@ class Device:
         features = data.get("features", [])
         runtimes = data.get("runtimes", [])
         properties = data.get("properties", {})
-        for field, value, typ in (("features", features, list), ("runtimes", runtimes, list),
-                                  ("properties", properties, Mapping)):
+        for field, value, typ in (
+            ("features", features, list),
+            ("runtimes", runtimes, list),
+            ("properties", properties, Mapping),
+        ):
             if not isinstance(value, typ):
                 raise SimulationSpecError(source, f"{label}.{field}", f"expected {typ.__name__}, got {value!r}")
         index = data.get("index", _index_of(dev_id))

@@ -38,8 +38,12 @@ log = logging.getLogger(__name__)
 DEFAULT_BUDGET_S = 30.0
 SCHEMA = 1
 _CPU_DEFAULT = "numpy"
-_CPU_PREFERENCE = {"fp32": ("numpy", "onnxruntime", "torch"), "bf16": ("torch",), "fp16": ("torch",),
-                   "int8": ("onnxruntime", "torch")}
+_CPU_PREFERENCE = {
+    "fp32": ("numpy", "onnxruntime", "torch"),
+    "bf16": ("torch",),
+    "fp16": ("torch",),
+    "int8": ("onnxruntime", "torch"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +141,18 @@ def _versions(runtime: str) -> dict[str, str]:
 def fingerprint(device: Device, runtime: str | None = None) -> str:
     """A key that changes when the device, its driver, or the measuring runtime changes."""
     runtime = runtime or default_runtime(device)
-    keep = ("uuid", "pci_device_id", "pci_bus_id", "compute_capability", "driver_version", "gfx_architecture",
-            "logical_cores", "physical_cores", "architecture", "unique_id")
+    keep = (
+        "uuid",
+        "pci_device_id",
+        "pci_bus_id",
+        "compute_capability",
+        "driver_version",
+        "gfx_architecture",
+        "logical_cores",
+        "physical_cores",
+        "architecture",
+        "unique_id",
+    )
     identity = {
         "id": device.id,
         "name": device.name,
@@ -209,8 +223,9 @@ def _simulated_figures(device: Device, runtime: str | None) -> DeviceFigures | N
         return None
     if runtime is not None and str(data.get("runtime", runtime)) != runtime:
         return None
-    return DeviceFigures.from_json({"device_id": device.id, "runtime": runtime or "simulated", **data},
-                                   source=f"simulated {device.id}")
+    return DeviceFigures.from_json(
+        {"device_id": device.id, "runtime": runtime or "simulated", **data}, source=f"simulated {device.id}"
+    )
 
 
 def can_measure(device: Device, runtime: str | None = None) -> tuple[bool, str]:

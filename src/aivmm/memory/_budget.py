@@ -45,8 +45,10 @@ def resolve_capacities(
     free memory minus ``reserve_fraction`` of it, which leaves room for runtime workspaces and
     allocator fragmentation that no footprint estimate sees.
     """
-    if isinstance(reserve_fraction, bool) or not isinstance(reserve_fraction, int | float) or not (
-        0.0 <= reserve_fraction < 1.0
+    if (
+        isinstance(reserve_fraction, bool)
+        or not isinstance(reserve_fraction, int | float)
+        or not (0.0 <= reserve_fraction < 1.0)
     ):
         raise ConfigError(f"reserve_fraction must be in [0, 1), got {reserve_fraction!r}")
     env = os.environ if environ is None else environ

@@ -103,10 +103,10 @@ class PinnedUploader:
             half = self._half
             if self._used[half]:
                 self._done[half].synchronize()  # that half's previous DMA must have drained
-            staging = self._staging[half * self._chunk: half * self._chunk + size]
-            staging.copy_(src_bytes[offset: offset + size])  # host memcpy into pinned memory
+            staging = self._staging[half * self._chunk : half * self._chunk + size]
+            staging.copy_(src_bytes[offset : offset + size])  # host memcpy into pinned memory
             with torch.cuda.stream(self._stream):
-                dst_bytes[offset: offset + size].copy_(staging, non_blocking=True)
+                dst_bytes[offset : offset + size].copy_(staging, non_blocking=True)
                 self._done[half].record(self._stream)
             self._used[half] = True
             self._half ^= 1
@@ -171,7 +171,7 @@ class PinnedHostTier:
         start = time.perf_counter()
         for t, off in zip(self._tensors, self._offsets):
             n = t.numel() * t.element_size()
-            self._host[off: off + n].copy_(t.data.reshape(-1).view(torch.uint8), non_blocking=True)
+            self._host[off : off + n].copy_(t.data.reshape(-1).view(torch.uint8), non_blocking=True)
         torch.cuda.synchronize()
         for t in self._tensors:
             t.data = torch.empty(0, dtype=t.dtype)
@@ -189,7 +189,7 @@ class PinnedHostTier:
         self._stream.synchronize()
         for t, off, (dtype, shape, _) in zip(self._tensors, self._offsets, self._meta):
             n = dtype.itemsize * int(torch.Size(shape).numel())
-            t.data = block[off: off + n].view(dtype).view(shape)
+            t.data = block[off : off + n].view(dtype).view(shape)
         return UploadReport(self.nbytes, time.perf_counter() - start)
 
 

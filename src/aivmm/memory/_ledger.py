@@ -30,7 +30,6 @@ class Entry:
     state: EntryState
 
 
-
 class Ledger:
     """Thread-safe per-device accounting of resident model bytes."""
 

@@ -84,15 +84,21 @@ def categorize(f: Facts) -> tuple[CategoryScore, ...]:
         ops = ", ".join(f"{n} {op}" for op, n in sorted(f.recurrent_ops.items()))
         scores.append(CategoryScore(Category.RNN, 0.95, (f"recurrent op(s): {ops}",)))
     elif f.loop_recurrences:
-        scores.append(CategoryScore(
-            Category.RNN, 0.75,
-            (f"{f.loop_recurrences} Loop/Scan body(ies) with a matmul and a sigmoid/tanh state update",),
-        ))
+        scores.append(
+            CategoryScore(
+                Category.RNN,
+                0.75,
+                (f"{f.loop_recurrences} Loop/Scan body(ies) with a matmul and a sigmoid/tanh state update",),
+            )
+        )
     elif f.unrolled_recurrences and not attention:
-        scores.append(CategoryScore(
-            Category.RNN, 0.6,
-            (f"{f.unrolled_recurrences} weight(s) reused by 3+ matmuls with sigmoid/tanh: an unrolled recurrence",),
-        ))
+        scores.append(
+            CategoryScore(
+                Category.RNN,
+                0.6,
+                (f"{f.unrolled_recurrences} weight(s) reused by 3+ matmuls with sigmoid/tanh: an unrolled recurrence",),
+            )
+        )
 
     tables = len(f.embedding_tables)
     if tables and f.dense_layers >= 2 and not attention and (tables >= 2 or (f.embedding_bags and not recurrent)):
@@ -119,13 +125,17 @@ def categorize(f: Facts) -> tuple[CategoryScore, ...]:
         and not (attention or f.convolutions or recurrent or tables or f.unrolled_recurrences)
     ):
         acts = f.periodic_activations + f.tanh_activations
-        scores.append(CategoryScore(
-            Category.SCIENTIFIC, 0.8,
-            (
-                f"coordinate input(s) {', '.join(f.coordinate_inputs)} (a few features per sample)",
-                f"MLP of {f.dense_layers} dense layer(s) with {acts} sin/tanh activation(s): a PINN-style field model",
-            ),
-        ))
+        scores.append(
+            CategoryScore(
+                Category.SCIENTIFIC,
+                0.8,
+                (
+                    f"coordinate input(s) {', '.join(f.coordinate_inputs)} (a few features per sample)",
+                    f"MLP of {f.dense_layers} dense layer(s) with {acts} sin/tanh activation(s): "
+                    "a PINN-style field model",
+                ),
+            )
+        )
 
     scores = _with_workload(scores, f.workload)
     if not scores:
@@ -146,16 +156,12 @@ def _with_workload(scores: list[CategoryScore], workload: list[tuple[str, str]])
     out = list(scores)
     for subtype, evidence in workload:
         wanted = (Category.CNN,) if subtype in _VISION_TASKS else (Category.RNN, Category.TRANSFORMER, Category.CNN)
-        targets = sorted(
-            (i for i, s in enumerate(out) if s.category in wanted), key=lambda i: -out[i].confidence
-        )
+        targets = sorted((i for i, s in enumerate(out) if s.category in wanted), key=lambda i: -out[i].confidence)
         if not targets:
             continue
         i = targets[0]
         s = out[i]
-        out[i] = dataclasses.replace(
-            s, subtype=s.subtype or subtype, evidence=(*s.evidence, f"{subtype}: {evidence}")
-        )
+        out[i] = dataclasses.replace(s, subtype=s.subtype or subtype, evidence=(*s.evidence, f"{subtype}: {evidence}"))
     return out
 
 

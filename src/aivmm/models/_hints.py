@@ -45,34 +45,78 @@ class CategoryHints:
 
 _TABLE: dict[Category, CategoryHints] = {
     Category.CNN: CategoryHints(
-        Category.CNN, 32, 5.0, (_FP16, _BF16, _INT8, _FP32), False, False, ("openvino", "onnxruntime", "torch"),
+        Category.CNN,
+        32,
+        5.0,
+        (_FP16, _BF16, _INT8, _FP32),
+        False,
+        False,
+        ("openvino", "onnxruntime", "torch"),
         ("convolutions are compute-bound and batch well; fp16/bf16 and calibrated int8 keep CNN accuracy",),
     ),
     Category.TRANSFORMER: CategoryHints(
-        Category.TRANSFORMER, 16, 5.0, (_FP16, _BF16, _FP32), False, False, ("onnxruntime", "torch", "openvino"),
+        Category.TRANSFORMER,
+        16,
+        5.0,
+        (_FP16, _BF16, _FP32),
+        False,
+        False,
+        ("onnxruntime", "torch", "openvino"),
         ("attention and dense layers batch well and tolerate fp16/bf16; int8 needs per-model calibration",),
     ),
     Category.RNN: CategoryHints(
-        Category.RNN, 8, 2.0, (_FP32, _FP16), False, True, ("onnxruntime", "openvino", "torch"),
+        Category.RNN,
+        8,
+        2.0,
+        (_FP32, _FP16),
+        False,
+        True,
+        ("onnxruntime", "openvino", "torch"),
         ("recurrences run step by step: small batches, short waits; gate saturation makes fp32 the safe default",),
     ),
     Category.RECOMMENDER: CategoryHints(
-        Category.RECOMMENDER, 256, 2.0, (_FP32, _FP16), True, False, ("onnxruntime", "openvino", "torch"),
-        ("embedding lookups are memory-bound and cheap per sample: large batches, short waits, host memory "
-         "capacity matters more than FLOPs",),
+        Category.RECOMMENDER,
+        256,
+        2.0,
+        (_FP32, _FP16),
+        True,
+        False,
+        ("onnxruntime", "openvino", "torch"),
+        (
+            "embedding lookups are memory-bound and cheap per sample: large batches, short waits, host memory "
+            "capacity matters more than FLOPs",
+        ),
     ),
     Category.SCIENTIFIC: CategoryHints(
-        Category.SCIENTIFIC, 64, 10.0, (_FP32,), False, False, ("onnxruntime", "torch", "openvino"),
+        Category.SCIENTIFIC,
+        64,
+        10.0,
+        (_FP32,),
+        False,
+        False,
+        ("onnxruntime", "torch", "openvino"),
         ("PDE surrogates and spectral transforms lose accuracy in half precision: fp32 only",),
     ),
     Category.OTHER: CategoryHints(
-        Category.OTHER, 8, 5.0, (_FP32,), False, False, ("onnxruntime", "openvino", "torch"),
+        Category.OTHER,
+        8,
+        5.0,
+        (_FP32,),
+        False,
+        False,
+        ("onnxruntime", "openvino", "torch"),
         ("unknown workload: conservative batching and exact precision",),
     ),
 }
 
 _DECODER = CategoryHints(
-    Category.TRANSFORMER, 8, 2.0, (_BF16, _FP16, _FP32), True, True, ("torch", "onnxruntime", "openvino"),
+    Category.TRANSFORMER,
+    8,
+    2.0,
+    (_BF16, _FP16, _FP32),
+    True,
+    True,
+    ("torch", "onnxruntime", "openvino"),
     ("a causal decoder LLM is weight-bandwidth bound when generating: moderate batches, bf16 keeps its range",),
 )
 
@@ -100,5 +144,6 @@ def category_hints(spec: ModelSpec) -> CategoryHints:
     )
     if spec.batch_dim is None:
         hints = dataclasses.replace(
-            hints, max_batch=1, reasons=(*hints.reasons, "no batch dimension: requests run one at a time"))
+            hints, max_batch=1, reasons=(*hints.reasons, "no batch dimension: requests run one at a time")
+        )
     return hints

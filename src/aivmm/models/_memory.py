@@ -58,8 +58,9 @@ def peak_activation_bytes(index: GraphIndex, size_of: Callable[[str], int | None
     folded = set(index.initializers) | set(index.constants)
     for step, node in enumerate(index.nodes):
         inputs = [i for i in node.input if i]
-        if node.op_type == "Constant" or (inputs and all(i in folded for i in inputs)
-                                          and not any(True for _ in subgraphs(node))):
+        if node.op_type == "Constant" or (
+            inputs and all(i in folded for i in inputs) and not any(True for _ in subgraphs(node))
+        ):
             folded.update(o for o in node.output if o)
             continue
         for out in node.output:

@@ -50,8 +50,10 @@ def check_opsets(model: Any, where: str) -> tuple[dict[str, int], tuple[str, ...
                 f"{where}: operator {node.op_type!r} does not exist in domain {domain or 'ai.onnx'!r} "
                 f"(opset {opsets.get(domain or 'ai.onnx', 0)})"
             )
-    custom = sorted({d for d in opsets if d not in STANDARD_DOMAINS} |
-                    {n.domain for n in walk_nodes(model.graph) if n.domain not in STANDARD_DOMAINS})
+    custom = sorted(
+        {d for d in opsets if d not in STANDARD_DOMAINS}
+        | {n.domain for n in walk_nodes(model.graph) if n.domain not in STANDARD_DOMAINS}
+    )
     return opsets, tuple(custom)
 
 
@@ -103,8 +105,10 @@ def check_structure(model: Any, path: pathlib.Path) -> None:
 # check (the torch lowering, say) would otherwise run them into a crash or a wrong answer. A clash
 # between an inferred shape and a declared one ("existing shape differ") is left out: ONNX Runtime
 # merges those leniently and runs the model.
-_CONTRADICTION = re.compile(r"\(op_type:(?P<op>[^,]*), node name: (?P<node>[^)]*)\): "
-                            r"(?:\[(?:Type|Shape)InferenceError\] )?(?P<what>.*)")
+_CONTRADICTION = re.compile(
+    r"\(op_type:(?P<op>[^,]*), node name: (?P<node>[^)]*)\): "
+    r"(?:\[(?:Type|Shape)InferenceError\] )?(?P<what>.*)"
+)
 _LENIENT = ("existing shape differ",)
 
 
@@ -114,12 +118,18 @@ def check_consistency(model: Any, where: str) -> None:
     import onnx
 
     try:
-        onnx.shape_inference.infer_shapes(_shapes.skeleton(model, {}), check_type=True, strict_mode=True,
-                                          data_prop=False)
+        onnx.shape_inference.infer_shapes(
+            _shapes.skeleton(model, {}), check_type=True, strict_mode=True, data_prop=False
+        )
     # ValueError / TypeError: values inference cannot even read (a corrupt elem type); analysis
     # reports those later, this check only speaks about proven contradictions.
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError,
-            TypeError) as exc:
+    except (
+        onnx.shape_inference.InferenceError,
+        onnx.checker.ValidationError,
+        RuntimeError,
+        ValueError,
+        TypeError,
+    ) as exc:
         for line in str(exc).splitlines():
             m = _CONTRADICTION.search(line)
             if m and not any(k in m["what"] for k in _LENIENT):

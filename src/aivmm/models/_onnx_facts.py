@@ -11,15 +11,34 @@ from aivmm.models._graph import GraphIndex, subgraphs, tensor_array, walk_nodes
 CONV_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "ConvTranspose", "NhwcConv", "FusedConv"})
 MATMUL_OPS = frozenset({"MatMul", "Einsum", "FusedMatMul", "QLinearMatMul", "MatMulInteger", "Gemm"})
 DENSE_OPS = frozenset({"Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul", "MatMulNBits"})
-FUSED_ATTENTION = frozenset({
-    "Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "PackedMultiHeadAttention",
-    "DecoderMaskedMultiHeadAttention", "DecoderMaskedSelfAttention", "SparseAttention", "DecoderAttention",
-    "LongformerAttention", "QAttention", "QOrderedAttention", "PagedAttention",
-})
+FUSED_ATTENTION = frozenset(
+    {
+        "Attention",
+        "MultiHeadAttention",
+        "GroupQueryAttention",
+        "PackedAttention",
+        "PackedMultiHeadAttention",
+        "DecoderMaskedMultiHeadAttention",
+        "DecoderMaskedSelfAttention",
+        "SparseAttention",
+        "DecoderAttention",
+        "LongformerAttention",
+        "QAttention",
+        "QOrderedAttention",
+        "PagedAttention",
+    }
+)
 RECURRENT = frozenset({"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"})
 SPECTRAL = frozenset({"DFT", "STFT", "Rfft", "Irfft", "Fft", "Ifft", "MelWeightMatrix"})
-LAYER_NORMS = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
-                         "SkipSimplifiedLayerNormalization", "RMSNormalization"})
+LAYER_NORMS = frozenset(
+    {
+        "LayerNormalization",
+        "SkipLayerNormalization",
+        "SimplifiedLayerNormalization",
+        "SkipSimplifiedLayerNormalization",
+        "RMSNormalization",
+    }
+)
 GATES = frozenset({"Sigmoid", "Tanh", "HardSigmoid"})
 POOLING = frozenset({"ReduceSum", "ReduceMean", "ReduceMax"})
 _INTEGER = frozenset({2, 3, 4, 5, 6, 7, 12, 13})
@@ -174,8 +193,10 @@ def _weight_like(index: GraphIndex, name: str) -> bool:
     if index.is_constant(name):
         return True
     producer = index.producer.get(name)
-    return producer is not None and producer.op_type in ("DequantizeLinear", "Transpose", "Cast") and any(
-        index.is_constant(i) for i in producer.input if i
+    return (
+        producer is not None
+        and producer.op_type in ("DequantizeLinear", "Transpose", "Cast")
+        and any(index.is_constant(i) for i in producer.input if i)
     )
 
 
@@ -319,33 +340,39 @@ def _workload(model: Any, index: GraphIndex, f: Facts) -> None:
         if len(dims) == 3 and isinstance(dims[2], int) and dims[2] >= 1000 and f.convolutions:
             producer = index.producer.get(value.name)
             if producer is not None and producer.op_type == "Softmax":
-                f.workload.append((
-                    "ocr-recognizer",
-                    f"output {value.name} [batch, time, {dims[2]}]: per-step softmax over characters (CTC)",
-                ))
+                f.workload.append(
+                    (
+                        "ocr-recognizer",
+                        f"output {value.name} [batch, time, {dims[2]}]: per-step softmax over characters (CTC)",
+                    )
+                )
         if len(dims) == 4 and dims[1] == 1 and f.convolutions:
             producer = index.producer.get(value.name)
             if producer is not None and producer.op_type == "Sigmoid":
-                f.workload.append((
-                    "segmentation",
-                    f"output {value.name} [batch, 1, H, W] through Sigmoid: a per-pixel probability map",
-                ))
+                f.workload.append(
+                    (
+                        "segmentation",
+                        f"output {value.name} [batch, 1, H, W] through Sigmoid: a per-pixel probability map",
+                    )
+                )
     if f.convolutions and f.recurrent_ops and not any(w == "ocr-recognizer" for w, _ in f.workload):
         classes = _character_head(index, model.graph)
         if classes:
-            f.workload.append((
-                "ocr-recognizer",
-                f"convolutions, then {'/'.join(sorted(f.recurrent_ops))}, then a {classes}-way per-step classifier "
-                f"(a CRNN: CTC over characters)",
-            ))
+            f.workload.append(
+                (
+                    "ocr-recognizer",
+                    f"convolutions, then {'/'.join(sorted(f.recurrent_ops))}, then a {classes}-way per-step classifier "
+                    f"(a CRNN: CTC over characters)",
+                )
+            )
     for graph in _graphs(model.graph):
         where = GraphIndex.of(graph)
         conv = next((n for n in where.nodes if _stft_conv(where, n)), None)
         if conv is not None:
             w = where.constant_tensor(conv.input[1])
-            f.workload.append((
-                "audio", f"Conv1d {conv.input[1]} {list(w.dims)} over one channel: an STFT of raw audio"
-            ))
+            f.workload.append(
+                ("audio", f"Conv1d {conv.input[1]} {list(w.dims)} over one channel: an STFT of raw audio")
+            )
             break
     for value in model.graph.input:
         dims = _dims(value)
@@ -370,9 +397,20 @@ def _character_head(index: GraphIndex, graph: Any) -> int:
 
 
 _HEADS = frozenset({"Gemm", "MatMul", "MatMulInteger"})
-_HEAD_PATH = frozenset({
-    "Reshape", "Transpose", "Softmax", "LogSoftmax", "Squeeze", "Unsqueeze", "Identity", "Add", "Mul", "Cast",
-})
+_HEAD_PATH = frozenset(
+    {
+        "Reshape",
+        "Transpose",
+        "Softmax",
+        "LogSoftmax",
+        "Squeeze",
+        "Unsqueeze",
+        "Identity",
+        "Add",
+        "Mul",
+        "Cast",
+    }
+)
 
 
 def _box_layout(dims: list[Any]) -> str:

@@ -55,7 +55,8 @@ def read(path: pathlib.Path) -> ReadModel:
             model.ParseFromString(data)
         except (DecodeError, RuntimeError, ValueError) as exc:
             raise ModelLoadError(
-                f"{path}: not an ONNX model or a truncated file ({type(exc).__name__}: {exc})") from exc
+                f"{path}: not an ONNX model or a truncated file ({type(exc).__name__}: {exc})"
+            ) from exc
         finally:
             hashed.result()
     if model.ir_version < 1 or not model.HasField("graph") or not (model.graph.node or model.graph.output):
@@ -126,8 +127,9 @@ def _external_files(model: Any, path: pathlib.Path) -> list[pathlib.Path]:
         size = files.setdefault(target, target.stat().st_size)
         try:
             offset = int(entries.get("offset", "0"))
-            length = int(entries["length"]) if "length" in entries else math.ceil(
-                math.prod(t.dims) * itemsize(t.data_type))
+            length = (
+                int(entries["length"]) if "length" in entries else math.ceil(math.prod(t.dims) * itemsize(t.data_type))
+            )
         except ValueError:
             raise ModelLoadError(f"{path}: tensor {t.name!r}: malformed external-data offset/length") from None
         if offset < 0 or offset + length > size:

@@ -21,12 +21,31 @@ from aivmm.models._parsed import ParsedModel
 from aivmm.models._spec import Dim, ModelFormat, ModelSpec, TensorSpec, ValueKind
 
 CONTROL_FLOW = _flops.CONTROL_FLOW
-QUANTIZED = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
-    "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
-    "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearSoftmax", "QGemm",
-    "DynamicQuantizeMatMul", "MatMulNBits", "QAttention", "DynamicQuantizeLSTM", "MatMulIntegerToFloat",
-})
+QUANTIZED = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "ConvInteger",
+        "MatMulInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QLinearAveragePool",
+        "QLinearGlobalAveragePool",
+        "QLinearConcat",
+        "QLinearSoftmax",
+        "QGemm",
+        "DynamicQuantizeMatMul",
+        "MatMulNBits",
+        "QAttention",
+        "DynamicQuantizeLSTM",
+        "MatMulIntegerToFloat",
+    }
+)
 
 
 def _signature(model: Any, where: str, kind: str) -> tuple[TensorSpec, ...]:
@@ -69,8 +88,9 @@ def _type_text(t: Any) -> str:
     return (which or "typeless").removesuffix("_type")
 
 
-def _infer(model: Any, binding: _shapes.Binding, user_shapes: bool, where: str,
-           warnings: list[str]) -> dict[str, tuple[int, tuple[Dim, ...]]]:
+def _infer(
+    model: Any, binding: _shapes.Binding, user_shapes: bool, where: str, warnings: list[str]
+) -> dict[str, tuple[int, tuple[Dim, ...]]]:
     import onnx
 
     sk = _shapes.skeleton(model, binding.shapes)
@@ -114,8 +134,9 @@ def _batch_dim(inputs: Sequence[TensorSpec]) -> int | None:
     return min(candidates) if candidates else None
 
 
-def load_onnx(path: str | os.PathLike[str], *, shapes: Mapping[str, Sequence[int]] | None = None,
-              name: str | None = None) -> ModelSpec:
+def load_onnx(
+    path: str | os.PathLike[str], *, shapes: Mapping[str, Sequence[int]] | None = None, name: str | None = None
+) -> ModelSpec:
     path = pathlib.Path(path)
     where = str(path)
     loaded = read(path)
@@ -129,8 +150,15 @@ def load_onnx(path: str | os.PathLike[str], *, shapes: Mapping[str, Sequence[int
         raise ModelLoadError(f"{where}: corrupt file: a name or string is not valid UTF-8 ({exc})") from exc
 
 
-def analyse(loaded: ReadModel, *, path: pathlib.Path, shapes: Mapping[str, Sequence[int]] | None,
-            name: str | None, opsets: dict[str, int], custom: tuple[str, ...]) -> ModelSpec:
+def analyse(
+    loaded: ReadModel,
+    *,
+    path: pathlib.Path,
+    shapes: Mapping[str, Sequence[int]] | None,
+    name: str | None,
+    opsets: dict[str, int],
+    custom: tuple[str, ...],
+) -> ModelSpec:
     where = str(path)
     model = loaded.model
     warnings: list[str] = []
@@ -165,11 +193,13 @@ def analyse(loaded: ReadModel, *, path: pathlib.Path, shapes: Mapping[str, Seque
     index = GraphIndex.of(model.graph)
     peak, unknown = _memory.peak_activation_bytes(index, size_of)
     if unknown:
-        warnings.append(f"activation size unknown for {len(unknown)} tensor(s) (e.g. {unknown[0]!r}): peak "
-                        f"memory is a lower bound")
+        warnings.append(
+            f"activation size unknown for {len(unknown)} tensor(s) (e.g. {unknown[0]!r}): peak memory is a lower bound"
+        )
     params = _params.count(model.graph)
-    histogram = collections.Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-                                    for n in walk_nodes(model.graph))
+    histogram = collections.Counter(
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in walk_nodes(model.graph)
+    )
     facts = collect(model, dict(histogram))
     if custom:
         warnings.append(f"custom operator domain(s): {', '.join(custom)}; only runtimes that implement them can run it")
@@ -190,8 +220,7 @@ def analyse(loaded: ReadModel, *, path: pathlib.Path, shapes: Mapping[str, Seque
         macs=int(totals.macs),
         peak_activation_bytes=int(peak),
         operators=dict(sorted(histogram.items(), key=lambda kv: (-kv[1], kv[0]))),
-        per_operator_flops=dict(sorted(((k, int(v)) for k, v in totals.per_op.items() if v),
-                                       key=lambda kv: -kv[1])),
+        per_operator_flops=dict(sorted(((k, int(v)) for k, v in totals.per_op.items() if v), key=lambda kv: -kv[1])),
         opsets=opsets,
         custom_domains=custom,
         control_flow=control,

@@ -464,7 +464,8 @@ def dims_of(value: Any) -> tuple[Dim, ...]:
 def tensor_dims(tt: Any) -> tuple[Dim, ...]:
     """Dims of a TypeProto.Tensor (a graph value's, or a sequence's or optional's element type)."""
     return tuple(
-        (d.dim_value if d.dim_value >= 0 else None) if d.HasField("dim_value")
+        (d.dim_value if d.dim_value >= 0 else None)
+        if d.HasField("dim_value")
         else (None if d.dim_param.strip() in _ANONYMOUS_PARAMS else d.dim_param)
         for d in tt.shape.dim
     )

@@ -51,8 +51,11 @@ def _arguments(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 def _names(forward: Any, count: int) -> list[str]:
     try:
-        params = [p for p in inspect.signature(forward).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         params = []
     return [params[i].name if i < len(params) else f"input_{i}" for i in range(count)]
@@ -89,12 +92,16 @@ def _resized(value: Any, shape: tuple[int, ...]) -> Any:
     n = 1
     for d in shape:
         n *= d
-    return flat.repeat((n + flat.numel() - 1) // max(flat.numel(), 1))[:n].reshape(shape).to(value.dtype) \
-        if flat.numel() else torch.zeros(shape, dtype=value.dtype)
+    return (
+        flat.repeat((n + flat.numel() - 1) // max(flat.numel(), 1))[:n].reshape(shape).to(value.dtype)
+        if flat.numel()
+        else torch.zeros(shape, dtype=value.dtype)
+    )
 
 
-def load_torch(obj: Any, *, shapes: Mapping[str, Sequence[int]] | None, example_inputs: Any,
-               name: str | None) -> ModelSpec:
+def load_torch(
+    obj: Any, *, shapes: Mapping[str, Sequence[int]] | None, example_inputs: Any, name: str | None
+) -> ModelSpec:
     import torch
     from torch.export import ExportedProgram
 
@@ -131,8 +138,9 @@ def load_torch(obj: Any, *, shapes: Mapping[str, Sequence[int]] | None, example_
 
     values = list(args) + list(kwargs.values())
     inputs = tuple(
-        TensorSpec(n, _dtype(v, f"input {n!r}"),
-                   declared.get(n) or (("batch", *tuple(v.shape)[1:]) if v.dim() >= 1 else ()))
+        TensorSpec(
+            n, _dtype(v, f"input {n!r}"), declared.get(n) or (("batch", *tuple(v.shape)[1:]) if v.dim() >= 1 else ())
+        )
         for n, v in zip(names, values)
     )
     signature = "inputs (" + "; ".join(t.describe() for t in inputs) + ")"
@@ -141,7 +149,7 @@ def load_torch(obj: Any, *, shapes: Mapping[str, Sequence[int]] | None, example_
         given.setdefault(spec.name, tuple(value.shape))  # the examples bind what shapes= leaves open
     binding = _shapes.bind(inputs, given, signature)
     bound = [_resized(v, binding.shapes[n]) for n, v in zip(names, values)]
-    run_args, run_kwargs = tuple(bound[: len(args)]), dict(zip(kwargs, bound[len(args):]))
+    run_args, run_kwargs = tuple(bound[: len(args)]), dict(zip(kwargs, bound[len(args) :]))
     # Analyse in inference mode (dropout off, batch-norm statistics frozen); an exported program's
     # module refuses eval() and is already fixed in the mode it was exported in.
     was_training = fmt is ModelFormat.TORCH_MODULE and module.training

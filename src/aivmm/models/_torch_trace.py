@@ -60,8 +60,14 @@ def run(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Trace:
             h.remove()
     per_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
     inputs = _bytes(args) + _bytes(kwargs)
-    return Trace(int(counter.get_total_flops()), per_op, recorder.ops, recorder.causal,
-                 inputs + max(sizes, default=_bytes(outputs)), outputs)
+    return Trace(
+        int(counter.get_total_flops()),
+        per_op,
+        recorder.ops,
+        recorder.causal,
+        inputs + max(sizes, default=_bytes(outputs)),
+        outputs,
+    )
 
 
 def _bytes(obj: Any) -> int:
@@ -109,8 +115,11 @@ def facts(trace: Trace, module: Any, inputs: dict[str, Any], program_ops: list[s
                 f.recurrent_ops[module_kind] = f.recurrent_ops.get(module_kind, 0) + 1
     f.fused_attention = sum(n for op, n in counts.items() if "scaled_dot_product" in op)
     for i, op in enumerate(trace.ops):
-        if op in SOFTMAX and any(o in ATTENTION_MATMULS for o in trace.ops[max(0, i - 8):i]) and any(
-                o in ATTENTION_MATMULS for o in trace.ops[i + 1:i + 9]):
+        if (
+            op in SOFTMAX
+            and any(o in ATTENTION_MATMULS for o in trace.ops[max(0, i - 8) : i])
+            and any(o in ATTENTION_MATMULS for o in trace.ops[i + 1 : i + 9])
+        ):
             f.attention_blocks += 1
     f.layer_norms = counts.get("aten.native_layer_norm", 0) + counts.get("aten.layer_norm", 0)
     f.dense_layers = sum(counts.get(op, 0) for op in DENSE)

@@ -39,8 +39,12 @@ class AccuracyReport:
     ok: bool
 
     def to_json(self) -> dict[str, Any]:
-        return {"max_abs_error": _finite(self.max_abs_error), "tolerance": self.tolerance,
-                "worst_output": self.worst_output, "ok": self.ok}
+        return {
+            "max_abs_error": _finite(self.max_abs_error),
+            "tolerance": self.tolerance,
+            "worst_output": self.worst_output,
+            "ok": self.ok,
+        }
 
     def error(self, label: str) -> AccuracyError:
         return AccuracyError(
@@ -71,9 +75,7 @@ def reference_session(model_path: str | pathlib.Path) -> Any:
     try:
         return cpu_session(model_path, graph_optimization_level="disable")
     except BackendUnavailableError as exc:
-        raise ConfigError(
-            "the accuracy reference needs onnxruntime: pip install \"aivmm[onnxruntime]\""
-        ) from exc
+        raise ConfigError('the accuracy reference needs onnxruntime: pip install "aivmm[onnxruntime]"') from exc
     except Exception as exc:  # ORT raises its own exception types for bad models
         raise ModelLoadError(f"the fp32 reference cannot load {model_path}: {exc}") from exc
 
@@ -103,8 +105,9 @@ def leaves(label: str, value: Any) -> list[tuple[str, np.ndarray | None]]:
     return [(label, np.asarray(value))]
 
 
-def compare(outputs: Sequence[Any], reference: Sequence[np.ndarray], names: Sequence[str],
-            tolerance: float) -> AccuracyReport:
+def compare(
+    outputs: Sequence[Any], reference: Sequence[np.ndarray], names: Sequence[str], tolerance: float
+) -> AccuracyReport:
     """Max-abs error of ``outputs`` against ``reference`` (same order); NaN where the reference has none fails."""
     worst, worst_name = 0.0, names[0] if names else "<none>"
     if len(outputs) != len(reference):
@@ -112,8 +115,13 @@ def compare(outputs: Sequence[Any], reference: Sequence[np.ndarray], names: Sequ
     got = [leaf for name, out in zip(names, outputs) for leaf in leaves(name, out)]
     want = [leaf for name, ref in zip(names, reference) for leaf in leaves(name, ref)]
     if [(n, a is None) for n, a in got] != [(n, b is None) for n, b in want]:
-        return AccuracyReport(float("inf"), tolerance, "sequence lengths or optional values differ from the "
-                              f"reference: {[n for n, _ in got]} vs {[n for n, _ in want]}"[:300], False)
+        return AccuracyReport(
+            float("inf"),
+            tolerance,
+            "sequence lengths or optional values differ from the "
+            f"reference: {[n for n, _ in got]} vs {[n for n, _ in want]}"[:300],
+            False,
+        )
     for (name, a), (_, b) in zip(got, want):
         if a is None or b is None:
             continue  # both empty optionals

@@ -256,13 +256,26 @@ def _plan_one(t: TensorSpec, shape: tuple[int, ...], facts: GraphFacts, a: Assig
         return InputPlan(t.name, shape, t.dtype, 1, 1, "a mask of ones (no padding)", fill=1.0)
     if "position" in low_name and shape:
         past = next((s for k, s in a.sizes.items() if isinstance(k, str) and _dims._hinted(k, _dims._PAST_HINTS)), 0)
-        return InputPlan(t.name, shape, t.dtype, past, past + shape[-1], f"positions counting up from {past}",
-                         arange=True)
+        return InputPlan(
+            t.name, shape, t.dtype, past, past + shape[-1], f"positions counting up from {past}", arange=True
+        )
     if t.name in facts.bounds:
-        return InputPlan(t.name, shape, t.dtype, 0, facts.bounds[t.name],
-                         f"indices below the Gather table size {facts.bounds[t.name]}")
-    return InputPlan(t.name, shape, t.dtype, 0, DEFAULT_INT_HIGH,
-                     f"integers in [0, {DEFAULT_INT_HIGH}): no Gather table bounds this input")
+        return InputPlan(
+            t.name,
+            shape,
+            t.dtype,
+            0,
+            facts.bounds[t.name],
+            f"indices below the Gather table size {facts.bounds[t.name]}",
+        )
+    return InputPlan(
+        t.name,
+        shape,
+        t.dtype,
+        0,
+        DEFAULT_INT_HIGH,
+        f"integers in [0, {DEFAULT_INT_HIGH}): no Gather table bounds this input",
+    )
 
 
 def input_plans(spec: ModelSpec, *, batch: int = 1, assignment: Assignment | None = None) -> tuple[InputPlan, ...]:
@@ -292,8 +305,9 @@ def check_generatable(spec: ModelSpec) -> None:
             )
 
 
-def sample_inputs(spec: ModelSpec, *, batch: int = 1, seed: int = 0,
-                  assignment: Assignment | None = None) -> dict[str, np.ndarray]:
+def sample_inputs(
+    spec: ModelSpec, *, batch: int = 1, seed: int = 0, assignment: Assignment | None = None
+) -> dict[str, np.ndarray]:
     """Deterministic inputs matching ``spec``'s signature (see :func:`input_plans` for the ranges)."""
     return feeds_for(input_plans(spec, batch=batch, assignment=assignment), seed=seed)
 
@@ -331,9 +345,7 @@ def check_feeds(spec: ModelSpec, feeds: Mapping[str, Any]) -> dict[str, np.ndarr
     missing = [t.name for t in spec.inputs if t.name not in feeds]
     unknown = sorted(set(feeds) - {t.name for t in spec.inputs})
     if missing or unknown:
-        raise ConfigError(
-            f"sample_inputs do not match {spec.signature()}: missing {missing}, unknown {unknown}"
-        )
+        raise ConfigError(f"sample_inputs do not match {spec.signature()}: missing {missing}, unknown {unknown}")
     return {t.name: _host_value(t, feeds[t.name]) for t in spec.inputs}
 
 

@@ -38,8 +38,9 @@ class Pass(enum.Enum):
 
     @property
     def precision(self) -> Precision:
-        return {Pass.FP16: Precision.FP16, Pass.INT8_DYNAMIC: Precision.INT8,
-                Pass.INT8_STATIC: Precision.INT8}.get(self, Precision.FP32)
+        return {Pass.FP16: Precision.FP16, Pass.INT8_DYNAMIC: Precision.INT8, Pass.INT8_STATIC: Precision.INT8}.get(
+            self, Precision.FP32
+        )
 
     @property
     def needs_calibration(self) -> bool:
@@ -57,7 +58,7 @@ def availability(p: Pass) -> PassAvailability:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        return PassAvailability(False, "onnxruntime is not installed: pip install \"aivmm[onnxruntime]\"")
+        return PassAvailability(False, 'onnxruntime is not installed: pip install "aivmm[onnxruntime]"')
     if p is Pass.FP16:
         try:
             from onnxruntime.transformers import float16  # noqa: F401
@@ -82,16 +83,26 @@ def _calibration_key(samples: Sequence[Mapping[str, np.ndarray]]) -> str:
     return digest.hexdigest()[:12]
 
 
-def transformed_path(model_path: str | os.PathLike[str], p: Pass, *, model_sha256: str = "",
-                     calibration: Sequence[Mapping[str, np.ndarray]] = ()) -> pathlib.Path:
+def transformed_path(
+    model_path: str | os.PathLike[str],
+    p: Pass,
+    *,
+    model_sha256: str = "",
+    calibration: Sequence[Mapping[str, np.ndarray]] = (),
+) -> pathlib.Path:
     """Where the output of ``p`` on ``model_path`` is cached (whether or not it exists yet)."""
     digest = model_sha256 or file_sha256(model_path)
     suffix = f"-{_calibration_key(calibration)}" if p.needs_calibration else ""
     return cache_dir("optimized", digest[:32]) / f"{p.value}{suffix}.onnx"
 
 
-def apply(model_path: str | os.PathLike[str], p: Pass, *, model_sha256: str = "",
-          calibration: Sequence[Mapping[str, np.ndarray]] = ()) -> pathlib.Path:
+def apply(
+    model_path: str | os.PathLike[str],
+    p: Pass,
+    *,
+    model_sha256: str = "",
+    calibration: Sequence[Mapping[str, np.ndarray]] = (),
+) -> pathlib.Path:
     """Apply ``p`` to the ONNX file and return the cached result's path (computed once per model+pass).
 
     ``calibration`` (a few feed dicts) is required by INT8_STATIC and keys its cache entry.
@@ -178,8 +189,14 @@ def _run_int8_static(src: pathlib.Path, dst: pathlib.Path, calibration: Sequence
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = _preprocess(src, pathlib.Path(tmp))
-        quantize_static(str(prepared), str(dst), _Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(prepared),
+            str(dst),
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
 
 
 def _preprocess(src: pathlib.Path, tmp: pathlib.Path) -> pathlib.Path:

@@ -53,9 +53,16 @@ def runtime_versions(backends: Sequence[str]) -> dict[str, Any]:
 
 def device_fingerprint(devices: Sequence[Device]) -> list[dict[str, Any]]:
     return [
-        {"id": d.id, "kind": d.kind.value, "vendor": d.vendor.value, "name": d.name,
-         "memory_total_bytes": d.memory_total_bytes, "features": sorted(d.features),
-         "runtimes": list(d.runtimes), "simulated": d.simulated}
+        {
+            "id": d.id,
+            "kind": d.kind.value,
+            "vendor": d.vendor.value,
+            "name": d.name,
+            "memory_total_bytes": d.memory_total_bytes,
+            "features": sorted(d.features),
+            "runtimes": list(d.runtimes),
+            "simulated": d.simulated,
+        }
         for d in sorted(devices, key=lambda d: d.id)
     ]
 

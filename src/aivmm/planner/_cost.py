@@ -22,8 +22,12 @@ from aivmm.planner._values import Prediction
 # Fraction of peak matmul throughput real graphs reach, per category: convolutions and large matmuls
 # reach most of it; recurrent and recommender graphs (small ops, gathers) much less.
 _EFFICIENCY: Mapping[Category, float] = {
-    Category.CNN: 0.5, Category.TRANSFORMER: 0.45, Category.RNN: 0.15, Category.RECOMMENDER: 0.1,
-    Category.SCIENTIFIC: 0.3, Category.OTHER: 0.3,
+    Category.CNN: 0.5,
+    Category.TRANSFORMER: 0.45,
+    Category.RNN: 0.15,
+    Category.RECOMMENDER: 0.1,
+    Category.SCIENTIFIC: 0.3,
+    Category.OTHER: 0.3,
 }
 
 
@@ -77,9 +81,17 @@ def _io_bytes(spec: ModelSpec, batch: int) -> int:
     return total * max(1, batch)
 
 
-def predict(spec: ModelSpec, device: Device, config: Config, cap: Capability, *, batch: int = 1,
-            precision: Precision | None = None, transform: str | None = None,
-            info: BackendInfo | None = None) -> Prediction:
+def predict(
+    spec: ModelSpec,
+    device: Device,
+    config: Config,
+    cap: Capability,
+    *,
+    batch: int = 1,
+    precision: Precision | None = None,
+    transform: str | None = None,
+    info: BackendInfo | None = None,
+) -> Prediction:
     """``precision`` is the candidate's effective precision (config.precision when None); ``info`` the
     backend's description (looked up in the registry when None)."""
     precision = precision or config.precision

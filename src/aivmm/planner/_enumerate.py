@@ -76,8 +76,9 @@ def _backend_rejection(name: str) -> tuple[Backend | None, str]:
     return backend, ""
 
 
-def enumerate_candidates(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints,
-                         backends: Sequence[str] | None = None) -> list[Candidate]:
+def enumerate_candidates(
+    spec: ModelSpec, devices: Sequence[Device], constraints: Constraints, backends: Sequence[str] | None = None
+) -> list[Candidate]:
     """Every candidate, each either clean or carrying the reasons it cannot be used."""
     names = list(backends) if backends is not None else [n for n in registry.names()]
     out: list[Candidate] = []
@@ -91,22 +92,29 @@ def enumerate_candidates(spec: ModelSpec, devices: Sequence[Device], constraints
         infos[name] = backend.info()
         if spec.format not in infos[name].formats:
             for dev in devices:
-                out.append(Candidate(Config(name, dev.id), spec).reject(
-                    RejectReason.UNSUPPORTED, f"{name} does not run {spec.format.value} models"))
+                out.append(
+                    Candidate(Config(name, dev.id), spec).reject(
+                        RejectReason.UNSUPPORTED, f"{name} does not run {spec.format.value} models"
+                    )
+                )
             continue
         for dev in devices:
             drives = backend.drives(dev)
             if not drives:
                 # One rejection per (backend, device): enumerating precisions of an undriven device adds noise.
-                out.append(Candidate(Config(name, dev.id), spec).reject(
-                    RejectReason.DEVICE_NOT_DRIVEN, "; ".join(drives.reasons) or f"{name} cannot drive {dev.id}"))
+                out.append(
+                    Candidate(Config(name, dev.id), spec).reject(
+                        RejectReason.DEVICE_NOT_DRIVEN, "; ".join(drives.reasons) or f"{name} cannot drive {dev.id}"
+                    )
+                )
                 continue
             out.extend(_device_candidates(spec, dev, backend, infos[name], constraints))
     return out
 
 
-def _device_candidates(spec: ModelSpec, dev: Device, backend: Backend, info: BackendInfo,
-                       constraints: Constraints) -> list[Candidate]:
+def _device_candidates(
+    spec: ModelSpec, dev: Device, backend: Backend, info: BackendInfo, constraints: Constraints
+) -> list[Candidate]:
     out: list[Candidate] = []
     variants = option_variants(info)
     for effective, passed, p in _precision_routes(info, spec):
@@ -120,8 +128,15 @@ def _device_candidates(spec: ModelSpec, dev: Device, backend: Backend, info: Bac
             opts_list = variants if curated is None else curated
         # Reasons that hold for the whole route (policy, exclusion, precision) are given once;
         # check() runs per option variant, since an option can be what a device refuses.
-        route = _route_rejections(Candidate(Config(backend.name, dev.id, passed, dict(opts_list[0])), model,
-                                            transform=transform), dev, backend, info, constraints, effective, p)
+        route = _route_rejections(
+            Candidate(Config(backend.name, dev.id, passed, dict(opts_list[0])), model, transform=transform),
+            dev,
+            backend,
+            info,
+            constraints,
+            effective,
+            p,
+        )
         if route.rejected:
             out.append(route)
             continue
@@ -131,17 +146,28 @@ def _device_candidates(spec: ModelSpec, dev: Device, backend: Backend, info: Bac
     return out
 
 
-def _route_rejections(cand: Candidate, dev: Device, backend: Backend, info: BackendInfo,
-                      constraints: Constraints, effective: Precision, p: Pass | None) -> Candidate:
+def _route_rejections(
+    cand: Candidate,
+    dev: Device,
+    backend: Backend,
+    info: BackendInfo,
+    constraints: Constraints,
+    effective: Precision,
+    p: Pass | None,
+) -> Candidate:
     if not constraints.allows_device(dev):
         sel = [s.text for s in constraints.exclude if s.matches(dev)]
         cand = cand.reject(RejectReason.EXCLUDED_BY_USER, f"{dev.id} matches exclude={sel}")
     if not constraints.precision.allows(effective):
-        cand = cand.reject(RejectReason.PRECISION_NOT_ALLOWED,
-                           f"{effective.value} is not allowed by precision policy {constraints.precision.value!r}")
+        cand = cand.reject(
+            RejectReason.PRECISION_NOT_ALLOWED,
+            f"{effective.value} is not allowed by precision policy {constraints.precision.value!r}",
+        )
     if p is None and effective is not Precision.FP32 and effective not in info.precisions:
-        cand = cand.reject(RejectReason.PRECISION_UNAVAILABLE,
-                           f"{backend.name} does not compute in {effective.value} and no pass produces it")
+        cand = cand.reject(
+            RejectReason.PRECISION_UNAVAILABLE,
+            f"{backend.name} does not compute in {effective.value} and no pass produces it",
+        )
     if p is not None:
         avail = availability(p)
         if not avail.available:

@@ -154,5 +154,6 @@ def capability(device: Device, backend: str) -> Capability:
             ratio = _cpu_ratio(device, p) if device.kind is DeviceKind.CPU else _GPU_RATIO[p]
             tflops[p] = fp32 * ratio
     power = props.get("power_limit_w") or props.get("tdp_w")
-    return Capability(tflops, bw, h2d if device.discrete else None,
-                      float(power) if isinstance(power, int | float) else None, source)
+    return Capability(
+        tflops, bw, h2d if device.discrete else None, float(power) if isinstance(power, int | float) else None, source
+    )

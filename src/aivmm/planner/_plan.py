@@ -82,8 +82,9 @@ class Plan:
         lines.append("  why: " + _why(self))
         lines.append("  " + _figures_line(c, full=True))
         if c.accuracy:
-            lines.append(f"  accuracy: max abs error {c.accuracy['max_abs_error']} "
-                         f"(tolerance {c.accuracy['tolerance']:.3g})")
+            lines.append(
+                f"  accuracy: max abs error {c.accuracy['max_abs_error']} (tolerance {c.accuracy['tolerance']:.3g})"
+            )
         for note in c.notes:
             lines.append(f"  note: {note}")
         for fb in self.fallbacks:
@@ -100,7 +101,8 @@ class Plan:
             groups: dict[tuple[str, str], list[Candidate]] = {}
             for r in self.rejected:
                 head = f"{r.config.backend}@{r.config.device}/{r.precision.value}" + (
-                    f"+{r.transform}" if r.transform else "")
+                    f"+{r.transform}" if r.transform else ""
+                )
                 groups.setdefault((head, "; ".join(str(x) for x in r.rejections)), []).append(r)
             for (head, reasons), members in groups.items():
                 label = members[0].label if len(members) == 1 else f"{head} ({len(members)} option variants)"
@@ -118,8 +120,11 @@ class Plan:
             config = Config.from_json({**d, "precision": d.get("backend_precision", d["precision"])})
             model = spec
             if d.get("model_path"):
-                model = dataclasses.replace(spec, source=pathlib.Path(d["model_path"]),
-                                            quantized_operators=tuple(d.get("quantized_operators", ())))
+                model = dataclasses.replace(
+                    spec,
+                    source=pathlib.Path(d["model_path"]),
+                    quantized_operators=tuple(d.get("quantized_operators", ())),
+                )
             return Candidate(
                 config=config,
                 model=model,

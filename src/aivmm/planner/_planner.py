@@ -105,8 +105,15 @@ class _Request:
     ledger_shaped: bool = False  # a device was left out, or kept by evicting, for what others hold now
 
 
-def _validate(spec: ModelSpec, devices: Sequence[Device], opts: DeployOptions, *, budget_s: float | None,
-              top_k: int | None, backends: Sequence[str] | None) -> _Request:
+def _validate(
+    spec: ModelSpec,
+    devices: Sequence[Device],
+    opts: DeployOptions,
+    *,
+    budget_s: float | None,
+    top_k: int | None,
+    backends: Sequence[str] | None,
+) -> _Request:
     if not isinstance(spec, ModelSpec):
         raise ConfigError(f"plan() needs a ModelSpec (aivmm.models.load(...)), got {type(spec).__name__}")
     cons, device, backend, measure = opts.constraints, opts.device, opts.backend, opts.measure
@@ -125,8 +132,7 @@ def _validate(spec: ModelSpec, devices: Sequence[Device], opts: DeployOptions, *
     allowed = [d for d in devs if cons.allows_device(d)]
     if not allowed:
         raise ConfigError(
-            f"the constraints exclude every device: exclude={[s.text for s in cons.exclude]} "
-            f"matches all of {ids}"
+            f"the constraints exclude every device: exclude={[s.text for s in cons.exclude]} matches all of {ids}"
         )
     if device is not None and device not in {d.id for d in allowed}:
         raise ConfigError(f"device={device!r} is pinned but also excluded by the constraints")
@@ -149,8 +155,21 @@ def _validate(spec: ModelSpec, devices: Sequence[Device], opts: DeployOptions, *
         except ConfigError as exc:
             what = f"tolerance={cons.tolerance}" if cons.tolerance is not None else "measuring"
             raise ConfigError(f"{what} needs reference inputs and none can be generated: {exc}") from exc
-    return _Request(spec, devs, cons, device, backend, opts.strict, measure, feeds, user, k, per,
-                    tuple(backends) if backends is not None else None, max_load_s=max_load)
+    return _Request(
+        spec,
+        devs,
+        cons,
+        device,
+        backend,
+        opts.strict,
+        measure,
+        feeds,
+        user,
+        k,
+        per,
+        tuple(backends) if backends is not None else None,
+        max_load_s=max_load,
+    )
 
 
 def _model_hash(spec: ModelSpec) -> str:
@@ -176,11 +195,25 @@ def _cache_parts(req: _Request, model_hash: str) -> dict[str, Any]:
     }
 
 
-def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | Mapping[str, Any] | None = None, *,
-         options: DeployOptions | None = None, device: str | None = None, backend: str | None = None,
-         strict: bool = False, measure: bool = True, sample_inputs: Any = None, cache: bool = True,
-         budget_s: float | None = None, top_k: int | None = None, fast_start: bool = False,
-         backends: Sequence[str] | None = None, ledger: Ledger | None = None, bench: Bench | None = None) -> Plan:
+def plan(
+    spec: ModelSpec,
+    devices: Sequence[Device],
+    constraints: Constraints | Mapping[str, Any] | None = None,
+    *,
+    options: DeployOptions | None = None,
+    device: str | None = None,
+    backend: str | None = None,
+    strict: bool = False,
+    measure: bool = True,
+    sample_inputs: Any = None,
+    cache: bool = True,
+    budget_s: float | None = None,
+    top_k: int | None = None,
+    fast_start: bool = False,
+    backends: Sequence[str] | None = None,
+    ledger: Ledger | None = None,
+    bench: Bench | None = None,
+) -> Plan:
     """Choose where ``spec`` runs on ``devices`` under ``constraints``; see docs/planner.md.
 
     What to plan for is one :class:`~aivmm.options.DeployOptions` (``options=``, as ``VMM.deploy``
@@ -200,8 +233,16 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
     one, every session is closed before plan() returns.
     """
     t0 = time.perf_counter()
-    opts = coerce_options(options, constraints, device=device, backend=backend, strict=strict, measure=measure,
-                          sample_inputs=sample_inputs, fast_start=fast_start)
+    opts = coerce_options(
+        options,
+        constraints,
+        device=device,
+        backend=backend,
+        strict=strict,
+        measure=measure,
+        sample_inputs=sample_inputs,
+        fast_start=fast_start,
+    )
     req = _validate(spec, devices, opts, budget_s=budget_s, top_k=top_k, backends=backends)
     req.ledger = ledger
     model_hash = _model_hash(spec)
@@ -212,8 +253,11 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
         if hit is not None:
             try:
                 cached = Plan.from_json(hit, spec)
-                missing = [str(c.model.source) for c in cached.ranked()
-                           if c.transform and not pathlib.Path(str(c.model.source)).is_file()]
+                missing = [
+                    str(c.model.source)
+                    for c in cached.ranked()
+                    if c.transform and not pathlib.Path(str(c.model.source)).is_file()
+                ]
                 if missing:
                     raise ValueError(f"transformed model(s) no longer on disk: {missing[:2]}")
                 full = _ledger_shortfall(req, cached.chosen)
@@ -224,8 +268,13 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
             else:
                 # The cached measurement stands; beside other models now, the shared-cores options apply.
                 ranked = _share_cores(dataclasses.replace(req, measure=False), list(cached.ranked()))
-                return dataclasses.replace(cached, chosen=ranked[0], alternatives=tuple(ranked[1:]), cache_hit=True,
-                                           planning_seconds=time.perf_counter() - t0)
+                return dataclasses.replace(
+                    cached,
+                    chosen=ranked[0],
+                    alternatives=tuple(ranked[1:]),
+                    cache_hit=True,
+                    planning_seconds=time.perf_counter() - t0,
+                )
     if opts.fast_start and req.measure:
         with Bench() as nothing_measured:  # measure=False opens no session
             quick = _run(dataclasses.replace(req, measure=False, ready_only=True), t0, model_hash, nothing_measured)
@@ -234,8 +283,15 @@ def plan(spec: ModelSpec, devices: Sequence[Device], constraints: Constraints | 
         # closed when it ends. It plans without the ledger: the quick placement holds memory there
         # that the switch frees.
         future = upgrade_executor().submit(
-            plan, spec, req.devices, options=opts.replace(fast_start=False, constraints=req.cons), cache=cache,
-            budget_s=budget_s, top_k=top_k, backends=backends, bench=bench,
+            plan,
+            spec,
+            req.devices,
+            options=opts.replace(fast_start=False, constraints=req.cons),
+            cache=cache,
+            budget_s=budget_s,
+            top_k=top_k,
+            backends=backends,
+            bench=bench,
         )
         note = "fast start: chosen from predictions; Plan.upgrade resolves to the measured plan"
         return dataclasses.replace(quick, upgrade=future, notes=(*quick.notes, note))
@@ -282,8 +338,10 @@ def _ledger_shortfall(req: _Request, c: Candidate) -> str:
     held = sorted(ledger.entries(c.config.device), key=lambda e: -e.nbytes)
     resident = ", ".join(f"{e.key} {format_bytes(e.nbytes)}" for e in held[:4]) or "nothing"
     more = f" and {len(held) - 4} more" if len(held) > 4 else ""
-    return (f"needs ~{format_bytes(need)} but {c.config.device} has {format_bytes(free)} of its "
-            f"{format_bytes(capacity)} budget free in the memory ledger now (held: {resident}{more})")
+    return (
+        f"needs ~{format_bytes(need)} but {c.config.device} has {format_bytes(free)} of its "
+        f"{format_bytes(capacity)} budget free in the memory ledger now (held: {resident}{more})"
+    )
 
 
 def upgrade_executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -311,8 +369,9 @@ class _Evaluator:
         self.notes: list[str] = list(req.generated.notes) if req.generated is not None else []
 
     def _group(self, c: Candidate) -> str:
-        return _calibration.group(c.config.backend, self.devices[c.config.device], c.precision,
-                                  self.req.spec.primary_category)
+        return _calibration.group(
+            c.config.backend, self.devices[c.config.device], c.precision, self.req.spec.primary_category
+        )
 
     def capability(self, c: Candidate) -> Capability:
         k = (c.config.device, c.config.backend)
@@ -322,19 +381,31 @@ class _Evaluator:
 
     def predict(self, c: Candidate) -> Candidate:
         dev = self.devices[c.config.device]
-        pred = predict(self.req.spec, dev, c.config, self.capability(c), batch=self.req.cons.batch_size,
-                       precision=c.precision, transform=c.transform)
+        pred = predict(
+            self.req.spec,
+            dev,
+            c.config,
+            self.capability(c),
+            batch=self.req.cons.batch_size,
+            precision=c.precision,
+            transform=c.transform,
+        )
         learned = _calibration.factor(self._group(c))
         if learned != 1.0:
-            pred = dataclasses.replace(pred, latency_ms=pred.latency_ms * learned,
-                                       throughput=pred.throughput / learned,
-                                       energy_j=None if pred.energy_j is None else pred.energy_j * learned)
+            pred = dataclasses.replace(
+                pred,
+                latency_ms=pred.latency_ms * learned,
+                throughput=pred.throughput / learned,
+                energy_j=None if pred.energy_j is None else pred.energy_j * learned,
+            )
             c = c.with_(notes=(*c.notes, f"prediction x{learned:.2f}, learned from earlier measurements"))
         c = c.with_(prediction=pred)
         if pred.memory_bytes > dev.memory_free_bytes:
-            c = c.reject(RejectReason.DOES_NOT_FIT,
-                         f"needs ~{pred.memory_bytes / 2**20:.1f} MiB, {dev.id} has "
-                         f"{dev.memory_free_bytes / 2**20:.1f} MiB free")
+            c = c.reject(
+                RejectReason.DOES_NOT_FIT,
+                f"needs ~{pred.memory_bytes / 2**20:.1f} MiB, {dev.id} has "
+                f"{dev.memory_free_bytes / 2**20:.1f} MiB free",
+            )
         else:
             full = _ledger_shortfall(self.req, c)
             if full:
@@ -363,8 +434,10 @@ class _Evaluator:
         if self.req.user_feeds and self.req.feeds is not None:
             return [self.req.feeds]
         found = self.req.generated.assignment if self.req.generated is not None else None
-        return [optimize.sample_inputs(self.req.spec, batch=CALIBRATION_BATCH, seed=1000 + s, assignment=found)
-                for s in range(CALIBRATION_SAMPLES)]
+        return [
+            optimize.sample_inputs(self.req.spec, batch=CALIBRATION_BATCH, seed=1000 + s, assignment=found)
+            for s in range(CALIBRATION_SAMPLES)
+        ]
 
     def _materialise(self, c: Candidate) -> Candidate:
         t = c.transform
@@ -373,8 +446,12 @@ class _Evaluator:
         path = onnx_path(self.req.spec)
         assert path is not None  # passes are only enumerated for ONNX files
         p = optimize.Pass(t)
-        out = optimize.apply(path, p, model_sha256=_model_hash(self.req.spec),
-                            calibration=self._calibration() if p.needs_calibration else ())
+        out = optimize.apply(
+            path,
+            p,
+            model_sha256=_model_hash(self.req.spec),
+            calibration=self._calibration() if p.needs_calibration else (),
+        )
         model = analysed(self.req.spec, out)
         c = c.with_(model=model, materialised=True)
         support = registry.get(c.config.backend).check(model, self.devices[c.config.device], c.config)
@@ -390,8 +467,10 @@ class _Evaluator:
         if dev.kind not in ISOLATED_KINDS or dev.simulated or dev.id in self._isolated_ok:
             return None
         if dev.id in self._device_faults:  # the device itself faulted on these inputs: no second worker
-            return (f"not run: the first run on {dev.id} faulted on the device with these inputs "
-                    f"({self._device_faults[dev.id]})")
+            return (
+                f"not run: the first run on {dev.id} faulted on the device with these inputs "
+                f"({self._device_faults[dev.id]})"
+            )
         if _isolation.model_file(c.model) is None:
             return None  # nothing a worker could load: measured here, as before
         assert self.req.feeds is not None
@@ -402,8 +481,10 @@ class _Evaluator:
             return None
         if _isolation.is_device_fault(why):
             self._device_faults[dev.id] = c.label
-        return (f"failed its first run in an isolated worker process (not run in this one, so a device-side "
-                f"error cannot break this process's {dev.id} context): {why}")
+        return (
+            f"failed its first run in an isolated worker process (not run in this one, so a device-side "
+            f"error cannot break this process's {dev.id} context): {why}"
+        )
 
     def measure(self, c: Candidate) -> Candidate:
         assert self.req.feeds is not None
@@ -423,9 +504,17 @@ class _Evaluator:
             # Measured through the bench, so the session stays open: the race times it again in
             # place and, if it wins, the runtime adopts it. (A first run isolated above happened in
             # a worker process: that session cannot be adopted, so it is measured here again.)
-            m, outputs = profile(backend, c.model, self.devices[c.config.device], c.config, self.req.feeds,
-                                 Budget(seconds=self.req.seconds_per_candidate),
-                                 batch_size=self.req.cons.batch_size, bench=self.bench, identity=identity(c))
+            m, outputs = profile(
+                backend,
+                c.model,
+                self.devices[c.config.device],
+                c.config,
+                self.req.feeds,
+                Budget(seconds=self.req.seconds_per_candidate),
+                batch_size=self.req.cons.batch_size,
+                bench=self.bench,
+                identity=identity(c),
+            )
         except Exception as exc:  # AivmmError or a runtime's own: recorded, the others still get measured
             log.info("measuring %s failed: %s: %s", c.label, type(exc).__name__, exc)
             return c.reject(RejectReason.FAILED, f"{type(exc).__name__}: {_one_line(str(exc))}")
@@ -512,11 +601,19 @@ class _Evaluator:
             for c in pool:
                 slow = backend_info(c.config.backend).compiling(c.config.options)  # compiles on its first load
                 if self.req.ready_only and slow:
-                    rejected.append(c.reject(RejectReason.PRUNED, f"fast start: {', '.join(slow)} compiles before "
-                                                                  "the first request"))
+                    rejected.append(
+                        c.reject(
+                            RejectReason.PRUNED, f"fast start: {', '.join(slow)} compiles before the first request"
+                        )
+                    )
                 elif c.transform or c.precision is not Precision.FP32:
-                    rejected.append(c.reject(RejectReason.ACCURACY, "accuracy of a lowered precision or "
-                                             "transformed model cannot be verified without measuring (measure=False)"))
+                    rejected.append(
+                        c.reject(
+                            RejectReason.ACCURACY,
+                            "accuracy of a lowered precision or "
+                            "transformed model cannot be verified without measuring (measure=False)",
+                        )
+                    )
                 else:
                     kept.append(c)
             pool = kept
@@ -536,9 +633,10 @@ class _Evaluator:
 
     def _measure_top_k(self, pool: list[Candidate], rejected: list[Candidate]) -> list[Candidate]:
         slow = [c for c in pool if c.prediction is not None and c.prediction.load_s > self.req.max_load_s]
-        order = sorted((c for c in pool if c not in slow),
-                       key=lambda c: (self.req.cons.preference_rank(self.devices[c.config.device]),
-                                      *self.objective_key(c)))
+        order = sorted(
+            (c for c in pool if c not in slow),
+            key=lambda c: (self.req.cons.preference_rank(self.devices[c.config.device]), *self.objective_key(c)),
+        )
         picked = self._pick(order)
         if self.req.cons.precision is not PrecisionPolicy.EXACT:
             # Precision policy: a wider policy measures every candidate the fp32-only policy would
@@ -565,13 +663,25 @@ class _Evaluator:
             if c in picked or c in late:
                 continue
             if c.transform or c.precision is not Precision.FP32:
-                rejected.append(c.reject(RejectReason.ACCURACY, "not measured (outside the top-k or the load "
-                                         "budget), so its accuracy against fp32 is unverified"))
+                rejected.append(
+                    c.reject(
+                        RejectReason.ACCURACY,
+                        "not measured (outside the top-k or the load "
+                        "budget), so its accuracy against fp32 is unverified",
+                    )
+                )
             elif c in slow:
                 assert c.prediction is not None  # slow means predicted to load slowly
-                out.append(c.with_(notes=(*c.notes, f"not measured: predicted load {c.prediction.load_s:.0f} s "
-                                                    f"exceeds the planning load budget {self.req.max_load_s:.0f} s "
-                                                    "(raise budget_s to measure it)")))
+                out.append(
+                    c.with_(
+                        notes=(
+                            *c.notes,
+                            f"not measured: predicted load {c.prediction.load_s:.0f} s "
+                            f"exceeds the planning load budget {self.req.max_load_s:.0f} s "
+                            "(raise budget_s to measure it)",
+                        )
+                    )
+                )
             else:
                 out.append(c.with_(notes=(*c.notes, "not measured: predicted slower than the measured ones")))
         return out + self._race(measured, compiled=late)
@@ -593,21 +703,33 @@ class _Evaluator:
                 picked.append(c)
         return picked
 
-    def _measure_compiled(self, slow: list[Candidate], measured: list[Candidate],
-                          rejected: list[Candidate]) -> list[Candidate]:
+    def _measure_compiled(
+        self, slow: list[Candidate], measured: list[Candidate], rejected: list[Candidate]
+    ) -> list[Candidate]:
         """Compiled candidates (too slow to load to measure them all) are measured only where they can
         win: the compiled form of the best measured candidate (same backend, device, precision, pass
         and options but for the runner), and of the best fp32 one, so a wider precision policy still
         covers what the fp32-only policy would measure. Returns the ones measured (or failed)."""
         # On GPUs only: there a compiled graph (fused kernels, one graph launch) is often the fastest
         # form; on CPUs compiling rarely pays for its minutes of load.
-        ok = sorted((c for c in measured if not self.violations(c)
-                     and self.devices[c.config.device].kind is DeviceKind.GPU), key=self.rank_key)
+        ok = sorted(
+            (c for c in measured if not self.violations(c) and self.devices[c.config.device].kind is DeviceKind.GPU),
+            key=self.rank_key,
+        )
         leaders = ok[:1] + [c for c in ok if _plain_fp32(c)][:1]
         late: list[Candidate] = []
         for leader in leaders:
-            partner = next((c for c in slow if c not in late and _same_but_runner(c, leader)
-                            and c.prediction is not None and c.prediction.load_s <= COMPILE_STAGE_LOAD_S), None)
+            partner = next(
+                (
+                    c
+                    for c in slow
+                    if c not in late
+                    and _same_but_runner(c, leader)
+                    and c.prediction is not None
+                    and c.prediction.load_s <= COMPILE_STAGE_LOAD_S
+                ),
+                None,
+            )
             if partner is None:
                 continue
             late.append(partner)
@@ -624,8 +746,11 @@ class _Evaluator:
         best = self.latency(ok[0])
         picked: list[Candidate] = []
         for c in ok:
-            if (c.config.backend not in {p.config.backend for p in picked} and len(picked) < FINALISTS
-                    and self.latency(c) <= RACE_FACTOR_BACKEND * best):
+            if (
+                c.config.backend not in {p.config.backend for p in picked}
+                and len(picked) < FINALISTS
+                and self.latency(c) <= RACE_FACTOR_BACKEND * best
+            ):
                 picked.append(c)
         picked.extend(c for c in ok if c not in picked and self.latency(c) <= RACE_FACTOR * best)
         return sorted(picked[:FINALISTS], key=ok.index)
@@ -645,20 +770,30 @@ class _Evaluator:
         self.bench.keep_only([*(identity(c) for c in finalists), *skip])
         if len(finalists) < 2:
             return measured
-        entries = [(registry.get(c.config.backend), c.model, self.devices[c.config.device], c.config)
-                   for c in finalists]
+        entries = [
+            (registry.get(c.config.backend), c.model, self.devices[c.config.device], c.config) for c in finalists
+        ]
         try:
             with _quiet.captured("the finalist race"):
                 # The sessions measured above, raced in place (one reopened if it was closed for room).
-                sessions = [self.bench.open(identity(c), *entry, batch=self.req.cons.batch_size)
-                            for c, entry in zip(finalists, entries)]
+                sessions = [
+                    self.bench.open(identity(c), *entry, batch=self.req.cons.batch_size)
+                    for c, entry in zip(finalists, entries)
+                ]
                 if any(s.closed for s in sessions):  # the budget holds fewer than all the finalists
-                    log.info("the finalists do not fit the memory budget together; keeping the individual "
-                             "measurements")
+                    log.info("the finalists do not fit the memory budget together; keeping the individual measurements")
                     return measured
-                result = race_rounds(entries, self.req.feeds or {},
-                                     Budget(seconds=self.req.seconds_per_candidate * len(finalists), warmup_runs=2,
-                                            min_runs=RACE_MIN_ROUNDS, max_runs=400), sessions=sessions)
+                result = race_rounds(
+                    entries,
+                    self.req.feeds or {},
+                    Budget(
+                        seconds=self.req.seconds_per_candidate * len(finalists),
+                        warmup_runs=2,
+                        min_runs=RACE_MIN_ROUNDS,
+                        max_runs=400,
+                    ),
+                    sessions=sessions,
+                )
         except Exception as exc:  # the screening figures stand; the race is a refinement
             log.warning("finalist race failed (%r); keeping the individual measurements", exc)
             return measured
@@ -666,11 +801,18 @@ class _Evaluator:
         for c, rounds, calls, warm in zip(finalists, result.rounds, result.calls, result.warmup):
             assert c.measurement is not None  # finalists are measured candidates
             arr = np.asarray(calls) * 1e3
-            m = dataclasses.replace(c.measurement, p50_ms=float(np.median(rounds)) * 1e3,
-                                    p99_ms=float(np.percentile(arr, 99)), mean_ms=float(arr.mean()), runs=len(calls),
-                                    warmup_runs=c.measurement.warmup_runs + len(warm))
-            note = (f"raced against {len(finalists) - 1} finalist(s): median of {len(rounds)} interleaved rounds "
-                    f"({len(calls)} timed calls, {len(warm)} warm-up calls apart)")
+            m = dataclasses.replace(
+                c.measurement,
+                p50_ms=float(np.median(rounds)) * 1e3,
+                p99_ms=float(np.percentile(arr, 99)),
+                mean_ms=float(arr.mean()),
+                runs=len(calls),
+                warmup_runs=c.measurement.warmup_runs + len(warm),
+            )
+            note = (
+                f"raced against {len(finalists) - 1} finalist(s): median of {len(rounds)} interleaved rounds "
+                f"({len(calls)} timed calls, {len(warm)} warm-up calls apart)"
+            )
             if result.extended:
                 note += f"; lengthened {result.extended}x as the leaders were within {NOISE_MARGIN:.0%}"
             raced[id(c)] = c.with_(measurement=m, notes=(*c.notes, note))
@@ -683,6 +825,7 @@ def _plain_fp32(c: Candidate) -> bool:
 
 def _same_but_runner(c: Candidate, other: Candidate) -> bool:
     """Equal but for the options that choose how the graph is run (compiled, replayed), as the backend says."""
+
     def rest(x: Candidate) -> tuple[Any, ...]:
         opts = backend_info(x.config.backend).without_runner(x.config.options)
         return (x.config.backend, x.config.device, x.config.precision, x.transform, sorted(opts.items()))
@@ -779,7 +922,8 @@ def _share_cores(req: _Request, cands: list[Candidate]) -> list[Candidate]:
 
 def _matches_pins(req: _Request, c: Candidate) -> bool:
     return (req.device is None or c.config.device == req.device) and (
-        req.backend is None or c.config.backend == req.backend)
+        req.backend is None or c.config.backend == req.backend
+    )
 
 
 def _crowded_out(req: _Request, clean: list[Candidate], rejected: list[Candidate]) -> str:
@@ -801,14 +945,22 @@ def _crowded_out(req: _Request, clean: list[Candidate], rejected: list[Candidate
     if back:
         rejected[:] = [c for c in rejected if c not in back]
         for c in back:
-            clean.append(c.with_(rejections=c.rejections[:-1], notes=(
-                *c.notes, f"{c.rejections[-1].detail}: loading it there evicts idle models")))
+            clean.append(
+                c.with_(
+                    rejections=c.rejections[:-1],
+                    notes=(*c.notes, f"{c.rejections[-1].detail}: loading it there evicts idle models"),
+                )
+            )
     full = [c for c in full if c not in back and pinned(c)]  # a device the pins exclude anyway is no fallback
     if not full:
         return ""
     devices = sorted({c.config.device for c in full})
-    why = "; ".join(next(r.detail for c in full if c.config.device == d for r in c.rejections
-                         if r.reason is RejectReason.DEVICE_FULL) for d in devices)
+    why = "; ".join(
+        next(
+            r.detail for c in full if c.config.device == d for r in c.rejections if r.reason is RejectReason.DEVICE_FULL
+        )
+        for d in devices
+    )
     message = f"{', '.join(devices)} left out for lack of free memory now: {why}"
     if req.strict:
         raise FallbackError(f"strict: {message}")
@@ -865,24 +1017,32 @@ def _nothing_ran(req: _Request, rejected: Sequence[Candidate]) -> InfeasibleErro
         text = "; ".join(f"{r.reason.value}: {_one_line(r.detail)}" for r in tried)
         lines.setdefault(text, []).append(c.label)
     source = "the given sample_inputs" if req.user_feeds else "generated inputs"
-    head = (f"no candidate ran {req.spec.name!r} and matched the fp32 reference on {source} "
-            f"({_describe_feeds(req.feeds)})")
-    body = [f"  - {labels[0]}" + (f" (+{len(labels) - 1} option variants)" if len(labels) > 1 else "")
-            + f": {text}" for text, labels in lines.items()]
+    head = (
+        f"no candidate ran {req.spec.name!r} and matched the fp32 reference on {source} ({_describe_feeds(req.feeds)})"
+    )
+    body = [
+        f"  - {labels[0]}" + (f" (+{len(labels) - 1} option variants)" if len(labels) > 1 else "") + f": {text}"
+        for text, labels in lines.items()
+    ]
     gen = req.generated
     if gen is not None and gen.reference is None and gen.reference_error:
         body.insert(0, f"  - fp32 reference: {_one_line(gen.reference_error, 400)}")
     tail = [f"  ({before} other candidate(s) were rejected before measuring: `aivmm plan` lists them)"]
     tail = tail if before else []
-    hint = ["  pass real inputs (sample_inputs=, aivmm run --input FILE.npz) if the generated ones do not suit "
-            "the model; -v shows the runtimes' full output"]
+    hint = [
+        "  pass real inputs (sample_inputs=, aivmm run --input FILE.npz) if the generated ones do not suit "
+        "the model; -v shows the runtimes' full output"
+    ]
     return InfeasibleError("\n".join([head + ":", *body, *tail, *hint]))
 
 
 def _infeasible(req: _Request, ev: _Evaluator, rejected: Sequence[Candidate]) -> InfeasibleError:
     """The error naming, for each violated constraint, the best figure any candidate achieved."""
-    only_constraints = [c for c in rejected if c.rejections and
-                        all(r.reason in (RejectReason.CONSTRAINT, RejectReason.NOT_PINNED) for r in c.rejections)]
+    only_constraints = [
+        c
+        for c in rejected
+        if c.rejections and all(r.reason in (RejectReason.CONSTRAINT, RejectReason.NOT_PINNED) for r in c.rejections)
+    ]
     if not only_constraints:
         if req.measure and any(r.reason in _RAN for c in rejected for r in c.rejections):
             return _nothing_ran(req, rejected)

@@ -42,15 +42,25 @@ class Prediction:
     load_s: float = 0.0  # time to create the session (compilation dominates when an option compiles)
 
     def to_json(self) -> dict[str, Any]:
-        return {"latency_ms": round(self.latency_ms, 4), "throughput": round(self.throughput, 2),
-                "memory_bytes": self.memory_bytes,
-                "energy_j": None if self.energy_j is None else round(self.energy_j, 6), "bound": self.bound,
-                "load_s": round(self.load_s, 3)}
+        return {
+            "latency_ms": round(self.latency_ms, 4),
+            "throughput": round(self.throughput, 2),
+            "memory_bytes": self.memory_bytes,
+            "energy_j": None if self.energy_j is None else round(self.energy_j, 6),
+            "bound": self.bound,
+            "load_s": round(self.load_s, 3),
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Prediction:
-        return cls(float(d["latency_ms"]), float(d["throughput"]), int(d["memory_bytes"]), d.get("energy_j"),
-                   str(d.get("bound", "")), float(d.get("load_s", 0.0)))
+        return cls(
+            float(d["latency_ms"]),
+            float(d["throughput"]),
+            int(d["memory_bytes"]),
+            d.get("energy_j"),
+            str(d.get("bound", "")),
+            float(d.get("load_s", 0.0)),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,21 +86,37 @@ class Measurement:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "p50_ms": round(self.p50_ms, 6), "p99_ms": round(self.p99_ms, 6), "mean_ms": round(self.mean_ms, 6),
-            "runs": self.runs, "warmup_runs": self.warmup_runs, "load_seconds": round(self.load_seconds, 4),
-            "memory_bytes": self.memory_bytes, "memory_source": self.memory_source,
+            "p50_ms": round(self.p50_ms, 6),
+            "p99_ms": round(self.p99_ms, 6),
+            "mean_ms": round(self.mean_ms, 6),
+            "runs": self.runs,
+            "warmup_runs": self.warmup_runs,
+            "load_seconds": round(self.load_seconds, 4),
+            "memory_bytes": self.memory_bytes,
+            "memory_source": self.memory_source,
             "energy_j": None if self.energy_j is None else round(self.energy_j, 6),
             "power_w": None if self.power_w is None else round(self.power_w, 3),
-            "energy_source": self.energy_source, "batch_size": self.batch_size,
+            "energy_source": self.energy_source,
+            "batch_size": self.batch_size,
             "throughput": round(self.throughput, 2),
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Measurement:
-        return cls(float(d["p50_ms"]), float(d["p99_ms"]), float(d["mean_ms"]), int(d["runs"]),
-                   int(d["warmup_runs"]), float(d["load_seconds"]), int(d["memory_bytes"]),
-                   str(d["memory_source"]), d.get("energy_j"), d.get("power_w"), str(d["energy_source"]),
-                   int(d.get("batch_size", 1)))
+        return cls(
+            float(d["p50_ms"]),
+            float(d["p99_ms"]),
+            float(d["mean_ms"]),
+            int(d["runs"]),
+            int(d["warmup_runs"]),
+            float(d["load_seconds"]),
+            int(d["memory_bytes"]),
+            str(d["memory_source"]),
+            d.get("energy_j"),
+            d.get("power_w"),
+            str(d["energy_source"]),
+            int(d.get("batch_size", 1)),
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,9 +98,19 @@ def time_runs(session: Session, feeds: Mapping[str, Any], budget: Budget) -> lis
     return times
 
 
-def profile(backend: Backend, model: ModelSpec, device: Device, config: Config, feeds: Mapping[str, Any],
-            budget: Budget | None = None, *, batch_size: int = 1, rapl_root: str = RAPL_ROOT,
-            bench: Bench | None = None, identity: Hashable = None) -> tuple[Measurement, list[Any]]:
+def profile(
+    backend: Backend,
+    model: ModelSpec,
+    device: Device,
+    config: Config,
+    feeds: Mapping[str, Any],
+    budget: Budget | None = None,
+    *,
+    batch_size: int = 1,
+    rapl_root: str = RAPL_ROOT,
+    bench: Bench | None = None,
+    identity: Hashable = None,
+) -> tuple[Measurement, list[Any]]:
     """Load and time one candidate; returns its Measurement and the outputs of its first run (model
     output order) for the accuracy check. The session is closed at the end, unless ``bench`` opened
     it: it then stays there under ``identity`` (closed by the bench if measuring fails)."""
@@ -131,10 +141,18 @@ def profile(backend: Backend, model: ModelSpec, device: Device, config: Config, 
         memory, mem_source = probe.peak(session)
         arr = np.asarray(times) * 1e3
         m = Measurement(
-            p50_ms=float(np.percentile(arr, 50)), p99_ms=float(np.percentile(arr, 99)), mean_ms=float(arr.mean()),
-            runs=len(times), warmup_runs=budget.warmup_runs, load_seconds=session.report.seconds,
-            memory_bytes=memory, memory_source=mem_source, energy_j=energy, power_w=power,
-            energy_source=source, batch_size=batch_size,
+            p50_ms=float(np.percentile(arr, 50)),
+            p99_ms=float(np.percentile(arr, 99)),
+            mean_ms=float(arr.mean()),
+            runs=len(times),
+            warmup_runs=budget.warmup_runs,
+            load_seconds=session.report.seconds,
+            memory_bytes=memory,
+            memory_source=mem_source,
+            energy_j=energy,
+            power_w=power,
+            energy_source=source,
+            batch_size=batch_size,
         )
         ok = True
         return m, outputs
@@ -171,9 +189,16 @@ def _leaders_close(rounds: list[list[float]], margin: float) -> bool:
     return len(meds) >= 2 and meds[1] - meds[0] < margin * meds[0]
 
 
-def race_rounds(entries: list[tuple[Backend, ModelSpec, Device, Config]], feeds: Mapping[str, Any], budget: Budget,
-                *, block: int = 5, margin: float = NOISE_MARGIN, max_extensions: int = MAX_EXTENSIONS,
-                sessions: list[Session] | None = None) -> RaceResult:
+def race_rounds(
+    entries: list[tuple[Backend, ModelSpec, Device, Config]],
+    feeds: Mapping[str, Any],
+    budget: Budget,
+    *,
+    block: int = 5,
+    margin: float = NOISE_MARGIN,
+    max_extensions: int = MAX_EXTENSIONS,
+    sessions: list[Session] | None = None,
+) -> RaceResult:
     """Time finalists against each other, interleaved: all loaded, run strictly one after another
     (never concurrently) in rounds; in each round every finalist runs ``block`` calls, in an order
     that alternates between rounds. The first call of each turn is a warm-up (the previous
@@ -203,8 +228,11 @@ def race_rounds(entries: list[tuple[Backend, ModelSpec, Device, Config]], feeds:
         max_rounds = max(budget.min_runs, budget.max_runs // block)
         while True:
             if n >= budget.min_runs and (n >= max_rounds or time.perf_counter() >= deadline):
-                if extended < max_extensions and n < max_rounds * (1 + max_extensions) and _leaders_close(
-                        rounds, margin):
+                if (
+                    extended < max_extensions
+                    and n < max_rounds * (1 + max_extensions)
+                    and _leaders_close(rounds, margin)
+                ):
                     extended += 1
                     deadline = time.perf_counter() + budget.seconds
                     max_rounds += max(budget.min_runs, budget.max_runs // block)

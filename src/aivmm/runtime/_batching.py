@@ -95,7 +95,7 @@ def compat_key(feeds: Mapping[str, Any], batch_dim: int) -> tuple[Any, ...] | No
         value = feeds[name]
         if not isinstance(value, np.ndarray) or value.ndim <= batch_dim:
             return None
-        shape = value.shape[:batch_dim] + value.shape[batch_dim + 1:]
+        shape = value.shape[:batch_dim] + value.shape[batch_dim + 1 :]
         key.append((name, value.dtype.str, shape))
     return tuple(key)
 

@@ -35,8 +35,7 @@ class DeviceExecutor:
         self._queues: list[ReplicaQueue] = []
         self._closed = False
         self._threads = [
-            threading.Thread(target=self._loop, name=f"aivmm-exec-{device_id}-{i}", daemon=True)
-            for i in range(workers)
+            threading.Thread(target=self._loop, name=f"aivmm-exec-{device_id}-{i}", daemon=True) for i in range(workers)
         ]
         for t in self._threads:
             t.start()
@@ -151,10 +150,13 @@ class DeviceExecutor:
         for r in queue.heap:
             if r.reject_late and r.deadline is not None and now + expected > r.deadline:
                 late_ms = (now + expected - r.deadline) * 1e3
-                settle(r, error=DeadlineExceededError(
-                    f"{queue.name}: request cannot meet its deadline (would finish {late_ms:.1f} ms late,"
-                    f" expected run time {expected * 1e3:.1f} ms); rejected before running"
-                ))
+                settle(
+                    r,
+                    error=DeadlineExceededError(
+                        f"{queue.name}: request cannot meet its deadline (would finish {late_ms:.1f} ms late,"
+                        f" expected run time {expected * 1e3:.1f} ms); rejected before running"
+                    ),
+                )
                 queue.queued_items -= r.items
             else:
                 keep.append(r)

@@ -40,7 +40,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)
 
 
-
 class WarmSession(Protocol):
     """A session loaded (and run) before its replica existed, with the ledger reservation it holds:
     what the planner hands over so the runtime adopts its measured session (``planner.Held``)."""
@@ -188,16 +187,21 @@ class ResidencyManager:
             entry = self.ledger.entry(replica.key)
             target = max(replica.charged_bytes, session.memory_bytes())
             if entry is not None and target != entry.nbytes and not self.ledger.commit(replica.key, target):
-                self.make_room(replica.device.id, target - entry.nbytes, exclude=replica,
-                               reason=f"{replica.key} adopted larger than measured")
+                self.make_room(
+                    replica.device.id,
+                    target - entry.nbytes,
+                    exclude=replica,
+                    reason=f"{replica.key} adopted larger than measured",
+                )
                 if not self.ledger.commit(replica.key, target):
                     self.ledger.commit(replica.key)
                     log.warning("%s holds %d bytes, %d charged: budget too small", replica.key, target, entry.nbytes)
             elif entry is not None:
                 self.ledger.commit(replica.key)
             # The session's own load time, so reload estimates stay what a real load costs.
-            replica.record(Movement("load-adopted", session.report.seconds, replica.footprint.weights_bytes,
-                                    time.time(), reason))
+            replica.record(
+                Movement("load-adopted", session.report.seconds, replica.footprint.weights_bytes, time.time(), reason)
+            )
             with replica.lock:
                 final = self.ledger.entry(replica.key)
                 replica.charged_bytes = final.nbytes if final is not None else target
@@ -213,13 +217,13 @@ class ResidencyManager:
             with self._device_locks[dev]:
                 if self.ledger.try_reserve(replica.key, dev, need):
                     return
-                self._evict_for(dev, need - self.ledger.free(dev), exclude=replica,
-                                reason=f"admit {replica.key}")
+                self._evict_for(dev, need - self.ledger.free(dev), exclude=replica, reason=f"admit {replica.key}")
                 if self.ledger.try_reserve(replica.key, dev, need):
                     return
             if time.monotonic() >= deadline:
-                busy = [f"{r.key} ({format_bytes(r.charged_bytes)}, {r.inflight} running)"
-                        for r in self.resident_on(dev)]
+                busy = [
+                    f"{r.key} ({format_bytes(r.charged_bytes)}, {r.inflight} running)" for r in self.resident_on(dev)
+                ]
                 raise OutOfMemoryError(
                     f"{replica.key} needs {format_bytes(need)} on {dev}; {format_bytes(self.ledger.free(dev))} free of"
                     f" {format_bytes(self.ledger.capacity(dev))} and every resident model is busy or pinned: {busy}"

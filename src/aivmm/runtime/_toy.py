@@ -16,8 +16,15 @@ from aivmm.dtypes import DType
 from aivmm.models import ModelFormat, ModelSpec, TensorSpec
 
 
-def mlp(path: str | pathlib.Path, *, width: int = 64, layers: int = 2, seed: int = 0, name: str = "mlp",
-        batch_dim_preserved: bool = True) -> ModelSpec:
+def mlp(
+    path: str | pathlib.Path,
+    *,
+    width: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    name: str = "mlp",
+    batch_dim_preserved: bool = True,
+) -> ModelSpec:
     """``y = relu(...relu(x @ W0 + b0)... @ Wk + bk)``; x: float32[N, width]. With
     ``batch_dim_preserved=False`` the output sums over the batch (a model that cannot be batched)."""
     import onnx
@@ -45,7 +52,8 @@ def mlp(path: str | pathlib.Path, *, width: int = 64, layers: int = 2, seed: int
     else:
         nodes.append(helper.make_node("Identity", [current], ["y"], name="out"))
     graph = helper.make_graph(
-        nodes, name,
+        nodes,
+        name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
         inits,
@@ -79,7 +87,8 @@ def one_op(path: str | pathlib.Path, *, width: int = 16, name: str = "add-one") 
 
     one = numpy_helper.from_array(np.ones(width, dtype=np.float32), "one")
     graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "one"], ["y"])], name,
+        [helper.make_node("Add", ["x", "one"], ["y"])],
+        name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])],
         [one],
@@ -88,21 +97,41 @@ def one_op(path: str | pathlib.Path, *, width: int = 16, name: str = "add-one") 
     model.ir_version = 8
     onnx.save(model, str(path))
     return ModelSpec(
-        name=name, format=ModelFormat.ONNX,
+        name=name,
+        format=ModelFormat.ONNX,
         inputs=(TensorSpec("x", DType.FLOAT32, ("N", width)),),
         outputs=(TensorSpec("y", DType.FLOAT32, ("N", width)),),
-        parameters=width, parameter_bytes=4 * width, peak_activation_bytes=8 * width,
-        opsets={"": 17}, shapes_used={"x": (1, width)}, source=str(path),
-        size_bytes=pathlib.Path(path).stat().st_size, batch_dim=0,
+        parameters=width,
+        parameter_bytes=4 * width,
+        peak_activation_bytes=8 * width,
+        opsets={"": 17},
+        shapes_used={"x": (1, width)},
+        source=str(path),
+        size_bytes=pathlib.Path(path).stat().st_size,
+        batch_dim=0,
     )
 
 
-def simulated_device(dev_id: str = "nvidia:0", *, memory: int = 2**30, vendor: Vendor = Vendor.NVIDIA,
-                     kind: DeviceKind = DeviceKind.GPU, **properties: Any) -> Device:
+def simulated_device(
+    dev_id: str = "nvidia:0",
+    *,
+    memory: int = 2**30,
+    vendor: Vendor = Vendor.NVIDIA,
+    kind: DeviceKind = DeviceKind.GPU,
+    **properties: Any,
+) -> Device:
     return Device(
-        id=dev_id, kind=kind, vendor=vendor, name=f"simulated {dev_id}", memory_total_bytes=memory,
-        memory_free_bytes=memory, index=int(dev_id.rsplit(":", 1)[-1]), runtimes=("simulated",),
-        properties=properties, simulated=True, source="simulated",
+        id=dev_id,
+        kind=kind,
+        vendor=vendor,
+        name=f"simulated {dev_id}",
+        memory_total_bytes=memory,
+        memory_free_bytes=memory,
+        index=int(dev_id.rsplit(":", 1)[-1]),
+        runtimes=("simulated",),
+        properties=properties,
+        simulated=True,
+        source="simulated",
     )
 
 

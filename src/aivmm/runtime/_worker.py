@@ -107,8 +107,9 @@ class WorkerSession(Session):
     def _start(self) -> None:
         parent, child = self._ctx.Pipe(duplex=True)
         payload = _dumps((self.model, self.device, self.config))
-        proc = self._ctx.Process(target=_worker_main, args=(child, payload), daemon=True,
-                                 name=f"aivmm-worker-{self.model.name}")
+        proc = self._ctx.Process(
+            target=_worker_main, args=(child, payload), daemon=True, name=f"aivmm-worker-{self.model.name}"
+        )
         start = time.perf_counter()
         proc.start()
         child.close()
@@ -129,7 +130,9 @@ class WorkerSession(Session):
         self._process, self._conn = proc, parent
         report: LoadReport = value
         self.report = LoadReport(
-            time.perf_counter() - start, report.device_memory_bytes, report.fallback_nodes,
+            time.perf_counter() - start,
+            report.device_memory_bytes,
+            report.fallback_nodes,
             (*report.notes, f"isolated in worker process {proc.pid}"),
         )
 
@@ -205,4 +208,3 @@ def rss_bytes(pid: int | None = None) -> int:
     except OSError:
         pass
     return 0
-

@@ -83,7 +83,8 @@ class _Model:
     errors: int = 0
     # Recent (finish time, seconds) of successful requests: the status endpoint's percentiles.
     recent: collections.deque[tuple[float, float]] = dataclasses.field(
-        default_factory=lambda: collections.deque(maxlen=4096))
+        default_factory=lambda: collections.deque(maxlen=4096)
+    )
 
     def latest(self) -> Version | None:
         ready = [v for n, v in self.versions.items() if v.state is State.READY]
@@ -191,8 +192,8 @@ class DataPlane:
                     from aivmm.serve._model_config import merge_mapping
 
                     source = dataclasses.replace(
-                        source, config=merge_mapping(source.config, dict(overrides), source="load parameters",
-                                                     llm=source.llm)
+                        source,
+                        config=merge_mapping(source.config, dict(overrides), source="load parameters", llm=source.llm),
                     )
                 fresh = {}
                 try:
@@ -206,8 +207,7 @@ class DataPlane:
                 model.reason = str(exc) if isinstance(exc, AivmmError) else f"internal error: {exc!r}"
                 model.state = State.READY if model.versions else State.UNLOADED
                 self.observer.load(name, self._clock() - start, False)
-                log.warning("load of %r failed: %s", name, model.reason,
-                            exc_info=not isinstance(exc, AivmmError))
+                log.warning("load of %r failed: %s", name, model.reason, exc_info=not isinstance(exc, AivmmError))
                 if not model.versions and isinstance(exc, ModelNotFoundError | PermissionDeniedError):
                     self._models.pop(name, None)  # names that are not models leave no trace
                 raise
@@ -287,8 +287,12 @@ class DataPlane:
         try:
             await asyncio.wait_for(entry.idle.wait(), self.limits.drain_timeout_s)
         except asyncio.TimeoutError:
-            log.warning("%s: %d request(s) still running after %.0f s of draining; unloading anyway",
-                        entry.vmm_name, entry.inflight, self.limits.drain_timeout_s)
+            log.warning(
+                "%s: %d request(s) still running after %.0f s of draining; unloading anyway",
+                entry.vmm_name,
+                entry.inflight,
+                self.limits.drain_timeout_s,
+            )
         await asyncio.to_thread(self.host.unload, entry.vmm_name)
         entry.state = State.UNLOADED
         self.observer.unload(entry.model, self._clock() - start)
@@ -401,8 +405,7 @@ class DataPlane:
             # The work is a task of its own: when the client's time runs out we answer at once but
             # the work keeps its in-flight slot until it really ends, so timed-out requests cannot
             # pile up unbounded work behind the admission limit, and drains wait for them too.
-            work = asyncio.ensure_future(
-                entry.handle.execute_async(feeds, priority=priority, deadline_ms=deadline_ms))
+            work = asyncio.ensure_future(entry.handle.execute_async(feeds, priority=priority, deadline_ms=deadline_ms))
             entry.inflight += 1
             entry.idle.clear()
             work.add_done_callback(functools.partial(_release, entry))
@@ -447,21 +450,24 @@ class DataPlane:
                 },
             }
             for v, entry in sorted(model.versions.items()):
-                models.append({
-                    "name": name,
-                    "version": str(v),
-                    "state": entry.state.value,
-                    **figures,
-                    "inflight": entry.inflight,
-                    "vmm_name": entry.vmm_name,
-                    "placement": _placement(entry.handle),
-                    **({"replan": r} if (r := getattr(entry.handle, "replan_state", "")) else {}),
-                    "load_seconds": round(entry.load_seconds, 4),
-                    "config": entry.config.to_json(),
-                })
+                models.append(
+                    {
+                        "name": name,
+                        "version": str(v),
+                        "state": entry.state.value,
+                        **figures,
+                        "inflight": entry.inflight,
+                        "vmm_name": entry.vmm_name,
+                        "placement": _placement(entry.handle),
+                        **({"replan": r} if (r := getattr(entry.handle, "replan_state", "")) else {}),
+                        "load_seconds": round(entry.load_seconds, 4),
+                        "config": entry.config.to_json(),
+                    }
+                )
             if not model.versions:
-                models.append({"name": name, "version": "", "state": model.state.value, "reason": model.reason,
-                               **figures})
+                models.append(
+                    {"name": name, "version": "", "state": model.state.value, "reason": model.reason, **figures}
+                )
         try:
             vmm = self.host.status()
         except AivmmError as exc:
@@ -581,6 +587,9 @@ def _select_outputs(entry: Version, req: InferRequest, outputs: Mapping[str, Any
     else:
         chosen = [(n, np.asarray(a), default_binary) for n, a in outputs.items()]
     return InferResponse(
-        req.model, str(entry.version), req.id,
-        tuple((n, a) for n, a, _ in chosen), tuple(b for _, _, b in chosen),
+        req.model,
+        str(entry.version),
+        req.id,
+        tuple((n, a) for n, a, _ in chosen),
+        tuple(b for _, _, b in chosen),
     )

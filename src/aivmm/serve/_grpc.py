@@ -156,11 +156,13 @@ def create_server(
     plane: DataPlane, address: str, *, token: str | None = None, max_message_bytes: int = 64 << 20
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server bound to ``address``; returns it and the port it got."""
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     server.add_generic_rpc_handlers((handler(Servicer(plane, token=token)),))
     from aivmm.errors import ConfigError
 

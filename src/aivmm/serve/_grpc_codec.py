@@ -19,11 +19,16 @@ from aivmm.serve._messages import InferRequest, InferResponse, RequestedOutput
 # Which typed-contents field carries each datatype (FP16 and BF16 only travel raw).
 _CONTENTS = {
     DType.BOOL: "bool_contents",
-    DType.INT8: "int_contents", DType.INT16: "int_contents", DType.INT32: "int_contents",
+    DType.INT8: "int_contents",
+    DType.INT16: "int_contents",
+    DType.INT32: "int_contents",
     DType.INT64: "int64_contents",
-    DType.UINT8: "uint_contents", DType.UINT16: "uint_contents", DType.UINT32: "uint_contents",
+    DType.UINT8: "uint_contents",
+    DType.UINT16: "uint_contents",
+    DType.UINT32: "uint_contents",
     DType.UINT64: "uint64_contents",
-    DType.FLOAT32: "fp32_contents", DType.FLOAT64: "fp64_contents",
+    DType.FLOAT32: "fp32_contents",
+    DType.FLOAT64: "fp64_contents",
     DType.STRING: "bytes_contents",
 }
 

@@ -38,11 +38,27 @@ _REPO = re.compile(r"^/v2/repository/models/(?P<model>[^/]+)/(?P<action>load|unl
 _OPENAI_MODEL = re.compile(r"^/v1/models/(?P<model>[^/]+)$")
 # The whole route table: a path outside it is 404 whatever the method; a known path with the
 # wrong method is 405.
-_MODEL_ROUTES = {"": "GET", "/ready": "GET", "/config": "GET", "/plan": "GET", "/infer": "POST",
-                 "/generate": "POST", "/generate_stream": "POST"}
-_ROUTES = {"/v2": "GET", "/v2/health/live": "GET", "/v2/health/ready": "GET", "/v2/repository/index": "POST",
-           "/v2/repository/models": "POST", "/v2/aivmm/status": "GET", "/metrics": "GET",
-           "/v1/models": "GET", "/v1/completions": "POST", "/v1/chat/completions": "POST"}
+_MODEL_ROUTES = {
+    "": "GET",
+    "/ready": "GET",
+    "/config": "GET",
+    "/plan": "GET",
+    "/infer": "POST",
+    "/generate": "POST",
+    "/generate_stream": "POST",
+}
+_ROUTES = {
+    "/v2": "GET",
+    "/v2/health/live": "GET",
+    "/v2/health/ready": "GET",
+    "/v2/repository/index": "POST",
+    "/v2/repository/models": "POST",
+    "/v2/aivmm/status": "GET",
+    "/metrics": "GET",
+    "/v1/models": "GET",
+    "/v1/completions": "POST",
+    "/v1/chat/completions": "POST",
+}
 
 
 class HttpError(Exception):
@@ -67,8 +83,10 @@ class HttpApp:
         self.token = token
         self.metrics = metrics
         self.status = status or plane.status
-        self.llm = LLMRoutes(textgen if textgen is not None else TextGen(plane),
-                             lambda scope, receive: self._body(scope, receive, limit=plane.limits.max_body_bytes))
+        self.llm = LLMRoutes(
+            textgen if textgen is not None else TextGen(plane),
+            lambda scope, receive: self._body(scope, receive, limit=plane.limits.max_body_bytes),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -86,8 +104,9 @@ class HttpApp:
             log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
             await self._error(scope, send, 500, message_for(exc))
 
-    async def _error(self, scope: Scope, send: Send, status: int, message: str,
-                     exc: BaseException | None = None) -> None:
+    async def _error(
+        self, scope: Scope, send: Send, status: int, message: str, exc: BaseException | None = None
+    ) -> None:
         """KServe's ``{"error": msg}``, or OpenAI's error object on the ``/v1`` routes."""
         if str(scope.get("path", "")).startswith("/v1/"):
             code = _openai.error_code(exc) if exc is not None else None
@@ -177,8 +196,10 @@ class HttpApp:
         if json_length is None:
             await _send(send, 200, chunks[0])
             return
-        extra = [(b"content-type", b"application/octet-stream"),
-                 (b"inference-header-content-length", str(json_length).encode())]
+        extra = [
+            (b"content-type", b"application/octet-stream"),
+            (b"inference-header-content-length", str(json_length).encode()),
+        ]
         await _send(send, 200, b"".join(chunks), extra)
 
     async def _body(
@@ -273,11 +294,17 @@ async def _send_json(send: Send, status: int, obj: Any) -> None:
     await _send(send, status, codec.dumps(obj))
 
 
-async def _send(send: Send, status: int, body: bytes | memoryview,
-                headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send(
+    send: Send, status: int, body: bytes | memoryview, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     hdrs = headers if headers is not None else _JSON
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*hdrs, (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*hdrs, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

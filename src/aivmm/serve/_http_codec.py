@@ -28,9 +28,7 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     except ValueError:
         raise ProtocolError(f"Inference-Header-Content-Length must be an integer, got {value!r}") from None
     if not 0 < n <= body_length:
-        raise ProtocolError(
-            f"Inference-Header-Content-Length is {n} but the body has {body_length} bytes"
-        )
+        raise ProtocolError(f"Inference-Header-Content-Length is {n} but the body has {body_length} bytes")
     return n
 
 
@@ -94,7 +92,7 @@ def decode_request(body: bytes | bytearray, header_length: int | None, model: st
                     f"input {name!r}: binary_data_size {size} runs past the end of the body "
                     f"({len(body) - pos} bytes left)"
                 )
-            arrays[name] = t.from_bytes(view[pos:pos + size], dtype, shape, name)
+            arrays[name] = t.from_bytes(view[pos : pos + size], dtype, shape, name)
             pos += size
         elif "data" in item:
             arrays[name] = t.from_json(item["data"], dtype, shape, name)
@@ -152,5 +150,3 @@ def error_body(message: str) -> bytes:
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
-
-

@@ -31,8 +31,19 @@ from aivmm.errors import BackendUnavailableError, ConfigError
 # Keys that are deploy options as they are (aivmm.DeployOptions checks them); the others are the
 # repository's own (instances are replicas, device is a pin, versions and filename pick files).
 _DEPLOY_KEYS = ("constraints", "backend", "strict", "replan_on_first_request")
-_JSON_KEYS = frozenset({"constraints", "batching", "instances", "device", "backend", "strict", "versions", "filename",
-                        "replan_on_first_request"})
+_JSON_KEYS = frozenset(
+    {
+        "constraints",
+        "batching",
+        "instances",
+        "device",
+        "backend",
+        "strict",
+        "versions",
+        "filename",
+        "replan_on_first_request",
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +63,7 @@ class VersionPolicy:
             if missing:
                 raise ConfigError(f"version policy asks for versions {missing} that are not in the repository")
             return sorted(self.versions)
-        return ordered[-self.count:]
+        return ordered[-self.count :]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +97,12 @@ class ModelConfig:
             "constraints": dict(self.constraints or {}),
             "batching": dict(self.batching) if self.batching is not None else None,
             "instances": self.instances,
-            "device": self.pin.device_id or (f"{self.pin.kind}" + (
-                f"#{self.pin.gpu_ordinal}" if self.pin.gpu_ordinal is not None else "") if self.pin.kind else None),
+            "device": self.pin.device_id
+            or (
+                f"{self.pin.kind}" + (f"#{self.pin.gpu_ordinal}" if self.pin.gpu_ordinal is not None else "")
+                if self.pin.kind
+                else None
+            ),
             "backend": self.backend,
             "strict": self.strict,
             "versions": dataclasses.asdict(self.versions),
@@ -236,15 +251,16 @@ def merge_mapping(base: ModelConfig, data: Any, *, source: str, llm: bool = Fals
     if "device" in data:
         d = data["device"]
         if d is not None and (not isinstance(d, str) or ":" not in d):
-            raise ConfigError(f"{source}: 'device' must be a device id such as \"cpu:0\" or \"nvidia:0\", got {d!r}")
+            raise ConfigError(f'{source}: \'device\' must be a device id such as "cpu:0" or "nvidia:0", got {d!r}')
         changes["pin"] = DevicePin(device_id=d)
     for key, typ in (("filename", str),):
         if key in data:
             if not isinstance(data[key], typ):
                 raise ConfigError(f"{source}: {key!r} must be a {typ.__name__}, got {data[key]!r}")
             changes[key] = data[key]
-    if "filename" in changes and ("/" in changes["filename"] or "\\" in changes["filename"]
-                                  or changes["filename"] in ("", ".", "..")):
+    if "filename" in changes and (
+        "/" in changes["filename"] or "\\" in changes["filename"] or changes["filename"] in ("", ".", "..")
+    ):
         raise ConfigError(f"{source}: 'filename' must be a plain file name, got {changes['filename']!r}")
     if "versions" in data:
         v = data["versions"]
@@ -253,5 +269,5 @@ def merge_mapping(base: ModelConfig, data: Any, *, source: str, llm: bool = Fals
         elif isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v):
             changes["versions"] = VersionPolicy("specific", versions=tuple(v))
         else:
-            raise ConfigError(f"{source}: 'versions' must be \"latest\", \"all\" or a list of positive integers")
+            raise ConfigError(f'{source}: \'versions\' must be "latest", "all" or a list of positive integers')
     return dataclasses.replace(base, **changes)

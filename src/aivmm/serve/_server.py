@@ -74,16 +74,23 @@ class Server:
 
     def __init__(self, options: ServeOptions, host: Host) -> None:
         if not is_loopback(options.host) and not options.token:
-            log.warning("listening on %s without --token: anyone who can reach it can load and unload models",
-                        options.host)
+            log.warning(
+                "listening on %s without --token: anyone who can reach it can load and unload models", options.host
+            )
         self.options = options
         from aivmm.telemetry import ServerMetrics, device_rows
 
         self._device_rows = device_rows
         self.repository = Repository(options.repository, zoo_size=options.zoo_size)
         self.metrics = ServerMetrics(status=self._status_for_metrics)
-        self.plane = DataPlane(host, self.repository, limits=options.limits, observer=self.metrics,
-                               default_constraints=options.constraints, measure=options.measure)
+        self.plane = DataPlane(
+            host,
+            self.repository,
+            limits=options.limits,
+            observer=self.metrics,
+            default_constraints=options.constraints,
+            measure=options.measure,
+        )
         from aivmm.serve._textgen import TextGen
 
         self.textgen = TextGen(self.plane, observer=self.metrics)
@@ -135,22 +142,33 @@ class Server:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
 
-        app = HttpApp(self.plane, token=opts.token, metrics=self.metrics.render, status=self.status,
-                      textgen=self.textgen)
+        app = HttpApp(
+            self.plane, token=opts.token, metrics=self.metrics.render, status=self.status, textgen=self.textgen
+        )
         sock = _bind(opts.host, opts.http_port)
         self.ports["http"] = sock.getsockname()[1]
         config = uvicorn.Config(
-            app, lifespan="off", access_log=False, log_level="warning", loop="none",
-            limit_concurrency=opts.http_concurrency, timeout_graceful_shutdown=int(opts.limits.drain_timeout_s),
-            h11_max_incomplete_event_size=opts.limits.max_header_bytes, timeout_keep_alive=30,
+            app,
+            lifespan="off",
+            access_log=False,
+            log_level="warning",
+            loop="none",
+            limit_concurrency=opts.http_concurrency,
+            timeout_graceful_shutdown=int(opts.limits.drain_timeout_s),
+            h11_max_incomplete_event_size=opts.limits.max_header_bytes,
+            timeout_keep_alive=30,
         )
         http = _Uvicorn(config)
         http_task = asyncio.create_task(http.serve(sockets=[sock]), name="aivmm-http")
 
         grpc_server = None
         if opts.grpc_port is not None:
-            grpc_server, port = create_server(self.plane, f"{_grpc_host(opts.host)}:{opts.grpc_port}",
-                                              token=opts.token, max_message_bytes=opts.limits.max_body_bytes)
+            grpc_server, port = create_server(
+                self.plane,
+                f"{_grpc_host(opts.host)}:{opts.grpc_port}",
+                token=opts.token,
+                max_message_bytes=opts.limits.max_body_bytes,
+            )
             self.ports["grpc"] = port
             await grpc_server.start()
 
@@ -159,8 +177,7 @@ class Server:
             from prometheus_client import start_http_server
 
             try:
-                metrics_httpd, _ = start_http_server(opts.metrics_port, addr=opts.host,
-                                                     registry=self.metrics.registry)
+                metrics_httpd, _ = start_http_server(opts.metrics_port, addr=opts.host, registry=self.metrics.registry)
             except OSError as exc:
                 raise ConfigError(f"cannot listen for metrics on {opts.host}:{opts.metrics_port}: {exc}") from exc
             self.ports["metrics"] = metrics_httpd.server_port
@@ -232,8 +249,10 @@ def serve(options: ServeOptions, host: Host, *, announce: bool = True) -> int:
 
     def ready(ports: dict[str, int]) -> None:
         if announce:
-            print(json.dumps({"event": "ready", **{f"{k}_port": v for k, v in ports.items()},
-                              "time": time.time()}), flush=True)
+            print(
+                json.dumps({"event": "ready", **{f"{k}_port": v for k, v in ports.items()}, "time": time.time()}),
+                flush=True,
+            )
         where = ", ".join(f"{k} {options.host}:{v}" for k, v in ports.items())
         print(f"aivmm serve: ready ({where})", file=sys.stderr, flush=True)
 

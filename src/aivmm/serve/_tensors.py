@@ -87,7 +87,7 @@ def unpack_bytes(buf: bytes | bytearray | memoryview, tensor: str) -> list[bytes
         pos += 4
         if n > end - pos:
             raise InputError(f"tensor {tensor!r}: BYTES element of {n} bytes overruns the data ({end - pos} left)")
-        items.append(bytes(view[pos:pos + n]))
+        items.append(bytes(view[pos : pos + n]))
         pos += n
     return items
 
@@ -158,8 +158,14 @@ def from_json(data: object, dtype: DType, shape: tuple[int, ...], tensor: str) -
 
 
 def _describe_kind(arr: np.ndarray) -> str:
-    return {"b": "booleans", "i": "integers", "u": "integers", "f": "floating-point numbers",
-            "U": "strings", "S": "strings"}.get(arr.dtype.kind, "mixed or non-numeric values")
+    return {
+        "b": "booleans",
+        "i": "integers",
+        "u": "integers",
+        "f": "floating-point numbers",
+        "U": "strings",
+        "S": "strings",
+    }.get(arr.dtype.kind, "mixed or non-numeric values")
 
 
 def _flatten(data: list[Any], tensor: str, depth: int = 0) -> list[Any]:

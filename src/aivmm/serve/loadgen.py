@@ -51,10 +51,17 @@ class Result:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "label": self.label, "mode": self.mode, "level": self.level, "requests": len(self.latencies),
-            "errors": self.errors, "elapsed_s": round(self.elapsed_s, 4), "throughput": round(self.throughput, 3),
-            "p50_ms": round(self.percentile(50) * 1e3, 4), "p90_ms": round(self.percentile(90) * 1e3, 4),
-            "p99_ms": round(self.percentile(99) * 1e3, 4), "error_samples": list(self.error_samples),
+            "label": self.label,
+            "mode": self.mode,
+            "level": self.level,
+            "requests": len(self.latencies),
+            "errors": self.errors,
+            "elapsed_s": round(self.elapsed_s, 4),
+            "throughput": round(self.throughput, 3),
+            "p50_ms": round(self.percentile(50) * 1e3, 4),
+            "p90_ms": round(self.percentile(90) * 1e3, 4),
+            "p99_ms": round(self.percentile(99) * 1e3, 4),
+            "error_samples": list(self.error_samples),
         }
 
 
@@ -77,7 +84,12 @@ class _Tally:
 
 
 def closed_loop(
-    factory: Factory, concurrency: int, duration_s: float, *, warmup_s: float = 0.5, label: str = "",
+    factory: Factory,
+    concurrency: int,
+    duration_s: float,
+    *,
+    warmup_s: float = 0.5,
+    label: str = "",
     progress: Callable[[float], None] | None = None,
 ) -> Result:
     """``concurrency`` workers, each sending its next request as soon as the last one is answered."""
@@ -120,8 +132,14 @@ def closed_loop(
 
 
 def open_loop(
-    factory: Factory, rate: float, duration_s: float, *, max_outstanding: int = 256, seed: int = 0,
-    label: str = "", progress: Callable[[float], None] | None = None,
+    factory: Factory,
+    rate: float,
+    duration_s: float,
+    *,
+    max_outstanding: int = 256,
+    seed: int = 0,
+    label: str = "",
+    progress: Callable[[float], None] | None = None,
 ) -> Result:
     """Poisson arrivals at ``rate``/s; each latency counts from the request's scheduled arrival."""
     if rate <= 0 or duration_s <= 0:
@@ -180,8 +198,9 @@ def in_process(model: Any, feeds: Mapping[str, np.ndarray]) -> Factory:
     return factory
 
 
-def http_target(url: str, model: str, feeds: Mapping[str, np.ndarray], *, binary: bool = True,
-                timeout_s: float = 60.0) -> Factory:
+def http_target(
+    url: str, model: str, feeds: Mapping[str, np.ndarray], *, binary: bool = True, timeout_s: float = 60.0
+) -> Factory:
     """KServe v2 REST with Triton binary tensors (or JSON), one keep-alive connection per worker."""
     from aivmm.serve import _tensors as t
 
@@ -204,12 +223,26 @@ def http_target(url: str, model: str, feeds: Mapping[str, np.ndarray], *, binary
     headers = {"Content-Type": "application/octet-stream" if binary else "application/json"}
     if binary:
         headers["Inference-Header-Content-Length"] = str(len(head))
-    return _post_factory(host, port, f"/v2/models/{model}/infer", body, headers, timeout_s,
-                         lambda data, resp: _decode_outputs(data, resp.getheader("Inference-Header-Content-Length")))
+    return _post_factory(
+        host,
+        port,
+        f"/v2/models/{model}/infer",
+        body,
+        headers,
+        timeout_s,
+        lambda data, resp: _decode_outputs(data, resp.getheader("Inference-Header-Content-Length")),
+    )
 
 
-def _post_factory(host: str, port: int, path: str, body: bytes, headers: Mapping[str, str], timeout_s: float,
-                  check: Callable[[bytes, http.client.HTTPResponse], object] | None = None) -> Factory:
+def _post_factory(
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    check: Callable[[bytes, http.client.HTTPResponse], object] | None = None,
+) -> Factory:
     """Each client gets a keep-alive connection POSTing ``body``; a broken one is replaced, non-200 raises."""
 
     def factory() -> Call:
@@ -254,8 +287,9 @@ def _decode_outputs(data: bytes, header_length: str | None) -> dict[str, np.ndar
         dtype = DType.from_kserve(o["datatype"])
         size = (o.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            out[o["name"]] = np.frombuffer(data, dtype.to_numpy(), offset=pos,
-                                           count=size // max(1, dtype.itemsize)).reshape(o["shape"])
+            out[o["name"]] = np.frombuffer(
+                data, dtype.to_numpy(), offset=pos, count=size // max(1, dtype.itemsize)
+            ).reshape(o["shape"])
             pos += size
         else:
             out[o["name"]] = np.asarray(o["data"], dtype.to_numpy()).reshape(o["shape"])
@@ -288,8 +322,9 @@ def grpc_target(url: str, model: str, feeds: Mapping[str, np.ndarray]) -> Factor
     return factory
 
 
-def raw_http_target(url: str, path: str, body: bytes, headers: Mapping[str, str] | None = None,
-                    *, timeout_s: float = 60.0) -> Factory:
+def raw_http_target(
+    url: str, path: str, body: bytes, headers: Mapping[str, str] | None = None, *, timeout_s: float = 60.0
+) -> Factory:
     """POST a fixed body to any HTTP endpoint (another server, for comparisons); 200 means success."""
     parts = urllib.parse.urlsplit(url if "//" in url else f"http://{url}")
     if not parts.hostname:

@@ -85,8 +85,15 @@ class ServerMetrics:
     def unload(self, model: str, seconds: float) -> None:
         self.unload_seconds.labels(model).observe(seconds)
 
-    def generation(self, model: str, ttft_s: float | None, tpot_s: float | None, prompt_tokens: int,
-                   completion_tokens: int, finish: str) -> None:
+    def generation(
+        self,
+        model: str,
+        ttft_s: float | None,
+        tpot_s: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        finish: str,
+    ) -> None:
         """One generation ended (the text-generation service's LLMObserver hook)."""
         if ttft_s is not None:
             self.ttft.labels(model).observe(ttft_s)
@@ -151,12 +158,15 @@ def _model_families(status: Mapping[str, Any], fam: Callable[[str], Any]) -> Ite
     vmm = status.get("vmm", {}) or {}
     names = status.get("vmm_names", {})
     queue, residency = fam("aivmm_model_queue_depth"), fam("aivmm_model_residency")
-    batches, mean_batch, rejected = fam("aivmm_batches_total"), fam("aivmm_batch_size_mean"), fam(
-        "aivmm_model_rejected_total")
+    batches, mean_batch, rejected = (
+        fam("aivmm_batches_total"),
+        fam("aivmm_batch_size_mean"),
+        fam("aivmm_model_rejected_total"),
+    )
     loads, load_s = fam("aivmm_replica_loads_total"), fam("aivmm_replica_load_seconds_total")
     evictions, evict_s = fam("aivmm_evictions_total"), fam("aivmm_eviction_seconds_total")
     models = vmm.get("models", {})
-    for vmm_name, info in (models.items() if isinstance(models, Mapping) else ()):
+    for vmm_name, info in models.items() if isinstance(models, Mapping) else ():
         if not isinstance(info, Mapping):
             continue
         served = names.get(vmm_name, [vmm_name])[0]
@@ -190,9 +200,13 @@ def _model_families(status: Mapping[str, Any], fam: Callable[[str], Any]) -> Ite
 
 def _llm_families(status: Mapping[str, Any], fam: Callable[[str], Any]) -> Iterator[Any]:
     """Gauges from each LLM's stats() as the status document carries them (read at scrape time)."""
-    keys = {"aivmm_llm_requests_running": "running", "aivmm_llm_requests_waiting": "waiting",
-            "aivmm_llm_kv_cache_used_tokens": "kv_tokens_used", "aivmm_llm_kv_cache_capacity_tokens":
-            "kv_tokens_capacity", "aivmm_llm_kv_cache_used_bytes": "kv_bytes_used"}
+    keys = {
+        "aivmm_llm_requests_running": "running",
+        "aivmm_llm_requests_waiting": "waiting",
+        "aivmm_llm_kv_cache_used_tokens": "kv_tokens_used",
+        "aivmm_llm_kv_cache_capacity_tokens": "kv_tokens_capacity",
+        "aivmm_llm_kv_cache_used_bytes": "kv_bytes_used",
+    }
     families = {name: fam(name) for name in keys}
     usage = fam("aivmm_llm_kv_cache_usage_ratio")
     for m in status.get("models", []):
@@ -216,14 +230,26 @@ def _add(family: Any, labels: list[str], value: Any) -> None:
 def _device_families(
     status: Mapping[str, Any], readings: dict[str, Reading], fam: Callable[[str], Any]
 ) -> Iterator[Any]:
-    used, free, total = (fam("aivmm_device_memory_used_bytes"), fam("aivmm_device_memory_free_bytes"),
-                         fam("aivmm_device_memory_total_bytes"))
-    util, power, energy = (fam("aivmm_device_utilization_ratio"), fam("aivmm_device_power_watts"),
-                           fam("aivmm_device_energy_joules_total"))
+    used, free, total = (
+        fam("aivmm_device_memory_used_bytes"),
+        fam("aivmm_device_memory_free_bytes"),
+        fam("aivmm_device_memory_total_bytes"),
+    )
+    util, power, energy = (
+        fam("aivmm_device_utilization_ratio"),
+        fam("aivmm_device_power_watts"),
+        fam("aivmm_device_energy_joules_total"),
+    )
     for dev in device_rows(status, readings):
         d = dev["id"]
-        for family, key in ((used, "memory_used_bytes"), (free, "memory_free_bytes"), (total, "memory_total_bytes"),
-                            (util, "utilization"), (power, "power_w"), (energy, "energy_j")):
+        for family, key in (
+            (used, "memory_used_bytes"),
+            (free, "memory_free_bytes"),
+            (total, "memory_total_bytes"),
+            (util, "utilization"),
+            (power, "power_w"),
+            (energy, "energy_j"),
+        ):
             if dev.get(key) is not None:
                 family.add_metric([d], float(dev[key]))
     yield from (used, free, total, util, power, energy)
@@ -235,7 +261,7 @@ def device_rows(status: Mapping[str, Any], readings: Mapping[str, Reading]) -> l
     rows: dict[str, dict[str, Any]] = {}
     devices = vmm.get("devices", {})
     # The VMM's ledger: budget, bytes charged to resident replicas, and what is left.
-    for dev_id, d in (devices.items() if isinstance(devices, Mapping) else ()):
+    for dev_id, d in devices.items() if isinstance(devices, Mapping) else ():
         if not isinstance(d, Mapping):
             continue
         rows[dev_id] = {

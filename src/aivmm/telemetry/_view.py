@@ -57,8 +57,9 @@ def _num(v: Any, fmt: str = "{:.2f}") -> str:
     return fmt.format(v) if isinstance(v, int | float) and not isinstance(v, bool) else "-"
 
 
-def _per_second(doc: Mapping[str, Any], previous: Mapping[str, Any] | None,
-                counts: Callable[[Mapping[str, Any]], dict[str, float]]) -> dict[str, float]:
+def _per_second(
+    doc: Mapping[str, Any], previous: Mapping[str, Any] | None, counts: Callable[[Mapping[str, Any]], dict[str, float]]
+) -> dict[str, float]:
     """The change of each count per second between two status documents."""
     if previous is None:
         return {}
@@ -71,15 +72,24 @@ def _per_second(doc: Mapping[str, Any], previous: Mapping[str, Any] | None,
 
 def rates(doc: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, float]:
     """Requests per second per model (name:version) between two status documents."""
-    return _per_second(doc, previous, lambda d: {
-        f"{m['name']}:{m.get('version', '')}": m.get("requests", 0) for m in d.get("models", [])})
+    return _per_second(
+        doc,
+        previous,
+        lambda d: {f"{m['name']}:{m.get('version', '')}": m.get("requests", 0) for m in d.get("models", [])},
+    )
 
 
 def token_rates(doc: Mapping[str, Any], previous: Mapping[str, Any] | None) -> dict[str, float]:
     """Generated tokens per second per LLM (name:version) between two status documents."""
-    return _per_second(doc, previous, lambda d: {
-        f"{m['name']}:{m.get('version', '')}": m["llm"].get("completion_tokens_total", 0)
-        for m in d.get("models", []) if isinstance(m.get("llm"), Mapping)})
+    return _per_second(
+        doc,
+        previous,
+        lambda d: {
+            f"{m['name']}:{m.get('version', '')}": m["llm"].get("completion_tokens_total", 0)
+            for m in d.get("models", [])
+            if isinstance(m.get("llm"), Mapping)
+        },
+    )
 
 
 def _llm_table(doc: Mapping[str, Any], previous: Mapping[str, Any] | None) -> Any:
@@ -90,19 +100,35 @@ def _llm_table(doc: Mapping[str, Any], previous: Mapping[str, Any] | None) -> An
         return None
     rate = token_rates(doc, previous)
     table = Table(title="text generation", expand=True, title_justify="left")
-    for col in ("model", "ver", "running", "waiting", "KV used", "KV %", "tok/s", "TTFT p50 ms", "TPOT p50 ms",
-                "tokens", "cancelled"):
+    for col in (
+        "model",
+        "ver",
+        "running",
+        "waiting",
+        "KV used",
+        "KV %",
+        "tok/s",
+        "TTFT p50 ms",
+        "TPOT p50 ms",
+        "tokens",
+        "cancelled",
+    ):
         table.add_column(col, justify="left" if col == "model" else "right")
     for m in rows:
         llm = m["llm"]
         used, cap = llm.get("kv_tokens_used"), llm.get("kv_tokens_capacity")
         pct = 100 * used / cap if isinstance(used, int | float) and isinstance(cap, int | float) and cap else None
         table.add_row(
-            m["name"], str(m.get("version", "")), _num(llm.get("running"), "{:.0f}"),
+            m["name"],
+            str(m.get("version", "")),
+            _num(llm.get("running"), "{:.0f}"),
             _num(llm.get("waiting"), "{:.0f}"),
-            f"{_num(used, '{:.0f}')}/{_num(cap, '{:.0f}')}", _num(pct, "{:.0f}%"),
-            _num(rate.get(f"{m['name']}:{m.get('version', '')}"), "{:.1f}"), _num(llm.get("ttft_ms_p50")),
-            _num(llm.get("tpot_ms_p50")), _num(llm.get("completion_tokens_total"), "{:.0f}"),
+            f"{_num(used, '{:.0f}')}/{_num(cap, '{:.0f}')}",
+            _num(pct, "{:.0f}%"),
+            _num(rate.get(f"{m['name']}:{m.get('version', '')}"), "{:.1f}"),
+            _num(llm.get("ttft_ms_p50")),
+            _num(llm.get("tpot_ms_p50")),
+            _num(llm.get("completion_tokens_total"), "{:.0f}"),
             _num(llm.get("cancelled"), "{:.0f}"),
         )
     return table
@@ -117,7 +143,9 @@ def render(doc: Mapping[str, Any], previous: Mapping[str, Any] | None = None, *,
     rate = rates(doc, previous)
     total_rate = sum(rate.values()) if rate else None
     head = Text.assemble(
-        ("aivmm ", "bold"), (f"{server.get('version', '?')} ", ""), (url or "", "cyan"),
+        ("aivmm ", "bold"),
+        (f"{server.get('version', '?')} ", ""),
+        (url or "", "cyan"),
         (f"  up {server.get('uptime_s', 0):.0f} s", ""),
         ("  ready" if server.get("ready") else "  NOT READY", "green" if server.get("ready") else "bold red"),
         (f"  requests {server.get('requests_total', 0)}", ""),
@@ -132,15 +160,29 @@ def render(doc: Mapping[str, Any], previous: Mapping[str, Any] | None = None, *,
         pct = f" ({100 * used / total:.0f}%)" if isinstance(used, int | float) and total else ""
         util = d.get("utilization")
         devices.add_row(
-            str(d.get("id")), _bytes(used) + pct, _bytes(d.get("memory_free_bytes")), _bytes(total),
+            str(d.get("id")),
+            _bytes(used) + pct,
+            _bytes(d.get("memory_free_bytes")),
+            _bytes(total),
             f"{100 * util:.0f}%" if isinstance(util, int | float) else "-",
             f"{d['power_w']:.0f} W" if isinstance(d.get("power_w"), int | float) else "-",
             str(len(d.get("resident", []) or [])),
         )
     vmm_models = (doc.get("vmm") or {}).get("models", {}) or {}
     models = Table(title="models", expand=True, title_justify="left")
-    for col in ("model", "ver", "state", "placement", "in flight", "queued", "req/s", "p50 ms", "p99 ms",
-                "errors", "batch"):
+    for col in (
+        "model",
+        "ver",
+        "state",
+        "placement",
+        "in flight",
+        "queued",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "batch",
+    ):
         models.add_column(col, justify="left" if col in ("model", "state", "placement") else "right")
     for m in doc.get("models", []):
         key = f"{m['name']}:{m.get('version', '')}"
@@ -149,9 +191,16 @@ def render(doc: Mapping[str, Any], previous: Mapping[str, Any] | None = None, *,
         batches = info.get("batches") or {}
         state = str(m.get("state", ""))
         models.add_row(
-            m["name"], str(m.get("version", "")), Text(state, style="green" if state == "READY" else "yellow"),
-            str(m.get("placement", "-")), str(m.get("inflight", 0)), _num(info.get("queue_length"), "{:.0f}"),
-            _num(rate.get(key), "{:.1f}"), _num(lat.get("p50")), _num(lat.get("p99")), str(m.get("errors", 0)),
+            m["name"],
+            str(m.get("version", "")),
+            Text(state, style="green" if state == "READY" else "yellow"),
+            str(m.get("placement", "-")),
+            str(m.get("inflight", 0)),
+            _num(info.get("queue_length"), "{:.0f}"),
+            _num(rate.get(key), "{:.1f}"),
+            _num(lat.get("p50")),
+            _num(lat.get("p99")),
+            str(m.get("errors", 0)),
             _num(batches.get("mean_size"), "{:.1f}") if batches.get("count") else "-",
         )
     llm = _llm_table(doc, previous)

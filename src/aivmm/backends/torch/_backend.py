@@ -116,8 +116,9 @@ class TorchBackend(Backend):
         return out
 
     # -- check -----------------------------------------------------------------------------
-    def _requirements(self, model: ModelSpec, device: Device,
-                      config: Config) -> Iterator[tuple[Support, type[AivmmError]]]:
+    def _requirements(
+        self, model: ModelSpec, device: Device, config: Config
+    ) -> Iterator[tuple[Support, type[AivmmError]]]:
         # The base checks installation, device, format, precision and memory; a failure that makes the
         # rest meaningless (runtime missing, device not driven, format not run) ends the list there.
         for support, error in super()._requirements(model, device, config):
@@ -129,15 +130,22 @@ class TorchBackend(Backend):
         if graphs and not is_cuda(device):
             yield Support.no(f"cuda_graphs needs a CUDA or ROCm GPU, not {device.id}"), ConfigError
         if graphs and config.options.get("compile") == "reduce-overhead":
-            yield Support.no("compile='reduce-overhead' already captures CUDA graphs; do not also set "
-                             "cuda_graphs"), ConfigError
+            yield (
+                Support.no("compile='reduce-overhead' already captures CUDA graphs; do not also set cuda_graphs"),
+                ConfigError,
+            )
         if config.options.get("compile"):
             yield _compile_support(device), BackendUnavailableError
         if config.options.get("tf32") and (config.precision is not Precision.FP32 or not is_cuda(device)):
-            yield Support.no(f"tf32 is an fp32 mode of CUDA GPUs, not of {config.precision.value} on "
-                             f"{device.id}"), ConfigError
-        if config.options.get("channels_last") and model.format is ModelFormat.ONNX and not (
-                _CONV_OPERATORS & set(model.operators)):
+            yield (
+                Support.no(f"tf32 is an fp32 mode of CUDA GPUs, not of {config.precision.value} on {device.id}"),
+                ConfigError,
+            )
+        if (
+            config.options.get("channels_last")
+            and model.format is ModelFormat.ONNX
+            and not (_CONV_OPERATORS & set(model.operators))
+        ):
             yield Support.no("channels_last only changes 2-D convolutions, and this model has none"), ConfigError
         if model.format is ModelFormat.ONNX:
             yield from self._check_onnx(model, graphs)
@@ -157,8 +165,10 @@ class TorchBackend(Backend):
         if cuda_graphs:
             found = sorted({n.op_type for n in _all_nodes(proto.graph) if n.op_type in _DATA_DEPENDENT})
             if found:
-                yield Support.no(f"cuda_graphs cannot capture data-dependent operators: {', '.join(found)}"), \
-                    ConfigError
+                yield (
+                    Support.no(f"cuda_graphs cannot capture data-dependent operators: {', '.join(found)}"),
+                    ConfigError,
+                )
 
     def _onnx(self, model: ModelSpec, *, with_weights: bool) -> tuple[Any, list[str]]:
         import onnx
@@ -219,8 +229,10 @@ class TorchBackend(Backend):
             proto, _ = self._onnx(model, with_weights=True)
             arg_order = graph_inputs(proto)
             if sorted(arg_order) != sorted(t.name for t in model.inputs):
-                raise ModelLoadError(f"{model.name!r}: the signature's inputs {[t.name for t in model.inputs]} are "
-                                     f"not the graph's {arg_order}; the file changed or the spec is of another model")
+                raise ModelLoadError(
+                    f"{model.name!r}: the signature's inputs {[t.name for t in model.inputs]} are "
+                    f"not the graph's {arg_order}; the file changed or the spec is of another model"
+                )
             module = lower(proto, float_dtype=float_dtype)
             nodes = sum(1 for n in module.graph.nodes if n.op in ("call_function", "call_module"))
             notes.append(f"lowered {len(proto.graph.node)} ONNX nodes to {nodes} torch.fx calls")
@@ -247,8 +259,10 @@ class TorchBackend(Backend):
                     upload = uploader.move_module(module)
                 finally:
                     uploader.close()
-                notes.append(f"weights uploaded through pinned staging: {upload.nbytes / 2**20:.1f} MiB at "
-                             f"{upload.bytes_per_second / 1e9:.1f} GB/s")
+                notes.append(
+                    f"weights uploaded through pinned staging: {upload.nbytes / 2**20:.1f} MiB at "
+                    f"{upload.bytes_per_second / 1e9:.1f} GB/s"
+                )
             else:
                 module = module.to(target)
         except torch.OutOfMemoryError as exc:
@@ -285,11 +299,13 @@ def _check_native(model: ModelSpec) -> Support:
 
     source = model.source
     if model.format is ModelFormat.TORCH_MODULE and not isinstance(source, torch.nn.Module):
-        return Support.no(f"{model.name!r}: a torch-module model needs an nn.Module source, "
-                          f"got {type(source).__name__}")
+        return Support.no(
+            f"{model.name!r}: a torch-module model needs an nn.Module source, got {type(source).__name__}"
+        )
     if model.format is ModelFormat.TORCH_EXPORTED and not isinstance(source, torch.export.ExportedProgram):
-        return Support.no(f"{model.name!r}: a torch-exported model needs an ExportedProgram source, "
-                          f"got {type(source).__name__}")
+        return Support.no(
+            f"{model.name!r}: a torch-exported model needs an ExportedProgram source, got {type(source).__name__}"
+        )
     if not model.inputs:
         return Support.no(f"{model.name!r}: a native torch model needs its input signature (example inputs)")
     return Support.yes()

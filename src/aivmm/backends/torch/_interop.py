@@ -12,10 +12,19 @@ from aivmm.errors import InputError
 from aivmm.models import TensorSpec
 
 _TO_TORCH = {
-    DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16,
-    DType.FLOAT64: torch.float64, DType.INT8: torch.int8, DType.INT16: torch.int16, DType.INT32: torch.int32,
-    DType.INT64: torch.int64, DType.UINT8: torch.uint8, DType.UINT16: torch.uint16, DType.UINT32: torch.uint32,
-    DType.UINT64: torch.uint64, DType.BOOL: torch.bool,
+    DType.FLOAT32: torch.float32,
+    DType.FLOAT16: torch.float16,
+    DType.BFLOAT16: torch.bfloat16,
+    DType.FLOAT64: torch.float64,
+    DType.INT8: torch.int8,
+    DType.INT16: torch.int16,
+    DType.INT32: torch.int32,
+    DType.INT64: torch.int64,
+    DType.UINT8: torch.uint8,
+    DType.UINT16: torch.uint16,
+    DType.UINT32: torch.uint32,
+    DType.UINT64: torch.uint64,
+    DType.BOOL: torch.bool,
 }
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -27,8 +36,9 @@ def torch_dtype(dtype: DType) -> torch.dtype:
         raise InputError(f"element type {dtype.value} has no torch equivalent") from None
 
 
-def to_tensor(value: Any, spec: TensorSpec, device: torch.device, float_dtype: torch.dtype,
-              channels_last: bool = False) -> torch.Tensor:
+def to_tensor(
+    value: Any, spec: TensorSpec, device: torch.device, float_dtype: torch.dtype, channels_last: bool = False
+) -> torch.Tensor:
     """One feed as a tensor on ``device`` (no copy when it is already there in the right type)."""
     if isinstance(value, torch.Tensor):
         t = value
@@ -47,8 +57,10 @@ def to_tensor(value: Any, spec: TensorSpec, device: torch.device, float_dtype: t
     elif isinstance(value, list | tuple | int | float | bool):
         t = torch.as_tensor(np.asarray(value, dtype=spec.dtype.to_numpy()))
     else:
-        raise InputError(f"input {spec.name!r}: cannot use a {type(value).__name__} as a tensor; "
-                         "pass a numpy array, a torch tensor or a DLPack-capable array")
+        raise InputError(
+            f"input {spec.name!r}: cannot use a {type(value).__name__} as a tensor; "
+            "pass a numpy array, a torch tensor or a DLPack-capable array"
+        )
     _check_shape(t, spec)
     want = float_dtype if t.dtype in FLOAT_DTYPES and spec.dtype.is_float else torch_dtype(spec.dtype)
     if channels_last and t.dim() == 4:
@@ -61,8 +73,7 @@ def to_tensor(value: Any, spec: TensorSpec, device: torch.device, float_dtype: t
 
 def _check_shape(t: torch.Tensor, spec: TensorSpec) -> None:
     if spec.shape and t.dim() != len(spec.shape):
-        raise InputError(f"input {spec.name!r}: rank {t.dim()} (shape {tuple(t.shape)}), expected "
-                         f"{spec.describe()}")
+        raise InputError(f"input {spec.name!r}: rank {t.dim()} (shape {tuple(t.shape)}), expected {spec.describe()}")
     for axis, (got, want) in enumerate(zip(t.shape, spec.shape)):
         if isinstance(want, int) and want >= 0 and got != want:
             raise InputError(f"input {spec.name!r}: dimension {axis} is {got}, expected {want} ({spec.describe()})")
@@ -80,6 +91,9 @@ def to_output(t: Any, spec: TensorSpec | None, output: str) -> Any:
             t = t.to(want)
     t = t.detach()
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hand back the bits as uint16
-        return t.cpu().view(torch.uint16).numpy() if spec is not None and spec.dtype is DType.BFLOAT16 \
+        return (
+            t.cpu().view(torch.uint16).numpy()
+            if spec is not None and spec.dtype is DType.BFLOAT16
             else t.float().cpu().numpy()
+        )
     return t.cpu().numpy()

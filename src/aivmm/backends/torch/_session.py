@@ -109,9 +109,17 @@ class _CudaGraphRunner:
 
 
 class TorchSession(Session):
-    def __init__(self, model: ModelSpec, device: Device, config: Config, module: torch.nn.Module,
-                 torch_device: torch.device, float_dtype: torch.dtype, notes: tuple[str, ...],
-                 arg_order: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelSpec,
+        device: Device,
+        config: Config,
+        module: torch.nn.Module,
+        torch_device: torch.device,
+        float_dtype: torch.dtype,
+        notes: tuple[str, ...],
+        arg_order: Sequence[str] | None = None,
+    ) -> None:
         super().__init__(model, device, config)
         # The module's positional order (an ONNX graph's input order); the signature's when not given.
         self._args = [model.input(name) for name in arg_order] if arg_order else list(model.inputs)
@@ -121,8 +129,11 @@ class TorchSession(Session):
         self.channels_last = bool(config.options.get("channels_last", False))
         self.notes = notes
         # fp32 on a GPU runs under the TF32 switches the config asks for (IEEE unless tf32=True).
-        self._fp32_math = (bool(config.options.get("tf32", False))
-                           if float_dtype == torch.float32 and torch_device.type == "cuda" else None)
+        self._fp32_math = (
+            bool(config.options.get("tf32", False))
+            if float_dtype == torch.float32 and torch_device.type == "cuda"
+            else None
+        )
         call: Callable[..., Any] = module
         mode = config.options.get("compile")
         if mode:
@@ -163,16 +174,18 @@ class TorchSession(Session):
         if missing:
             raise InputError(f"missing input(s) {missing}; the model takes {self.model.signature()}")
         try:
-            tensors = [to_tensor(feeds[s.name], s, self.torch_device, self.float_dtype, self.channels_last)
-                       for s in self._args]
+            tensors = [
+                to_tensor(feeds[s.name], s, self.torch_device, self.float_dtype, self.channels_last) for s in self._args
+            ]
             outs = self._graphs(*tensors) if self._graphs is not None else self._forward(*tensors)
         except (InputError, ConfigError):
             raise
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(f"{self.model.name!r} on {self.device.id}: {exc}") from exc
         except Exception as exc:
-            raise ExecutionError(f"{self.model.name!r} failed on {self.config.label()}: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+            raise ExecutionError(
+                f"{self.model.name!r} failed on {self.config.label()}: {type(exc).__name__}: {exc}"
+            ) from exc
         specs = list(self.model.outputs)
         result = {}
         for i, t in enumerate(outs):

@@ -89,7 +89,10 @@ class GraphBuilder:
     def model(self, doc: str) -> Any:
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
         model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="aivmm.zoo", doc_string=doc,
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            producer_name="aivmm.zoo",
+            doc_string=doc,
         )
         model.ir_version = IR_VERSION
         return model

@@ -41,8 +41,9 @@ def _heads(g: GraphBuilder, x: str, c: TransformerConfig, perm: list[int]) -> st
     return g.op("Transpose", [g.op("Reshape", [x, g.ints([0, c.seq, c.heads, d])])], perm=perm)
 
 
-def _attention(g: GraphBuilder, q: str, k: str, v: str, c: TransformerConfig, mask: str | None,
-               causal: str | None) -> str:
+def _attention(
+    g: GraphBuilder, q: str, k: str, v: str, c: TransformerConfig, mask: str | None, causal: str | None
+) -> str:
     """Scaled dot-product attention over [B, S, H] projections; returns [B, S, H] before the output proj."""
     qh = _heads(g, q, c, [0, 2, 1, 3])
     kt = _heads(g, k, c, [0, 2, 3, 1])  # K already transposed for Q K^T
@@ -62,10 +63,14 @@ def bert(size: str, seed: int) -> Any:
     ids = g.input("input_ids", INT64, [BATCH, c.seq])
     mask_in = g.input("attention_mask", INT64, [BATCH, c.seq])
     words = g.op("Gather", [_embedding(g, c.vocab, c.hidden, "word_embeddings"), ids])
-    pos = g.op("Gather", [_embedding(g, c.positions, c.hidden, "position_embeddings"),
-                          g.ints(list(range(c.seq)), "position_ids")])
-    types = g.op("Gather", [_embedding(g, 2, c.hidden, "token_type_embeddings"),
-                            g.const(np.asarray(0, dtype=np.int64), "token_type")])
+    pos = g.op(
+        "Gather",
+        [_embedding(g, c.positions, c.hidden, "position_embeddings"), g.ints(list(range(c.seq)), "position_ids")],
+    )
+    types = g.op(
+        "Gather",
+        [_embedding(g, 2, c.hidden, "token_type_embeddings"), g.const(np.asarray(0, dtype=np.int64), "token_type")],
+    )
     x = g.layer_norm(g.op("Add", [g.op("Add", [words, pos]), types]), c.hidden)
     # Padding mask: 0 where attended, -10000 where padded, broadcast over heads and queries.
     m = g.op("Unsqueeze", [g.op("Cast", [mask_in], to=FLOAT), g.ints([1, 2], "axes")])
@@ -131,7 +136,7 @@ def token_inputs(config: TransformerConfig, batch: int, rng: np.random.Generator
     if mask:
         attention = np.ones((batch, config.seq), dtype=np.int64)
         # Pad the tail of every other sequence, so masking is exercised.
-        attention[1::2, config.seq * 3 // 4:] = 0
+        attention[1::2, config.seq * 3 // 4 :] = 0
         feeds["attention_mask"] = attention
     return feeds
 

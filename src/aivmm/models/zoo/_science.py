@@ -38,8 +38,11 @@ def pinn(size: str, seed: int) -> Any:
 
 def pinn_parameters(size: str) -> int:
     c = PINN[size]
-    return (c.coords * c.width + c.width) + (c.layers - 1) * (c.width * c.width + c.width) + (
-        c.width * c.outputs + c.outputs)
+    return (
+        (c.coords * c.width + c.width)
+        + (c.layers - 1) * (c.width * c.width + c.width)
+        + (c.width * c.outputs + c.outputs)
+    )
 
 
 def pinn_inputs(size: str, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -66,8 +69,10 @@ def _spectral(g: GraphBuilder, x: str, c: FnoConfig) -> str:
     xt = g.op("Unsqueeze", [g.op("Transpose", [x], perm=[0, 2, 1]), g.ints([-1], "axes")])  # [B, W, N, 1]
     spectrum = g.op("DFT", [xt], axis=2, onesided=0)  # [B, W, N, 2]
     low = g.op("Slice", [spectrum, g.ints([0]), g.ints([c.modes]), g.ints([2])])  # [B, W, k, 2]
-    re, im = (g.op("Squeeze", [part, g.ints([-1], "axes")])
-              for part in g.op("Split", [low, g.ints([1, 1], "split")], outputs=2, axis=-1))
+    re, im = (
+        g.op("Squeeze", [part, g.ints([-1], "axes")])
+        for part in g.op("Split", [low, g.ints([1, 1], "split")], outputs=2, axis=-1)
+    )
     scale = 1.0 / (w * w)
     wr = g.const((g.rng.uniform(0, scale, (w, w, c.modes))).astype(np.float32), "spec_re")
     wi = g.const((g.rng.uniform(0, scale, (w, w, c.modes))).astype(np.float32), "spec_im")
@@ -94,8 +99,9 @@ def fno(size: str, seed: int) -> Any:
         x = g.op("Relu", [g.op("Add", [_spectral(g, x, c), g.linear(x, c.width, c.width)])])
     u = g.linear(g.op("Relu", [g.linear(x, c.width, 2 * c.width)]), 2 * c.width, 1)
     g.output(u, "u", FLOAT, [BATCH, c.points, 1])
-    return g.model(f"FNO-style spectral operator ({size}): {c.layers} Fourier layers, {c.modes} modes, "
-                   f"{c.points} points")
+    return g.model(
+        f"FNO-style spectral operator ({size}): {c.layers} Fourier layers, {c.modes} modes, {c.points} points"
+    )
 
 
 def fno_parameters(size: str) -> int:

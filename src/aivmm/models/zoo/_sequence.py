@@ -35,13 +35,17 @@ def lstm(size: str, seed: int) -> Any:
     y, _, _ = g.op(
         "LSTM",
         [steps, g.weight((2, 4 * hid, c.features), c.features), g.weight((2, 4 * hid, hid), hid), g.bias((2, 8 * hid))],
-        outputs=3, hidden_size=hid, direction="bidirectional",
+        outputs=3,
+        hidden_size=hid,
+        direction="bidirectional",
     )
     y = g.op("Reshape", [g.op("Transpose", [y], perm=[0, 2, 1, 3]), g.ints([0, 0, -1])])  # [T, B, 2H]
     _, last = g.op(
         "GRU",
         [y, g.weight((1, 3 * hid, 2 * hid), 2 * hid), g.weight((1, 3 * hid, hid), hid), g.bias((1, 6 * hid))],
-        outputs=2, hidden_size=hid, linear_before_reset=1,
+        outputs=2,
+        hidden_size=hid,
+        linear_before_reset=1,
     )
     last = g.op("Squeeze", [last, g.ints([0], "axes")])  # [B, H]
     g.output(g.gemm(last, hid, c.classes), "logits", FLOAT, [BATCH, c.classes])

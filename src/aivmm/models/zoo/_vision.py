@@ -32,8 +32,7 @@ EXPANSION = 4
 def _conv(g: GraphBuilder, x: str, cin: int, cout: int, k: int, stride: int = 1, relu: bool = True) -> str:
     # Batch norm folded into the conv's weight and bias, as inference exports do.
     w = g.weight((cout, cin, k, k), prefix="conv_w")
-    y = g.op("Conv", [x, w, g.bias(cout, "conv_b")], kernel_shape=[k, k], strides=[stride, stride],
-             pads=[k // 2] * 4)
+    y = g.op("Conv", [x, w, g.bias(cout, "conv_b")], kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4)
     return g.op("Relu", [y]) if relu else y
 
 
@@ -110,7 +109,10 @@ def crnn(size: str, seed: int) -> Any:
     y, _ = g.op(
         "GRU",
         [seq, g.weight((2, 3 * hid, features), features), g.weight((2, 3 * hid, hid), hid), g.bias((2, 6 * hid))],
-        outputs=2, hidden_size=hid, direction="bidirectional", linear_before_reset=1,
+        outputs=2,
+        hidden_size=hid,
+        direction="bidirectional",
+        linear_before_reset=1,
     )
     # [T, 2, B, H] -> [T, B, 2H] -> per-step class scores -> [B, T, classes]
     y = g.op("Reshape", [g.op("Transpose", [y], perm=[0, 2, 1, 3]), g.ints([0, 0, -1])])

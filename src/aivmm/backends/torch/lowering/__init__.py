@@ -82,8 +82,10 @@ def _scan(graph: onnx.GraphProto, opsets: dict[str, int], reasons: list[str], se
             domain_name = node.domain or "ai.onnx"
             reason = f"operator {node.op_type} (domain {domain_name!r}, opset {opset}) has no torch lowering"
         elif opset < lowering.since:
-            reason = (f"operator {node.op_type} (domain {node.domain or 'ai.onnx'!r}) at opset {opset}: "
-                      f"only opset {lowering.since} and later are lowered")
+            reason = (
+                f"operator {node.op_type} (domain {node.domain or 'ai.onnx'!r}) at opset {opset}: "
+                f"only opset {lowering.since} and later are lowered"
+            )
         elif lowering.refuse is not None:
             try:
                 why = lowering.refuse(ctx)

@@ -11,8 +11,12 @@ from aivmm.backends.torch.lowering._node import NodeContext, Value, norm_axis, s
 from aivmm.backends.torch.lowering._registry import op
 
 _SIMPLE = {
-    "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Softsign": F.softsign,
-    "Mish": F.mish, "HardSwish": F.hardswish,
+    "Relu": torch.relu,
+    "Sigmoid": torch.sigmoid,
+    "Tanh": torch.tanh,
+    "Softsign": F.softsign,
+    "Mish": F.mish,
+    "HardSwish": F.hardswish,
 }
 
 
@@ -66,8 +70,12 @@ def _selu(x: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
 
 @op("Selu", since=6)
 def _lower_selu(n: NodeContext) -> Value:
-    return n.call(_selu, n.input(0), float(n.attr("alpha", 1.67326319217681884765625)),
-                  float(n.attr("gamma", 1.05070102214813232421875)))
+    return n.call(
+        _selu,
+        n.input(0),
+        float(n.attr("alpha", 1.67326319217681884765625)),
+        float(n.attr("gamma", 1.05070102214813232421875)),
+    )
 
 
 def _hard_sigmoid(x: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:

@@ -23,8 +23,9 @@ def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.reshape(b, s, heads, h // heads).transpose(1, 2)
 
 
-def _allowed(q_len: int, kv_len: int, offset: torch.Tensor | int, device: torch.device, left: int,
-             right: int, causal: bool) -> torch.Tensor:
+def _allowed(
+    q_len: int, kv_len: int, offset: torch.Tensor | int, device: torch.device, left: int, right: int, causal: bool
+) -> torch.Tensor:
     """Which keys each query may see: (q, kv), or (batch, 1, q, kv) for a per-batch offset."""
     i = torch.arange(q_len, device=device).reshape(q_len, 1)
     j = torch.arange(kv_len, device=device).reshape(1, kv_len)
@@ -40,9 +41,16 @@ def _allowed(q_len: int, kv_len: int, offset: torch.Tensor | int, device: torch.
     return ok
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-               past_k: torch.Tensor | None, past_v: torch.Tensor | None, nonpad: torch.Tensor | None,
-               p: dict) -> tuple[torch.Tensor, ...]:
+def _attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    past_k: torch.Tensor | None,
+    past_v: torch.Tensor | None,
+    nonpad: torch.Tensor | None,
+    p: dict,
+) -> tuple[torch.Tensor, ...]:
     q, k, v, mask, past_k, past_v, nonpad = same_device(q, k, v, mask, past_k, past_v, nonpad)
     rank3 = q.dim() == 3
     if rank3:
@@ -52,8 +60,9 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
     present_v = torch.cat([past_v, v], dim=2) if past_v is not None else v
     q_len, kv_len = q.shape[2], present_k.shape[2]
     if p["fast"]:
-        y = F.scaled_dot_product_attention(q, present_k, present_v, is_causal=p["causal"], scale=scale,
-                                           enable_gqa=q.shape[1] != present_k.shape[1])
+        y = F.scaled_dot_product_attention(
+            q, present_k, present_v, is_causal=p["causal"], scale=scale, enable_gqa=q.shape[1] != present_k.shape[1]
+        )
         return _merge(y, rank3), present_k, present_v
     dtype = q.dtype
     bias = torch.zeros((q_len, kv_len), dtype=dtype, device=q.device)
@@ -62,8 +71,11 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Te
             pad = kv_len - mask.shape[-1]
             mask = F.pad(mask, [0, pad], value=False if mask.dtype == torch.bool else -math.inf)
         if mask.dtype == torch.bool:
-            mask = torch.where(mask, torch.zeros((), dtype=dtype, device=q.device),
-                               torch.full((), -math.inf, dtype=dtype, device=q.device))
+            mask = torch.where(
+                mask,
+                torch.zeros((), dtype=dtype, device=q.device),
+                torch.full((), -math.inf, dtype=dtype, device=q.device),
+            )
         bias = bias + mask.to(dtype)
     windowed = p["left"] >= 0 or p["right"] >= 0
     if p["causal"] or windowed:
@@ -123,8 +135,14 @@ def _lower_attention(n: NodeContext) -> list[Value]:
         "softmax_dtype": ONNX_TO_TORCH.get(precision) if precision else None,
     }
     inputs = [n.input(i) if n.has_input(i) else None for i in range(7)]
-    simple = (all(x is None for x in inputs[3:]) and not params["softcap"] and params["left"] < 0
-              and params["right"] < 0 and not n.output_used(3) and params["softmax_dtype"] is None)
+    simple = (
+        all(x is None for x in inputs[3:])
+        and not params["softcap"]
+        and params["left"] < 0
+        and params["right"] < 0
+        and not n.output_used(3)
+        and params["softmax_dtype"] is None
+    )
     params["fast"] = simple
     outs = n.call_multi(_attention, 3 if simple else 4, *inputs, params)
     if simple and n.output_used(3):
@@ -132,8 +150,15 @@ def _lower_attention(n: NodeContext) -> list[Value]:
     return outs
 
 
-def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor | None,
-            interleaved: bool, rotary_dim: int, heads: int) -> torch.Tensor:
+def _rotary(
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor | None,
+    interleaved: bool,
+    rotary_dim: int,
+    heads: int,
+) -> torch.Tensor:
     x, cos, sin, positions = same_device(x, cos, sin, positions)
     shape = x.shape
     t = x.transpose(1, 2) if x.dim() == 4 else x.reshape(shape[0], shape[1], heads, shape[2] // heads)
@@ -151,5 +176,13 @@ def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: to
 
 @op("RotaryEmbedding", since=23)
 def _lower_rotary(n: NodeContext) -> Value:
-    return n.call(_rotary, n.input(0), n.input(1), n.input(2), n.input(3) if n.has_input(3) else None,
-                  bool(n.attr("interleaved", 0)), int(n.attr("rotary_embedding_dim", 0)), int(n.attr("num_heads", 0)))
+    return n.call(
+        _rotary,
+        n.input(0),
+        n.input(1),
+        n.input(2),
+        n.input(3) if n.has_input(3) else None,
+        bool(n.attr("interleaved", 0)),
+        int(n.attr("rotary_embedding_dim", 0)),
+        int(n.attr("num_heads", 0)),
+    )

@@ -114,7 +114,8 @@ class GraphBuilder:
         # the CPU. One that reads a large constant (an embedding table, a position-id buffer sliced to
         # the sequence length) computes data: it runs on the device, or every run would copy it there.
         host = all(n in self.host_nodes for n in runtime) and all(
-            t.numel() <= MAX_HOST_CONSTANT for t in _tensors_in((args, kwargs)))
+            t.numel() <= MAX_HOST_CONSTANT for t in _tensors_in((args, kwargs))
+        )
         node = self.graph.call_function(fn, self._to_graph(args, host), self._to_graph(kwargs, host))
         if host or fn in HOST_RESULTS:
             self.host_nodes.add(node)
@@ -205,8 +206,12 @@ class GraphBuilder:
 def lower_subgraph(parent: NodeContext, graph: onnx.GraphProto) -> tuple[fx.GraphModule, list[str]]:
     """Lower a subgraph; returns the module and the outer names it takes after its formal inputs."""
     assert parent.builder is not None
-    sub = GraphBuilder(parent.builder.opsets, parent.builder.float_dtype, outer=parent.builder,
-                       label=f"{parent.op_type} subgraph {graph.name!r}")
+    sub = GraphBuilder(
+        parent.builder.opsets,
+        parent.builder.float_dtype,
+        outer=parent.builder,
+        label=f"{parent.op_type} subgraph {graph.name!r}",
+    )
     sub.add_constants(graph.initializer)
     sub.add_inputs([i.name for i in graph.input if i.name not in sub.env])
     sub.lower_nodes(graph.node)

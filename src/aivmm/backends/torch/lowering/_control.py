@@ -32,7 +32,7 @@ class IfModule(nn.Module):
     def forward(self, cond: torch.Tensor, *captures: torch.Tensor) -> tuple:
         if _truth(cond):
             return self.then_branch(*captures[: self.n_then])
-        return self.else_branch(*captures[self.n_then:])
+        return self.else_branch(*captures[self.n_then :])
 
 
 class LoopModule(nn.Module):
@@ -43,7 +43,7 @@ class LoopModule(nn.Module):
 
     def forward(self, trip: torch.Tensor | None, cond: torch.Tensor | None, *rest: torch.Tensor) -> tuple:
         carried = list(rest[: self.n_carried])
-        captures = rest[self.n_carried:]
+        captures = rest[self.n_carried :]
         limit = int(trip.reshape(-1)[0].item()) if trip is not None else _MAX_LOOP_ITERATIONS
         keep_going = _truth(cond) if cond is not None else True
         cond_t = torch.tensor(keep_going)
@@ -53,8 +53,8 @@ class LoopModule(nn.Module):
             outs = self.body(torch.tensor(i, dtype=torch.int64), cond_t, *carried, *captures)
             cond_t = outs[0]
             keep_going = _truth(cond_t)
-            carried = list(outs[1: 1 + self.n_carried])
-            step_scans = outs[1 + self.n_carried:]
+            carried = list(outs[1 : 1 + self.n_carried])
+            step_scans = outs[1 + self.n_carried :]
             if scans is None:
                 scans = [[] for _ in step_scans]
             for acc, v in zip(scans, step_scans):
@@ -65,8 +65,16 @@ class LoopModule(nn.Module):
 
 
 class ScanModule(nn.Module):
-    def __init__(self, body: fx.GraphModule, n_state: int, n_scan_in: int, in_axes: list[int],
-                 in_dirs: list[int], out_axes: list[int], out_dirs: list[int]) -> None:
+    def __init__(
+        self,
+        body: fx.GraphModule,
+        n_state: int,
+        n_scan_in: int,
+        in_axes: list[int],
+        in_dirs: list[int],
+        out_axes: list[int],
+        out_dirs: list[int],
+    ) -> None:
         super().__init__()
         self.body = body
         self.n_state, self.n_scan_in = n_state, n_scan_in
@@ -74,8 +82,8 @@ class ScanModule(nn.Module):
 
     def forward(self, *args: torch.Tensor) -> tuple:
         state = list(args[: self.n_state])
-        scan_in = args[self.n_state: self.n_state + self.n_scan_in]
-        captures = args[self.n_state + self.n_scan_in:]
+        scan_in = args[self.n_state : self.n_state + self.n_scan_in]
+        captures = args[self.n_state + self.n_scan_in :]
         axes = [a + t.dim() if a < 0 else a for a, t in zip(self.in_axes, scan_in)]
         steps = scan_in[0].shape[axes[0]]
         collected: list[list[torch.Tensor]] = []
@@ -84,8 +92,8 @@ class ScanModule(nn.Module):
             outs = self.body(*state, *slices, *captures)
             state = list(outs[: self.n_state])
             if not collected:
-                collected = [[] for _ in outs[self.n_state:]]
-            for acc, v in zip(collected, outs[self.n_state:]):
+                collected = [[] for _ in outs[self.n_state :]]
+            for acc, v in zip(collected, outs[self.n_state :]):
                 acc.append(v)
         results = []
         for k, acc in enumerate(collected):

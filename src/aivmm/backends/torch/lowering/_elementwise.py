@@ -54,10 +54,22 @@ def _pow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": _div, "Pow": _pow,
-    "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le, "GreaterOrEqual": torch.ge,
-    "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor,
-    "BitwiseAnd": torch.bitwise_and, "BitwiseOr": torch.bitwise_or, "BitwiseXor": torch.bitwise_xor,
+    "Add": torch.add,
+    "Sub": torch.sub,
+    "Mul": torch.mul,
+    "Div": _div,
+    "Pow": _pow,
+    "Equal": torch.eq,
+    "Less": torch.lt,
+    "Greater": torch.gt,
+    "LessOrEqual": torch.le,
+    "GreaterOrEqual": torch.ge,
+    "And": torch.logical_and,
+    "Or": torch.logical_or,
+    "Xor": torch.logical_xor,
+    "BitwiseAnd": torch.bitwise_and,
+    "BitwiseOr": torch.bitwise_or,
+    "BitwiseXor": torch.bitwise_xor,
 }
 _BINARY_IMPL = {name: _binary(fn) for name, fn in _BINARY.items()}
 
@@ -83,12 +95,31 @@ def _lower_mod(n: NodeContext) -> Value:
 
 
 _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "Abs": torch.abs, "Neg": torch.neg, "Exp": torch.exp, "Log": torch.log, "Sqrt": torch.sqrt,
-    "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil, "Round": torch.round,
-    "Sin": torch.sin, "Cos": torch.cos, "Tan": torch.tan, "Asin": torch.asin, "Acos": torch.acos,
-    "Atan": torch.atan, "Sinh": torch.sinh, "Cosh": torch.cosh, "Asinh": torch.asinh, "Acosh": torch.acosh,
-    "Atanh": torch.atanh, "Erf": torch.erf, "Sign": torch.sign, "Not": torch.logical_not,
-    "BitwiseNot": torch.bitwise_not, "IsNaN": torch.isnan,
+    "Abs": torch.abs,
+    "Neg": torch.neg,
+    "Exp": torch.exp,
+    "Log": torch.log,
+    "Sqrt": torch.sqrt,
+    "Reciprocal": torch.reciprocal,
+    "Floor": torch.floor,
+    "Ceil": torch.ceil,
+    "Round": torch.round,
+    "Sin": torch.sin,
+    "Cos": torch.cos,
+    "Tan": torch.tan,
+    "Asin": torch.asin,
+    "Acos": torch.acos,
+    "Atan": torch.atan,
+    "Sinh": torch.sinh,
+    "Cosh": torch.cosh,
+    "Asinh": torch.asinh,
+    "Acosh": torch.acosh,
+    "Atanh": torch.atanh,
+    "Erf": torch.erf,
+    "Sign": torch.sign,
+    "Not": torch.logical_not,
+    "BitwiseNot": torch.bitwise_not,
+    "IsNaN": torch.isnan,
 }
 
 
@@ -188,6 +219,7 @@ def _lower_shrink(n: NodeContext) -> Value:
 
 # -- casts and constants -------------------------------------------------------------------
 
+
 def target_dtype(n: NodeContext, elem_type: int) -> torch.dtype:
     dtype = ONNX_TO_TORCH[elem_type]
     # In fp16/bf16 configurations every float type computes in the configured precision.
@@ -268,4 +300,3 @@ def _dropout_mask(x: torch.Tensor) -> torch.Tensor:
 def _lower_dropout(n: NodeContext) -> list[Value]:
     x = n.input(0)
     return [x, n.call(_dropout_mask, x)] if n.output_used(1) else [x]
-

@@ -129,8 +129,13 @@ def _linear(nodes: list, consts: dict, pinned: set, counts: dict) -> list:
         if b is None or b.ndim != 1 or b.shape[0] != w.shape[1] or b.dtype != w.dtype:
             continue
         drop |= {i, j}
-        insert[j] = helper.make_node("Linear", [mm.input[0], mm.input[1], bias_name], [nodes[j].output[0]],
-                                     name=f"{mm.name}+{nodes[j].name}", domain=FUSED_DOMAIN)
+        insert[j] = helper.make_node(
+            "Linear",
+            [mm.input[0], mm.input[1], bias_name],
+            [nodes[j].output[0]],
+            name=f"{mm.name}+{nodes[j].name}",
+            domain=FUSED_DOMAIN,
+        )
         counts["Linear"] += 1
     return _rebuild(nodes, drop - set(insert), insert)
 
@@ -170,15 +175,16 @@ def _gelu(nodes: list, consts: dict, pinned: set, counts: dict) -> list:
             continue
         r_other = _other(nodes[r], nodes[q].output[0])
         # Either (x * p) * 0.5 or (p * 0.5) * x.
-        if not ((q_other == x and _scalar(consts, r_other or "") == 0.5)
-                or (_scalar(consts, q_other or "") == 0.5 and r_other == x)):
+        if not (
+            (q_other == x and _scalar(consts, r_other or "") == 0.5)
+            or (_scalar(consts, q_other or "") == 0.5 and r_other == x)
+        ):
             continue
         group = {a, e, p, q, r}
         if group & drop:
             continue
         drop |= group
-        insert[r] = helper.make_node("Gelu", [x], [nodes[r].output[0]], name=f"{erf.name}:gelu",
-                                     domain=FUSED_DOMAIN)
+        insert[r] = helper.make_node("Gelu", [x], [nodes[r].output[0]], name=f"{erf.name}:gelu", domain=FUSED_DOMAIN)
         counts["Gelu"] += 1
     return _rebuild(nodes, drop - set(insert), insert)
 
@@ -220,7 +226,13 @@ def _attention(nodes: list, consts: dict, pinned: set, counts: dict) -> list:
             continue
         drop |= set(group)
         inputs = [qk.input[0], qk.input[1], nodes[av].input[1]] + ([mask] if mask else [])
-        insert[av] = helper.make_node("Attention", inputs, [nodes[av].output[0]], name=f"{qk.name}:attention",
-                                      domain=FUSED_DOMAIN, scale=float(scale))
+        insert[av] = helper.make_node(
+            "Attention",
+            inputs,
+            [nodes[av].output[0]],
+            name=f"{qk.name}:attention",
+            domain=FUSED_DOMAIN,
+            scale=float(scale),
+        )
         counts["Attention"] += 1
     return _rebuild(nodes, drop - set(insert), insert)

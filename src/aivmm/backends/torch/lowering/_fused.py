@@ -25,8 +25,9 @@ def _lower_gelu(n: NodeContext) -> Value:
     return n.call(F.gelu, n.input(0))
 
 
-def _attention(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-               scale: float) -> torch.Tensor:
+def _attention(
+    q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+) -> torch.Tensor:
     q, k_t, v, mask = same_device(q, k_t, v, mask)
     if mask is not None and mask.dtype != q.dtype and mask.is_floating_point():
         mask = mask.to(q.dtype)

@@ -24,8 +24,9 @@ def same_pads(sizes: list[int], kernel: list[int], strides: list[int], dilations
     return begins + ends
 
 
-def resolve_pads(x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int] | None,
-                 dilations: list[int], auto_pad: str) -> list[int]:
+def resolve_pads(
+    x: torch.Tensor, kernel: list[int], strides: list[int], pads: list[int] | None, dilations: list[int], auto_pad: str
+) -> list[int]:
     nd = len(kernel)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         return same_pads(list(x.shape[2:]), kernel, strides, dilations, auto_pad)
@@ -42,8 +43,16 @@ def torch_pads(begins: list[int], ends: list[int]) -> list[int]:
     return out
 
 
-def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, strides: list[int] | None,
-          pads: list[int] | None, dilations: list[int] | None, group: int, auto_pad: str) -> torch.Tensor:
+def _conv(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    strides: list[int] | None,
+    pads: list[int] | None,
+    dilations: list[int] | None,
+    group: int,
+    auto_pad: str,
+) -> torch.Tensor:
     x, w, b = same_device(x, w, b)
     nd = x.dim() - 2
     kernel = list(w.shape[2:])
@@ -81,15 +90,41 @@ def _lower_conv(n: NodeContext) -> Value:
         nd = w.dim() - 2
         pads = (_ints_attr(n, "pads") if auto_pad == "NOTSET" else None) or [0] * (2 * nd)
         if pads[:nd] == pads[nd:]:
-            return n.call(_CONV[nd], n.input(0), w, n.input(2), _ints_attr(n, "strides") or [1] * nd, pads[:nd],
-                          _ints_attr(n, "dilations") or [1] * nd, int(n.attr("group", 1)))
-    return n.call(_conv, n.input(0), n.input(1), n.input(2), _ints_attr(n, "strides"), _ints_attr(n, "pads"),
-                  _ints_attr(n, "dilations"), int(n.attr("group", 1)), n.attr("auto_pad", "NOTSET"))
+            return n.call(
+                _CONV[nd],
+                n.input(0),
+                w,
+                n.input(2),
+                _ints_attr(n, "strides") or [1] * nd,
+                pads[:nd],
+                _ints_attr(n, "dilations") or [1] * nd,
+                int(n.attr("group", 1)),
+            )
+    return n.call(
+        _conv,
+        n.input(0),
+        n.input(1),
+        n.input(2),
+        _ints_attr(n, "strides"),
+        _ints_attr(n, "pads"),
+        _ints_attr(n, "dilations"),
+        int(n.attr("group", 1)),
+        n.attr("auto_pad", "NOTSET"),
+    )
 
 
-def _conv_transpose(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, strides: list[int] | None,
-                    pads: list[int] | None, dilations: list[int] | None, group: int, auto_pad: str,
-                    output_padding: list[int] | None, output_shape: list[int] | None) -> torch.Tensor:
+def _conv_transpose(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    strides: list[int] | None,
+    pads: list[int] | None,
+    dilations: list[int] | None,
+    group: int,
+    auto_pad: str,
+    output_padding: list[int] | None,
+    output_shape: list[int] | None,
+) -> torch.Tensor:
     x, w, b = same_device(x, w, b)
     nd = x.dim() - 2
     kernel = list(w.shape[2:])
@@ -129,13 +164,24 @@ def _conv_transpose(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, st
 
 @op("ConvTranspose", since=1, refuse=_refuse_conv)
 def _lower_conv_transpose(n: NodeContext) -> Value:
-    return n.call(_conv_transpose, n.input(0), n.input(1), n.input(2), _ints_attr(n, "strides"),
-                  _ints_attr(n, "pads"), _ints_attr(n, "dilations"), int(n.attr("group", 1)),
-                  n.attr("auto_pad", "NOTSET"), _ints_attr(n, "output_padding"), _ints_attr(n, "output_shape"))
+    return n.call(
+        _conv_transpose,
+        n.input(0),
+        n.input(1),
+        n.input(2),
+        _ints_attr(n, "strides"),
+        _ints_attr(n, "pads"),
+        _ints_attr(n, "dilations"),
+        int(n.attr("group", 1)),
+        n.attr("auto_pad", "NOTSET"),
+        _ints_attr(n, "output_padding"),
+        _ints_attr(n, "output_shape"),
+    )
 
 
-def _gemm(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, alpha: float, beta: float,
-          trans_a: bool, trans_b: bool) -> torch.Tensor:
+def _gemm(
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, alpha: float, beta: float, trans_a: bool, trans_b: bool
+) -> torch.Tensor:
     a, b, c = same_device(a, b, c)
     if trans_a:
         a = a.t()
@@ -149,8 +195,16 @@ def _gemm(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None, alpha: float
 
 @op("Gemm", since=7)
 def _lower_gemm(n: NodeContext) -> Value:
-    return n.call(_gemm, n.input(0), n.input(1), n.input(2), float(n.attr("alpha", 1.0)),
-                  float(n.attr("beta", 1.0)), bool(n.attr("transA", 0)), bool(n.attr("transB", 0)))
+    return n.call(
+        _gemm,
+        n.input(0),
+        n.input(1),
+        n.input(2),
+        float(n.attr("alpha", 1.0)),
+        float(n.attr("beta", 1.0)),
+        bool(n.attr("transA", 0)),
+        bool(n.attr("transB", 0)),
+    )
 
 
 def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -184,20 +238,23 @@ def _refuse_batch_norm(n: NodeContext) -> str | None:
     return None
 
 
-def _batch_norm(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor,
-                var: torch.Tensor, eps: float) -> torch.Tensor:
+def _batch_norm(
+    x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float
+) -> torch.Tensor:
     x, scale, bias, mean, var = same_device(x, scale, bias, mean, var)
     return F.batch_norm(x, mean, var, scale, bias, False, 0.0, eps)
 
 
 @op("BatchNormalization", since=7, refuse=_refuse_batch_norm)
 def _lower_batch_norm(n: NodeContext) -> Value:
-    return n.call(_batch_norm, n.input(0), n.input(1), n.input(2), n.input(3), n.input(4),
-                  float(n.attr("epsilon", 1e-5)))
+    return n.call(
+        _batch_norm, n.input(0), n.input(1), n.input(2), n.input(3), n.input(4), float(n.attr("epsilon", 1e-5))
+    )
 
 
-def _layer_norm(x: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None, axis: int, eps: float,
-                stats: bool) -> tuple[torch.Tensor, ...]:
+def _layer_norm(
+    x: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None, axis: int, eps: float, stats: bool
+) -> tuple[torch.Tensor, ...]:
     x, scale, bias = same_device(x, scale, bias)
     axis = norm_axis(axis, x.dim())
     shape = tuple(x.shape[axis:])
@@ -220,12 +277,25 @@ def _layer_norm(x: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor 
 def _lower_layer_norm(n: NodeContext) -> list[Value]:
     stats = n.output_used(1) or n.output_used(2)
     scale, bias = n.input(1), n.input(2)
-    if (not stats and int(n.attr("axis", -1)) == -1 and isinstance(scale, torch.Tensor) and scale.dim() == 1
-            and (bias is None or (isinstance(bias, torch.Tensor) and bias.shape == scale.shape))):
+    if (
+        not stats
+        and int(n.attr("axis", -1)) == -1
+        and isinstance(scale, torch.Tensor)
+        and scale.dim() == 1
+        and (bias is None or (isinstance(bias, torch.Tensor) and bias.shape == scale.shape))
+    ):
         # The usual case (last axis, constant affine): torch's kernel directly, no per-call checks.
         return [n.call(F.layer_norm, n.input(0), tuple(scale.shape), scale, bias, float(n.attr("epsilon", 1e-5)))]
-    return n.call_multi(_layer_norm, 3 if stats else 1, n.input(0), n.input(1), n.input(2),
-                        int(n.attr("axis", -1)), float(n.attr("epsilon", 1e-5)), stats)
+    return n.call_multi(
+        _layer_norm,
+        3 if stats else 1,
+        n.input(0),
+        n.input(1),
+        n.input(2),
+        int(n.attr("axis", -1)),
+        float(n.attr("epsilon", 1e-5)),
+        stats,
+    )
 
 
 def _rms_norm(x: torch.Tensor, scale: torch.Tensor, axis: int, eps: float) -> torch.Tensor:
@@ -252,8 +322,9 @@ def _lower_instance_norm(n: NodeContext) -> Value:
     return n.call(_instance_norm, n.input(0), n.input(1), n.input(2), float(n.attr("epsilon", 1e-5)))
 
 
-def _group_norm(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, groups: int, eps: float,
-                per_channel: bool) -> torch.Tensor:
+def _group_norm(
+    x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, groups: int, eps: float, per_channel: bool
+) -> torch.Tensor:
     x, scale, bias = same_device(x, scale, bias)
     if not per_channel:  # opset 18: one scale and bias per group
         repeat = x.shape[1] // groups
@@ -263,8 +334,15 @@ def _group_norm(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, groups
 
 @op("GroupNormalization", since=18)
 def _lower_group_norm(n: NodeContext) -> Value:
-    return n.call(_group_norm, n.input(0), n.input(1), n.input(2), int(n.attr("num_groups")),
-                  float(n.attr("epsilon", 1e-5)), n.opset >= 21)
+    return n.call(
+        _group_norm,
+        n.input(0),
+        n.input(1),
+        n.input(2),
+        int(n.attr("num_groups")),
+        float(n.attr("epsilon", 1e-5)),
+        n.opset >= 21,
+    )
 
 
 def _lrn(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float) -> torch.Tensor:
@@ -277,8 +355,14 @@ def _lrn(x: torch.Tensor, size: int, alpha: float, beta: float, bias: float) -> 
 
 @op("LRN", since=1)
 def _lower_lrn(n: NodeContext) -> Value:
-    return n.call(_lrn, n.input(0), int(n.attr("size")), float(n.attr("alpha", 1e-4)),
-                  float(n.attr("beta", 0.75)), float(n.attr("bias", 1.0)))
+    return n.call(
+        _lrn,
+        n.input(0),
+        int(n.attr("size")),
+        float(n.attr("alpha", 1e-4)),
+        float(n.attr("beta", 0.75)),
+        float(n.attr("bias", 1.0)),
+    )
 
 
 def _lp_norm(x: torch.Tensor, axis: int, p: int) -> torch.Tensor:
@@ -300,4 +384,3 @@ def _mvn(x: torch.Tensor, axes: list[int]) -> torch.Tensor:
 @op("MeanVarianceNormalization", since=9)
 def _lower_mvn(n: NodeContext) -> Value:
     return n.call(_mvn, n.input(0), [int(a) for a in n.attr("axes", [0, 2, 3])])
-

@@ -209,8 +209,9 @@ def as_ints(v: Sequence[int] | torch.Tensor | None) -> list[int]:
     return [int(x) for x in v]
 
 
-_CAPTURE_KEEP: contextvars.ContextVar[list[torch.Tensor] | None] = contextvars.ContextVar("aivmm_capture_keep",
-                                                                                          default=None)
+_CAPTURE_KEEP: contextvars.ContextVar[list[torch.Tensor] | None] = contextvars.ContextVar(
+    "aivmm_capture_keep", default=None
+)
 
 
 @contextlib.contextmanager

@@ -39,9 +39,17 @@ def _unravel(flat: torch.Tensor, dims: list[int]) -> list[torch.Tensor]:
     return list(reversed(coords))
 
 
-def _max_pool(x: torch.Tensor, kernel: list[int], strides: list[int] | None, pads: list[int] | None,
-              dilations: list[int] | None, ceil_mode: bool, auto_pad: str, want_indices: bool,
-              column_major: bool) -> tuple[torch.Tensor, ...]:
+def _max_pool(
+    x: torch.Tensor,
+    kernel: list[int],
+    strides: list[int] | None,
+    pads: list[int] | None,
+    dilations: list[int] | None,
+    ceil_mode: bool,
+    auto_pad: str,
+    want_indices: bool,
+    column_major: bool,
+) -> tuple[torch.Tensor, ...]:
     nd = x.dim() - 2
     strides = strides or [1] * nd
     dilations = dilations or [1] * nd
@@ -59,8 +67,10 @@ def _max_pool(x: torch.Tensor, kernel: list[int], strides: list[int] | None, pad
         padding = begins
     out = _MAX[nd](x, kernel, strides, padding, dilations, ceil_mode, return_indices=want_indices)
     if manual and ceil_mode:
-        out = tuple(_drop_pad_windows(t, sizes, kernel, strides, dilations, begins, ends)
-                    for t in (out if want_indices else (out,)))
+        out = tuple(
+            _drop_pad_windows(t, sizes, kernel, strides, dilations, begins, ends)
+            for t in (out if want_indices else (out,))
+        )
         out = out if want_indices else out[0]
     if not want_indices:
         return (out.to(dtype),)
@@ -76,8 +86,9 @@ def _max_pool(x: torch.Tensor, kernel: list[int], strides: list[int] | None, pad
     return y.to(dtype), flat
 
 
-def ceil_sizes(sizes: list[int], kernel: list[int], strides: list[int], dilations: list[int],
-               begins: list[int], ends: list[int]) -> list[int]:
+def ceil_sizes(
+    sizes: list[int], kernel: list[int], strides: list[int], dilations: list[int], begins: list[int], ends: list[int]
+) -> list[int]:
     """Output sizes in ceil mode, without windows that would start inside the end padding."""
     out = []
     for i, k, s, d, b, e in zip(sizes, kernel, strides, dilations, begins, ends):
@@ -88,8 +99,15 @@ def ceil_sizes(sizes: list[int], kernel: list[int], strides: list[int], dilation
     return out
 
 
-def _drop_pad_windows(t: torch.Tensor, sizes: list[int], kernel: list[int], strides: list[int],
-                      dilations: list[int], begins: list[int], ends: list[int]) -> torch.Tensor:
+def _drop_pad_windows(
+    t: torch.Tensor,
+    sizes: list[int],
+    kernel: list[int],
+    strides: list[int],
+    dilations: list[int],
+    begins: list[int],
+    ends: list[int],
+) -> torch.Tensor:
     # Pads applied by hand look like input to torch, which then keeps windows that start in them.
     for axis, o in enumerate(ceil_sizes(sizes, kernel, strides, dilations, begins, ends)):
         t = t.narrow(axis + 2, 0, min(o, t.shape[axis + 2]))
@@ -111,10 +129,19 @@ def _refuse_pool(n: NodeContext) -> str | None:
 @op("MaxPool", since=1, refuse=_refuse_pool)
 def _lower_max_pool(n: NodeContext) -> list[Value]:
     want = n.output_used(1)
-    return n.call_multi(_max_pool, 2 if want else 1, n.input(0), [int(k) for k in n.attr("kernel_shape")],
-                        _ints_attr(n, "strides"), _ints_attr(n, "pads"), _ints_attr(n, "dilations"),
-                        bool(n.attr("ceil_mode", 0)), n.attr("auto_pad", "NOTSET"), want,
-                        bool(n.attr("storage_order", 0)))
+    return n.call_multi(
+        _max_pool,
+        2 if want else 1,
+        n.input(0),
+        [int(k) for k in n.attr("kernel_shape")],
+        _ints_attr(n, "strides"),
+        _ints_attr(n, "pads"),
+        _ints_attr(n, "dilations"),
+        bool(n.attr("ceil_mode", 0)),
+        n.attr("auto_pad", "NOTSET"),
+        want,
+        bool(n.attr("storage_order", 0)),
+    )
 
 
 def _window_sum(x: torch.Tensor, kernel: list[int], strides: list[int], ceil_mode: bool) -> torch.Tensor:
@@ -124,8 +151,16 @@ def _window_sum(x: torch.Tensor, kernel: list[int], strides: list[int], ceil_mod
     return _AVG[nd](x, kernel, strides, 0, ceil_mode, True, 1)
 
 
-def _avg_pool(x: torch.Tensor, kernel: list[int], strides: list[int] | None, pads: list[int] | None,
-              ceil_mode: bool, include_pad: bool, auto_pad: str, p_norm: int | None) -> torch.Tensor:
+def _avg_pool(
+    x: torch.Tensor,
+    kernel: list[int],
+    strides: list[int] | None,
+    pads: list[int] | None,
+    ceil_mode: bool,
+    include_pad: bool,
+    auto_pad: str,
+    p_norm: int | None,
+) -> torch.Tensor:
     nd = x.dim() - 2
     strides = strides or [1] * nd
     p = resolve_pads(x, kernel, strides, pads, [1] * nd, auto_pad)
@@ -149,16 +184,32 @@ def _avg_pool(x: torch.Tensor, kernel: list[int], strides: list[int] | None, pad
 
 @op("AveragePool", since=7, refuse=_refuse_pool)
 def _lower_avg_pool(n: NodeContext) -> Value:
-    return n.call(_avg_pool, n.input(0), [int(k) for k in n.attr("kernel_shape")], _ints_attr(n, "strides"),
-                  _ints_attr(n, "pads"), bool(n.attr("ceil_mode", 0)), bool(n.attr("count_include_pad", 0)),
-                  n.attr("auto_pad", "NOTSET"), None)
+    return n.call(
+        _avg_pool,
+        n.input(0),
+        [int(k) for k in n.attr("kernel_shape")],
+        _ints_attr(n, "strides"),
+        _ints_attr(n, "pads"),
+        bool(n.attr("ceil_mode", 0)),
+        bool(n.attr("count_include_pad", 0)),
+        n.attr("auto_pad", "NOTSET"),
+        None,
+    )
 
 
 @op("LpPool", since=11, refuse=_refuse_pool)
 def _lower_lp_pool(n: NodeContext) -> Value:
-    return n.call(_avg_pool, n.input(0), [int(k) for k in n.attr("kernel_shape")], _ints_attr(n, "strides"),
-                  _ints_attr(n, "pads"), bool(n.attr("ceil_mode", 0)), True, n.attr("auto_pad", "NOTSET"),
-                  int(n.attr("p", 2)))
+    return n.call(
+        _avg_pool,
+        n.input(0),
+        [int(k) for k in n.attr("kernel_shape")],
+        _ints_attr(n, "strides"),
+        _ints_attr(n, "pads"),
+        bool(n.attr("ceil_mode", 0)),
+        True,
+        n.attr("auto_pad", "NOTSET"),
+        int(n.attr("p", 2)),
+    )
 
 
 def _global_pool(x: torch.Tensor, kind: str, p: int) -> torch.Tensor:

@@ -30,8 +30,9 @@ def _saturate(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return v.clamp(info.min, info.max).to(dtype)
 
 
-def _quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, axis: int,
-              out_dtype: torch.dtype | None) -> torch.Tensor:
+def _quantize(
+    x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, axis: int, out_dtype: torch.dtype | None
+) -> torch.Tensor:
     x, scale, zp = same_device(x, scale, zp)
     if out_dtype is None:  # the zero point's type is the output type
         assert zp is not None
@@ -110,8 +111,9 @@ def _centered(x: torch.Tensor, zp: torch.Tensor | None, axis: int | None) -> tor
     return v - z
 
 
-def _matmul_integer(a: torch.Tensor, b: torch.Tensor, azp: torch.Tensor | None,
-                    bzp: torch.Tensor | None) -> torch.Tensor:
+def _matmul_integer(
+    a: torch.Tensor, b: torch.Tensor, azp: torch.Tensor | None, bzp: torch.Tensor | None
+) -> torch.Tensor:
     a, b, azp, bzp = same_device(a, b, azp, bzp)
     av = _centered(a, azp, -2 if azp is not None and azp.numel() > 1 else None)
     if azp is not None and azp.numel() > 1:
@@ -125,8 +127,9 @@ def _lower_matmul_integer(n: NodeContext) -> Value:
     return n.call(_matmul_integer, n.input(0), n.input(1), n.input(2), n.input(3))
 
 
-def _conv_integer(x: torch.Tensor, w: torch.Tensor, xzp: torch.Tensor | None, wzp: torch.Tensor | None,
-                  conv_args: tuple) -> torch.Tensor:
+def _conv_integer(
+    x: torch.Tensor, w: torch.Tensor, xzp: torch.Tensor | None, wzp: torch.Tensor | None, conv_args: tuple
+) -> torch.Tensor:
     x, w, xzp, wzp = same_device(x, w, xzp, wzp)
     xv = _centered(x, xzp, None)
     wv = _centered(w, wzp, 0)
@@ -146,16 +149,25 @@ def _lower_conv_integer(n: NodeContext) -> Value:
     return n.call(_conv_integer, n.input(0), n.input(1), n.input(2), n.input(3), _conv_args(n))
 
 
-def _requantize(acc: torch.Tensor, multiplier: torch.Tensor, yzp: torch.Tensor | None,
-                out_dtype: torch.dtype) -> torch.Tensor:
+def _requantize(
+    acc: torch.Tensor, multiplier: torch.Tensor, yzp: torch.Tensor | None, out_dtype: torch.dtype
+) -> torch.Tensor:
     y = torch.round(acc * multiplier)
     if yzp is not None:
         y = y + yzp.to(torch.float64)
     return _saturate(y, out_dtype)
 
 
-def _qlinear_matmul(a: torch.Tensor, a_s: torch.Tensor, azp: torch.Tensor, b: torch.Tensor, b_s: torch.Tensor,
-                    bzp: torch.Tensor, y_s: torch.Tensor, yzp: torch.Tensor) -> torch.Tensor:
+def _qlinear_matmul(
+    a: torch.Tensor,
+    a_s: torch.Tensor,
+    azp: torch.Tensor,
+    b: torch.Tensor,
+    b_s: torch.Tensor,
+    bzp: torch.Tensor,
+    y_s: torch.Tensor,
+    yzp: torch.Tensor,
+) -> torch.Tensor:
     a, a_s, azp, b, b_s, bzp, y_s, yzp = same_device(a, a_s, azp, b, b_s, bzp, y_s, yzp)
     av = a.to(torch.float64) - (azp.to(torch.float64).reshape(-1, 1) if azp.numel() > 1 else azp.to(torch.float64))
     bv = b.to(torch.float64) - bzp.to(torch.float64)
@@ -170,9 +182,18 @@ def _lower_qlinear_matmul(n: NodeContext) -> Value:
     return n.call(_qlinear_matmul, *[n.input(i) for i in range(8)])
 
 
-def _qlinear_conv(x: torch.Tensor, x_s: torch.Tensor, xzp: torch.Tensor, w: torch.Tensor, w_s: torch.Tensor,
-                  wzp: torch.Tensor, y_s: torch.Tensor, yzp: torch.Tensor, bias: torch.Tensor | None,
-                  conv_args: tuple) -> torch.Tensor:
+def _qlinear_conv(
+    x: torch.Tensor,
+    x_s: torch.Tensor,
+    xzp: torch.Tensor,
+    w: torch.Tensor,
+    w_s: torch.Tensor,
+    wzp: torch.Tensor,
+    y_s: torch.Tensor,
+    yzp: torch.Tensor,
+    bias: torch.Tensor | None,
+    conv_args: tuple,
+) -> torch.Tensor:
     x, x_s, xzp, w, w_s, wzp, y_s, yzp, bias = same_device(x, x_s, xzp, w, w_s, wzp, y_s, yzp, bias)
     acc = _conv(_centered(x, xzp, None), _centered(w, wzp, 0), None, *conv_args)
     if bias is not None:
@@ -188,4 +209,3 @@ def _qlinear_conv(x: torch.Tensor, x_s: torch.Tensor, xzp: torch.Tensor, w: torc
 def _lower_qlinear_conv(n: NodeContext) -> Value:
     args = [n.input(i) for i in range(9)]
     return n.call(_qlinear_conv, *args, _conv_args(n))
-

@@ -12,12 +12,27 @@ from aivmm.backends.torch.lowering._registry import op
 
 # Opset from which each reduction takes its axes as an input rather than an attribute.
 _AXES_INPUT_SINCE = {
-    "ReduceSum": 13, "ReduceMean": 18, "ReduceMax": 18, "ReduceMin": 18, "ReduceProd": 18, "ReduceL1": 18,
-    "ReduceL2": 18, "ReduceLogSum": 18, "ReduceLogSumExp": 18, "ReduceSumSquare": 18,
+    "ReduceSum": 13,
+    "ReduceMean": 18,
+    "ReduceMax": 18,
+    "ReduceMin": 18,
+    "ReduceProd": 18,
+    "ReduceL1": 18,
+    "ReduceL2": 18,
+    "ReduceLogSum": 18,
+    "ReduceLogSumExp": 18,
+    "ReduceSumSquare": 18,
 }
 _EMPTY = {
-    "ReduceSum": 0.0, "ReduceProd": 1.0, "ReduceMax": -math.inf, "ReduceMin": math.inf, "ReduceL1": 0.0,
-    "ReduceL2": 0.0, "ReduceSumSquare": 0.0, "ReduceLogSum": -math.inf, "ReduceLogSumExp": -math.inf,
+    "ReduceSum": 0.0,
+    "ReduceProd": 1.0,
+    "ReduceMax": -math.inf,
+    "ReduceMin": math.inf,
+    "ReduceL1": 0.0,
+    "ReduceL2": 0.0,
+    "ReduceSumSquare": 0.0,
+    "ReduceLogSum": -math.inf,
+    "ReduceLogSumExp": -math.inf,
     "ReduceMean": math.nan,
 }
 

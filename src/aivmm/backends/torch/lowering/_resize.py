@@ -18,13 +18,20 @@ from aivmm.backends.torch.lowering._node import Ints, NodeContext, Value, as_int
 from aivmm.backends.torch.lowering._registry import op
 
 _MODES = ("nearest", "linear", "cubic")
-_COORDS = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
-           "tf_crop_and_resize")
+_COORDS = (
+    "half_pixel",
+    "half_pixel_symmetric",
+    "pytorch_half_pixel",
+    "align_corners",
+    "asymmetric",
+    "tf_crop_and_resize",
+)
 _NEAREST = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 
 
-def _source_coords(out_size: int, in_size: int, scale: float, mode: str, roi: tuple[float, float] | None,
-                   device: torch.device) -> torch.Tensor:
+def _source_coords(
+    out_size: int, in_size: int, scale: float, mode: str, roi: tuple[float, float] | None, device: torch.device
+) -> torch.Tensor:
     x = torch.arange(out_size, dtype=torch.float64, device=device)
     out_width = scale * in_size
     if mode == "align_corners":
@@ -92,8 +99,10 @@ def _resize_axis(x: torch.Tensor, axis: int, out_size: int, scale: float, p: dic
         shape = [1] * x.dim()
         shape[axis] = out_size
         xf = x.to(torch.float64) if not x.is_floating_point() else x
-        taps = [xf.index_select(axis, i.clamp(0, last).to(torch.int64)) * w.to(xf.dtype).reshape(shape)
-                for w, i in zip(weights, idx)]
+        taps = [
+            xf.index_select(axis, i.clamp(0, last).to(torch.int64)) * w.to(xf.dtype).reshape(shape)
+            for w, i in zip(weights, idx)
+        ]
         out = taps[0]
         for tap in taps[1:]:
             out = out + tap
@@ -105,9 +114,15 @@ def _resize_axis(x: torch.Tensor, axis: int, out_size: int, scale: float, p: dic
     return out
 
 
-def _resize(x: torch.Tensor, roi: torch.Tensor | Sequence[float] | None, scales: torch.Tensor | Sequence[float] | None,
-            sizes: Ints | None, axes: list[int] | None,
-            policy: str, p: dict) -> torch.Tensor:
+def _resize(
+    x: torch.Tensor,
+    roi: torch.Tensor | Sequence[float] | None,
+    scales: torch.Tensor | Sequence[float] | None,
+    sizes: Ints | None,
+    axes: list[int] | None,
+    policy: str,
+    p: dict,
+) -> torch.Tensor:
     rank = x.dim()
     axes_l = [a + rank if a < 0 else a for a in axes] if axes else list(range(rank))
     scale_l = [float(s) for s in (scales.reshape(-1).tolist() if isinstance(scales, torch.Tensor) else scales or [])]
@@ -174,9 +189,16 @@ def _lower_resize(n: NodeContext) -> Value:
     if n.opset < 11:  # Resize-10: (X, scales), asymmetric coordinates
         return n.call(_resize, n.input(0), None, _vector(n, 1), None, None, "stretch", _params(n, True))
     axes = n.attr("axes")
-    return n.call(_resize, n.input(0), _vector(n, 1), _vector(n, 2), _vector(n, 3),
-                  None if axes is None else [int(a) for a in axes], n.attr("keep_aspect_ratio_policy", "stretch"),
-                  _params(n, False))
+    return n.call(
+        _resize,
+        n.input(0),
+        _vector(n, 1),
+        _vector(n, 2),
+        _vector(n, 3),
+        None if axes is None else [int(a) for a in axes],
+        n.attr("keep_aspect_ratio_policy", "stretch"),
+        _params(n, False),
+    )
 
 
 @op("Upsample", since=7, refuse=_refuse_resize)
@@ -185,8 +207,13 @@ def _lower_upsample(n: NodeContext) -> Value:
     return n.call(_resize, n.input(0), None, scales, None, None, "stretch", _params(n, True))
 
 
-_GRID_MODES = {"bilinear": "bilinear", "linear": "bilinear", "nearest": "nearest", "bicubic": "bicubic",
-               "cubic": "bicubic"}
+_GRID_MODES = {
+    "bilinear": "bilinear",
+    "linear": "bilinear",
+    "nearest": "nearest",
+    "bicubic": "bicubic",
+    "cubic": "bicubic",
+}
 
 
 def _refuse_grid_sample(n: NodeContext) -> str | None:
@@ -212,5 +239,6 @@ def _grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding: str, a
 @op("GridSample", since=16, refuse=_refuse_grid_sample)
 def _lower_grid_sample(n: NodeContext) -> Value:
     mode = _GRID_MODES[n.attr("mode", "bilinear" if n.opset < 20 else "linear")]
-    return n.call(_grid_sample, n.input(0), n.input(1), mode, n.attr("padding_mode", "zeros"),
-                  bool(n.attr("align_corners", 0)))
+    return n.call(
+        _grid_sample, n.input(0), n.input(1), mode, n.attr("padding_mode", "zeros"), bool(n.attr("align_corners", 0))
+    )

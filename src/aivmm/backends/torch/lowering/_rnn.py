@@ -22,18 +22,36 @@ _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}
 # Activations and how many of (alpha, beta) each consumes from activation_alpha / activation_beta.
 _ACT_PARAMS = {
-    "Sigmoid": 0, "Tanh": 0, "Relu": 0, "Softsign": 0, "Softplus": 0,
-    "LeakyRelu": 1, "ThresholdedRelu": 1, "Elu": 1, "HardSigmoid": 2, "Affine": 2, "ScaledTanh": 2,
+    "Sigmoid": 0,
+    "Tanh": 0,
+    "Relu": 0,
+    "Softsign": 0,
+    "Softplus": 0,
+    "LeakyRelu": 1,
+    "ThresholdedRelu": 1,
+    "Elu": 1,
+    "HardSigmoid": 2,
+    "Affine": 2,
+    "ScaledTanh": 2,
 }
-_ACT_DEFAULTS = {"LeakyRelu": (0.01, 0.0), "ThresholdedRelu": (1.0, 0.0), "Elu": (1.0, 0.0),
-                 "HardSigmoid": (0.2, 0.5), "Affine": (1.0, 0.0), "ScaledTanh": (1.0, 1.0)}
+_ACT_DEFAULTS = {
+    "LeakyRelu": (0.01, 0.0),
+    "ThresholdedRelu": (1.0, 0.0),
+    "Elu": (1.0, 0.0),
+    "HardSigmoid": (0.2, 0.5),
+    "Affine": (1.0, 0.0),
+    "ScaledTanh": (1.0, 1.0),
+}
 
 Act = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _activation(name: str, alpha: float, beta: float) -> Act:
     table: dict[str, Act] = {
-        "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Relu": torch.relu, "Softsign": F.softsign,
+        "Sigmoid": torch.sigmoid,
+        "Tanh": torch.tanh,
+        "Relu": torch.relu,
+        "Softsign": F.softsign,
         "Softplus": lambda x: torch.log1p(torch.exp(x)),
         "LeakyRelu": lambda x: F.leaky_relu(x, alpha),
         "ThresholdedRelu": lambda x: torch.where(x > alpha, x, torch.zeros_like(x)),
@@ -91,10 +109,23 @@ def _reverse_in_lengths(x: torch.Tensor, lens: torch.Tensor | None) -> torch.Ten
     return torch.gather(x, 0, idx)
 
 
-def _rnn_loop(kind: str, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor | None,
-              lens: torch.Tensor | None, h0: torch.Tensor | None, c0: torch.Tensor | None, p: torch.Tensor | None,
-              hidden: int, direction: str, acts: list[tuple[str, float, float]], clip: float | None,
-              linear_before_reset: bool, layout: int) -> tuple[torch.Tensor, ...]:
+def _rnn_loop(
+    kind: str,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    r: torch.Tensor,
+    b: torch.Tensor | None,
+    lens: torch.Tensor | None,
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    p: torch.Tensor | None,
+    hidden: int,
+    direction: str,
+    acts: list[tuple[str, float, float]],
+    clip: float | None,
+    linear_before_reset: bool,
+    layout: int,
+) -> tuple[torch.Tensor, ...]:
     x, w, r, b, h0, c0, p = same_device(x, w, r, b, h0, c0, p)
     if layout == 1:
         x = x.transpose(0, 1)
@@ -108,12 +139,12 @@ def _rnn_loop(kind: str, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, b: t
     ys, hs, cs = [], [], []
     for d in range(dirs):
         reverse = direction == "reverse" or d == 1
-        own = funcs[d * per_dir:(d + 1) * per_dir]  # _refuse_rnn checked there is one per gate function
+        own = funcs[d * per_dir : (d + 1) * per_dir]  # _refuse_rnn checked there is one per gate function
         f = own[0]
         g = own[1] if len(own) > 1 else f  # RNN has f alone, GRU f and g, LSTM f, g and h
         h_act = own[2] if len(own) > 2 else g
         bias = b[d] if b is not None else torch.zeros(2 * gates * hidden, dtype=x.dtype, device=x.device)
-        wb, rb = bias[: gates * hidden], bias[gates * hidden:]
+        wb, rb = bias[: gates * hidden], bias[gates * hidden :]
         h = h0[d] if h0 is not None else torch.zeros(batch, hidden, dtype=x.dtype, device=x.device)
         c = c0[d] if c0 is not None else torch.zeros(batch, hidden, dtype=x.dtype, device=x.device)
         xs = _reverse_in_lengths(x, lens) if reverse else x
@@ -172,8 +203,16 @@ def _rnn_loop(kind: str, x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, b: t
     return y_all, h_all, c_all
 
 
-def _fused(kind: str, x: torch.Tensor, params: list[torch.Tensor], h0: torch.Tensor | None,
-           c0: torch.Tensor | None, hidden: int, bidirectional: bool, layout: int) -> tuple[torch.Tensor, ...]:
+def _fused(
+    kind: str,
+    x: torch.Tensor,
+    params: list[torch.Tensor],
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    hidden: int,
+    bidirectional: bool,
+    layout: int,
+) -> tuple[torch.Tensor, ...]:
     dirs = 2 if bidirectional else 1
     x, h0, c0 = same_device(x, h0, c0)
     params = [t.to(x.device) for t in params]
@@ -209,7 +248,7 @@ def _torch_params(kind: str, w: torch.Tensor, r: torch.Tensor, b: torch.Tensor |
     params = []
     for d in range(w.shape[0]):
         bias = b[d] if b is not None else torch.zeros(2 * gates * hidden, dtype=w.dtype)
-        params += [reorder(w[d]), reorder(r[d]), reorder(bias[: gates * hidden]), reorder(bias[gates * hidden:])]
+        params += [reorder(w[d]), reorder(r[d]), reorder(bias[: gates * hidden]), reorder(bias[gates * hidden :])]
     return params
 
 
@@ -231,12 +270,36 @@ def _lower_rnn(n: NodeContext) -> list[Value]:
     if isinstance(p, torch.Tensor) and not bool(p.any()):
         p = None  # all-zero peepholes change nothing
     default_acts = all(a[0] == d for a, d in zip(acts, _DEFAULT_ACTS[kind] * dirs))
-    fusable = (kind in ("LSTM", "GRU") and default_acts and clip is None and p is None and lens is None
-               and (kind == "LSTM" or lbr) and direction != "reverse")
+    fusable = (
+        kind in ("LSTM", "GRU")
+        and default_acts
+        and clip is None
+        and p is None
+        and lens is None
+        and (kind == "LSTM" or lbr)
+        and direction != "reverse"
+    )
     if fusable and isinstance(w, torch.Tensor) and isinstance(r, torch.Tensor) and not isinstance(b, fx.Node):
         params = _torch_params(kind, w, r, b, hidden)  # folded now: the weights are constants
         outs = n.call_multi(_fused, 3, kind, x, params, h0, c0, hidden, dirs == 2, layout)
     else:
-        outs = n.call_multi(_rnn_loop, 3, kind, x, w, r, b, lens, h0, c0, p, hidden, direction, acts,
-                            None if clip is None else float(clip), lbr, layout)
+        outs = n.call_multi(
+            _rnn_loop,
+            3,
+            kind,
+            x,
+            w,
+            r,
+            b,
+            lens,
+            h0,
+            c0,
+            p,
+            hidden,
+            direction,
+            acts,
+            None if clip is None else float(clip),
+            lbr,
+            layout,
+        )
     return outs[: 3 if kind == "LSTM" else 2]

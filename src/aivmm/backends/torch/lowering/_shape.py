@@ -153,8 +153,14 @@ def _slice(x: torch.Tensor, starts: Ints, ends: Ints, axes: Ints | None, steps: 
 def _lower_slice(n: NodeContext) -> Value:
     if n.opset < 10:
         axes = n.attr("axes")
-        return n.call(_slice, n.input(0), tuple(n.attr("starts")), tuple(n.attr("ends")),
-                      None if axes is None else tuple(axes), None)
+        return n.call(
+            _slice,
+            n.input(0),
+            tuple(n.attr("starts")),
+            tuple(n.attr("ends")),
+            None if axes is None else tuple(axes),
+            None,
+        )
     axes = n.ints(3) if n.has_input(3) else None
     steps = n.ints(4) if n.has_input(4) else None
     return n.call(_slice, n.input(0), n.ints(1), n.ints(2), axes, steps)
@@ -170,7 +176,7 @@ def _gather(x: torch.Tensor, idx: torch.Tensor, axis: int) -> torch.Tensor:
     axis = norm_axis(axis, x.dim())
     idx = _wrap_negative(idx, x.shape[axis])
     out = x.index_select(axis, idx.reshape(-1))
-    return out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))
+    return out.reshape(tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1 :]))
 
 
 @op("Gather", since=1)
@@ -195,11 +201,11 @@ def _gather_nd(x: torch.Tensor, idx: torch.Tensor, batch_dims: int) -> torch.Ten
     batch = math.prod(x.shape[:batch_dims])
     xf = x.reshape((batch, *x.shape[batch_dims:]))
     idxf = idx.to(torch.int64).reshape(batch, -1, k)
-    dims = torch.tensor(x.shape[batch_dims:batch_dims + k], device=idx.device, dtype=torch.int64)
+    dims = torch.tensor(x.shape[batch_dims : batch_dims + k], device=idx.device, dtype=torch.int64)
     idxf = torch.where(idxf < 0, idxf + dims, idxf)
     bi = torch.arange(batch, device=idx.device).view(batch, 1).expand(batch, idxf.shape[1])
     out = xf[(bi, *idxf.unbind(-1))]
-    return out.reshape(tuple(idx.shape[:-1]) + tuple(x.shape[batch_dims + k:]))
+    return out.reshape(tuple(idx.shape[:-1]) + tuple(x.shape[batch_dims + k :]))
 
 
 @op("GatherND", since=11)
@@ -220,7 +226,7 @@ def _scatter_nd(x: torch.Tensor, idx: torch.Tensor, upd: torch.Tensor, reduction
     if reduction in ("none", "add"):
         out.index_put_(tuple(idx.unbind(-1)), upd, accumulate=reduction == "add")
         return out
-    strides = torch.tensor([math.prod(x.shape[j + 1:k]) for j in range(k)], device=idx.device, dtype=torch.int64)
+    strides = torch.tensor([math.prod(x.shape[j + 1 : k]) for j in range(k)], device=idx.device, dtype=torch.int64)
     lin = (idx * strides).sum(-1).reshape(-1)
     flat = out.reshape(math.prod(x.shape[:k]), -1)
     flat.index_reduce_(0, lin, upd.reshape(lin.numel(), -1), _REDUCE_INDEX[reduction], include_self=True)
@@ -251,8 +257,9 @@ def _scatter_elements(x: torch.Tensor, idx: torch.Tensor, upd: torch.Tensor, axi
 
 @op("ScatterElements", "Scatter", since=9, refuse=_refuse_reduction)
 def _lower_scatter_elements(n: NodeContext) -> Value:
-    return n.call(_scatter_elements, n.input(0), n.input(1), n.input(2), int(n.attr("axis", 0)),
-                  n.attr("reduction", "none"))
+    return n.call(
+        _scatter_elements, n.input(0), n.input(1), n.input(2), int(n.attr("axis", 0)), n.attr("reduction", "none")
+    )
 
 
 def _expand(x: torch.Tensor, shape: Ints) -> torch.Tensor:
@@ -325,8 +332,7 @@ def _lower_pad(n: NodeContext) -> Value:
     return n.call(_pad, n.input(0), n.ints(1), value, axes, mode)
 
 
-def _constant_of_shape(shape: Ints, fill: float | int | bool, dtype: torch.dtype,
-                       anchor: torch.Tensor) -> torch.Tensor:
+def _constant_of_shape(shape: Ints, fill: float | int | bool, dtype: torch.dtype, anchor: torch.Tensor) -> torch.Tensor:
     return torch.full(as_ints(shape), fill, dtype=dtype, device=anchor.device)
 
 
@@ -354,8 +360,9 @@ def _lower_constant_of_shape(n: NodeContext) -> Value:
     return n.call(_host_constant_of_shape, shape, fill, value.dtype)  # integer fills are shape arithmetic
 
 
-def _range(start: torch.Tensor | float, limit: torch.Tensor | float, delta: torch.Tensor | float,
-           like: torch.Tensor) -> torch.Tensor:
+def _range(
+    start: torch.Tensor | float, limit: torch.Tensor | float, delta: torch.Tensor | float, like: torch.Tensor
+) -> torch.Tensor:
     vals = [v.reshape(-1)[0].item() if isinstance(v, torch.Tensor) else v for v in (start, limit, delta)]
     s, lim, d = vals
     count = max(math.ceil((lim - s) / d), 0)
@@ -425,8 +432,14 @@ def _arg(x: torch.Tensor, axis: int, keepdims: bool, last: bool, is_max: bool) -
 
 @op("ArgMax", "ArgMin", since=1)
 def _lower_arg(n: NodeContext) -> Value:
-    return n.call(_arg, n.input(0), int(n.attr("axis", 0)), bool(n.attr("keepdims", 1)),
-                  bool(n.attr("select_last_index", 0)), n.op_type == "ArgMax")
+    return n.call(
+        _arg,
+        n.input(0),
+        int(n.attr("axis", 0)),
+        bool(n.attr("keepdims", 1)),
+        bool(n.attr("select_last_index", 0)),
+        n.op_type == "ArgMax",
+    )
 
 
 def _one_hot(idx: torch.Tensor, depth: torch.Tensor | float, values: torch.Tensor, axis: int) -> torch.Tensor:
@@ -550,8 +563,7 @@ def _reverse_sequence(x: torch.Tensor, lens: torch.Tensor, batch_axis: int, time
 
 @op("ReverseSequence", since=10)
 def _lower_reverse_sequence(n: NodeContext) -> Value:
-    return n.call(_reverse_sequence, n.input(0), n.input(1), int(n.attr("batch_axis", 1)),
-                  int(n.attr("time_axis", 0)))
+    return n.call(_reverse_sequence, n.input(0), n.input(1), int(n.attr("batch_axis", 1)), int(n.attr("time_axis", 0)))
 
 
 def _det(x: torch.Tensor) -> torch.Tensor:

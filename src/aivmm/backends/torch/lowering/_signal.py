@@ -12,8 +12,9 @@ from aivmm.backends.torch.lowering._node import NodeContext, Value, norm_axis
 from aivmm.backends.torch.lowering._registry import op
 
 
-def _dft(x: torch.Tensor, length: torch.Tensor | int | None, axis: torch.Tensor | int, inverse: bool,
-         onesided: bool) -> torch.Tensor:
+def _dft(
+    x: torch.Tensor, length: torch.Tensor | int | None, axis: torch.Tensor | int, inverse: bool, onesided: bool
+) -> torch.Tensor:
     if isinstance(length, torch.Tensor):
         length = int(length.reshape(-1)[0].item())
     if isinstance(axis, torch.Tensor):
