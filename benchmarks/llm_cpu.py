@@ -13,6 +13,9 @@ aivmm runs decode shapes that recur on fixed-shape sessions (built in the backgr
 ``aivmm.llm._runners.FixedShapes``): the measured rounds follow a warm-up round (and each stream
 count a warm-up load) after which those are built, as in a server that has been running;
 ``aivmm_symbolic`` is the same model and scheduler with every step on the symbolic session.
+The stream loads run as planned (``streams``) and with the other split-decode choice
+(``streams_whole`` when the plan splits decode steps across cores, ``streams_split`` when it does
+not; ``--no-split-compare`` skips that).
 
     python benchmarks/llm_cpu.py [--rounds 7] [--tokens 128] [--streams 1,4,16] [--duration 4]
 """
@@ -219,23 +222,40 @@ def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pa
     )
     from aivmm.llm._bench import closed_loop
 
-    streams = {}
+    split = llm.generation_plan.split
+    runner = llm._runner
+    # the other choice for comparison, in the same run: steps whole when the plan splits them, or
+    # split from 2 rows when the plan runs them whole (if there are cores to split over)
+    other = None
+    if args.split_compare and split is not None and split.groups > 1:
+        other = ("whole", None) if split.min_rows is not None else ("split", 2)
+    loads: dict[str, dict[str, Any]] = {"streams": {}}
+    if other is not None:
+        loads[f"streams_{other[0]}"] = {}
     for c in args.streams:
-        # a warm-up load first: the shapes of c rows recur, and their sessions are built meanwhile
-        closed_loop(llm, c, min(2.0, args.duration), prompt_tokens=args.prompt, new_tokens=n)
-        if fixed is not None:
-            fixed.wait_idle(120)
-        r = closed_loop(llm, c, args.duration, prompt_tokens=args.prompt, new_tokens=n)
-        streams[str(c)] = {
-            "tokens_per_s": round(r.tokens_per_s, 1),
-            "requests": r.requests,
-            "errors": r.errors,
-            "tpot_p50_ms": round(r.pct(r.tpot_s, 50), 4),
-            "ttft_p50_ms": round(r.pct(r.ttft_s, 50), 3),
-        }
-    base = streams[str(args.streams[0])]["tokens_per_s"]
-    for v in streams.values():
-        v["x_of_first"] = round(v["tokens_per_s"] / base, 2) if base else None
+        for key in loads:
+            if key != "streams" and other is not None:
+                runner.split_rows(split.groups, other[1])
+            try:
+                # a warm-up load first: the shapes of c rows recur, and their sessions are built meanwhile
+                closed_loop(llm, c, min(2.0, args.duration), prompt_tokens=args.prompt, new_tokens=n)
+                if fixed is not None:
+                    fixed.wait_idle(120)
+                r = closed_loop(llm, c, args.duration, prompt_tokens=args.prompt, new_tokens=n)
+            finally:
+                if split is not None and split.groups > 1:
+                    runner.split_rows(split.groups, split.min_rows)
+            loads[key][str(c)] = {
+                "tokens_per_s": round(r.tokens_per_s, 1),
+                "requests": r.requests,
+                "errors": r.errors,
+                "tpot_p50_ms": round(r.pct(r.tpot_s, 50), 4),
+                "ttft_p50_ms": round(r.pct(r.ttft_s, 50), 3),
+            }
+    for streams in loads.values():
+        base = streams[str(args.streams[0])]["tokens_per_s"]
+        for v in streams.values():
+            v["x_of_first"] = round(v["tokens_per_s"] / base, 2) if base else None
     shapes = sorted(f"{b}x{m}" for b, m in fixed.ready) if fixed is not None else []
     vmm.close()
     return {
@@ -248,7 +268,8 @@ def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pa
         "aivmm_symbolic_only_over_genai": round(ratio_sym_genai, 3),
         "fixed_shape_sessions": shapes,
         "same_tokens_all_three": same,
-        "streams": streams,
+        "split": None if split is None else split.to_json(),
+        **loads,
     }
 
 
@@ -261,6 +282,12 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--models", default="llama,gpt2")
     ap.add_argument("--out", type=pathlib.Path, default=None, help="write the JSON here too")
+    ap.add_argument(
+        "--no-split-compare",
+        dest="split_compare",
+        action="store_false",
+        help="do not also load the model with the other split-decode choice (whole steps if the plan splits)",
+    )
     args = ap.parse_args()
     args.streams = [int(s) for s in args.streams.split(",")]
     builders = {"llama": _llm_models.build_tiny_llama, "gpt2": _llm_models.build_tiny_gpt2}

@@ -36,6 +36,8 @@ OPTIONS = {
     "prefix_cache_blocks": 256,  # 0 disables prefix reuse
     "prefill_chunk_tokens": 256,  # a longer prompt prefills in chunks between decode steps; None: whole
     "fixed_shape_sessions": 32,  # decode sessions specialised to a recurring shape (small models); 0: none
+    "decode_cores": None,  # cores a decode step may split its rows over; None: the CPUs this process may use
+    "split_decode_rows": None,  # steps of >= N rows run as row groups, one per core; None: measured; 0: never
 }
 # Fixed-shape sessions pay off where the graph's shape arithmetic is a large part of a step (small
 # decoders); each one holds its own pre-packed copy of the weights, so bigger models do without and
@@ -475,9 +477,11 @@ def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -
         ("kv_cache_tokens", 1),
         ("fixed_shape_sessions", 0),
         ("prefill_chunk_tokens", 1),
+        ("decode_cores", 1),
+        ("split_decode_rows", 0),
     ):
         v = options[key]
-        if v is None and key in ("kv_cache_tokens", "prefill_chunk_tokens"):
+        if v is None and key in ("kv_cache_tokens", "prefill_chunk_tokens", "decode_cores", "split_decode_rows"):
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ConfigError(f"LLM option {key} must be an integer >= {low}, got {v!r}")
@@ -487,7 +491,8 @@ def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -
         raise FallbackError(unapplied)
     path, spec = src.path, src.spec
     name = name or (path.name if path.is_dir() else spec.name)
-    gplan, runner = src.plan(int(options["max_batch_size"] or 1))
+    cores, why = decode_cores(options["decode_cores"], vmm.engine.ledger, src.device)
+    gplan, runner = src.plan(int(options["max_batch_size"] or 1), cores, why, options["split_decode_rows"])
     plan = _as_plan(spec, gplan, [*src.notes, unapplied] if unapplied else src.notes)
     return DeployedLLM(vmm, name, spec, plan, gplan, runner, src.layout, src.folder, options, src.device)
 
@@ -506,7 +511,9 @@ class _Source:
     device: str
     notes: list[str]
 
-    def plan(self, batch: int) -> tuple[GenerationPlan, Any]:
+    def plan(
+        self, batch: int, cores: int = 1, cores_why: str = "", split_rows: int | None = None
+    ) -> tuple[GenerationPlan, Any]:
         return plan_generation(
             self.file,
             self.layout,
@@ -514,7 +521,28 @@ class _Source:
             device=self.device,
             batch=batch,
             backends=("torch",) if self.hf else DEFAULT_BACKENDS,
+            cores=cores,
+            cores_why=cores_why,
+            split_rows=split_rows,
         )
+
+
+def decode_cores(given: int | None, ledger: Any, device: str) -> tuple[int, str]:
+    """How many cores a decode step may split its rows over, and why that many: the
+    ``decode_cores`` option, else the CPUs this process may run on, but one while other models
+    hold memory on ``device`` in the ledger (their sessions run on the same cores)."""
+    if given is not None:
+        return int(given), f"decode_cores={given}"
+    try:
+        n = len(os.sched_getaffinity(0))
+        where = "CPUs this process may run on"
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+        where = "CPUs of the machine"
+    held = sorted({e.key.split("/")[0] for e in ledger.entries(device)}) if ledger is not None else []
+    if held and n > 1:
+        return 1, f"{n} {where}, but other models share them ({', '.join(held[:3])}); decode_cores sets it"
+    return n, f"{n} {where}"
 
 
 def _source(model: str | os.PathLike[str], devices: Sequence[Any], options: DeployOptions) -> _Source:
@@ -574,7 +602,8 @@ def plan_llm(
     and why), the KV layout, and the notes deploy adds (fixed-shape decode sessions, device
     fallbacks)."""
     src = _source(model, devices, options or DeployOptions())
-    gplan, runner = src.plan(batch)
+    cores, why = decode_cores(None, None, src.device)
+    gplan, runner = src.plan(batch, cores, why)
     notes = list(src.notes)
     weights = src.spec.size_bytes if src.path.is_dir() else _file_bytes(src.file)
     note = _fixed_shape_note(runner, int(OPTIONS["fixed_shape_sessions"] or 0), weights)

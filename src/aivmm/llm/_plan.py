@@ -46,6 +46,8 @@ class StepCost:
     batched_ms: float | None = None  # the reference generation per sequence when ``batch`` share steps
     load_s: float = 0.0
     error: str | None = None
+    # ms per decode step at ``batched[0]`` rows run as row groups on several cores (SplitDecision)
+    batched_split_ms: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class StepCost:
             "generation_ms": _r(self.generation_ms),
             "batched": None if self.batched is None else {"batch": self.batched[0], "step_ms": _r(self.batched[1])},
             "batched_ms": _r(self.batched_ms),
+            "batched_split_ms": _r(self.batched_split_ms),
             "score_ms": _r(self.score_ms),
             "load_s": round(self.load_s, 3),
             "error": self.error,
@@ -85,11 +88,40 @@ class StepCost:
             f"{self.label}: prefill {self.prefill_ms:.3f} ms; decode ms/step "
             f"{dec}; reference generation {self.generation_ms:.2f} ms"
             + (
-                f"; batch {self.batched[0]}: {self.batched[1]:.3f} ms/step, {self.batched_ms:.2f} ms per sequence"
+                f"; batch {self.batched[0]}: {self.batched[1]:.3f} ms/step"
+                + ("" if self.batched_split_ms is None else f" ({self.batched_split_ms:.3f} split across cores)")
+                + f", {self.batched_ms:.2f} ms per sequence"
                 if self.batched is not None and self.batched_ms is not None
                 else ""
             )
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitDecision:
+    """Whether decode steps run as row groups on several cores at once, and the figures why.
+
+    A step of at least ``min_rows`` rows runs as ``groups`` row groups concurrently, one per core,
+    each on one intra-op thread (``aivmm.llm._split``); ``min_rows`` None: every step runs whole.
+    ``steps`` holds what was measured on the chosen runner: (rows, ms per step whole, ms split).
+    """
+
+    groups: int
+    min_rows: int | None
+    cores: int
+    steps: tuple[tuple[int, float, float], ...] = ()
+    pool: tuple[int, float] | None = None  # (rows, ms per step) on the runtime's own thread pool
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "groups": self.groups,
+            "min_rows": self.min_rows,
+            "cores": self.cores,
+            "steps": [{"rows": b, "whole_ms": _r(w), "split_ms": _r(x)} for b, w, x in self.steps],
+            "pool": None if self.pool is None else {"rows": self.pool[0], "step_ms": _r(self.pool[1])},
+            "reason": self.reason,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +134,7 @@ class GenerationPlan:
     prompt_tokens: int
     new_tokens: int
     measured: bool
+    split: SplitDecision | None = None  # None: the runner cannot split its steps
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +143,7 @@ class GenerationPlan:
             "reasons": list(self.reasons),
             "reference": {"prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens},
             "measured": self.measured,
+            "split": None if self.split is None else self.split.to_json(),
         }
 
     def explain(self) -> str:
@@ -130,14 +164,56 @@ def _interp(points: Sequence[tuple[int, float]], x: float) -> float:
 
 
 def _round_cost(sample: Any, prompt: int, new: int, batch: int) -> float:
-    prefill, decode, step_n = sample
+    prefill, decode, step_n, split = sample
     alone = generation_cost(prefill, decode, prompt, new)
-    return alone if step_n is None else (alone + prefill + (new - 1) * step_n / batch) / 2
+    if step_n is None:
+        return alone
+    step = step_n if split is None else min(step_n, split)
+    return (alone + prefill + (new - 1) * step / batch) / 2
 
 
 def generation_cost(prefill_ms: float, decode: Sequence[tuple[int, float]], prompt: int, new: int) -> float:
     """Prefill plus one decode step per further token at the past length it runs at."""
     return prefill_ms + sum(_interp(decode, prompt + t) for t in range(max(0, new - 1)))
+
+
+class _Buffers:
+    """KV sides and logits for measuring steps of up to ``rows`` rows and ``ctx`` tokens."""
+
+    def __init__(self, runner: Any, layout: KVLayout, rows: int, ctx: int) -> None:
+        self.sides = _Sides(layout, rows, ctx, getattr(runner, "register", None))
+        for side in self.sides.bufs:
+            for b in side:
+                b[:] = 0
+        self.logits = np.empty(max(ctx, rows) * layout.vocab_size, dtype=runner.logits_dtype)
+        self.ones = np.ones(rows * (ctx + 1), dtype=np.int64)
+
+
+def decode_step_ms(runner: Any, bufs: _Buffers, past: int, rows: int, n: int) -> float:
+    """Median ms of ``n`` decode steps of ``rows`` rows as the scheduler runs them: a bucketed
+    static past, the same buffers every step (after one step that binds)."""
+    m = -(-(past + 1) // BUCKET) * BUCKET
+    ids = np.ones((rows, 1), dtype=np.int64)
+    pos = np.full((rows, 1), past, dtype=np.int64)
+    mask = np.zeros((rows, m + 1), dtype=np.int64)
+    mask[:, :past] = 1
+    mask[:, m] = 1
+    past_ptrs, present_ptrs = tuple(bufs.sides.ptrs[0]), tuple(bufs.sides.ptrs[1])
+    times = []
+    for _ in range(n + 1):
+        t = time.perf_counter()
+        runner.run(rows, m, 1, ids, pos, mask, past_ptrs, present_ptrs, bufs.logits)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times[1:])
+
+
+def _split_step_ms(runner: Any, bufs: _Buffers, past: int, rows: int, n: int, groups: int) -> float:
+    """``decode_step_ms`` with the step run as ``groups`` row groups; the runner is left unsplit."""
+    runner.split_rows(groups, rows)
+    try:
+        return decode_step_ms(runner, bufs, past, rows, n)
+    finally:
+        runner.split_rows(groups, None)
 
 
 def measure(
@@ -148,49 +224,33 @@ def measure(
     past_lengths: Sequence[int],
     repeats: int = 15,
     batch: int = 1,
-) -> tuple[float, tuple[tuple[int, float], ...], float | None]:
+    split_groups: int = 1,
+) -> tuple[float, tuple[tuple[int, float], ...], float | None, float | None]:
     """Median prefill ms at ``prompt_tokens``, median decode ms per step at each past length, and
-    (``batch`` > 1) the decode step of ``batch`` rows at the middle past length."""
+    (``batch`` > 1) the decode step of ``batch`` rows at the middle past length, whole and (with
+    ``split_groups`` > 1, on a runner that splits) as that many row groups at once."""
     ctx = max(prompt_tokens, *past_lengths) + BUCKET + 1
-    sides = _Sides(layout, batch, ctx, getattr(runner, "register", None))
-    for side in sides.bufs:
-        for b in side:
-            b[:] = 0
-    v = layout.vocab_size
-    logits = np.empty(max(ctx, batch) * v, dtype=runner.logits_dtype)
-    ones = np.ones(batch * (ctx + 1), dtype=np.int64)
+    bufs = _Buffers(runner, layout, batch, ctx)
 
-    def once(past: int, seq: int, rows: int = 1) -> float:
-        ids = np.ones((rows, seq), dtype=np.int64)
-        pos = np.tile(np.arange(past, past + seq, dtype=np.int64), (rows, 1))
-        mask = ones[: rows * (past + seq)].reshape(rows, past + seq)
+    def once(past: int, seq: int) -> float:
+        ids = np.ones((1, seq), dtype=np.int64)
+        pos = np.arange(past, past + seq, dtype=np.int64).reshape(1, seq)
+        mask = bufs.ones[: past + seq].reshape(1, past + seq)
         t = time.perf_counter()
-        runner.run(rows, past, seq, ids, pos, mask, sides.ptrs[0], sides.ptrs[1], logits)
+        runner.run(1, past, seq, ids, pos, mask, bufs.sides.ptrs[0], bufs.sides.ptrs[1], bufs.logits)
         return (time.perf_counter() - t) * 1e3
-
-    def decode_steps(past: int, rows: int, n: int) -> float:
-        # as the scheduler decodes: a bucketed static past, the same buffers every step
-        m = -(-(past + 1) // BUCKET) * BUCKET
-        ids = np.ones((rows, 1), dtype=np.int64)
-        pos = np.full((rows, 1), past, dtype=np.int64)
-        mask = np.zeros((rows, m + 1), dtype=np.int64)
-        mask[:, :past] = 1
-        mask[:, m] = 1
-        past_ptrs, present_ptrs = tuple(sides.ptrs[0]), tuple(sides.ptrs[1])
-        times = []
-        for _ in range(n + 1):
-            t = time.perf_counter()
-            runner.run(rows, m, 1, ids, pos, mask, past_ptrs, present_ptrs, logits)
-            times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times[1:])
 
     once(0, prompt_tokens)
     prefill = statistics.median(once(0, prompt_tokens) for _ in range(max(3, repeats // 5)))
-    decode = [(past, decode_steps(past, 1, repeats)) for past in past_lengths]
-    batched = None
+    decode = [(past, decode_step_ms(runner, bufs, past, 1, repeats)) for past in past_lengths]
+    batched = split = None
     if batch > 1:
-        batched = decode_steps(past_lengths[len(past_lengths) // 2], batch, max(5, repeats // 2))
-    return prefill, tuple(decode), batched
+        mid = past_lengths[len(past_lengths) // 2]
+        n = max(5, repeats // 2)
+        batched = decode_step_ms(runner, bufs, mid, batch, n)
+        if split_groups > 1 and hasattr(runner, "split_rows"):
+            split = _split_step_ms(runner, bufs, mid, batch, n, split_groups)
+    return prefill, tuple(decode), batched, split
 
 
 def plan_generation(
@@ -204,12 +264,18 @@ def plan_generation(
     past_lengths: Sequence[int] | None = None,
     backends: Sequence[str] = DEFAULT_BACKENDS,
     batch: int = 1,
+    cores: int = 1,
+    cores_why: str = "",
+    split_rows: int | None = None,
 ) -> tuple[GenerationPlan, Any]:
     """The generation plan and the loaded runner it chose.
 
     ``options`` is the deploy's DeployOptions, passed whole: its ``backend`` pins the runner (with
     ``strict`` a runner this model lacks is a FallbackError) and ``measure=False`` takes the first
-    runner that loads. ``device`` is where generation runs (the deploy resolved it).
+    runner that loads. ``device`` is where generation runs (the deploy resolved it). ``cores``
+    (``cores_why`` says where the count comes from) is how many cores a decode step may split its
+    rows over; ``split_rows`` None decides by measurement, 0 never splits, N splits steps of at
+    least N rows whatever was measured.
     """
     backend, strict, do_measure = options.backend, options.strict, options.measure
     ctx = layout.context_length
@@ -246,17 +312,25 @@ def plan_generation(
             break
     # Rounds interleave the candidates so that load from other processes hits them alike; each
     # figure is the median over rounds.
-    samples: dict[int, list[tuple[float, tuple[tuple[int, float], ...], float | None]]] = {}
+    samples: dict[int, list[tuple[float, tuple[tuple[int, float], ...], float | None, float | None]]] = {}
     failed: dict[int, str] = {}
     pruned: set[int] = set()
+    may_split = cores >= 2 and split_rows != 0 and batch >= 2
     for rnd in range(ROUNDS if do_measure else 0):
-        for i, (_name, _threads, runner, _load) in enumerate(loaded):
+        for i, (_name, threads, runner, _load) in enumerate(loaded):
             if i in failed or (rnd and i in pruned):
                 continue
             try:
                 samples.setdefault(i, []).append(
                     measure(
-                        runner, layout, prompt_tokens=prompt_tokens, past_lengths=past_lengths, batch=batch, repeats=7
+                        runner,
+                        layout,
+                        prompt_tokens=prompt_tokens,
+                        past_lengths=past_lengths,
+                        batch=batch,
+                        repeats=7,
+                        # one thread per group: a runtime pool already spreads a step over the cores
+                        split_groups=cores if may_split and threads == 1 else 1,
                     )
                 )
             except AivmmError as exc:
@@ -278,10 +352,15 @@ def plan_generation(
         decode = tuple((past, statistics.median(g[1][j][1] for g in got)) for j, past in enumerate(past_lengths))
         steps = [g[2] for g in got if g[2] is not None]
         step_n = statistics.median(steps) if steps else None
+        splits = [g[3] for g in got if g[3] is not None]
+        split_n = statistics.median(splits) if splits else None
         cost = generation_cost(prefill, decode, prompt_tokens, new_tokens)
-        per_seq = None if step_n is None else prefill + (new_tokens - 1) * step_n / batch
+        step = step_n if step_n is None or split_n is None else min(step_n, split_n)
+        per_seq = None if step is None else prefill + (new_tokens - 1) * step / batch
         batched = None if step_n is None else (batch, step_n)
-        results.append(StepCost(name, device, "fp32", threads, prefill, decode, cost, batched, per_seq, load_s))
+        results.append(
+            StepCost(name, device, "fp32", threads, prefill, decode, cost, batched, per_seq, load_s, None, split_n)
+        )
         runners[results[-1].label] = runner
     ok = [r for r in results if r.error is None]
     if not ok:
@@ -304,5 +383,102 @@ def plan_generation(
         if r.error:
             reasons.append(f"{r.label} rejected: {r.error}")
     chosen = runners.pop(best.label)
-    runners.clear()  # the other sessions go now, not when the plan is collected
-    return GenerationPlan(best, tuple(results), tuple(reasons), prompt_tokens, new_tokens, measured), chosen
+    for _name, _threads, other, _load in loaded:  # the other sessions (and split workers) go now
+        if other is not chosen and hasattr(other, "close"):
+            other.close()
+    runners.clear()
+    split = None
+    if hasattr(chosen, "split_rows"):
+        pool = next((r.batched for r in ok if r.backend == best.backend and r.threads is None and r.batched), None)
+        split = decide_split(chosen, layout, best, cores, cores_why, split_rows, batch, past_lengths, measured, pool)
+        reasons.append(split.reason)
+    plan = GenerationPlan(best, tuple(results), tuple(reasons), prompt_tokens, new_tokens, measured, split)
+    return plan, chosen
+
+
+SPLIT_WIN = 0.9  # a split step must measure at most this fraction of the whole step to be taken
+SPLIT_ROUNDS = 3
+
+
+def decide_split(
+    runner: Any,
+    layout: KVLayout,
+    chosen: StepCost,
+    cores: int,
+    cores_why: str,
+    split_rows: int | None,
+    batch: int,
+    past_lengths: Sequence[int],
+    measured: bool,
+    pool: tuple[int, float] | None,
+) -> SplitDecision:
+    """Whether (and from how many rows) the chosen runner's decode steps split across the cores;
+    applies the decision to ``runner``. Measured by batch size: the whole step against the step
+    as ``cores`` row groups at 2, 4, 8, ... rows up to ``batch``, in interleaved rounds."""
+    groups = max(1, cores)
+    where = f" ({cores_why})" if cores_why else ""
+    if split_rows == 0:
+        return SplitDecision(groups, None, cores, reason="decode steps run whole: split_decode_rows=0")
+    if cores < 2:
+        return SplitDecision(1, None, cores, reason=f"decode steps run whole: 1 core to run them on{where}")
+    if batch < 2:
+        return SplitDecision(groups, None, cores, reason="decode steps run whole: the decode batch holds 1 row")
+    if split_rows is not None:
+        runner.split_rows(groups, split_rows)
+        return SplitDecision(
+            groups,
+            max(groups, split_rows),
+            cores,
+            reason=f"decode steps of >= {max(groups, split_rows)} rows run as {groups} row groups on {groups} "
+            f"cores{where}: split_decode_rows={split_rows} (not measured)",
+        )
+    if not measured:
+        return SplitDecision(groups, None, cores, reason="decode steps run whole: not measured (measure=False)")
+    if chosen.threads != 1:
+        return SplitDecision(
+            groups,
+            None,
+            cores,
+            pool=pool,
+            reason=f"decode steps run whole: {chosen.label} runs each step on the runtime's thread pool "
+            "(row groups split steps of one-thread runners)",
+        )
+    sizes = sorted({*(s for s in (2, 4, 8, 16, 32, 64, 128) if groups <= s < batch), batch})
+    mid = past_lengths[len(past_lengths) // 2]
+    bufs = _Buffers(runner, layout, batch, mid + 2 * BUCKET + 1)
+    whole: dict[int, list[float]] = {s: [] for s in sizes}
+    split: dict[int, list[float]] = {s: [] for s in sizes}
+    for _ in range(SPLIT_ROUNDS):
+        for s in sizes:
+            whole[s].append(decode_step_ms(runner, bufs, mid, s, 5))
+            split[s].append(_split_step_ms(runner, bufs, mid, s, 5, groups))
+    steps = tuple((s, statistics.median(whole[s]), statistics.median(split[s])) for s in sizes)
+    min_rows = None
+    for s, w, x in reversed(steps):  # the smallest size from which every larger one wins split
+        if x > SPLIT_WIN * w:
+            break
+        min_rows = s
+    alt = "" if pool is None else f"; the runtime's {cores}-thread pool: batch-{pool[0]} step {pool[1]:.3f} ms"
+    big, w, x = steps[-1]
+    if min_rows is None:
+        return SplitDecision(
+            groups,
+            None,
+            cores,
+            steps,
+            pool,
+            f"decode steps run whole: split into {groups} row groups no measured batch ran faster (batch-{big} "
+            f"step {x:.3f} ms split vs {w:.3f} ms whole{alt})",
+        )
+    runner.split_rows(groups, min_rows)
+    return SplitDecision(
+        groups,
+        min_rows,
+        cores,
+        steps,
+        pool,
+        f"decode steps of >= {min_rows} rows run as {groups} row groups on {groups} cores{where}: batch-{big} "
+        f"step {x:.3f} ms vs {w:.3f} ms whole{alt} ("
+        + ", ".join(f"{b}: {xs:.3f}/{ws:.3f}" for b, ws, xs in steps)
+        + " ms split/whole)",
+    )

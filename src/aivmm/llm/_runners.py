@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from aivmm.errors import BackendUnavailableError, ExecutionError, OutOfMemoryError, missing_extra
+from aivmm.llm._split import NEVER, RowGroups
 from aivmm.llm._types import KVLayout
 
 
@@ -148,6 +149,10 @@ class OrtRunner:
         self.branch_ptr = self._branch.ctypes.data
         self._main = _Binding(self.session)
         self.fixed: FixedShapes | None = None
+        self.split: RowGroups | None = None  # decode steps run as concurrent row groups (split_rows)
+        self._group_main: list[_Binding] = []  # group g's binding of the symbolic session
+        self._group_fixed: dict[tuple[int, int, int], _Binding] = {}  # (rows, past, g) on fixed sessions
+        self._group_ready: Any = None  # the fixed.ready the dict above was checked against
 
     def _load(self, dims: Sequence[tuple[str, int]] = ()) -> Any:
         from aivmm.backends.ort import cpu_session
@@ -171,6 +176,44 @@ class OrtRunner:
             f"background after {FixedShapes.AFTER_STEPS} steps at that shape, each charged to the ledger)"
         )
 
+    def split_rows(self, groups: int, min_rows: int | None) -> None:
+        """Run decode steps of at least ``min_rows`` rows as ``groups`` row groups at once (one per
+        core, see :class:`RowGroups`); ``min_rows`` None: run every step whole (the worker threads
+        stay for the next call, :meth:`close` stops them)."""
+        if min_rows is None or groups < 2:
+            if self.split is not None:
+                self.split.min_rows = NEVER
+            return
+        if self.split is None or self.split.groups != groups:
+            if self.split is not None:
+                self.split.close()
+            self.split = RowGroups(self, groups, min_rows)
+        self.split.min_rows = max(groups, min_rows)
+
+    def group_binding(self, g: int, rows: int, past: int) -> _Binding:
+        """The binding row group ``g`` of a split step runs on: its own IOBinding of the fixed-shape
+        session for (rows, past) when one is built, else of the symbolic session."""
+        fixed = self.fixed
+        if fixed is not None:
+            ready = fixed.ready
+            if ready is not self._group_ready:  # sessions came or went: drop bindings of gone ones
+                live = {id(b.session) for b in ready.values()}
+                self._group_fixed = {k: b for k, b in self._group_fixed.items() if id(b.session) in live}
+                self._group_ready = ready
+            shared = ready.get((rows, past))
+            if shared is None:
+                fixed.seen(rows, past)  # two equal groups count a step twice: built sooner, as used more
+            else:
+                shared.steps += 1  # the session is in use (the least used one is dropped first)
+                key = (rows, past, g)
+                b = self._group_fixed.get(key)
+                if b is None or b.session is not shared.session:
+                    b = self._group_fixed[key] = _Binding(shared.session)
+                return b
+        while len(self._group_main) <= g:
+            self._group_main.append(_Binding(self.session))
+        return self._group_main[g]
+
     def run(
         self,
         batch: int,
@@ -183,6 +226,10 @@ class OrtRunner:
         present_ptrs: Sequence[int],
         logits: np.ndarray,
     ) -> None:
+        split = self.split
+        if split is not None and split.wants(batch, seq):
+            split.run(batch, past_len, ids, pos, mask, past_ptrs, present_ptrs, logits)
+            return
         fixed = self.fixed
         if fixed is not None and seq == 1:
             b = fixed.ready.get((batch, past_len))
@@ -194,8 +241,11 @@ class OrtRunner:
         self._main.run(self, batch, past_len, seq, ids, pos, mask, past_ptrs, present_ptrs, logits)
 
     def close(self) -> None:
+        if self.split is not None:
+            self.split.close()
         if self.fixed is not None:
             self.fixed.close()
+        self._group_fixed = {}
 
     def execute(self, feeds: dict[str, Any]) -> dict[str, Any]:
         names = [o.name for o in self.session.get_outputs()]
