@@ -379,6 +379,11 @@ class VMM:
 
         if isinstance(model, str | os.PathLike) and pathlib.Path(model).is_dir():
             return self._deploy_llm(model, opts)
+        if not isinstance(model, str | os.PathLike | ModelSpec):
+            from aivmm.llm import is_torch_llm
+
+            if is_torch_llm(model):  # a transformers causal LM in memory generates on torch
+                return self._deploy_llm(model, opts)
         spec = model if isinstance(model, ModelSpec) else load(model, example_inputs=opts.example_inputs)
         if _has_kv_cache(spec):
             return self._deploy_llm(spec.source, opts)

@@ -15,7 +15,7 @@ generation costs, ``_deployed`` is the user-facing handle.
 """
 
 from aivmm.llm._bench import LLMBenchResult, closed_loop, closed_loop_openai
-from aivmm.llm._deployed import DeployedLLM, deploy_llm, is_llm_source, plan_llm
+from aivmm.llm._deployed import DeployedLLM, deploy_llm, is_llm_source, is_torch_llm, plan_llm
 from aivmm.llm._layout import detect as detect_kv_layout
 from aivmm.llm._layout import model_file
 from aivmm.llm._plan import GenerationPlan, StepCost
@@ -48,6 +48,7 @@ __all__ = [
     "deploy_llm",
     "detect_kv_layout",
     "is_llm_source",
+    "is_torch_llm",
     "model_file",
     "plan_llm",
 ]

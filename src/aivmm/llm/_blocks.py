@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -66,13 +67,21 @@ class PrefixCache:
     """KV of full prompt blocks ([2*layers, kv_heads, block, head_dim] each), LRU, ledger-charged."""
 
     def __init__(
-        self, ledger: Ledger | None, device: str, key: str, block_bytes: int, capacity_blocks: int, block_size: int
+        self,
+        ledger: Ledger | None,
+        device: str,
+        key: str,
+        block_bytes: int,
+        capacity_blocks: int,
+        block_size: int,
+        stack: Callable[[list[Any]], Any] = np.stack,
     ) -> None:
         self.ledger, self.device, self.key = ledger, device, key
+        self._stack = stack  # numpy blocks, or device tensors for a device-resident runner
         self.block_bytes = block_bytes
         self.capacity = capacity_blocks
         self.block_size = block_size
-        self._blocks: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._blocks: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self.hit_tokens_total = 0
 
     @staticmethod
@@ -83,7 +92,7 @@ class PrefixCache:
             keys.append(h)
         return keys
 
-    def lookup(self, prompt: Sequence[int]) -> list[np.ndarray]:
+    def lookup(self, prompt: Sequence[int]) -> list[Any]:
         """The cached blocks that start ``prompt`` (leaving at least one token to run)."""
         if not self.capacity:
             return []
@@ -97,7 +106,7 @@ class PrefixCache:
         self.hit_tokens_total += len(found) * self.block_size
         return found
 
-    def insert(self, prompt: Sequence[int], present: Sequence[np.ndarray]) -> None:
+    def insert(self, prompt: Sequence[int], present: Sequence[Any]) -> None:
         """Store the full blocks of ``prompt`` from its present KV views ([1, kv, >=len, hd] each)."""
         if not self.capacity:
             return
@@ -112,7 +121,7 @@ class PrefixCache:
                 f"{self.key}/{k}", self.device, self.block_bytes
             ):
                 return  # the device is full: cache nothing rather than push out running work
-            self._blocks[k] = np.stack([p[0, :, i * bs : (i + 1) * bs] for p in present])
+            self._blocks[k] = self._stack([p[0, :, i * bs : (i + 1) * bs] for p in present])
 
     def _evict(self) -> None:
         k, _ = self._blocks.popitem(last=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import queue
@@ -13,8 +14,11 @@ import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from aivmm.errors import ConfigError, ContextLengthError, FallbackError, InputError
+import numpy as np
+
+from aivmm.errors import ConfigError, ContextLengthError, FallbackError, InputError, OutOfMemoryError
 from aivmm.llm._blocks import BlockPool, PrefixCache
+from aivmm.llm._device_scheduler import DeviceScheduler
 from aivmm.llm._layout import model_file, require
 from aivmm.llm._plan import DEFAULT_BACKENDS, GenerationPlan, plan_generation
 from aivmm.llm._sampling import Sampler
@@ -38,6 +42,7 @@ OPTIONS = {
     "fixed_shape_sessions": 32,  # decode sessions specialised to a recurring shape (small models); 0: none
     "decode_cores": None,  # cores a decode step may split its rows over; None: the CPUs this process may use
     "split_decode_rows": None,  # steps of >= N rows run as row groups, one per core; None: measured; 0: never
+    "cuda_graphs": None,  # PyTorch on CUDA: replay captured decode steps; None: on where the model runs on CUDA
 }
 # Fixed-shape sessions pay off where the graph's shape arithmetic is a large part of a step (small
 # decoders); each one holds its own pre-packed copy of the weights, so bigger models do without and
@@ -117,10 +122,35 @@ class DeployedLLM(DeployedModel):
                 generation_plan, reasons=(*generation_plan.reasons, note)
             )
             plan = dataclasses.replace(plan, notes=(*plan.notes, note))
-        pool = BlockPool(ledger, device, f"llm:{name}/kv", bpt, cap, bs)
-        prefix = PrefixCache(ledger, device, f"llm:{name}/prefix", bpt * bs, int(options["prefix_cache_blocks"]), bs)
+        resident = bool(getattr(runner, "device_resident", False))
+        self._store_key = f"llm:{name}/kv/store"
+        row_tokens = ctx
+        if resident:
+            # The device batch is allocated (and zeroed) whole, so its bytes are reserved whole:
+            # max_batch rows of kv_cache_tokens / max_batch tokens each (at most the context).
+            row_tokens = max(1, min(ctx, cap // max_batch))
+            store_bytes = max_batch * row_tokens * bpt
+            if not ledger.try_reserve(self._store_key, device, store_bytes):
+                ledger.release(self._weights_key)
+                raise OutOfMemoryError(
+                    f"model {name!r}: the decode batch's KV ({max_batch} rows x {row_tokens} tokens x {bpt} B = "
+                    f"{store_bytes} B) does not fit on {device} ({ledger.free(device)} B free); "
+                    "lower max_batch_size or kv_cache_tokens"
+                )
+            cap = max_batch * row_tokens
+        # a device-resident runner's KV is reserved above; requests are counted against the pool only
+        pool = BlockPool(None if resident else ledger, device, f"llm:{name}/kv", bpt, cap, bs)
+        stack = runner.stack_blocks if resident else np.stack
+        prefix = PrefixCache(
+            ledger, device, f"llm:{name}/prefix", bpt * bs, int(options["prefix_cache_blocks"]), bs, stack
+        )
         tok = self.codec.tokenizer if self.codec is not None else None
-        self._scheduler = Scheduler(
+        sched_cls: Any = Scheduler
+        extra: dict[str, Any] = {}
+        if resident:
+            sched_cls, extra = DeviceScheduler, {"row_tokens": row_tokens}
+        self._scheduler = sched_cls(
+            **extra,
             name=name,
             runner=runner,
             layout=layout,
@@ -340,6 +370,7 @@ class DeployedLLM(DeployedModel):
         close = getattr(self._runner, "close", None)
         if close is not None:
             close()
+        self._ledger.release(self._store_key)
         self._ledger.release(self._weights_key)
         self._handle.unloaded = True
 
@@ -458,7 +489,7 @@ def _not_for_generation(deploy: DeployOptions) -> str:
     return f"LLM generation does not apply the deploy option(s) {names}: it plans one scheduler by generation cost"
 
 
-def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -> DeployedLLM:
+def deploy_llm(vmm: VMM, model: Any, deploy: DeployOptions) -> DeployedLLM:
     """Plan generation for a decoder and start its scheduler (what VMM.deploy does for an LLM)."""
     name, strict, batching = deploy.name, deploy.strict, deploy.batching
     options: dict[str, Any] = dict(OPTIONS)
@@ -485,14 +516,18 @@ def deploy_llm(vmm: VMM, model: str | os.PathLike[str], deploy: DeployOptions) -
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ConfigError(f"LLM option {key} must be an integer >= {low}, got {v!r}")
+    if options["cuda_graphs"] not in (None, True, False):
+        raise ConfigError(f"LLM option cuda_graphs must be None, True or False, got {options['cuda_graphs']!r}")
     src = _source(model, vmm.devices, deploy)
     unapplied = _not_for_generation(deploy)
     if unapplied and strict:
         raise FallbackError(unapplied)
     path, spec = src.path, src.spec
-    name = name or (path.name if path.is_dir() else spec.name)
+    name = name or (path.name if path.is_dir() and src.module is None else spec.name)
     cores, why = decode_cores(options["decode_cores"], vmm.engine.ledger, src.device)
-    gplan, runner = src.plan(int(options["max_batch_size"] or 1), cores, why, options["split_decode_rows"])
+    gplan, runner = src.plan(
+        int(options["max_batch_size"] or 1), cores, why, options["split_decode_rows"], options["cuda_graphs"]
+    )
     plan = _as_plan(spec, gplan, [*src.notes, unapplied] if unapplied else src.notes)
     return DeployedLLM(vmm, name, spec, plan, gplan, runner, src.layout, src.folder, options, src.device)
 
@@ -510,10 +545,18 @@ class _Source:
     options: DeployOptions  # the deploy's, with the backend an HF directory runs on
     device: str
     notes: list[str]
+    target: Any = None  # the Device an HF model runs on (torch placement); None: the CPU
+    module: Any = None  # a transformers model in memory (no weights on disk)
 
     def plan(
-        self, batch: int, cores: int = 1, cores_why: str = "", split_rows: int | None = None
+        self,
+        batch: int,
+        cores: int = 1,
+        cores_why: str = "",
+        split_rows: int | None = None,
+        cuda_graphs: bool | None = None,
     ) -> tuple[GenerationPlan, Any]:
+        torch_kw = {"device": self.target, "cuda_graphs": cuda_graphs, "model": self.module}
         return plan_generation(
             self.file,
             self.layout,
@@ -524,6 +567,7 @@ class _Source:
             cores=cores,
             cores_why=cores_why,
             split_rows=split_rows,
+            runner_kwargs={"torch": torch_kw},
         )
 
 
@@ -545,20 +589,26 @@ def decode_cores(given: int | None, ledger: Any, device: str) -> tuple[int, str]
     return n, f"{n} {where}"
 
 
-def _source(model: str | os.PathLike[str], devices: Sequence[Any], options: DeployOptions) -> _Source:
-    path = pathlib.Path(model)
+def _source(model: Any, devices: Sequence[Any], options: DeployOptions) -> _Source:
     device, backend, strict = options.device, options.backend, options.strict
     from aivmm.llm._torch_runner import hf_layout, is_hf_dir, weights_bytes
 
-    hf = is_hf_dir(path) and not any(path.glob("*.onnx"))
+    module = model if is_torch_llm(model) else None
+    path = _config_dir(module) if module is not None else pathlib.Path(model)
+    hf = module is not None or (is_hf_dir(path) and not any(path.glob("*.onnx")))
+    target = None
     if hf:
         file, folder, layout = path, path, hf_layout(path)
         if backend not in (None, "torch"):
-            msg = f"{path} is an HF directory (no ONNX file): it runs on torch, not {backend}"
+            msg = f"{path} is an HF model (no ONNX file): it runs on torch, not {backend}"
             if strict:
                 raise FallbackError(msg)
-        # one candidate: nothing to choose between, so nothing to measure
-        options = options.replace(backend="torch", measure=False)
+        target, placed = _torch_target(devices, device, strict)
+        layout = dataclasses.replace(layout, dtype=_kv_dtype(target, path))
+        # one candidate: nothing to choose between, so nothing to measure, except on a GPU, where
+        # the plan shows the step costs it was placed by
+        gpu = target is not None and target.kind.value != "cpu"
+        options = options.replace(backend="torch", measure=gpu)
     else:
         file = model_file(path)
         folder = file.parent
@@ -567,27 +617,78 @@ def _source(model: str | os.PathLike[str], devices: Sequence[Any], options: Depl
     if cpu is None:
         raise ConfigError("LLM generation needs a CPU device in this VMM")
     notes = []
-    if device is not None and device != cpu.id:
-        msg = f"LLM generation runs on {cpu.id} in this build; asked for {device}"
+    if hf:
+        notes += placed
+    elif device is not None and device != cpu.id:
+        msg = f"LLM generation of ONNX decoders runs on {cpu.id} in this build; asked for {device}"
         if strict:
             raise FallbackError(msg)
         notes.append(msg)
     if hf:
         from aivmm.models import ModelFormat, ModelSpec
 
+        size = weights_bytes(path) if module is None else _module_bytes(module)
+        name = path.name if module is None else str(getattr(module.config, "model_type", "model"))
         spec = ModelSpec(
-            name=path.name,
-            format=ModelFormat.TORCH_MODULE,
-            inputs=(),
-            outputs=(),
-            source=str(path),
-            size_bytes=weights_bytes(path),
+            name=name, format=ModelFormat.TORCH_MODULE, inputs=(), outputs=(), source=str(path), size_bytes=size
         )
     else:
         from aivmm.models import load
 
         spec = load(file)
-    return _Source(path, file, folder, layout, spec, hf, options, cpu.id, notes)
+    where = target.id if target is not None else cpu.id
+    return _Source(path, file, folder, layout, spec, hf, options, where, notes, target, module)
+
+
+def is_torch_llm(model: Any) -> bool:
+    """A transformers causal LM in memory (``vmm.deploy(model)`` generates with it on torch)."""
+    return hasattr(model, "config") and hasattr(model, "generate") and hasattr(model, "parameters")
+
+
+def _config_dir(module: Any) -> pathlib.Path:
+    """A folder with the module's config.json and generation_config.json (what the layout and the
+    generation defaults are read from); weights stay in memory."""
+    import tempfile
+
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="aivmm-llm-"))
+    module.config.to_json_file(str(folder / "config.json"))
+    gen = getattr(module, "generation_config", None)
+    if gen is not None:
+        gen.to_json_file(str(folder / "generation_config.json"))
+    return folder
+
+
+def _module_bytes(module: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _torch_target(devices: Sequence[Any], asked: str | None, strict: bool) -> tuple[Any, list[str]]:
+    """The device an HF model generates on: the one asked for when torch drives it, else the first
+    GPU torch drives, else the CPU; with the notes saying any fallback (strict refuses it)."""
+    from aivmm.backends.torch import supports
+
+    cpu = next((d for d in devices if d.kind.value == "cpu"), None)
+    gpus = [d for d in devices if d.kind.value == "gpu" and not d.simulated]
+    if asked is not None:
+        dev = next((d for d in devices if d.id == asked), None)
+        ok, why = (False, f"no device {asked!r}") if dev is None else supports(dev)
+        if ok:
+            return dev, []
+        msg = f"torch cannot generate on {asked}: {why}; generating on {cpu.id if cpu else 'the CPU'}"
+        if strict:
+            raise FallbackError(msg)
+        return cpu, [msg]
+    for dev in gpus:
+        if supports(dev)[0]:
+            return dev, []
+    return cpu, []
+
+
+def _kv_dtype(target: Any, folder: pathlib.Path) -> str:
+    from aivmm.backends.torch import placement
+
+    cfg = json.loads((folder / "config.json").read_text())
+    return str(placement(target, cfg.get("torch_dtype") or cfg.get("dtype")).dtype_name)
 
 
 def plan_llm(
@@ -637,7 +738,9 @@ def _as_plan(spec: Any, gplan: GenerationPlan, fallbacks: list[str]) -> Any:
 
     def cand(c: Any) -> Candidate:
         options = {"threads": c.threads} if c.threads else {}
-        return Candidate(config=Config(c.backend, c.device, Precision.FP32, options), model=spec, notes=(c.line(),))
+        return Candidate(
+            config=Config(c.backend, c.device, Precision(c.precision), options), model=spec, notes=(c.line(),)
+        )
 
     chosen = cand(gplan.chosen)
     others = tuple(cand(c) for c in gplan.candidates if c is not gplan.chosen and c.error is None)

@@ -14,7 +14,7 @@ import dataclasses
 import pathlib
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -229,6 +229,9 @@ def measure(
     """Median prefill ms at ``prompt_tokens``, median decode ms per step at each past length, and
     (``batch`` > 1) the decode step of ``batch`` rows at the middle past length, whole and (with
     ``split_groups`` > 1, on a runner that splits) as that many row groups at once."""
+    own = getattr(runner, "measure_steps", None)
+    if own is not None:  # a device-resident runner times its own store (and waits for its device)
+        return (*own(prompt_tokens=prompt_tokens, past_lengths=past_lengths, repeats=repeats, batch=batch), None)
     ctx = max(prompt_tokens, *past_lengths) + BUCKET + 1
     bufs = _Buffers(runner, layout, batch, ctx)
 
@@ -267,6 +270,7 @@ def plan_generation(
     cores: int = 1,
     cores_why: str = "",
     split_rows: int | None = None,
+    runner_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[GenerationPlan, Any]:
     """The generation plan and the loaded runner it chose.
 
@@ -276,6 +280,7 @@ def plan_generation(
     (``cores_why`` says where the count comes from) is how many cores a decode step may split its
     rows over; ``split_rows`` None decides by measurement, 0 never splits, N splits steps of at
     least N rows whatever was measured.
+    ``runner_kwargs[backend]`` are passed to that backend's runner (torch: device, cuda_graphs).
     """
     backend, strict, do_measure = options.backend, options.strict, options.measure
     ctx = layout.context_length
@@ -303,7 +308,7 @@ def plan_generation(
     for name, threads in candidates:
         t0 = time.perf_counter()
         try:
-            runner = RUNNERS[name](path, layout, threads=threads)
+            runner = RUNNERS[name](path, layout, threads=threads, **(runner_kwargs or {}).get(name, {}))
         except AivmmError as exc:
             results.append(StepCost(name, device, "fp32", threads, error=str(exc).splitlines()[0]))
             continue
@@ -340,11 +345,12 @@ def plan_generation(
             best_first = min(first.values())
             pruned = {i for i, c in first.items() if c > PRUNE * best_first}
     for i, (name, threads, runner, load_s) in enumerate(loaded):
+        prec = getattr(runner, "precision", "fp32")
         if i in failed:
-            results.append(StepCost(name, device, "fp32", threads, load_s=load_s, error=failed[i]))
+            results.append(StepCost(name, device, prec, threads, load_s=load_s, error=failed[i]))
             continue
         if not do_measure:
-            results.append(StepCost(name, device, "fp32", threads, load_s=load_s))
+            results.append(StepCost(name, device, prec, threads, load_s=load_s))
             runners[results[-1].label] = runner
             continue
         got = samples[i]
@@ -359,13 +365,13 @@ def plan_generation(
         per_seq = None if step is None else prefill + (new_tokens - 1) * step / batch
         batched = None if step_n is None else (batch, step_n)
         results.append(
-            StepCost(name, device, "fp32", threads, prefill, decode, cost, batched, per_seq, load_s, None, split_n)
+            StepCost(name, device, prec, threads, prefill, decode, cost, batched, per_seq, load_s, None, split_n)
         )
         runners[results[-1].label] = runner
     ok = [r for r in results if r.error is None]
     if not ok:
         raise InfeasibleError("no runner can generate with this model: " + "; ".join(r.line() for r in results))
-    measured = all(r.score_ms is not None for r in ok) and len(ok) > 1
+    measured = all(r.score_ms is not None for r in ok) and (len(ok) > 1 or do_measure)
     if measured:
         ok.sort(key=lambda r: r.score_ms)  # type: ignore[arg-type, return-value]
         best = ok[0]
@@ -387,6 +393,9 @@ def plan_generation(
         if other is not chosen and hasattr(other, "close"):
             other.close()
     runners.clear()
+    note = getattr(chosen, "graphs_note", None)
+    if note:
+        reasons.append(note)
     split = None
     if hasattr(chosen, "split_rows"):
         pool = next((r.batched for r in ok if r.backend == best.backend and r.threads is None and r.batched), None)

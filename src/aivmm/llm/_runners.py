@@ -471,10 +471,10 @@ class OpenVinoRunner:
         return {out.get_any_name(): np.array(res[out]) for out in self._compiled.outputs}
 
 
-def _torch_runner(path: pathlib.Path, layout: KVLayout, *, threads: int | None = None) -> Any:
+def _torch_runner(path: pathlib.Path, layout: KVLayout, *, threads: int | None = None, **kw: Any) -> Any:
     from aivmm.llm._torch_runner import TorchRunner
 
-    return TorchRunner(path, layout, threads=threads)
+    return TorchRunner(path, layout, threads=threads, **kw)  # kw: device, cuda_graphs, model
 
 
 RUNNERS: dict[str, Any] = {"onnxruntime": OrtRunner, "openvino": OpenVinoRunner, "torch": _torch_runner}

@@ -121,16 +121,8 @@ class Scheduler:
         self.max_waiting = max_waiting
         self._tokenizer = tokenizer
         self._decode_text = decode_text
-        register = getattr(runner, "register", None)
-        # a static past (same bindings every step) needs the mask to hide unused slots
-        static = layout.attention_mask is not None
-        self.batch: BatchKV | StaticBatchKV = (StaticBatchKV if static else BatchKV)(
-            layout, max_batch, context, register
-        )
-        self.pre = PrefillKV(layout, context, register)
-        ldt = runner.logits_dtype
-        self._logits = np.empty(max_batch * self.vocab, dtype=ldt)
-        self._prefill_logits = np.empty(context * self.vocab, dtype=ldt)
+        self.row_tokens = context  # the most tokens one request's row can hold
+        self._make_stores(max_batch, context)
         self._ones = np.ones(context + 1, dtype=np.int64)
         self._arange = np.arange(context + 1, dtype=np.int64)
         self.rows: list[Request] = []
@@ -150,6 +142,18 @@ class Scheduler:
         self.requests_total = 0
         self._thread = threading.Thread(target=self._loop, name=f"aivmm-llm-{name}", daemon=True)
         self._thread.start()
+
+    def _make_stores(self, max_batch: int, context: int) -> None:
+        """The decode batch, the prefill buffers and the logits the runner writes (host memory)."""
+        layout, runner = self.layout, self.runner
+        register = getattr(runner, "register", None)
+        # a static past (same bindings every step) needs the mask to hide unused slots
+        static = layout.attention_mask is not None
+        self.batch: Any = (StaticBatchKV if static else BatchKV)(layout, max_batch, context, register)
+        self.pre = PrefillKV(layout, context, register)
+        ldt = runner.logits_dtype
+        self._logits = np.empty(max_batch * self.vocab, dtype=ldt)
+        self._prefill_logits = np.empty(context * self.vocab, dtype=ldt)
 
     # -- called from user threads --------------------------------------------------------------
     def submit(self, req: Request) -> None:
@@ -274,13 +278,18 @@ class Scheduler:
             ):
                 return  # one prompt prefills in chunks at a time; the next long one waits its turn
             need = min(len(req.prompt) + req.max_new, self.context)
-            if need > self.pool.capacity_tokens:
+            if need > self.pool.capacity_tokens or need > self.row_tokens:
                 waiting.popleft()
+                held = (
+                    f"the KV pool holds {self.pool.capacity_tokens}"
+                    if need > self.pool.capacity_tokens
+                    else f"a row of the decode batch holds {self.row_tokens} (kv_cache_tokens / max_batch_size)"
+                )
                 self._fail(
                     req,
                     OutOfMemoryError(
                         f"model {self.name!r}: the request needs {need} KV tokens "
-                        f"({need * self.pool.bytes_per_token} B) but the KV pool holds {self.pool.capacity_tokens}"
+                        f"({need * self.pool.bytes_per_token} B) but {held}"
                     ),
                 )
                 continue
@@ -383,7 +392,7 @@ class Scheduler:
         self._chunk = _ChunkedPrefill(req, self._chunk_kv.kv, self._chunk_kv.load_prefix(blocks))
 
     def _prefill_next_chunk(self) -> None:
-        """Run the next chunk of the prompt being prefilled in chunks (its KV ping-pongs between sides)."""
+        """Run the next chunk of the prompt being prefilled in chunks."""
         c = self._chunk
         assert c is not None and self.prefill_chunk is not None
         req = c.req
@@ -393,23 +402,31 @@ class Scheduler:
             return
         k, p = c.done, len(req.prompt)
         n = min(self.prefill_chunk, p - k)
-        ids = np.asarray(req.prompt[k : k + n], dtype=np.int64).reshape(1, n)
-        pos = self._arange[k : k + n].reshape(1, n)
-        mask = self._ones[: k + n].reshape(1, k + n)
-        sides = c.sides
         try:
-            self.runner.run(1, k, n, ids, pos, mask, sides.ptrs[c.side], sides.ptrs[c.side ^ 1], self._prefill_logits)
+            self._run_chunk(c, k, n)
         except Exception as exc:
             self._chunk = None
             self._fail(req, exc if isinstance(exc, AivmmError) else ExecutionError(f"prefill failed: {exc}"))
             raise
         self.prefill_chunks_total += 1
-        c.side ^= 1
         c.done = k + n
         if c.done < p:
             return
         self._chunk = None
-        self._prefilled(req, [sides.view(c.side, j, 1, p) for j in range(len(sides.bufs[0]))], n)
+        self._chunk_prefilled(c, n)
+
+    def _run_chunk(self, c: Any, k: int, n: int) -> None:
+        """Tokens [k, k + n) of the chunked prompt after its first k (the KV ping-pongs between sides)."""
+        ids = np.asarray(c.req.prompt[k : k + n], dtype=np.int64).reshape(1, n)
+        pos = self._arange[k : k + n].reshape(1, n)
+        mask = self._ones[: k + n].reshape(1, k + n)
+        sides = c.sides
+        self.runner.run(1, k, n, ids, pos, mask, sides.ptrs[c.side], sides.ptrs[c.side ^ 1], self._prefill_logits)
+        c.side ^= 1
+
+    def _chunk_prefilled(self, c: Any, n: int) -> None:
+        sides, p = c.sides, len(c.req.prompt)
+        self._prefilled(c.req, [sides.view(c.side, j, 1, p) for j in range(len(sides.bufs[0]))], n)
 
     def _decode(self) -> None:
         batch = self.batch
@@ -425,20 +442,7 @@ class Scheduler:
             # vector store of the next inputs, and a minimal per-row check
             toks = logits.argmax(axis=1)
             batch.ids[:b] = toks
-            self.tokens_total += b
-            for i, (r, tok) in enumerate(zip(rows, toks.tolist(), strict=True)):
-                tokens = r.tokens
-                tokens.append(tok)
-                if tok in r.stop_ids or len(tokens) >= r.max_new or r.cancelled:
-                    done.append(i)
-                    reason = (
-                        FinishReason.CANCELLED
-                        if r.cancelled
-                        else FinishReason.STOP
-                        if tok in r.stop_ids
-                        else FinishReason.LENGTH
-                    )
-                    self._finish(r, reason)
+            done = self._take_plain(rows, toks.tolist())
         else:
             greedy = logits.argmax(axis=1) if any(r.sampler.plain for r in rows) else None
             next_ids = batch.ids
@@ -453,6 +457,25 @@ class Scheduler:
                     next_ids[i] = tok
         if done:
             self._drop(done)
+
+    def _take_plain(self, rows: list[Request], toks: list[int]) -> list[int]:
+        """Every row greedy, untexted, unstreamed: record its token, a minimal check; the finished rows."""
+        done = []
+        self.tokens_total += len(rows)
+        for i, (r, tok) in enumerate(zip(rows, toks, strict=True)):
+            tokens = r.tokens
+            tokens.append(tok)
+            if tok in r.stop_ids or len(tokens) >= r.max_new or r.cancelled:
+                done.append(i)
+                reason = (
+                    FinishReason.CANCELLED
+                    if r.cancelled
+                    else FinishReason.STOP
+                    if tok in r.stop_ids
+                    else FinishReason.LENGTH
+                )
+                self._finish(r, reason)
+        return done
 
     def _membership_changed(self) -> None:
         self._all_fast = all(r.fast for r in self.rows)
