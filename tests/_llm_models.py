@@ -105,8 +105,8 @@ def _write_tokenizer(out: pathlib.Path) -> dict[str, int]:
     return ids
 
 
-def _export(model: Any, ids: dict[str, int], out: pathlib.Path) -> None:
-    from optimum.exporters.onnx import main_export
+def _save_hf(model: Any, ids: dict[str, int], out: pathlib.Path) -> pathlib.Path:
+    """``<out>/hf``: the PyTorch weights, configs and tokenizer files (an HF directory)."""
     from transformers import GenerationConfig
 
     hf = out / "hf"
@@ -120,6 +120,13 @@ def _export(model: Any, ids: dict[str, int], out: pathlib.Path) -> None:
     model.save_pretrained(hf)
     shutil.copy(out / "tokenizer.json", hf / "tokenizer.json")
     shutil.copy(out / "tokenizer_config.json", hf / "tokenizer_config.json")
+    return hf
+
+
+def _export(model: Any, ids: dict[str, int], out: pathlib.Path) -> None:
+    from optimum.exporters.onnx import main_export
+
+    hf = _save_hf(model, ids, out)
     main_export(str(hf), output=str(out), task="text-generation-with-past", do_validation=False)
     # main_export copies config.json / generation_config.json; tokenizer files are ours, keep them.
     if not (out / "model.onnx").is_file():
@@ -278,3 +285,17 @@ def write_merged(model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
         if not (out / name).exists():
             shutil.copy(src / name, out / name)
     return out
+
+
+def build_tiny_hf(kind: str, dirpath: str | os.PathLike[str]) -> pathlib.Path:
+    """The same tiny model's HF directory alone (``kind`` "llama" or "gpt2"; no Optimum, no ONNX:
+    what the GPU tests and benchmarks/llm_gpu.py build on a machine without Optimum)."""
+    import torch
+
+    out = pathlib.Path(dirpath)
+    if (out / "hf" / "config.json").is_file():
+        return out / "hf"
+    out.mkdir(parents=True, exist_ok=True)
+    ids = _write_tokenizer(out)
+    torch.manual_seed(0)
+    return _save_hf({"llama": _llama, "gpt2": _gpt2}[kind](ids).eval(), ids, out)

@@ -45,16 +45,20 @@ def _same(got: Any, want: list[int]) -> bool:
     return list(got)[: len(want)] == want
 
 
-@pytest.mark.parametrize("which", ["llama", "gpt2"])
+@pytest.mark.parametrize(("which", "pad"), [("llama", False), ("gpt2", False), ("llama", True)])
 def test_greedy_equals_hf_while_rows_join_and_leave(
-    which: str, vmm: aivmm.VMM, request: pytest.FixtureRequest, hf_models: dict[str, Any]
+    which: str, pad: bool, vmm: aivmm.VMM, request: pytest.FixtureRequest, hf_models: dict[str, Any]
 ) -> None:
     folder = request.getfixturevalue(f"tiny_{which}_dir") / "hf"
-    # a 4-token chunk makes the 11-token prompt prefill in chunks between decode steps
-    m = vmm.deploy(folder, name=f"resident-{which}", batching={"max_batch_size": 4, "prefill_chunk_tokens": 8})
+    # an 8-token chunk makes the 11-token prompt prefill in chunks between decode steps
+    name = f"resident-{which}-{pad}"
+    m = vmm.deploy(folder, name=name, batching={"max_batch_size": 4, "prefill_chunk_tokens": 8})
     try:
         runner = m._runner
-        assert runner.device_resident and runner.precision == "fp32"
+        assert runner.device_resident and runner.precision == "fp32" and not runner.graphs
+        # pad: every step runs over a power-of-two rows bucket, as a captured CUDA graph does (the
+        # rows past the batch compute garbage in their own rows, which must not leak into the batch)
+        runner.pad_rows = pad
         vocab = m.info.vocab_size
         prompts = [[(7 * i + 3 * j) % (vocab - 3) + 3 for j in range(n)] for i, n in enumerate((3, 11, 5, 1, 7, 2))]
         news = (9, 4, 14, 6, 3, 11)  # different lengths: rows leave at different steps, others join
@@ -125,6 +129,10 @@ def test_a_model_in_memory_deploys(vmm: aivmm.VMM, hf_models: dict[str, Any]) ->
     try:
         assert isinstance(m, aivmm.DeployedLLM) and m.generation_plan.chosen.backend == "torch"
         assert "CUDA graphs off" in m.generation_plan.explain()
+        # the figures a GPU plan is made of: the runner times its own store (a CPU plan skips them)
+        prefill, decode, batched = m._runner.measure_steps(prompt_tokens=8, past_lengths=(8, 40), repeats=3, batch=3)
+        assert prefill > 0 and [p for p, _ in decode] == [8, 40] and all(ms > 0 for _, ms in decode)
+        assert batched is not None and batched > 0
         assert _same(m.generate([4, 9, 2], max_new_tokens=6, ignore_eos=True).token_ids, _hf(model, [4, 9, 2], 6))
     finally:
         m.close()

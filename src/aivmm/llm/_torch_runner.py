@@ -122,6 +122,9 @@ class TorchRunner:
         # CUDA graphs: on by default where the step runs on CUDA; nowhere else
         self.graphs = bool(place.cuda if cuda_graphs is None else (cuda_graphs and place.cuda))
         self.graphs_note = _graphs_note(place.cuda, cuda_graphs, self.graphs)
+        # eager steps over the rows bucket a graph would be captured for (padding rows included):
+        # what a graph replays, checkable where there is no CUDA
+        self.pad_rows = False
         self._pool: Any = None
         self.captures = 0  # graphs captured (a figure for tests and the plan)
         params = inspect.signature(self.model.forward).parameters
@@ -180,7 +183,7 @@ class TorchRunner:
         next ids written on the device, positions and masks moved on (no host synchronisation)."""
         b, m = store.rows, store.length
         if not self.graphs:
-            self._step(store, b, m)
+            self._step(store, min(store.max_batch, 1 << (b - 1).bit_length()) if self.pad_rows else b, m)
             return
         bb = min(store.max_batch, 1 << (b - 1).bit_length())
         graph = store.graphs.get((bb, m))
