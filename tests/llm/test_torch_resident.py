@@ -136,3 +136,28 @@ def test_a_model_in_memory_deploys(vmm: aivmm.VMM, hf_models: dict[str, Any]) ->
         assert _same(m.generate([4, 9, 2], max_new_tokens=6, ignore_eos=True).token_ids, _hf(model, [4, 9, 2], 6))
     finally:
         m.close()
+
+
+def test_padding_rows_of_a_departed_long_row_stay_harmless(tiny_llama_dir: pathlib.Path) -> None:
+    """A rows bucket's padding row may still hold a longer row that left, past the shrunken window:
+    the padded step (what a CUDA graph replays) must neither index out of it nor change real rows."""
+    from aivmm.llm._torch_runner import TorchRunner, hf_layout
+
+    folder = tiny_llama_dir / "hf"
+    runner = TorchRunner(folder, hf_layout(folder))
+    got = []
+    for pad in (False, True):
+        runner.pad_rows = pad
+        store = runner.new_batch(4, 200)
+        for n in (3, 5, 7, 100):
+            present, logits = runner.prefill([[5 + i % 50 for i in range(n)]], None, 0)
+            store.add(present, n, int(logits[0].argmax()))
+        store.keep([0, 1, 2])  # the 100-token row leaves; the window shrinks to 32 below its slot
+        assert store.length == 32
+        steps = []
+        for _ in range(4):
+            runner.decode(store)
+            steps.append(runner.host_ids(store))
+            store.advanced()
+        got.append(steps)
+    assert got[0] == got[1]

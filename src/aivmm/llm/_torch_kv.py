@@ -116,7 +116,10 @@ class SlotCache(transformers.Cache):
         super().__init__(layers=[])
         lay = store.layout
         self._win = [buf[:rows, :, :m] for buf in store.kv]
-        self._idx = store.pos[:rows].view(rows, 1, 1, 1).expand(rows, lay.kv_heads, 1, lay.head_dim)
+        # a real row's slot is inside the window; a rows bucket's padding row may hold a departed
+        # longer row's position: it writes its own row's last window slot instead of out of bounds
+        slot = store.pos[:rows].clamp(max=m - 1)
+        self._idx = slot.view(rows, 1, 1, 1).expand(rows, lay.kv_heads, 1, lay.head_dim)
         self._m = m
 
     def update(
