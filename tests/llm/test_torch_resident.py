@@ -161,3 +161,21 @@ def test_padding_rows_of_a_departed_long_row_stay_harmless(tiny_llama_dir: pathl
             store.advanced()
         got.append(steps)
     assert got[0] == got[1]
+
+
+def test_a_measured_plan_of_the_torch_runner(tiny_gpt2_dir: pathlib.Path) -> None:
+    """What a GPU deploy plans by (on the CPU an HF model has one candidate and is not measured)."""
+    from aivmm.llm._plan import plan_generation
+    from aivmm.llm._torch_runner import hf_layout
+
+    folder = tiny_gpt2_dir / "hf"
+    plan, runner = plan_generation(
+        folder, hf_layout(folder), aivmm.DeployOptions(), device="cpu:0", backends=("torch",), batch=2, new_tokens=8
+    )
+    try:
+        assert plan.measured and len(plan.candidates) == 1  # no per-thread twin: torch takes no thread setting
+        c = plan.chosen
+        assert c.precision == "fp32" and c.prefill_ms and c.batched is not None and len(c.decode_ms) >= 2
+        assert any("CUDA graphs off" in r for r in plan.reasons)
+    finally:
+        runner.close()

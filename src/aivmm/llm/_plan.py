@@ -29,6 +29,7 @@ DEFAULT_BACKENDS = ("onnxruntime", "openvino")
 # Thread settings measured per backend: the runtime's pool, and one thread (no pool to wake per
 # operator, which wins for small decoders whose steps are hundreds of tiny kernels).
 THREADS = (None, 1)
+THREAD_CHOICES = {"torch": (None,)}  # the torch runner takes no thread setting: one candidate
 ROUNDS = 3
 PRUNE = 3.0  # after the first round, candidates costing more than this times the best stop there
 
@@ -304,7 +305,11 @@ def plan_generation(
     results: list[StepCost] = []
     runners: dict[str, Any] = {}
     loaded: list[tuple[str, int | None, Any, float]] = []
-    candidates = [(name, threads) for name in names for threads in (THREADS if do_measure else THREADS[:1])]
+    candidates = [
+        (name, threads)
+        for name in names
+        for threads in (THREAD_CHOICES.get(name, THREADS) if do_measure else THREADS[:1])
+    ]
     for name, threads in candidates:
         t0 = time.perf_counter()
         try:
