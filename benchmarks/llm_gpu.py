@@ -257,16 +257,19 @@ def main() -> None:
         "args": vars(args),
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
+    sections = [("tiny", tiny)] * (not args.skip_tiny) + [("big", big)] * (not args.skip_big)
     try:
-        if not args.skip_tiny:
-            report["tiny"] = tiny(args, torch, vmm, dev, cuda)
-            print(json.dumps({"tiny": report["tiny"]}, indent=1), flush=True)
-        if not args.skip_big:
-            report["big"] = big(args, torch, vmm, dev, cuda)
+        for name, run in sections:
+            try:
+                report[name] = run(args, torch, vmm, dev, cuda)
+            except Exception as exc:  # one section's failure still leaves the other's figures
+                import traceback
+
+                report[name] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            print(json.dumps({name: report[name]}, indent=1), flush=True)
     finally:
         vmm.close()
     text = json.dumps(report, indent=1)
-    print(text)
     if args.out:
         pathlib.Path(args.out).write_text(text + "\n")
 

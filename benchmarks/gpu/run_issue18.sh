@@ -26,7 +26,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD/tests PYTHONUNBUFFERED=1
 export AIVMM_COMMIT=${AIVMM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)}
 { nvidia-smi -L; python3 -c "import torch, transformers, tokenizers; print(torch.__version__, transformers.__version__, tokenizers.__version__)"; } > "$out/gpu.txt" 2>&1
-timeout 170 python3 -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/gpu/test_llm_torch_gpu.py 2>&1 | tail -40 > "$out/pytest_gpu.log"
-timeout 400 python3 benchmarks/llm_gpu.py --out "$out/llm_gpu.json" > "$out/llm_gpu.log" 2>&1
+timeout 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" -rs tests/gpu/test_llm_torch_gpu.py 2>&1 | tail -40 > "$out/pytest_gpu.log"
+timeout 380 python3 benchmarks/llm_gpu.py --out "$out/llm_gpu.json" > "$out/llm_gpu.log" 2>&1
 echo "rc=$?" >> "$out/llm_gpu.log"
 tail -5 "$out/pytest_gpu.log"; tail -3 "$out/llm_gpu.log"

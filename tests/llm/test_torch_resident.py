@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import pathlib
+import time
 from typing import Any
 
 import pytest
@@ -101,6 +102,13 @@ def test_streams_and_sampling_share_steps_with_greedy_rows(
             assert _same(streamed.result(60), _hf(hf_models["llama"], ids, 10))
             assert _same(greedy.result(60).token_ids, _hf(hf_models["llama"], ids, 12))
             assert again.result(60).token_ids == alone  # seeded sampling: the same in a batch as alone
+        it = m.stream(ids, max_new_tokens=50, ignore_eos=True)
+        assert [next(it).token_id for _ in range(2)] == _hf(hf_models["llama"], ids, 2)
+        it.close()  # cancelled: its row leaves the device batch and its KV tokens go back
+        deadline = time.monotonic() + 10
+        while (m.stats().running or m._scheduler.batch.rows) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert m.stats().kv_tokens_used == 0 and m._scheduler.batch.rows == 0
     finally:
         m.close()
 
@@ -170,7 +178,15 @@ def test_a_measured_plan_of_the_torch_runner(tiny_gpt2_dir: pathlib.Path) -> Non
 
     folder = tiny_gpt2_dir / "hf"
     plan, runner = plan_generation(
-        folder, hf_layout(folder), aivmm.DeployOptions(), device="cpu:0", backends=("torch",), batch=2, new_tokens=8
+        folder,
+        hf_layout(folder),
+        aivmm.DeployOptions(),
+        device="cpu:0",
+        backends=("torch",),
+        batch=2,
+        prompt_tokens=8,
+        new_tokens=4,
+        past_lengths=(8, 12),
     )
     try:
         assert plan.measured and len(plan.candidates) == 1  # no per-thread twin: torch takes no thread setting
