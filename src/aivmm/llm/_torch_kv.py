@@ -36,8 +36,8 @@ class DeviceBatchKV:
         self.max_batch = max_batch
         self.row_tokens = row_tokens  # W: tokens one row can hold
         shape = (max_batch, layout.kv_heads, row_tokens, layout.head_dim)
-        # zeroed: a masked slot still enters attention's weighted sum with weight 0, and 0 * NaN of
-        # uninitialised memory would be NaN
+        # zeroed once: a masked slot still enters attention's weighted sum with weight 0, and 0 * NaN
+        # of uninitialised memory would be NaN; afterwards only model outputs are written here
         self.kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(2 * layout.layers)]
         self.ids = torch.zeros(max_batch, dtype=torch.long, device=device)
         self.pos = torch.zeros(max_batch, dtype=torch.long, device=device)
@@ -64,9 +64,10 @@ class DeviceBatchKV:
             raise OutOfMemoryError(f"the decode batch holds {self.max_batch} rows")
         if length + 1 > self.row_tokens:
             raise OutOfMemoryError(f"a row of the decode batch holds {self.row_tokens} tokens, not {length + 1}")
+        # one copy per layer and key/value; slots from length on keep what a former row (or a graph's
+        # padding row) wrote there: finite values, masked until this row writes them
         for buf, src in zip(self.kv, present, strict=True):
             buf[b, :, :length] = src[0, :, :length]
-            buf[b, :, length:] = 0  # a former row's slots (or a graph padding row's writes) are gone
         self.ids[b] = token
         self.pos[b] = length
         self.mask[b, 0, 0, : length + 1] = 0
