@@ -251,7 +251,8 @@ class TorchRunner:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()  # one pool: graphs replay one at a time
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: other models' scheduler threads may allocate or launch on this GPU meanwhile
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             self._step(store, rows, m)
         for t, s in zip(state, saved, strict=True):
             t.copy_(s)
