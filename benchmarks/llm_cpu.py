@@ -13,9 +13,10 @@ aivmm runs decode shapes that recur on fixed-shape sessions (built in the backgr
 ``aivmm.llm._runners.FixedShapes``): the measured rounds follow a warm-up round (and each stream
 count a warm-up load) after which those are built, as in a server that has been running;
 ``aivmm_symbolic`` is the same model and scheduler with every step on the symbolic session.
-The stream loads run as planned (``streams``) and with the other split-decode choice
-(``streams_whole`` when the plan splits decode steps across cores, ``streams_split`` when it does
-not; ``--no-split-compare`` skips that).
+The stream loads run as planned (``streams``) and with the other way of using the cores
+(``streams_one_scheduler``: the same model deployed with one scheduler, when the plan spreads the
+rows over one scheduler per core; ``streams_whole`` when it splits each step into row groups;
+``streams_split`` when it runs steps whole; ``--no-split-compare`` skips that).
 
     python benchmarks/llm_cpu.py [--rounds 7] [--tokens 128] [--streams 1,4,16] [--duration 4]
 """
@@ -224,26 +225,40 @@ def one_model(kind: str, folder: pathlib.Path, args: argparse.Namespace, tmp: pa
 
     split = llm.generation_plan.split
     runner = llm._runner
-    # the other choice for comparison, in the same run: steps whole when the plan splits them, or
-    # split from 2 rows when the plan runs them whole (if there are cores to split over)
-    other = None
+    # the other choice for comparison, in the same run: when the plan spreads rows over schedulers,
+    # the same model deployed with one scheduler and whole steps; when it splits steps into row
+    # groups, steps whole; when it runs them whole, row groups from 2 rows (if there are cores)
+    other: tuple[str, Any] | None = None
     if args.split_compare and split is not None and split.groups > 1:
-        other = ("whole", None) if split.min_rows is not None else ("split", 2)
+        if split.schedulers > 1:
+            one = vmm.deploy(
+                folder,
+                name="one-scheduler",
+                batching={"max_batch_size": max(args.streams), "decode_schedulers": 1, "split_decode_rows": 0},
+            )
+            other = ("one_scheduler", one)
+        else:
+            other = ("whole", None) if split.min_rows is not None else ("split", 2)
     loads: dict[str, dict[str, Any]] = {"streams": {}}
     if other is not None:
         loads[f"streams_{other[0]}"] = {}
     for c in args.streams:
         for key in loads:
+            model = llm
             if key != "streams" and other is not None:
-                runner.split_rows(split.groups, other[1])
+                if other[0] == "one_scheduler":
+                    model = other[1]
+                else:
+                    runner.split_rows(split.groups, other[1])
             try:
                 # a warm-up load first: the shapes of c rows recur, and their sessions are built meanwhile
-                closed_loop(llm, c, min(2.0, args.duration), prompt_tokens=args.prompt, new_tokens=n)
-                if fixed is not None:
-                    fixed.wait_idle(120)
-                r = closed_loop(llm, c, args.duration, prompt_tokens=args.prompt, new_tokens=n)
+                closed_loop(model, c, min(2.0, args.duration), prompt_tokens=args.prompt, new_tokens=n)
+                for r_ in getattr(model, "_runners", [model._runner]):
+                    if getattr(r_, "fixed", None) is not None:
+                        r_.fixed.wait_idle(120)
+                r = closed_loop(model, c, args.duration, prompt_tokens=args.prompt, new_tokens=n)
             finally:
-                if split is not None and split.groups > 1:
+                if split is not None and split.groups > 1 and split.schedulers == 1:
                     runner.split_rows(split.groups, split.min_rows)
             loads[key][str(c)] = {
                 "tokens_per_s": round(r.tokens_per_s, 1),

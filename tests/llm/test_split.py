@@ -1,4 +1,5 @@
-"""Split-batch decode: a decode step run as row groups on two cores gives the tokens of the whole step."""
+"""Decode rows over two cores: a step split into row groups, or one scheduler per core, gives the
+tokens of whole steps on one scheduler."""
 
 from __future__ import annotations
 
@@ -30,11 +31,18 @@ def _run_all(llm: Any, stagger_s: float = 0.0) -> list[tuple[int, ...]]:
 
 
 @pytest.fixture(scope="module")
-def split_llama(tiny_llama_dir: pathlib.Path) -> Any:
+def module_vmm() -> Any:
     vmm = aivmm.VMM()
-    llm = vmm.deploy(tiny_llama_dir, name="split", measure=False, batching={"decode_cores": 2, "split_decode_rows": 2})
-    yield llm
+    yield vmm
     vmm.close()
+
+
+@pytest.fixture(scope="module")
+def split_llama(module_vmm: aivmm.VMM, tiny_llama_dir: pathlib.Path) -> Any:
+    # decode_cores given: a model deployed beside another would count the shared cores as one
+    return module_vmm.deploy(
+        tiny_llama_dir, name="split", measure=False, batching={"decode_cores": 2, "split_decode_rows": 2}
+    )
 
 
 def test_split_steps_give_the_tokens_of_whole_steps_and_hf(split_llama: Any, hf_reference: Any) -> None:
@@ -94,18 +102,62 @@ def test_close_stops_the_worker(tiny_gpt2_dir: pathlib.Path) -> None:
     assert split.threads == 0
 
 
+@pytest.fixture(scope="module")
+def two_schedulers(module_vmm: aivmm.VMM, tiny_llama_dir: pathlib.Path) -> Any:
+    return module_vmm.deploy(
+        tiny_llama_dir, name="two", measure=False, batching={"decode_cores": 2, "decode_schedulers": 2}
+    )
+
+
+def test_two_schedulers_give_the_tokens_of_one(two_schedulers: Any, split_llama: Any, hf_reference: Any) -> None:
+    llm = two_schedulers
+    split = llm.generation_plan.split
+    assert split.schedulers == 2 and "decode rows spread over 2 schedulers" in split.reason
+    assert len(llm._schedulers) == 2 and [s.batch.max_batch for s in llm._schedulers] == [8, 8]
+    assert llm._runners[1] is not llm._runner and llm._runners[1].session is not llm._runner.session
+    keys = {e.key for e in llm._vmm.engine.ledger.entries()}
+    assert {"llm:two/weights", "llm:two/r1/weights"} <= keys  # the second runner's copy is charged
+    before = [s.tokens_total for s in llm._schedulers]
+    together = _run_all(llm)
+    staggered = _run_all(llm, stagger_s=0.003)
+    assert all(s.tokens_total > b for s, b in zip(llm._schedulers, before, strict=True))  # both decoded
+    runner = split_llama._runner
+    runner.split_rows(2, None)
+    try:
+        whole = _run_all(split_llama)  # one scheduler, whole steps
+    finally:
+        runner.split_rows(2, 2)
+    assert together == whole and staggered == whole
+    ref = hf_reference("llama", PROMPTS[3], NEW[3])
+    assert list(together[3][: len(ref)]) == ref
+    stats = llm.stats()
+    assert stats.running == 0 and stats.kv_tokens_capacity == sum(s.pool.capacity_tokens for s in llm._schedulers)
+    # a few streams stay on the first scheduler (it has free rows)
+    first = [s.requests_total for s in llm._schedulers]
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda p: llm.generate(p, max_new_tokens=8, ignore_eos=True), PROMPTS[:3]))
+    assert llm._schedulers[0].requests_total == first[0] + 3 and llm._schedulers[1].requests_total == first[1]
+
+
 def test_one_core_or_shared_cores_never_split(tiny_gpt2_dir: pathlib.Path) -> None:
     vmm = aivmm.VMM()
     try:
-        one = vmm.deploy(tiny_gpt2_dir, name="one", measure=False, batching={"decode_cores": 1, "split_decode_rows": 2})
+        one = vmm.deploy(
+            tiny_gpt2_dir,
+            name="one",
+            measure=False,
+            batching={"decode_cores": 1, "split_decode_rows": 2, "decode_schedulers": 2},
+        )
         assert one._runner.split is None and one.generation_plan.split.min_rows is None
-        assert "decode steps run whole: 1 core to run them on (decode_cores=1)" in one.generation_plan.reasons
+        assert len(one._schedulers) == 1
+        assert "decode steps run whole on one scheduler: 1 core (decode_cores=1)" in one.generation_plan.reasons
         # beside a model holding memory on the CPU, the cores are shared: counted as one
         beside = vmm.deploy(tiny_gpt2_dir, name="beside", measure=False, batching={"split_decode_rows": 2})
         assert beside._runner.split is None
         assert "other models share them (llm:one)" in beside.generation_plan.split.reason
-        with pytest.raises(ConfigError, match="decode_cores must be an integer >= 1"):
-            vmm.deploy(tiny_gpt2_dir, name="bad", measure=False, batching={"decode_cores": 0})
+        for bad in ({"decode_cores": 0}, {"decode_schedulers": 0}):
+            with pytest.raises(ConfigError, match="must be an integer >= 1"):
+                vmm.deploy(tiny_gpt2_dir, name="bad", measure=False, batching=bad)
     finally:
         vmm.close()
 
@@ -121,16 +173,18 @@ def test_plan_measures_and_names_the_split(tiny_gpt2_dir: pathlib.Path) -> None:
         assert pool.batched_split_ms is None  # a runtime pool already spreads its step over the cores
         split = plan.split
         assert split is not None and split.cores == 2 and split.reason in plan.reasons
-        if plan.chosen.threads == 1:  # measured by batch size: whole against split
+        if plan.chosen.threads == 1:  # measured: whole, row groups by batch size, two schedulers at once
             assert [s[0] for s in split.steps] == [2, 4, 8, 16] and all(w > 0 and x > 0 for _, w, x in split.steps)
-            assert "batch-16 step" in split.reason and "whole" in split.reason
+            assert split.scheduler_ms is not None and split.scheduler_ms > 0
+            assert "batch-16 step" in split.reason and "8 + 8 rows on 2 schedulers at once" in split.reason
             w16, x16 = split.steps[-1][1:]
-            if split.min_rows is None:
-                assert llm._runner.split is None or llm._runner.split.min_rows > 16
-            else:
+            if split.schedulers == 2:
+                assert split.scheduler_ms <= 0.9 * w16 and len(llm._schedulers) == 2
+            elif split.min_rows is not None:
                 assert x16 <= 0.9 * w16 and llm._runner.split.min_rows == split.min_rows
-                assert f"decode steps of >= {split.min_rows} rows run as 2 row groups on 2 cores" in split.reason
+            else:
+                assert split.reason.startswith("decode steps run whole") and len(llm._schedulers) == 1
         data = plan.to_json()["split"]
-        assert data["cores"] == 2 and data["reason"] == split.reason
+        assert data["cores"] == 2 and data["reason"] == split.reason and data["schedulers"] == split.schedulers
     finally:
         vmm.close()

@@ -20,7 +20,7 @@ from aivmm.errors import ConfigError, ContextLengthError, FallbackError, InputEr
 from aivmm.llm._blocks import BlockPool, PrefixCache
 from aivmm.llm._device_scheduler import DeviceScheduler
 from aivmm.llm._layout import model_file, require
-from aivmm.llm._plan import DEFAULT_BACKENDS, GenerationPlan, plan_generation
+from aivmm.llm._plan import DEFAULT_BACKENDS, GenerationPlan, SplitOptions, plan_generation
 from aivmm.llm._sampling import Sampler
 from aivmm.llm._scheduler import Request, Scheduler
 from aivmm.llm._text import GenerationDefaults, TextCodec
@@ -43,6 +43,7 @@ OPTIONS = {
     "decode_cores": None,  # cores a decode step may split its rows over; None: the CPUs this process may use
     "split_decode_rows": None,  # steps of >= N rows run as row groups, one per core; None: measured; 0: never
     "cuda_graphs": None,  # PyTorch on CUDA: replay captured decode steps; None: on where the model runs on CUDA
+    "decode_schedulers": None,  # scheduler threads sharing the rows, each its own runner; None: measured; 1: one
 }
 # Fixed-shape sessions pay off where the graph's shape arithmetic is a large part of a step (small
 # decoders); each one holds its own pre-packed copy of the weights, so bigger models do without and
@@ -56,9 +57,9 @@ FIXED_SHAPE_BUDGET = 512 << 20
 class _Handle:
     """What DeployedModel.execute calls: one plain forward pass on the generation runner."""
 
-    def __init__(self, runner: Any, scheduler: Scheduler) -> None:
+    def __init__(self, runner: Any, stats: Any) -> None:
         self._runner = runner
-        self._scheduler = scheduler
+        self._stats = stats
         self._lock = threading.Lock()
         self.unloaded = False
 
@@ -76,7 +77,7 @@ class _Handle:
         return await asyncio.to_thread(self.infer, feeds)
 
     def stats(self) -> dict[str, Any]:
-        return dataclasses.asdict(self._scheduler.stats())
+        return dataclasses.asdict(self._stats())
 
 
 class DeployedLLM(DeployedModel):
@@ -116,14 +117,31 @@ class DeployedLLM(DeployedModel):
         src = pathlib.Path(spec.source)
         weights = spec.size_bytes if src.is_dir() else _file_bytes(src)
         ledger.reserve(self._weights_key, device, weights)
-        note = self._specialise(runner, int(options["fixed_shape_sessions"]), weights, f"llm:{name}/shape")
-        if note is not None:  # the decision and its reason are part of the plan
-            self.generation_plan = generation_plan = dataclasses.replace(
-                generation_plan, reasons=(*generation_plan.reasons, note)
-            )
-            plan = dataclasses.replace(plan, notes=(*plan.notes, note))
         resident = bool(getattr(runner, "device_resident", False))
         self._store_key = f"llm:{name}/kv/store"
+        split = generation_plan.split
+        # a device-resident runner keeps one scheduler (its batch lives on the device)
+        n_sched = 1 if resident else max(1, min(split.schedulers if split is not None else 1, max_batch))
+        self._runners = [runner]
+        self._extra_weights: list[str] = []
+        try:
+            for k in range(1, n_sched):  # one runner (its own sessions, a copy of the weights) per scheduler
+                key = f"llm:{name}/r{k}/weights"
+                ledger.reserve(key, device, weights)
+                self._extra_weights.append(key)
+                self._runners.append(runner.clone())
+        except BaseException:
+            self._release_runners()
+            ledger.release(self._weights_key)
+            raise
+        fixed_n = int(options["fixed_shape_sessions"])
+        for k, r in enumerate(self._runners):
+            note = self._specialise(r, fixed_n, weights, f"llm:{name}/shape" if k == 0 else f"llm:{name}/r{k}/shape")
+            if note is not None and k == 0:  # the decision and its reason are part of the plan
+                self.generation_plan = generation_plan = dataclasses.replace(
+                    generation_plan, reasons=(*generation_plan.reasons, note)
+                )
+                plan = dataclasses.replace(plan, notes=(*plan.notes, note))
         row_tokens = ctx
         if resident:
             # The device batch is allocated (and zeroed) whole, so its bytes are reserved whole:
@@ -138,32 +156,44 @@ class DeployedLLM(DeployedModel):
                     "lower max_batch_size or kv_cache_tokens"
                 )
             cap = max_batch * row_tokens
-        # a device-resident runner's KV is reserved above; requests are counted against the pool only
-        pool = BlockPool(None if resident else ledger, device, f"llm:{name}/kv", bpt, cap, bs)
         stack = runner.stack_blocks if resident else np.stack
-        prefix = PrefixCache(
-            ledger, device, f"llm:{name}/prefix", bpt * bs, int(options["prefix_cache_blocks"]), bs, stack
-        )
-        tok = self.codec.tokenizer if self.codec is not None else None
         sched_cls: Any = Scheduler
         extra: dict[str, Any] = {}
         if resident:
             sched_cls, extra = DeviceScheduler, {"row_tokens": row_tokens}
-        self._scheduler = sched_cls(
-            **extra,
-            name=name,
-            runner=runner,
-            layout=layout,
-            max_batch=max_batch,
-            context=ctx,
-            pool=pool,
-            prefix=prefix,
-            max_waiting=int(options["max_waiting"]),
-            tokenizer=tok,
-            decode_text=self.codec.decode if self.codec is not None else None,
-            prefill_chunk=options["prefill_chunk_tokens"],
-        )
-        super().__init__(vmm, name, spec, plan, _Handle(runner, self._scheduler))
+        tok = self.codec.tokenizer if self.codec is not None else None
+        rows = _shares(max_batch, n_sched)
+        prefix_blocks = _shares(int(options["prefix_cache_blocks"]), n_sched)
+        self._schedulers = [
+            sched_cls(
+                **extra,
+                name=name if k == 0 else f"{name}#{k}",
+                runner=r,
+                layout=layout,
+                max_batch=rows[k],
+                context=ctx,
+                # a device-resident runner's KV is reserved above; requests are counted against the pool only
+                pool=BlockPool(
+                    None if resident else ledger, device, f"llm:{name}/kv", bpt, cap * rows[k] // max_batch, bs
+                ),
+                prefix=PrefixCache(
+                    ledger,
+                    device,
+                    f"llm:{name}/prefix" if k == 0 else f"llm:{name}/r{k}/prefix",
+                    bpt * bs,
+                    prefix_blocks[k],
+                    bs,
+                    stack,
+                ),
+                max_waiting=int(options["max_waiting"]),
+                tokenizer=tok,
+                decode_text=self.codec.decode if self.codec is not None else None,
+                prefill_chunk=options["prefill_chunk_tokens"],
+            )
+            for k, r in enumerate(self._runners)
+        ]
+        self._scheduler = self._schedulers[0]
+        super().__init__(vmm, name, spec, plan, _Handle(runner, self.stats))
         self._engine_name = None  # type: ignore[assignment]  # not an engine entry: the scheduler runs it
         eos = self.defaults.eos_token_ids
         self._info = LLMInfo(
@@ -280,11 +310,11 @@ class DeployedLLM(DeployedModel):
             done.set()
 
         req = self._request(prompt, params, kw, streaming=False, on_event=None, on_done=finished)
-        self._scheduler.submit(req)
+        sched = self._submit(req)
         try:
             done.wait()
         except BaseException:
-            self._scheduler.cancel(req)
+            sched.cancel(req)
             raise
         if isinstance(box[0], BaseException):
             raise box[0]
@@ -295,10 +325,9 @@ class DeployedLLM(DeployedModel):
     ) -> Iterator[TokenEvent]:
         q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         req = self._request(prompt, params, kw, streaming=True, on_event=q.put, on_done=_ignore)
-        self._scheduler.submit(req)
-        return self._iterate(req, q)
+        return self._iterate(self._submit(req), req, q)
 
-    def _iterate(self, req: Request, q: queue.SimpleQueue[Any]) -> Iterator[TokenEvent]:
+    def _iterate(self, sched: Scheduler, req: Request, q: queue.SimpleQueue[Any]) -> Iterator[TokenEvent]:
         try:
             while True:
                 ev = q.get()
@@ -310,7 +339,7 @@ class DeployedLLM(DeployedModel):
                 if ev.finish_reason is not None:
                     return
         finally:
-            self._scheduler.cancel(req)
+            sched.cancel(req)
 
     async def agenerate(
         self, prompt: str | Sequence[int], params: SamplingParams | None = None, **kw: Any
@@ -323,11 +352,11 @@ class DeployedLLM(DeployedModel):
                 loop.call_soon_threadsafe(_settle, fut, x)
 
         req = self._request(prompt, params, kw, streaming=False, on_event=None, on_done=finished)
-        self._scheduler.submit(req)
+        sched = self._submit(req)
         try:
             return await fut
         except asyncio.CancelledError:
-            self._scheduler.cancel(req)
+            sched.cancel(req)
             raise
 
     def astream(
@@ -344,10 +373,9 @@ class DeployedLLM(DeployedModel):
 
         req = self._request(prompt, params, kw, streaming=True, on_event=put, on_done=_ignore)
         holder.append(req)
-        self._scheduler.submit(req)
-        return self._aiterate(req, aq)
+        return self._aiterate(self._submit(req), req, aq)
 
-    async def _aiterate(self, req: Request, aq: asyncio.Queue[Any]) -> AsyncIterator[TokenEvent]:
+    async def _aiterate(self, sched: Scheduler, req: Request, aq: asyncio.Queue[Any]) -> AsyncIterator[TokenEvent]:
         try:
             while True:
                 ev = await aq.get()
@@ -359,17 +387,41 @@ class DeployedLLM(DeployedModel):
                 if ev.finish_reason is not None:
                     return
         finally:
-            self._scheduler.cancel(req)
+            sched.cancel(req)
+
+    def _submit(self, req: Request) -> Scheduler:
+        """Hand ``req`` to the first scheduler with a free row, else the least loaded (one per core,
+        see the plan's split): filling the first one first keeps a few streams on one scheduler,
+        where steps of a few rows cost about one row's (4 streams on two schedulers ran no faster,
+        and 2x slower on loaded cores, than on one); the second takes rows the first has no room for."""
+        scheds = self._schedulers
+        sched = scheds[0]
+        if len(scheds) > 1:
+            free = [s for s in scheds if s.load < s.batch.max_batch]
+            sched = free[0] if free else min(scheds, key=lambda s: s.load)
+        sched.submit(req)
+        return sched
 
     def stats(self) -> LLMStats:  # type: ignore[override]
-        return self._scheduler.stats()
+        got = [s.stats() for s in self._schedulers]
+        if len(got) == 1:
+            return got[0]
+        return LLMStats(*(sum(getattr(g, f.name) for g in got) for f in dataclasses.fields(LLMStats)))
+
+    def _release_runners(self) -> None:
+        for r in self._runners:
+            close = getattr(r, "close", None)
+            if close is not None:
+                close()
+        for key in self._extra_weights:
+            self._ledger.release(key)
+        self._extra_weights = []
 
     def _shutdown(self) -> None:
-        """Stop the scheduler and give every byte back to the ledger (called by VMM._forget)."""
-        self._scheduler.close()
-        close = getattr(self._runner, "close", None)
-        if close is not None:
-            close()
+        """Stop the schedulers and give every byte back to the ledger (called by VMM._forget)."""
+        for s in self._schedulers:
+            s.close()
+        self._release_runners()
         self._ledger.release(self._store_key)
         self._ledger.release(self._weights_key)
         self._handle.unloaded = True
@@ -383,6 +435,12 @@ class DeployedLLM(DeployedModel):
 
 def _ignore(_: Any) -> None:
     return None
+
+
+def _shares(total: int, n: int) -> list[int]:
+    """``total`` split into ``n`` parts as even as possible, the larger first."""
+    q, r = divmod(total, n)
+    return [q + (k < r) for k in range(n)]
 
 
 class _Mailbox:
@@ -510,9 +568,16 @@ def deploy_llm(vmm: VMM, model: Any, deploy: DeployOptions) -> DeployedLLM:
         ("prefill_chunk_tokens", 1),
         ("decode_cores", 1),
         ("split_decode_rows", 0),
+        ("decode_schedulers", 1),
     ):
         v = options[key]
-        if v is None and key in ("kv_cache_tokens", "prefill_chunk_tokens", "decode_cores", "split_decode_rows"):
+        if v is None and key in (
+            "kv_cache_tokens",
+            "prefill_chunk_tokens",
+            "decode_cores",
+            "split_decode_rows",
+            "decode_schedulers",
+        ):
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ConfigError(f"LLM option {key} must be an integer >= {low}, got {v!r}")
@@ -525,9 +590,9 @@ def deploy_llm(vmm: VMM, model: Any, deploy: DeployOptions) -> DeployedLLM:
     path, spec = src.path, src.spec
     name = name or (path.name if path.is_dir() and src.module is None else spec.name)
     cores, why = decode_cores(options["decode_cores"], vmm.engine.ledger, src.device)
-    gplan, runner = src.plan(
-        int(options["max_batch_size"] or 1), cores, why, options["split_decode_rows"], options["cuda_graphs"]
-    )
+    small = _model_bytes(src) <= FIXED_SHAPE_MAX_WEIGHTS  # a runner per scheduler copies the weights
+    split = SplitOptions(options["split_decode_rows"], options["decode_schedulers"], small)
+    gplan, runner = src.plan(int(options["max_batch_size"] or 1), cores, why, split, options["cuda_graphs"])
     plan = _as_plan(spec, gplan, [*src.notes, unapplied] if unapplied else src.notes)
     return DeployedLLM(vmm, name, spec, plan, gplan, runner, src.layout, src.folder, options, src.device)
 
@@ -553,7 +618,7 @@ class _Source:
         batch: int,
         cores: int = 1,
         cores_why: str = "",
-        split_rows: int | None = None,
+        split: SplitOptions | None = None,
         cuda_graphs: bool | None = None,
     ) -> tuple[GenerationPlan, Any]:
         torch_kw = {"device": self.target, "cuda_graphs": cuda_graphs, "model": self.module}
@@ -566,7 +631,7 @@ class _Source:
             backends=("torch",) if self.hf else DEFAULT_BACKENDS,
             cores=cores,
             cores_why=cores_why,
-            split_rows=split_rows,
+            split=split,
             runner_kwargs={"torch": torch_kw},
         )
 
@@ -704,9 +769,10 @@ def plan_llm(
     fallbacks)."""
     src = _source(model, devices, options or DeployOptions())
     cores, why = decode_cores(None, None, src.device)
-    gplan, runner = src.plan(batch, cores, why)
+    split = SplitOptions(replicas_ok=_model_bytes(src) <= FIXED_SHAPE_MAX_WEIGHTS)
+    gplan, runner = src.plan(batch, cores, why, split)
     notes = list(src.notes)
-    weights = src.spec.size_bytes if src.path.is_dir() else _file_bytes(src.file)
+    weights = _model_bytes(src)
     note = _fixed_shape_note(runner, int(OPTIONS["fixed_shape_sessions"] or 0), weights)
     if note is not None:
         notes.append(note)
@@ -714,6 +780,10 @@ def plan_llm(
     if close is not None:
         close()
     return {"model": str(src.path), "kv": src.layout, "plan": gplan, "notes": notes}
+
+
+def _model_bytes(src: _Source) -> int:
+    return int(src.spec.size_bytes) if src.path.is_dir() else _file_bytes(src.file)
 
 
 def _fixed_shape_note(runner: Any, max_sessions: int, weights: int) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import statistics
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -104,7 +105,9 @@ class SplitDecision:
 
     A step of at least ``min_rows`` rows runs as ``groups`` row groups concurrently, one per core,
     each on one intra-op thread (``aivmm.llm._split``); ``min_rows`` None: every step runs whole.
-    ``steps`` holds what was measured on the chosen runner: (rows, ms per step whole, ms split).
+    ``schedulers`` > 1: that many scheduler threads, each with its own runner and share of the
+    rows, step independently. ``steps`` holds what was measured on the chosen runner: (rows, ms
+    per step whole, ms as row groups).
     """
 
     groups: int
@@ -113,6 +116,8 @@ class SplitDecision:
     steps: tuple[tuple[int, float, float], ...] = ()
     pool: tuple[int, float] | None = None  # (rows, ms per step) on the runtime's own thread pool
     reason: str = ""
+    schedulers: int = 1  # decode schedulers (one per core, each its own runner and share of the rows)
+    scheduler_ms: float | None = None  # ms per step of all schedulers at once, ``batch`` rows in all
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,8 +126,21 @@ class SplitDecision:
             "cores": self.cores,
             "steps": [{"rows": b, "whole_ms": _r(w), "split_ms": _r(x)} for b, w, x in self.steps],
             "pool": None if self.pool is None else {"rows": self.pool[0], "step_ms": _r(self.pool[1])},
+            "schedulers": self.schedulers,
+            "scheduler_ms": _r(self.scheduler_ms),
             "reason": self.reason,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitOptions:
+    """What the deploy allows for spreading decode rows over cores: ``rows`` (split_decode_rows:
+    None measured, 0 never, N row groups from N rows), ``schedulers`` (decode_schedulers: None
+    measured, 1 never, K that many) and whether the runner may be copied per scheduler."""
+
+    rows: int | None = None
+    schedulers: int | None = None
+    replicas_ok: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +288,7 @@ def plan_generation(
     batch: int = 1,
     cores: int = 1,
     cores_why: str = "",
-    split_rows: int | None = None,
+    split: SplitOptions | None = None,
     runner_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[GenerationPlan, Any]:
     """The generation plan and the loaded runner it chose.
@@ -278,11 +296,11 @@ def plan_generation(
     ``options`` is the deploy's DeployOptions, passed whole: its ``backend`` pins the runner (with
     ``strict`` a runner this model lacks is a FallbackError) and ``measure=False`` takes the first
     runner that loads. ``device`` is where generation runs (the deploy resolved it). ``cores``
-    (``cores_why`` says where the count comes from) is how many cores a decode step may split its
-    rows over; ``split_rows`` None decides by measurement, 0 never splits, N splits steps of at
-    least N rows whatever was measured.
+    (``cores_why`` says where the count comes from) is how many cores decode rows may spread over,
+    ``split`` what the deploy allows for that (:class:`SplitOptions`, :func:`decide_split`).
     ``runner_kwargs[backend]`` are passed to that backend's runner (torch: device, cuda_graphs).
     """
+    split = split or SplitOptions()
     backend, strict, do_measure = options.backend, options.strict, options.measure
     ctx = layout.context_length
     prompt_tokens = max(1, min(prompt_tokens, ctx // 4))
@@ -325,7 +343,7 @@ def plan_generation(
     samples: dict[int, list[tuple[float, tuple[tuple[int, float], ...], float | None, float | None]]] = {}
     failed: dict[int, str] = {}
     pruned: set[int] = set()
-    may_split = cores >= 2 and split_rows != 0 and batch >= 2
+    may_split = cores >= 2 and split.rows != 0 and batch >= 2
     for rnd in range(ROUNDS if do_measure else 0):
         for i, (_name, threads, runner, _load) in enumerate(loaded):
             if i in failed or (rnd and i in pruned):
@@ -401,17 +419,43 @@ def plan_generation(
     note = getattr(chosen, "graphs_note", None)
     if note:
         reasons.append(note)
-    split = None
+    decision = None
     if hasattr(chosen, "split_rows"):
         pool = next((r.batched for r in ok if r.backend == best.backend and r.threads is None and r.batched), None)
-        split = decide_split(chosen, layout, best, cores, cores_why, split_rows, batch, past_lengths, measured, pool)
-        reasons.append(split.reason)
-    plan = GenerationPlan(best, tuple(results), tuple(reasons), prompt_tokens, new_tokens, measured, split)
+        decision = decide_split(chosen, layout, best, cores, cores_why, split, batch, past_lengths, measured, pool)
+        reasons.append(decision.reason)
+    plan = GenerationPlan(best, tuple(results), tuple(reasons), prompt_tokens, new_tokens, measured, decision)
     return plan, chosen
 
 
-SPLIT_WIN = 0.9  # a split step must measure at most this fraction of the whole step to be taken
+SPLIT_WIN = 0.9  # a split must measure at most this fraction of the whole step to be taken
 SPLIT_ROUNDS = 3
+
+
+def _concurrent_ms(runners: Sequence[Any], bufs: Sequence[_Buffers], past: int, rows: Sequence[int], n: int) -> float:
+    """Wall ms per step when each runner runs ``n`` decode steps of its ``rows`` in its own thread,
+    all at once (what one scheduler per core does): the time until the last one is done, over n."""
+    start = threading.Barrier(len(runners))
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        try:
+            start.wait(10)
+            decode_step_ms(runners[k], bufs[k], past, rows[k], n)
+        except BaseException as exc:  # re-raised in the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(k,), name=f"aivmm-plan-split-{k}") for k in range(1, len(runners))]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    one(0)
+    for t in threads:
+        t.join(60)
+    wall = (time.perf_counter() - t0) * 1e3
+    if errors:
+        raise errors[0]
+    return wall / (n + 1)
 
 
 def decide_split(
@@ -420,31 +464,43 @@ def decide_split(
     chosen: StepCost,
     cores: int,
     cores_why: str,
-    split_rows: int | None,
+    split: SplitOptions,
     batch: int,
     past_lengths: Sequence[int],
     measured: bool,
     pool: tuple[int, float] | None,
 ) -> SplitDecision:
-    """Whether (and from how many rows) the chosen runner's decode steps split across the cores;
-    applies the decision to ``runner``. Measured by batch size: the whole step against the step
-    as ``cores`` row groups at 2, 4, 8, ... rows up to ``batch``, in interleaved rounds."""
+    """How decode rows use the cores, with the figures why; applies a row-group split to ``runner``
+    (the deploy starts the schedulers). Three ways, measured at ``batch`` rows on the chosen runner:
+    every step whole; each step as ``cores`` row groups run at once (also measured at 2, 4, 8, ...
+    rows for the smallest batch that gains); or one scheduler per core, each with its own runner
+    (a copy of the weights, only when ``split.replicas_ok``) and its share of the rows, stepping
+    independently (no hand-off per step)."""
     groups = max(1, cores)
     where = f" ({cores_why})" if cores_why else ""
-    if split_rows == 0:
-        return SplitDecision(groups, None, cores, reason="decode steps run whole: split_decode_rows=0")
     if cores < 2:
-        return SplitDecision(1, None, cores, reason=f"decode steps run whole: 1 core to run them on{where}")
+        return SplitDecision(1, None, cores, reason=f"decode steps run whole on one scheduler: 1 core{where}")
     if batch < 2:
         return SplitDecision(groups, None, cores, reason="decode steps run whole: the decode batch holds 1 row")
-    if split_rows is not None:
-        runner.split_rows(groups, split_rows)
+    if split.schedulers is not None and split.schedulers > 1:
+        k = min(split.schedulers, batch)
         return SplitDecision(
             groups,
-            max(groups, split_rows),
+            None,
             cores,
-            reason=f"decode steps of >= {max(groups, split_rows)} rows run as {groups} row groups on {groups} "
-            f"cores{where}: split_decode_rows={split_rows} (not measured)",
+            schedulers=k,
+            reason=f"decode rows spread over {k} schedulers, each with its own runner: decode_schedulers="
+            f"{split.schedulers} (not measured)",
+        )
+    if split.rows is not None and split.rows > 0:
+        runner.split_rows(groups, split.rows)
+        n = max(groups, split.rows)
+        return SplitDecision(
+            groups,
+            n,
+            cores,
+            reason=f"decode steps of >= {n} rows run as {groups} row groups on {groups} cores{where}: "
+            f"split_decode_rows={split.rows} (not measured)",
         )
     if not measured:
         return SplitDecision(groups, None, cores, reason="decode steps run whole: not measured (measure=False)")
@@ -455,44 +511,69 @@ def decide_split(
             cores,
             pool=pool,
             reason=f"decode steps run whole: {chosen.label} runs each step on the runtime's thread pool "
-            "(row groups split steps of one-thread runners)",
+            "(rows are split for one-thread runners)",
         )
-    sizes = sorted({*(s for s in (2, 4, 8, 16, 32, 64, 128) if groups <= s < batch), batch})
+    try_rows = split.rows is None
+    try_sched = split.replicas_ok and split.schedulers is None
+    if not (try_rows or try_sched):
+        why = "decode steps run whole: split_decode_rows=0, decode_schedulers=1"
+        return SplitDecision(groups, None, cores, reason=why)
+    sizes = sorted({*(s for s in (2, 4, 8, 16, 32, 64, 128) if groups <= s < batch), batch}) if try_rows else [batch]
     mid = past_lengths[len(past_lengths) // 2]
-    bufs = _Buffers(runner, layout, batch, mid + 2 * BUCKET + 1)
+    ctx = mid + 2 * BUCKET + 1
+    bufs = _Buffers(runner, layout, batch, ctx)
     whole: dict[int, list[float]] = {s: [] for s in sizes}
-    split: dict[int, list[float]] = {s: [] for s in sizes}
-    for _ in range(SPLIT_ROUNDS):
-        for s in sizes:
-            whole[s].append(decode_step_ms(runner, bufs, mid, s, 5))
-            split[s].append(_split_step_ms(runner, bufs, mid, s, 5, groups))
-    steps = tuple((s, statistics.median(whole[s]), statistics.median(split[s])) for s in sizes)
+    rowsplit: dict[int, list[float]] = {s: [] for s in sizes}
+    spread: list[float] = []
+    clones = [runner.clone() for _ in range(groups - 1)] if try_sched else []
+    shares = [batch // groups + (k < batch % groups) for k in range(groups)]
+    try:
+        clone_bufs = [bufs] + [_Buffers(c, layout, shares[k + 1], ctx) for k, c in enumerate(clones)]
+        for _ in range(SPLIT_ROUNDS):
+            for s in sizes:
+                whole[s].append(decode_step_ms(runner, bufs, mid, s, 5))
+                if try_rows:
+                    rowsplit[s].append(_split_step_ms(runner, bufs, mid, s, 5, groups))
+            if clones:
+                spread.append(_concurrent_ms([runner, *clones], clone_bufs, mid, shares, 10))
+    finally:
+        for c in clones:
+            c.close()
+    steps = tuple((s, statistics.median(whole[s]), statistics.median(rowsplit[s])) for s in sizes) if try_rows else ()
+    w = statistics.median(whole[batch])
+    sched_ms = statistics.median(spread) if spread else None
     min_rows = None
-    for s, w, x in reversed(steps):  # the smallest size from which every larger one wins split
-        if x > SPLIT_WIN * w:
+    for s, ws, xs in reversed(steps):  # the smallest size from which every larger one gains split
+        if xs > SPLIT_WIN * ws:
             break
         min_rows = s
-    alt = "" if pool is None else f"; the runtime's {cores}-thread pool: batch-{pool[0]} step {pool[1]:.3f} ms"
-    big, w, x = steps[-1]
-    if min_rows is None:
-        return SplitDecision(
-            groups,
+    x = steps[-1][2] if steps else None
+    figures = f"batch-{batch} step {w:.3f} ms whole"
+    if x is not None:
+        figures += f", {x:.3f} ms as {groups} row groups"
+    if sched_ms is not None:
+        figures += f", {sched_ms:.3f} ms for {' + '.join(map(str, shares))} rows on {groups} schedulers at once"
+    if pool is not None:
+        figures += f"; the runtime's {cores}-thread pool: {pool[1]:.3f} ms"
+    if steps:
+        figures += " (row groups / whole by rows: " + ", ".join(f"{b}: {xs:.3f}/{ws:.3f}" for b, ws, xs in steps) + ")"
+
+    def made(min_rows: int | None, schedulers: int, reason: str) -> SplitDecision:
+        return SplitDecision(groups, min_rows, cores, steps, pool, reason, schedulers, sched_ms)
+
+    if sched_ms is not None and sched_ms <= SPLIT_WIN * w and (x is None or min_rows is None or sched_ms <= x):
+        return made(
             None,
-            cores,
-            steps,
-            pool,
-            f"decode steps run whole: split into {groups} row groups no measured batch ran faster (batch-{big} "
-            f"step {x:.3f} ms split vs {w:.3f} ms whole{alt})",
+            groups,
+            f"decode rows spread over {groups} schedulers on {groups} cores{where}, each with its own "
+            f"runner and up to {shares[0]} rows: {figures}",
         )
-    runner.split_rows(groups, min_rows)
-    return SplitDecision(
-        groups,
-        min_rows,
-        cores,
-        steps,
-        pool,
-        f"decode steps of >= {min_rows} rows run as {groups} row groups on {groups} cores{where}: batch-{big} "
-        f"step {x:.3f} ms vs {w:.3f} ms whole{alt} ("
-        + ", ".join(f"{b}: {xs:.3f}/{ws:.3f}" for b, ws, xs in steps)
-        + " ms split/whole)",
-    )
+    if min_rows is not None:
+        runner.split_rows(groups, min_rows)
+        return made(
+            min_rows,
+            1,
+            f"decode steps of >= {min_rows} rows run as {groups} row groups on {groups} cores{where}: {figures}",
+        )
+    why = f"decode steps run whole: splitting the rows over the cores gained less than {1 - SPLIT_WIN:.0%}: {figures}"
+    return made(None, 1, why)

@@ -154,6 +154,11 @@ class OrtRunner:
         self._group_fixed: dict[tuple[int, int, int], _Binding] = {}  # (rows, past, g) on fixed sessions
         self._group_ready: Any = None  # the fixed.ready the dict above was checked against
 
+    def clone(self) -> OrtRunner:
+        """Another runner of the same model and settings: its own session (a copy of the weights) for
+        a second scheduler thread (IOBindings must not be shared between threads)."""
+        return OrtRunner(self.path, self.layout, threads=self.threads)
+
     def _load(self, dims: Sequence[tuple[str, int]] = ()) -> Any:
         from aivmm.backends.ort import cpu_session
 

@@ -156,6 +156,11 @@ class Scheduler:
         self._prefill_logits = np.empty(context * self.vocab, dtype=ldt)
 
     # -- called from user threads --------------------------------------------------------------
+    @property
+    def load(self) -> int:
+        """Requests admitted or waiting (read without the lock: a hint for choosing a scheduler)."""
+        return self._running + len(self.waiting) + len(self._incoming)
+
     def submit(self, req: Request) -> None:
         with self._cv:
             if self._stopping:
