@@ -19,8 +19,8 @@ For each model, in one process:
    (torch eager only when within ``--screen`` x of the best 3-call screening) are timed
    interleaved: ``--rounds`` rounds (more with ``--min-seconds``: at least that much calling per
    configuration), each running every configuration for ``--calls`` calls (the first of each turn
-   a warm-up), order alternating between rounds; a configuration's figure is the median of its
-   round medians.
+   a warm-up), order alternating between rounds, in ``--segments`` segments with every session
+   created anew for each; a configuration's figure is the median of its round medians.
 regret = chosen / min(oracle), paired and cross-validated (:func:`cross_validated`): the median of
 per-round ratios (two configurations timed back to back, so load changes between rounds cancel),
 the oracle picked on half of the rounds and the ratio read on the other half, both ways, geometric
@@ -249,7 +249,28 @@ def one(name: str, args: argparse.Namespace, devices: Any) -> dict[str, Any]:
     per_round_s = max(1e-6, args.calls * max(screen[k] for k in racers) / 1e3)
     rounds = max(args.rounds, min(2000, math.ceil(args.min_seconds / per_round_s)))
     row["rounds"] = rounds
-    meds = _interleave(racers, feeds, rounds, args.calls)
+    # Segments with every session created anew: on this 2-core VM an ONNX Runtime session whose pool
+    # thread the kernel has put on the caller's core runs ~25 % slower until the thread moves, and
+    # that state can last the whole race; it hit aivmm's session in one run (fno1d 1.175) and the
+    # hand ones in the next (benchmarks/results/regret.md, run 7). New sessions per segment sample
+    # the thread placement instead of keeping one draw for the whole race.
+    segments = max(1, min(args.segments, rounds // 4))
+    row["segments"] = segments
+    makers_by_label = dict(makers)
+    meds: dict[str, list[float]] = {k: [] for k in racers}
+    for seg in range(segments):
+        if seg:
+            chosen_session.close()
+            for s in keep:
+                s.close()
+            keep.clear()
+            chosen_run, chosen_session = _aivmm(chosen.model, chosen.config)
+            racers = {"aivmm": chosen_run, **{k: makers_by_label[k]() for k in racers if k != "aivmm"}}
+            for run in racers.values():
+                run(feeds)  # the first call of a new session (allocations, lazy init) is not timed
+        part = _interleave(racers, feeds, -(-rounds // segments), args.calls)
+        for k, v in part.items():
+            meds[k].extend(v)
     chosen_session.close()
     for s in keep:
         s.close()
@@ -338,6 +359,13 @@ def main() -> int:
         help="hand ONNX Runtime sessions keep their threads spinning (run 5 did): in this race of up to seven "
         "sessions the spinning threads take the cores from whichever session runs next, aivmm's choice included "
         "(benchmarks/ort_spinning.py); off by default, as aivmm's planner sets it when sessions share the cores",
+    )
+    ap.add_argument(
+        "--segments",
+        type=int,
+        default=3,
+        help="split the race into this many segments, every session created anew for each (samples the "
+        "OS's placement of the runtimes' threads instead of one draw per session)",
     )
     ap.add_argument("--screen", type=float, default=3.0, help="race hand configs within this factor of the best")
     ap.add_argument("--out", type=pathlib.Path, help="write the rows as JSON")
