@@ -713,9 +713,13 @@ def is_torch_llm(model: Any) -> bool:
 def _config_dir(module: Any) -> pathlib.Path:
     """A folder with the module's config.json and generation_config.json (what the layout and the
     generation defaults are read from); weights stay in memory."""
+    import atexit
+    import shutil
     import tempfile
 
     folder = pathlib.Path(tempfile.mkdtemp(prefix="aivmm-llm-"))
+    # Read at deploy and by a later re-plan of the same model: kept for the process, removed at exit.
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     module.config.to_json_file(str(folder / "config.json"))
     gen = getattr(module, "generation_config", None)
     if gen is not None:
