@@ -153,7 +153,8 @@ class RowGroups:
     ) -> None:
         key = (batch, past_len, ids, pos, mask, past_ptrs, present_ptrs, logits)
         old = self._key
-        if len(old) != len(key) or any(x is not y for x, y in zip(key, old, strict=True)):
+        # the sizes by value (a past over 256 is a new int object every step), the buffers by identity
+        if not old or old[:2] != key[:2] or any(x is not y for x, y in zip(key[2:], old[2:], strict=True)):
             # new step inputs (a membership change or a new bucket): new group views, kept until the next
             self._parts = self._split(key)
             self._key = key
